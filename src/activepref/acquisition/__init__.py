@@ -1,0 +1,108 @@
+"""The acquisition registry: method name -> proposal function, plus ``available()``.
+
+Add a method by writing ``propose(batch, rng, **options) -> Proposal`` in the module of
+its family and decorating it with ``@register("name", "one-line description")``.
+Options are keyword arguments with defaults; the config's ``method_options`` fills them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from activepref.acquisition.base import (
+    CandidateBatch,
+    PairRule,
+    Proposal,
+    ResolvedPairs,
+    lcb_preference_prob,
+    resolve_pairs,
+    ucb_preference_prob,
+)
+from activepref.errors import ConfigError
+
+ProposeFn = Callable[..., Proposal]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    propose: ProposeFn
+    family: str
+    uses_reward_model: bool
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options and their defaults."""
+        sig = inspect.signature(self.propose)
+        return {
+            p.name: p.default
+            for p in list(sig.parameters.values())[2:]
+            if p.default is not inspect.Parameter.empty or p.kind is p.KEYWORD_ONLY
+        }
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator adding a proposal function to the registry under ``name``."""
+
+    def wrap(fn: ProposeFn) -> ProposeFn:
+        if name in REGISTRY:
+            raise ValueError(f"acquisition method {name!r} registered twice")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model)
+        return fn
+
+    return wrap
+
+
+def available() -> list[Method]:
+    """Every registered method, in registration order."""
+    return list(REGISTRY.values())
+
+
+def get_method(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+
+
+def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[[CandidateBatch, np.random.Generator], Proposal]:
+    """Bind a method's options, rejecting unknown ones with the list of valid names."""
+    method = get_method(name)
+    options = dict(options or {})
+    known = method.options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        valid = ", ".join(known) or "none"
+        raise ConfigError(f"method_options: {', '.join(unknown)} not an option of {name!r} (valid: {valid})")
+    return functools.partial(method.propose, **options)
+
+
+# Families register themselves on import; keep this list in sync with the modules.
+from activepref.acquisition import pairwise  # noqa: E402,F401,I001
+from activepref.acquisition import bandits  # noqa: E402,F401
+
+__all__ = [
+    "REGISTRY",
+    "CandidateBatch",
+    "Method",
+    "PairRule",
+    "Proposal",
+    "ResolvedPairs",
+    "available",
+    "get_method",
+    "lcb_preference_prob",
+    "make_selector",
+    "register",
+    "resolve_pairs",
+    "ucb_preference_prob",
+]

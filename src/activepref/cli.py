@@ -1,0 +1,267 @@
+"""The ``activepref`` command line. Thin: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from activepref.errors import ActivePrefError
+
+app = typer.Typer(
+    help=(
+        "Build LLM preference datasets with active learning.\n\n"
+        "Start with `activepref simulate` (offline, built-in pool), then `activepref run` on your own\n"
+        "candidate pool, `activepref export` to write a TRL dataset. `activepref methods` lists the\n"
+        "acquisition methods."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+class _Bars:
+    """Rich progress bars fed by the loop's callbacks."""
+
+    def __init__(self, label: str) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=False,
+        )
+        self.task = self.progress.add_task(label, total=None, info="")
+
+    def callbacks(self) -> Any:
+        from activepref.loop import Progress as LoopProgress
+
+        def on_iteration(it: int, total: int, metrics: dict[str, Any]) -> None:
+            acc = metrics.get("heldout_accuracy")
+            info = f"pairs {metrics.get('pairs', 0)}  annotations {metrics.get('annotations', 0)}"
+            if acc is not None:
+                info += f"  held-out acc {acc:.3f}"
+            self.progress.update(self.task, total=total, completed=it + 1, info=info)
+
+        def on_stage(it: int, stage: str) -> None:
+            self.progress.update(self.task, info=f"iteration {it}: {stage}")
+
+        return LoopProgress(on_iteration=on_iteration, on_stage=on_stage)
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+
+def _config(config: Optional[Path], **flags: Any):  # type: ignore[no-untyped-def]
+    from activepref.config import load_config
+
+    return load_config(config, {k.replace("__", "."): v for k, v in flags.items()})
+
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override its fields.")]
+PoolOpt = Annotated[Optional[str], typer.Option(help="Candidate pool (.jsonl/.parquet) or 'builtin'.")]
+FeaturesOpt = Annotated[Optional[str], typer.Option(help=".npy feature matrix, one row per pool row in file order.")]
+MethodOpt = Annotated[Optional[str], typer.Option(help="Acquisition method; see `activepref methods`.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Prompts per iteration (paper: 64).")]
+ItersOpt = Annotated[Optional[int], typer.Option(help="Stop after this many iterations (default: the whole pool).")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of every random draw; same config + seed = same dataset.")]
+BetaOpt = Annotated[Optional[float], typer.Option(help="Bounds are mean +/- beta * std of the ensemble.")]
+
+
+def _print_summary(history: list[dict[str, Any]], out: Path) -> None:
+    if not history:
+        console.print("nothing to do: every iteration is already finished")
+        return
+    last = history[-1]
+    table = Table(title=f"run {out}", show_header=False)
+    for key in ("pairs", "annotations", "heldout_accuracy", "mean_chosen_reward", "mean_rejected_reward", "pair_agreement"):
+        if key in last:
+            v = last[key]
+            table.add_row(key.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+def run(
+    out: Annotated[Path, typer.Option(help="New run directory (must not hold a run).")],
+    config: ConfigOpt = None,
+    pool: PoolOpt = None,
+    features: FeaturesOpt = None,
+    method: MethodOpt = None,
+    batch_size: BatchOpt = None,
+    iterations: ItersOpt = None,
+    seed: SeedOpt = None,
+    beta: BetaOpt = None,
+) -> None:
+    """Run the active loop on a candidate pool and store everything in OUT.
+
+    Each iteration: predict rewards with the ensemble, select pairs, have the judge score
+    only what was selected, retrain. Interrupt at any time and `activepref resume OUT`.
+    """
+    from activepref import runs
+
+    try:
+        cfg = _config(config, pool=pool, features=features, method=method, batch_size=batch_size, iterations=iterations, seed=seed, beta=beta)
+        with _Bars(f"{cfg.method}") as bars:
+            history = runs.run(cfg, out, bars.callbacks())
+    except ActivePrefError as exc:
+        _fail(exc)
+    _print_summary(history, out)
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]) -> None:
+    """Continue a run at its first unfinished step (after a crash or Ctrl-C)."""
+    from activepref import runs
+
+    try:
+        with _Bars("resume") as bars:
+            history = runs.resume(run_dir, bars.callbacks())
+    except ActivePrefError as exc:
+        _fail(exc)
+    _print_summary(history, run_dir)
+
+
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Iterations done, annotations used, judge failures and the latest metrics."""
+    from dataclasses import asdict
+
+    from activepref import runs
+
+    try:
+        st = runs.status(run_dir)
+    except ActivePrefError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(asdict(st)))
+        return
+    table = Table(title=f"{run_dir}", show_header=False)
+    table.add_row("method", st.method)
+    table.add_row("seed", str(st.seed))
+    table.add_row("iterations", f"{st.iterations_done} / {st.iterations_planned} done" + (f" (next step: after '{st.current}')" if st.current else ""))
+    table.add_row("preference pairs", str(st.pairs))
+    table.add_row("annotations (judge calls)", str(st.annotations))
+    table.add_row("judge failures", str(st.failures))
+    for k, v in st.last_metrics.items():
+        table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    standard: Annotated[bool, typer.Option("--standard", help="Plain strings instead of chat messages.")] = False,
+) -> None:
+    """Write the run's preferences as a TRL preference dataset (prompt, chosen, rejected, ...)."""
+    from activepref.export import export_run
+
+    if fmt not in ("parquet", "jsonl"):
+        _fail(ActivePrefError(f"--format must be parquet or jsonl, not {fmt!r}"))
+    try:
+        n = export_run(run_dir, output, fmt, standard)  # type: ignore[arg-type]
+    except ActivePrefError as exc:
+        _fail(exc)
+    console.print(f"wrote {n} preference rows to {output}")
+
+
+@app.command()
+def methods() -> None:
+    """List every acquisition method with a one-line description."""
+    from activepref.acquisition import available
+
+    table = Table("method", "family", "options", "description")
+    for m in available():
+        opts = ", ".join(f"{k}={v}" for k, v in m.options().items())
+        table.add_row(m.name, m.family, opts, m.description)
+    console.print(table)
+
+
+@app.command()
+def simulate(
+    method: Annotated[str, typer.Option(help="Method, or a comma-separated list to compare (e.g. random,dts,deltaucb).")] = "dts",
+    out: Annotated[Optional[Path], typer.Option(help="Keep the run directories here (default: a temporary dir).")] = None,
+    batch_size: BatchOpt = None,
+    iterations: ItersOpt = None,
+    seed: SeedOpt = None,
+    beta: BetaOpt = None,
+    pool: PoolOpt = None,
+) -> None:
+    """Run the loop on the built-in pool (80 MT-bench prompts, real text, hidden oracle).
+
+    Prints annotations used, held-out pairwise accuracy of the ensemble against the
+    oracle, and the mean oracle reward of chosen and rejected responses.
+    """
+    from activepref import runs
+    from activepref.config import SIMULATE_PRESET
+
+    names = [m.strip() for m in method.split(",") if m.strip()]
+    base = out or Path(tempfile.mkdtemp(prefix="activepref-sim-"))
+    results = []
+    try:
+        for name in names:
+            flags = {"method": name, "pool": pool, "batch_size": batch_size, "iterations": iterations, "seed": seed, "beta": beta}
+            cfg = _config(None, **{**SIMULATE_PRESET, **{k: v for k, v in flags.items() if v is not None}})
+            with _Bars(name) as bars:
+                history = runs.run(cfg, base / f"{name}-seed{cfg.seed}", bars.callbacks())
+            results.append((name, history[-1] if history else {}))
+    except ActivePrefError as exc:
+        _fail(exc)
+    table = Table("method", "pairs", "annotations", "held-out acc", "chosen oracle", "rejected oracle", title="simulation on the built-in pool")
+    for name, m in results:
+        table.add_row(
+            name, str(m.get("pairs", 0)), str(m.get("annotations", 0)),
+            f"{m.get('heldout_accuracy', float('nan')):.3f}", f"{m.get('mean_chosen_reward', float('nan')):.3f}",
+            f"{m.get('mean_rejected_reward', float('nan')):.3f}",
+        )
+    console.print(table)
+    console.print(f"run directories: {base}")
+
+
+@app.command("make-pool")
+def make_pool(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl).")],
+    prompts: Annotated[int, typer.Option(help="Number of prompts.")] = 512,
+    candidates: Annotated[int, typer.Option(help="Maximum candidates per prompt.")] = 8,
+    min_candidates: Annotated[Optional[int], typer.Option(help="Minimum candidates per prompt (default: = candidates).")] = None,
+    dim: Annotated[int, typer.Option(help="Feature dimension.")] = 64,
+    noise: Annotated[float, typer.Option(help="Judge noise (std, oracle-standardised units).")] = 0.3,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Write a synthetic candidate pool with a hidden oracle reward (for benchmarks and tests)."""
+    from activepref.pools import synthetic_pool, write_pool
+
+    pool = synthetic_pool(prompts, candidates, dim, noise, seed, min_candidates)
+    write_pool(pool, output)
+    console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

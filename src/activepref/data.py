@@ -1,0 +1,285 @@
+"""Records of the data model (DESIGN §1) and the candidate-pool reader.
+
+A pool file has one row per candidate response: ``prompt_id``, ``prompt`` (a string or a
+list of chat messages), ``response_id``, ``model``, ``response``, optional ``principle``,
+optional ``score`` and ``score_<aspect>`` judge scores, optional hidden ``oracle`` reward
+(simulation only, never shown to the loop) and ``features`` (a list of floats), or a
+separate ``.npy`` matrix whose rows follow the file order. JSONL or Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from activepref.errors import PoolFormatError
+
+ASPECTS = ("helpfulness", "truthfulness", "honesty", "instruction_following")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    messages: tuple[dict[str, str], ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The prompt as chat messages ending with the user turn."""
+        return [dict(m) for m in self.messages] if self.messages else [{"role": "user", "content": self.text}]
+
+
+@dataclass(frozen=True)
+class Response:
+    id: str
+    prompt_id: str
+    model: str
+    text: str
+    principle: str | None = None
+    system_prompt: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Score:
+    response_id: str
+    aspect: str
+    value: float
+    distribution: tuple[float, ...] | None = None
+    judge: str = ""
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt_id: str
+    chosen_id: str
+    rejected_id: str
+    chosen_score: float | None
+    rejected_score: float | None
+    method: str
+    iteration: int
+
+
+def content_id(*parts: str) -> str:
+    """Stable id from content (DESIGN §1: ids are given or a content hash)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return digest[:16]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str
+
+
+class PoolRow(BaseModel):
+    """One candidate response as it appears in a pool file (untrusted input)."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+    prompt_id: str
+    prompt: str | list[_Message]
+    response_id: str
+    model: str
+    response: str
+    principle: str | None = None
+    score: float | None = None
+    oracle: float | None = None
+    features: list[float] | None = None
+
+    @field_validator("prompt_id", "response_id", "model")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v
+
+    @field_validator("score", "oracle")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
+
+@dataclass
+class Pool:
+    """A candidate pool in memory.
+
+    prompt_index: [n] prompt of each response; features: [n, d] float32;
+    scores: [n] judge score (NaN when absent); aspect_scores: aspect -> [n];
+    oracle: [n] hidden reward for evaluation (None when the pool has none).
+    """
+
+    prompts: list[Prompt]
+    responses: list[Response]
+    prompt_index: np.ndarray
+    features: np.ndarray
+    scores: np.ndarray
+    aspect_scores: dict[str, np.ndarray]
+    oracle: np.ndarray | None
+    source: str = ""
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def reference_reward(self) -> np.ndarray:
+        """What held-out accuracy is measured against: the oracle if present, else the score."""
+        return self.oracle if self.oracle is not None else self.scores
+
+
+def _iter_rows(path: Path) -> Any:
+    """Yield (location, raw dict) for JSONL or Parquet, naming lines/rows as a user counts them."""
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix in (".jsonl", ".json", ".jsonl.gz"):
+        import gzip
+
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PoolFormatError(str(path), f"line {lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(raw, dict):
+                    raise PoolFormatError(str(path), f"line {lineno}", None, "expected a JSON object per line")
+                yield f"line {lineno}", raw
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise PoolFormatError(str(path), "file", None, f"not a readable Parquet file ({exc})") from None
+        for batch_start, batch in _parquet_batches(table):
+            for i, raw in enumerate(batch.to_pylist()):
+                yield f"row {batch_start + i}", raw
+    else:
+        raise PoolFormatError(str(path), "file", None, f"unknown extension '{path.suffix}'; use .jsonl or .parquet")
+
+
+def _parquet_batches(table: Any) -> Any:
+    start = 0
+    for batch in table.to_batches(max_chunksize=4096):
+        yield start, batch
+        start += batch.num_rows
+
+
+def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool:
+    """Read and validate a candidate pool; errors name file, line/row and field."""
+    path = Path(path)
+    if not path.exists():
+        raise PoolFormatError(str(path), "file", None, "does not exist")
+    prompts: dict[str, Prompt] = {}
+    prompt_order: list[str] = []
+    prompt_pos: dict[str, int] = {}
+    responses: list[Response] = []
+    prompt_index: list[int] = []
+    feats: list[list[float]] = []
+    scores: list[float] = []
+    oracle: list[float | None] = []
+    aspects: dict[str, list[float]] = {a: [] for a in ASPECTS}
+    seen_ids: dict[str, str] = {}
+    has_features: bool | None = None
+    for location, raw in _iter_rows(path):
+        try:
+            row = PoolRow.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            fld = ".".join(str(p) for p in err["loc"]) or None
+            value = err.get("input")
+            shown = f" (got {value!r:.60})" if fld and value is not None and not isinstance(value, dict) else ""
+            raise PoolFormatError(str(path), location, fld, f"{err['msg']}{shown}") from None
+        if row.response_id in seen_ids:
+            raise PoolFormatError(str(path), location, "response_id", f"duplicate id {row.response_id!r} (first at {seen_ids[row.response_id]})")
+        seen_ids[row.response_id] = location
+        text = row.prompt if isinstance(row.prompt, str) else _last_user(row.prompt, path, location)
+        messages = () if isinstance(row.prompt, str) else tuple(m.model_dump() for m in row.prompt)
+        existing = prompts.get(row.prompt_id)
+        if existing is None:
+            prompts[row.prompt_id] = Prompt(row.prompt_id, text, messages)
+            prompt_order.append(row.prompt_id)
+        elif existing.text != text or existing.messages != messages:
+            raise PoolFormatError(str(path), location, "prompt", f"prompt_id {row.prompt_id!r} already has a different prompt text")
+        row_has = row.features is not None
+        if has_features is None:
+            has_features = row_has
+        elif has_features != row_has:
+            raise PoolFormatError(str(path), location, "features", "present on some rows and missing on others")
+        if row.features is not None:
+            if feats and len(row.features) != len(feats[0]):
+                raise PoolFormatError(str(path), location, "features", f"length {len(row.features)}, expected {len(feats[0])} as on the first row")
+            if not all(math.isfinite(v) for v in row.features):
+                raise PoolFormatError(str(path), location, "features", "contains NaN or infinity")
+            feats.append(row.features)
+        extra = row.model_extra or {}
+        for a in ASPECTS:
+            v = extra.get(f"score_{a}")
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise PoolFormatError(str(path), location, f"score_{a}", f"must be a finite number (got {v!r:.40})")
+            aspects[a].append(float("nan") if v is None else float(v))
+        aspect_vals = [aspects[a][-1] for a in ASPECTS if not math.isnan(aspects[a][-1])]
+        if row.score is not None:
+            scores.append(row.score)
+        elif aspect_vals:
+            scores.append(float(np.mean(aspect_vals)))  # 001 App. D.1: overall = mean over aspects
+        else:
+            scores.append(float("nan"))
+        oracle.append(row.oracle)
+        responses.append(Response(row.response_id, row.prompt_id, row.model, row.response, row.principle))
+        prompt_index.append(prompt_pos.setdefault(row.prompt_id, len(prompt_pos)))
+    if not responses:
+        raise PoolFormatError(str(path), "file", None, "no rows")
+    features = _load_features(path, features_path, feats, len(responses))
+    n_oracle = sum(o is not None for o in oracle)
+    if 0 < n_oracle < len(oracle):
+        missing = next(i for i, o in enumerate(oracle) if o is None)
+        raise PoolFormatError(str(path), f"row of response {responses[missing].id!r}", "oracle", "present on some rows and missing on others")
+    return Pool(
+        prompts=[prompts[p] for p in prompt_order],
+        responses=responses,
+        prompt_index=np.asarray(prompt_index, dtype=np.int64),
+        features=features,
+        scores=np.asarray(scores, dtype=np.float64),
+        aspect_scores={a: np.asarray(v, dtype=np.float64) for a, v in aspects.items() if not np.all(np.isnan(v))},
+        oracle=np.asarray(oracle, dtype=np.float64) if n_oracle else None,
+        source=str(path),
+    )
+
+
+def _last_user(messages: list[_Message], path: Path, location: str) -> str:
+    if not messages or messages[-1].role != "user":
+        raise PoolFormatError(str(path), location, "prompt", "a message list must end with a 'user' message")
+    return messages[-1].content
+
+
+def _load_features(path: Path, features_path: str | Path | None, rows: list[list[float]], n: int) -> np.ndarray:
+    if features_path is not None:
+        fpath = Path(features_path)
+        if rows:
+            raise PoolFormatError(str(path), "file", "features", f"has a features column and a features file {fpath} was also given; use one")
+        if not fpath.exists():
+            raise PoolFormatError(str(fpath), "file", None, "does not exist")
+        try:
+            matrix = np.load(fpath, mmap_mode="r")
+        except Exception as exc:
+            raise PoolFormatError(str(fpath), "file", None, f"not a readable .npy matrix ({exc})") from None
+        if matrix.ndim != 2 or matrix.shape[0] != n:
+            raise PoolFormatError(str(fpath), "file", None, f"shape {matrix.shape}, expected ({n}, d): one row per pool row in file order")
+        out = np.asarray(matrix, dtype=np.float32)
+        bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
+        if len(bad):
+            raise PoolFormatError(str(fpath), f"row {int(bad[0])}", None, "contains NaN or infinity")
+        return out
+    if not rows:
+        raise PoolFormatError(str(path), "file", "features", "no features: add a 'features' column or pass a .npy file (--features)")
+    return np.asarray(rows, dtype=np.float32)

@@ -1,0 +1,299 @@
+"""The ensemble reward model (ENN, 001 §4.2 and App. B): K MLP heads on frozen features.
+
+All heads run as one tensor program: the first layers of every head form a single
+[d, K*h] GEMM, deeper layers are batched matmuls over the head axis. Training minimises
+001 eq. 5 averaged over heads,
+
+    J = 1/K sum_k ( E[-log s(r_k(x,y+) - r_k(x,y-))] + gamma E[(r_k(x,y+) + r_k(x,y-))^2]
+                    + zeta ||phi_k - phi~_k||^2 ),
+
+with phi~_k the head's own random initialisation. The anchor term's gradient
+(2 zeta / K)(phi - phi~) is analytic: Adam's L2 weight decay supplies (2 zeta / K) phi and
+the constant -(2 zeta / K) phi~ is folded into the weight-gradient GEMM of the first layer
+(and added directly for the small deeper layers), so the prior costs no extra pass over
+the big matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+# 001 Tables 14-15 (hyperparameters of the ENN and its training).
+DEFAULT_HEADS = 20
+DEFAULT_HIDDEN = 128
+DEFAULT_LAYERS = 2
+DEFAULT_LR = 5e-5
+DEFAULT_STEPS = 100
+DEFAULT_TRAIN_BATCH = 64
+DEFAULT_GAMMA = 0.01
+DEFAULT_ZETA = 1.0
+DEFAULT_ZETA_DECAY = 0.99
+DEFAULT_RHO = 1000
+
+
+@dataclass(frozen=True)
+class ENNShape:
+    dim: int
+    heads: int = DEFAULT_HEADS
+    hidden: int = DEFAULT_HIDDEN
+    layers: int = DEFAULT_LAYERS
+
+    def __post_init__(self) -> None:
+        if self.layers < 1 or self.heads < 2 or self.hidden < 1 or self.dim < 1:
+            raise ValueError(f"invalid ENN shape {self}: need layers >= 1, heads >= 2")
+
+
+def init_params(shape: ENNShape, seed: int) -> dict[str, torch.Tensor]:
+    """Independent PyTorch-Linear-style init per head: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Names: w0 [d, K*h], b0 [K*h]; w{i} [K, h, h], b{i} [K, h] for deeper hidden layers;
+    w_out [K, h], b_out [K].
+    """
+    g = torch.Generator().manual_seed(seed)
+    d, k, h = shape.dim, shape.heads, shape.hidden
+
+    def uniform(size: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        bound = 1.0 / math.sqrt(fan_in)
+        return (torch.rand(size, generator=g, dtype=torch.float32) * 2 - 1) * bound
+
+    params = {"w0": uniform((d, k * h), d), "b0": uniform((k * h,), d)}
+    for i in range(1, shape.layers):
+        params[f"w{i}"] = uniform((k, h, h), h)
+        params[f"b{i}"] = uniform((k, h), h)
+    params["w_out"] = uniform((k, h), h)
+    params["b_out"] = uniform((k,), h)
+    return params
+
+
+class _FirstLayer(torch.autograd.Function):
+    """x @ W + b whose weight gradient starts from a constant offset: grad_W = offset + x^T g.
+
+    The offset carries -(2 zeta / K) phi~ of the anchor term, so the GEMM that computes the
+    weight gradient applies it while it writes the output (no separate pass).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_offset: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(x, grad_offset)
+        return torch.addmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        x, grad_offset = ctx.saved_tensors
+        grad_w = torch.addmm(grad_offset, x.t(), grad_out)
+        return None, grad_w, grad_out.sum(0), None
+
+
+def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Rewards of every head. x: [n, d] -> [K, n]."""
+    k, h = shape.heads, shape.hidden
+    if grad_offset is None:
+        z = torch.addmm(params["b0"], x, params["w0"])  # [n, K*h]
+    else:
+        z = _FirstLayer.apply(x, params["w0"], params["b0"], grad_offset)
+    a = torch.relu(z).view(x.shape[0], k, h).transpose(0, 1)  # [K, n, h]
+    for i in range(1, shape.layers):
+        a = torch.relu(torch.baddbmm(params[f"b{i}"].unsqueeze(1), a, params[f"w{i}"]))  # [K, n, h]
+    return torch.baddbmm(params["b_out"].view(k, 1, 1), a, params["w_out"].unsqueeze(2)).squeeze(2)  # [K, n]
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Data part of 001 eq. 5 averaged over heads. r_*: [K, B] -> scalar."""
+    nll = -torch.nn.functional.logsigmoid(r_chosen - r_rejected).mean(dim=1)  # [K]
+    centering = gamma * (r_chosen + r_rejected).pow(2).mean(dim=1)  # [K]
+    return (nll + centering).mean()
+
+
+def anchor_penalty(params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], zeta: float, heads: int) -> float:
+    """The zeta term of eq. 5 averaged over heads: zeta/K * sum_k ||phi_k - phi~_k||^2."""
+    total = sum(float((params[n] - anchors[n]).pow(2).sum()) for n in params)
+    return zeta * total / heads
+
+
+class ReplayBuffer:
+    """Preference pairs as rows into the feature matrix, with amortised O(1) appends.
+
+    Storage doubles when full; earlier entries are never copied again by later appends
+    beyond the geometric growth, and sampling never rebuilds the buffer.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._pairs = np.empty((max(capacity, 1), 2), dtype=np.int64)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, chosen: np.ndarray, rejected: np.ndarray) -> None:
+        """chosen, rejected: [n] feature-row indices."""
+        n = len(chosen)
+        if self._size + n > len(self._pairs):
+            grown = np.empty((max(2 * len(self._pairs), self._size + n), 2), dtype=np.int64)
+            grown[: self._size] = self._pairs[: self._size]
+            self._pairs = grown
+        self._pairs[self._size : self._size + n, 0] = chosen
+        self._pairs[self._size : self._size + n, 1] = rejected
+        self._size += n
+
+    def pairs(self) -> np.ndarray:
+        """[size, 2] view (chosen row, rejected row)."""
+        return self._pairs[: self._size]
+
+
+@dataclass
+class TrainConfig:
+    lr: float = DEFAULT_LR
+    steps: int = DEFAULT_STEPS
+    batch_size: int = DEFAULT_TRAIN_BATCH
+    gamma: float = DEFAULT_GAMMA
+    rho: int = DEFAULT_RHO
+
+
+class EnsembleRewardModel:
+    """K-head ENN with its anchors, Adam state and the current zeta.
+
+    ``fit`` runs one iteration's training (001 App. B.2); ``predict`` gives mean and std
+    over heads; ``state_dict``/``load_state_dict`` make a training step resumable.
+    """
+
+    def __init__(self, shape: ENNShape, seed: int, zeta: float = DEFAULT_ZETA, lr: float = DEFAULT_LR) -> None:
+        self.shape = shape
+        self.anchors = init_params(shape, seed)
+        self.params = {n: t.clone().requires_grad_(True) for n, t in self.anchors.items()}
+        self.zeta = zeta
+        # Group 0 is the big first-layer matrix (anchor gradient split between Adam's weight
+        # decay and the GEMM offset); group 1 holds the small layers (exact c * (phi - phi~)).
+        small = [p for n, p in self.params.items() if n != "w0"]
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.params["w0"]]}, {"params": small, "weight_decay": 0.0}], lr=lr, fused=True
+        )
+
+    # -- prediction -------------------------------------------------------------------
+    @torch.no_grad()
+    def rewards(self, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        """features [n, d] -> rewards of every head [K, n]."""
+        outs = [forward_heads(self.params, features[i : i + chunk], self.shape) for i in range(0, len(features), chunk)]
+        return torch.cat(outs, dim=1) if outs else torch.empty(self.shape.heads, 0)
+
+    def predict(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """features [n, d] -> (mean [n], std [n]) over heads, float64."""
+        r = self.rewards(features)  # [K, n]
+        return r.mean(0).double().numpy(), r.std(0).double().numpy()
+
+    # -- training ---------------------------------------------------------------------
+    def fit(
+        self,
+        features: torch.Tensor,
+        buffer: ReplayBuffer,
+        config: TrainConfig,
+        train_size: int,
+        rng: np.random.Generator,
+        on_step: Callable[[int], None] | None = None,
+    ) -> float:
+        """One iteration of training on D_train drawn without replacement from the buffer.
+
+        features: [N, d] all candidate features; train_size = |D_train| = min(|B|, b * rho).
+        Minibatches walk a fresh permutation of D_train, reshuffled at each pass.
+        ``on_step(step)`` runs after each optimiser step. Returns the mean data loss.
+        """
+        pairs = buffer.pairs()
+        if len(pairs) == 0 or config.steps == 0:
+            return float("nan")
+        # Adam's second moments of tiny gradients go subnormal, which is ~100x slower on x86.
+        flush = torch.set_flush_denormal(True)
+        try:
+            return self._fit(features, pairs, config, train_size, rng, on_step)
+        finally:
+            if flush:
+                torch.set_flush_denormal(False)
+
+    def _fit(
+        self,
+        features: torch.Tensor,
+        pairs: np.ndarray,
+        config: TrainConfig,
+        train_size: int,
+        rng: np.random.Generator,
+        on_step: Callable[[int], None] | None,
+    ) -> float:
+        train = pairs[rng.choice(len(pairs), size=min(len(pairs), train_size), replace=False)]  # [T, 2]
+        k = self.shape.heads
+        c = 2.0 * self.zeta / k  # gradient scale of the anchor term, eq. 5 averaged over heads
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr
+        self.optimizer.param_groups[0]["weight_decay"] = c
+        w0_offset = self.anchors["w0"].mul(-c)
+        small = [n for n in self.params if n != "w0"]
+        small_params = [self.params[n] for n in small]
+        small_anchors = [self.anchors[n] for n in small]
+        batch = min(config.batch_size, len(train))
+        order = rng.permutation(len(train))
+        cursor, total = 0, 0.0
+        for step in range(config.steps):
+            if cursor + batch > len(order):
+                order, cursor = rng.permutation(len(train)), 0
+            idx = train[order[cursor : cursor + batch]]  # [B, 2]
+            cursor += batch
+            rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]]))
+            x = features.index_select(0, rows)  # [2B, d]
+            r = forward_heads(self.params, x, self.shape, grad_offset=w0_offset)  # [K, 2B]
+            loss = bradley_terry_loss(r[:, :batch], r[:, batch:], config.gamma)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # Exact c * (phi - phi~): a parameter the data leaves alone stays exactly put,
+            # where split terms would leave a rounding residue that Adam rescales to a step.
+            drift = torch._foreach_sub([p.detach() for p in small_params], small_anchors)
+            torch._foreach_add_([p.grad for p in small_params], drift, alpha=c)
+            self.optimizer.step()
+            total += float(loss.detach())
+            if on_step is not None:
+                on_step(step)
+        return total / config.steps
+
+    def decay_zeta(self, decay: float) -> None:
+        self.zeta *= decay
+
+    # -- persistence ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {f"param.{n}": p.detach().contiguous() for n, p in self.params.items()}
+        names = list(self.params)
+        for p, name in zip(self.params.values(), names):
+            s = self.optimizer.state.get(p)
+            if s:
+                state[f"adam.{name}.exp_avg"] = s["exp_avg"].contiguous()
+                state[f"adam.{name}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
+                state[f"adam.{name}.step"] = s["step"].reshape(1).float()
+        state["zeta"] = torch.tensor([self.zeta], dtype=torch.float64)
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[f"param.{n}"])
+        for n, p in self.params.items():
+            if f"adam.{n}.exp_avg" in state:
+                self.optimizer.state[p] = {
+                    "step": state[f"adam.{n}.step"].reshape(()).float().clone(),
+                    "exp_avg": state[f"adam.{n}.exp_avg"].clone(),
+                    "exp_avg_sq": state[f"adam.{n}.exp_avg_sq"].clone(),
+                }
+            else:
+                self.optimizer.state.pop(p, None)
+        self.zeta = float(state["zeta"].item())
+
+    def save(self, path: Path) -> None:
+        """Atomic safetensors write (tmp file + rename)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file(self.state_dict(), str(tmp))
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(load_file(str(path)))

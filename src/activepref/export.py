@@ -1,0 +1,76 @@
+"""Write a run's preferences as a TRL preference dataset (JSONL or Parquet).
+
+Conversational by default: ``prompt`` is the message list up to the user turn, ``chosen``
+and ``rejected`` hold only the assistant message. ``standard=True`` writes plain strings.
+Extra columns: prompt_id, score_chosen, score_rejected, model_chosen, model_rejected,
+method, iteration (TRL ignores them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from activepref.store import RunStore
+
+ExportFormat = Literal["jsonl", "parquet"]
+COLUMNS = (
+    "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",
+    "model_chosen", "model_rejected", "method", "iteration",
+)
+
+
+def preference_records(store: RunStore, standard: bool = False) -> list[dict[str, Any]]:
+    prompts = [p for p, _, _ in store.prompts()]
+    responses, _ = store.responses()
+    out = []
+    for it, p_idx, c_idx, r_idx, s_c, s_r, method in store.preference_rows():
+        prompt, chosen, rejected = prompts[p_idx], responses[c_idx], responses[r_idx]
+        if standard:
+            p_val: Any = prompt.text
+            c_val: Any = chosen.text
+            r_val: Any = rejected.text
+        else:
+            p_val = prompt.conversation()
+            c_val = [{"role": "assistant", "content": chosen.text}]
+            r_val = [{"role": "assistant", "content": rejected.text}]
+        out.append({
+            "prompt": p_val, "chosen": c_val, "rejected": r_val, "prompt_id": prompt.id,
+            "score_chosen": s_c, "score_rejected": s_r,
+            "model_chosen": chosen.model, "model_rejected": rejected.model,
+            "method": method, "iteration": it,
+        })
+    return out
+
+
+def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "parquet", standard: bool = False) -> int:
+    """Write the dataset; returns the number of rows. Reading needs no lock."""
+    store = RunStore.open_readonly(run_dir)
+    try:
+        records = preference_records(store, standard)
+    finally:
+        store.close()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    if fmt == "jsonl":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in records:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        msg = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        text_type = pa.string() if standard else msg
+        schema = pa.schema([
+            ("prompt", text_type), ("chosen", text_type), ("rejected", text_type), ("prompt_id", pa.string()),
+            ("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("model_chosen", pa.string()),
+            ("model_rejected", pa.string()), ("method", pa.string()), ("iteration", pa.int64()),
+        ])
+        pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    tmp.replace(output)
+    return len(records)

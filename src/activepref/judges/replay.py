@@ -1,0 +1,35 @@
+"""The replay judge: reveals a stored score only when asked, and counts every reveal.
+
+This is the paper's simulation setup (001 §5): candidates come pre-scored, and the
+annotation cost of a method is the number of scores it had revealed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from activepref.errors import JudgeError
+from activepref.judges import JudgeScore, ScoreRequest, register_judge
+
+StoredScore = Callable[[int], tuple[float | None, dict[str, float]]]
+
+
+class ReplayJudge:
+    name = "replay"
+
+    def __init__(self, stored_score: StoredScore) -> None:
+        self._stored_score = stored_score
+        self.reveals = 0
+
+    def score(self, request: ScoreRequest) -> JudgeScore:
+        value, aspects = self._stored_score(request.response_idx)
+        self.reveals += 1
+        if value is None or not math.isfinite(value):
+            raise JudgeError(f"response {request.response.id!r} has no stored score in the pool")
+        return JudgeScore(float(value), aspects or None)
+
+
+@register_judge("replay", "Reveal the pool's stored scores on request (simulation; each reveal is one annotation).")
+def make_replay_judge(stored_score: StoredScore, **_: object) -> ReplayJudge:
+    return ReplayJudge(stored_score)

@@ -1,0 +1,290 @@
+"""One run of the active preference loop (DESIGN §2): select -> annotate -> train, per batch.
+
+Orchestration only: the math lives in ``acquisition`` and ``enn``, the SQL in ``store``.
+Each step commits before the next starts, and every random draw comes from
+(run seed, iteration, stage), so a run killed anywhere and resumed makes exactly the
+draws, calls and choices of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_method, make_selector, resolve_pairs
+from activepref.acquisition.base import NO_CANDIDATE
+from activepref.config import RunConfig
+from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
+from activepref.judges import Judge, ScoreRequest, make_judge, score_with_retries
+from activepref.store import STATUS_ANNOTATED, STATUS_SELECTED, STATUS_TRAINED, RunStore
+
+log = logging.getLogger(__name__)
+
+STAGE_SELECT, STAGE_RESOLVE, STAGE_TRAIN, STAGE_INIT = 1, 2, 3, 4
+CRASH_ENV = "ACTIVEPREF_CRASH_AT"  # test hook: "<point>" or "<point>@<iteration>" -> SIGKILL self
+
+
+def stage_rng(seed: int, iteration: int, stage: int) -> np.random.Generator:
+    """The generator of one step; independent of everything that ran before it."""
+    return np.random.default_rng(np.random.SeedSequence([seed, iteration, stage]))
+
+
+def crash_point(name: str, iteration: int) -> None:
+    """Kill this process with SIGKILL when the test hook names this point (crash tests)."""
+    target = os.environ.get(CRASH_ENV)
+    if target and target in (name, f"{name}@{iteration}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class Progress:
+    """Callbacks the CLI uses to draw progress; the library never prints."""
+
+    on_iteration: Callable[[int, int, dict[str, Any]], None] = lambda it, total, metrics: None
+    on_stage: Callable[[int, str], None] = lambda it, stage: None
+
+
+@dataclass
+class CandidateTable:
+    """Candidates of every prompt as padded slots. slots: [P, m] response idx (-1 padding)."""
+
+    slots: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def build(cls, response_prompt: np.ndarray, n_prompts: int) -> CandidateTable:
+        counts = np.bincount(response_prompt, minlength=n_prompts)
+        m = int(counts.max()) if len(counts) else 0
+        order = np.argsort(response_prompt, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot_of = np.arange(len(order)) - starts[response_prompt[order]]
+        slots = np.full((n_prompts, m), -1, dtype=np.int64)
+        slots[response_prompt[order], slot_of] = order
+        return cls(slots, slots >= 0)
+
+
+@dataclass
+class RunContext:
+    store: RunStore
+    config: RunConfig
+    judge: Judge
+    features: torch.Tensor  # [n_responses, d]
+    table: CandidateTable
+    models: np.ndarray  # [n_responses] model name per response
+    reward_reference: np.ndarray  # [n_responses] hidden oracle (or stored score) for metrics
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        self.selector = make_selector(self.config.method, self.config.method_options)
+        self.uses_reward_model = get_method(self.config.method).uses_reward_model
+        self.responses, self.response_prompt = self.store.responses()
+        self.prompts = [p for p, _, _ in self.store.prompts()]
+        self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.table, self.reward_reference)
+
+
+def _eval_pairs(eval_prompts: list[int], table: CandidateTable, reward: np.ndarray) -> np.ndarray:
+    """[n, 2] (better, worse) response pairs within held-out prompts, strictly ordered by the reference."""
+    pairs = []
+    for p in eval_prompts:
+        idx = table.slots[p][table.mask[p]]
+        r = reward[idx]
+        better = (r[:, None] > r[None, :]) & np.isfinite(r[:, None]) & np.isfinite(r[None, :])
+        a, b = np.nonzero(better)
+        pairs.append(np.stack([idx[a], idx[b]], axis=1))
+    return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+
+
+def heldout_accuracy(mean: np.ndarray, eval_pairs: np.ndarray) -> float:
+    """Share of held-out pairs the ENN mean orders like the reference reward."""
+    if len(eval_pairs) == 0:
+        return float("nan")
+    return float(np.mean(mean[eval_pairs[:, 0]] > mean[eval_pairs[:, 1]]))
+
+
+def iteration_plan(store: RunStore, config: RunConfig) -> list[list[int]]:
+    order = store.train_prompt_order()
+    b = config.batch_size
+    batches = [order[i : i + b] for i in range(0, len(order), b)]
+    return batches[: config.iterations] if config.iterations else batches
+
+
+def new_model(ctx: RunContext) -> EnsembleRewardModel:
+    e = ctx.config.enn
+    shape = ENNShape(ctx.features.shape[1], e.heads, e.hidden, e.layers)
+    init_seed = int(stage_rng(ctx.config.seed, 0, STAGE_INIT).integers(2**62))
+    return EnsembleRewardModel(shape, init_seed, zeta=e.zeta, lr=e.lr)
+
+
+# -- steps ---------------------------------------------------------------------------------
+def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: EnsembleRewardModel) -> None:
+    slots = ctx.table.slots[prompt_idxs]  # [b, m]
+    mask = ctx.table.mask[prompt_idxs]
+    mean = np.zeros(slots.shape)
+    std = np.zeros(slots.shape)
+    if ctx.uses_reward_model and mask.any():  # baselines never look at the reward model
+        mu, sd = model.predict(ctx.features[torch.from_numpy(slots[mask])])
+        mean[mask], std[mask] = mu, sd
+    models = np.where(mask, ctx.models[np.maximum(slots, 0)], None)
+    batch = CandidateBatch(mean, std, mask, ctx.config.beta, models)
+    proposal = ctx.selector(batch, stage_rng(ctx.config.seed, it, STAGE_SELECT))
+    crash_point("select.before_commit", it)
+    ctx.store.commit_selection(it, prompt_idxs, _proposal_to_json(proposal))
+    crash_point("select.after_commit", it)
+
+
+PreferenceRow = tuple[int, int, int, "float | None", "float | None", str]
+
+
+def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_json: dict[str, Any]) -> list[PreferenceRow]:
+    """Judge what the proposal asks for (skipping what is already stored), then commit pairs.
+
+    Every judge result is committed as it arrives (a paid call is never repeated);
+    returns the committed rows (prompt_idx, chosen_idx, rejected_idx, scores, method).
+    """
+    proposal = _proposal_from_json(proposal_json)
+    slots = ctx.table.slots[record_prompts]  # [b, m]
+    judge = ctx.judge
+    done = ctx.store.scores(judge.name)
+    failed = ctx.store.failures(judge.name)
+    rows, cols = np.nonzero(proposal.annotate)
+    for n, (i, j) in enumerate(zip(rows, cols)):
+        r = int(slots[i, j])
+        if r in done or r in failed:
+            continue
+        result = score_with_retries(judge, ScoreRequest(r, ctx.prompts[record_prompts[i]], ctx.responses[r]), ctx.config.judge.max_retries)
+        if isinstance(result, str):
+            ctx.store.commit_failure(r, judge.name, result, it)
+            failed[r] = result
+        else:
+            ctx.store.commit_score(r, judge.name, result.value, result.aspects, it)
+            done[r] = result.value
+        if n == 0:
+            crash_point("annotate.mid", it)
+    scores = np.full(slots.shape, np.nan)  # [b, m]
+    for i, j in zip(rows, cols):
+        scores[i, j] = done.get(int(slots[i, j]), np.nan)
+    pairs = resolve_pairs(proposal, scores, stage_rng(ctx.config.seed, it, STAGE_RESOLVE))
+    out: list[PreferenceRow] = []
+    for i, p in enumerate(record_prompts):
+        if pairs.status[i] != "ok":
+            continue
+        c, rj = int(slots[i, pairs.chosen[i]]), int(slots[i, pairs.rejected[i]])
+        sc, sr = done.get(c), done.get(rj)
+        out.append((p, c, rj, sc, sr, ctx.config.method))
+    status_counts = {s: int((pairs.status == s).sum()) for s in ("ok", "tie", "failed", "skipped")}
+    crash_point("annotate.before_commit", it)
+    ctx.store.commit_preferences(it, out, status_counts)
+    crash_point("annotate.after_commit", it)
+    return out
+
+
+def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: ReplayBuffer) -> dict[str, Any]:
+    e = ctx.config.enn
+    train_cfg = TrainConfig(lr=e.lr, steps=e.steps, batch_size=e.batch_size, gamma=e.gamma, rho=e.rho)
+    train_size = min(len(buffer), ctx.config.batch_size * e.rho)  # 001 App. B.2
+    half = max(e.steps // 2, 1)
+
+    def on_step(step: int) -> None:
+        if step == half:
+            crash_point("train.mid", it)
+
+    loss = model.fit(ctx.features, buffer, train_cfg, train_size, stage_rng(ctx.config.seed, it, STAGE_TRAIN), on_step=on_step)
+    model.decay_zeta(e.zeta_decay)
+    model.save(ctx.store.checkpoint_path(it))
+    crash_point("train.after_checkpoint", it)
+    metrics = evaluate(ctx, model)
+    metrics.update(train_loss=None if math.isnan(loss) else loss, zeta=model.zeta, buffer=len(buffer))
+    ctx.store.commit_training(it, metrics)
+    ctx.store.prune_checkpoints(it - ctx.config.keep_checkpoints + 1)
+    crash_point("train.after_commit", it)
+    return metrics
+
+
+def evaluate(ctx: RunContext, model: EnsembleRewardModel) -> dict[str, Any]:
+    """Held-out accuracy and dataset statistics against the hidden reference reward."""
+    metrics: dict[str, Any] = {}
+    if len(ctx.eval_pairs):
+        needed = np.unique(ctx.eval_pairs)
+        mean = np.full(len(ctx.responses), np.nan)
+        mu, _ = model.predict(ctx.features[torch.from_numpy(needed)])
+        mean[needed] = mu
+        metrics["heldout_accuracy"] = heldout_accuracy(mean, ctx.eval_pairs)
+    prefs = ctx.store.preference_rows()
+    metrics["pairs"] = len(prefs)
+    metrics["annotations"] = ctx.store.count("scores") + ctx.store.count("judge_failures")
+    if prefs:
+        chosen = ctx.reward_reference[[r[2] for r in prefs]]
+        rejected = ctx.reward_reference[[r[3] for r in prefs]]
+        metrics["mean_chosen_reward"] = float(np.nanmean(chosen))
+        metrics["mean_rejected_reward"] = float(np.nanmean(rejected))
+        metrics["pair_agreement"] = float(np.mean(chosen > rejected))
+    return metrics
+
+
+# -- the run -------------------------------------------------------------------------------
+def _proposal_to_json(p: Proposal) -> dict[str, Any]:
+    return {"annotate": p.annotate.astype(int).tolist(), "pair": p.pair.tolist(), "rule": p.rule.value, "info": p.info}
+
+
+def _proposal_from_json(d: dict[str, Any]) -> Proposal:
+    return Proposal(np.asarray(d["annotate"], dtype=bool).reshape(len(d["pair"]), -1), np.asarray(d["pair"], dtype=np.int64).reshape(-1, 2), PairRule(d["rule"]), d.get("info", {}))
+
+
+def build_context(store: RunStore, config: RunConfig, progress: Progress | None = None) -> RunContext:
+    responses, response_prompt = store.responses()
+    table = CandidateTable.build(response_prompt, store.count("prompts"))
+    raw = np.array(store.features(), dtype=np.float32)  # [n, d]
+    if config.enn.standardize:
+        # Unit-norm sentence embeddings have per-dimension scales ~1/sqrt(d); z-scoring puts the
+        # heads' inputs on the scale their PyTorch-style init expects. Uses no labels.
+        raw = (raw - raw.mean(axis=0)) / (raw.std(axis=0) + 1e-6)
+    features = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    judge = make_judge(config.judge.kind, stored_score=store.pool_score)
+    models = np.asarray([r.model for r in responses], dtype=object)
+    return RunContext(store, config, judge, features, table, models, store.oracle(), progress or Progress())
+
+
+def execute(store: RunStore, config: RunConfig, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) every unfinished step. Returns per-iteration metrics."""
+    ctx = build_context(store, config, progress)
+    plan = iteration_plan(store, config)
+    model = new_model(ctx)
+    buffer = ReplayBuffer()
+    prefs = store.preference_rows()
+    if prefs:
+        buffer.append(np.asarray([r[2] for r in prefs]), np.asarray([r[3] for r in prefs]))
+    last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
+    if last_trained >= 0:
+        model.load(store.checkpoint_path(last_trained))
+    history = []
+    for it, prompt_idxs in enumerate(plan):
+        rec = store.iteration(it)
+        if rec is not None and rec.status == STATUS_TRAINED:
+            history.append(rec.metrics or {})
+            ctx.progress.on_iteration(it, len(plan), rec.metrics or {})
+            continue
+        if rec is None:
+            ctx.progress.on_stage(it, "select")
+            select_step(ctx, it, prompt_idxs, model)
+            rec = store.iteration(it)
+        assert rec is not None
+        if rec.status == STATUS_SELECTED:
+            ctx.progress.on_stage(it, "annotate")
+            new = annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
+            if new:
+                buffer.append(np.asarray([r[1] for r in new]), np.asarray([r[2] for r in new]))
+            rec = store.iteration(it)
+        assert rec is not None and rec.status == STATUS_ANNOTATED
+        ctx.progress.on_stage(it, "train")
+        metrics = train_step(ctx, it, model, buffer)
+        history.append(metrics)
+        ctx.progress.on_iteration(it, len(plan), metrics)
+    return history

@@ -1,0 +1,93 @@
+"""Starting, resuming and inspecting runs: the glue between config, pool, store and loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activepref.config import RunConfig, config_from_json
+from activepref.errors import RunStateError
+from activepref.loop import Progress, execute, iteration_plan, stage_rng
+from activepref.pools import load_pool
+from activepref.store import STATUS_TRAINED, RunStore
+
+STAGE_SPLIT = 5
+
+
+def split_prompts(n_prompts: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out prompt indices, training prompts in annotation order), seeded."""
+    perm = stage_rng(seed, 0, STAGE_SPLIT).permutation(n_prompts)
+    n_eval = int(round(eval_fraction * n_prompts))
+    if n_eval >= n_prompts:
+        n_eval = n_prompts - 1
+    return np.sort(perm[:n_eval]), perm[n_eval:]
+
+
+def create_run(config: RunConfig, out: str | Path) -> RunStore:
+    pool = load_pool(config.pool, config.features)
+    eval_prompts, train_order = split_prompts(len(pool.prompts), config.eval_fraction, config.seed)
+    return RunStore.create(out, config.model_dump_json(), pool, eval_prompts, train_order)
+
+
+def run(config: RunConfig, out: str | Path, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Create the run directory and run every iteration."""
+    store = create_run(config, out)
+    try:
+        return execute(store, config, progress)
+    finally:
+        store.close()
+
+
+def stored_config(store: RunStore) -> RunConfig:
+    text = store.meta("config")
+    if text is None:
+        raise RunStateError(f"{store.run_dir}: no config recorded")
+    return config_from_json(text)
+
+
+def resume(run_dir: str | Path, progress: Progress | None = None) -> list[dict[str, Any]]:
+    store = RunStore.open(run_dir)
+    try:
+        return execute(store, stored_config(store), progress)
+    finally:
+        store.close()
+
+
+@dataclass
+class RunStatus:
+    run_dir: str
+    method: str
+    seed: int
+    iterations_done: int
+    iterations_planned: int
+    current: str | None  # status of the first unfinished iteration
+    pairs: int
+    annotations: int
+    failures: int
+    last_metrics: dict[str, Any]
+
+
+def status(run_dir: str | Path) -> RunStatus:
+    store = RunStore.open_readonly(run_dir)
+    try:
+        config = stored_config(store)
+        records = store.iterations()
+        done = [r for r in records if r.status == STATUS_TRAINED]
+        unfinished = next((r.status for r in records if r.status != STATUS_TRAINED), None)
+        return RunStatus(
+            run_dir=str(run_dir),
+            method=config.method,
+            seed=config.seed,
+            iterations_done=len(done),
+            iterations_planned=len(iteration_plan(store, config)),
+            current=unfinished,
+            pairs=store.count("preferences"),
+            annotations=store.count("scores") + store.count("judge_failures"),
+            failures=store.count("judge_failures"),
+            last_metrics=(done[-1].metrics or {}) if done else {},
+        )
+    finally:
+        store.close()

@@ -1,0 +1,346 @@
+"""The run store: one SQLite database (WAL) per run directory, plus a features matrix and
+ENN checkpoints beside it. Every method that writes is one transaction.
+
+Layout of a run directory::
+
+    run.sqlite              prompts, responses, hidden pool scores, scores, preferences,
+                            iterations (status + metrics), judge failures, run config
+    features.npy            [n_responses, d] float32, rows = response idx
+    checkpoints/enn_XXXXX.safetensors   ENN state after iteration XXXXX
+    lock                    held (flock) by the one process working on the run
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activepref.data import Pool, Prompt, Response
+from activepref.errors import RunLockedError, RunStateError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS prompts (
+    idx INTEGER PRIMARY KEY, prompt_id TEXT UNIQUE NOT NULL, text TEXT NOT NULL,
+    messages TEXT, split TEXT NOT NULL, position INTEGER);
+CREATE TABLE IF NOT EXISTS responses (
+    idx INTEGER PRIMARY KEY, response_id TEXT UNIQUE NOT NULL, prompt_idx INTEGER NOT NULL,
+    model TEXT NOT NULL, principle TEXT, system_prompt TEXT, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pool_scores (
+    response_idx INTEGER PRIMARY KEY, score REAL, aspects TEXT, oracle REAL);
+CREATE TABLE IF NOT EXISTS scores (
+    response_idx INTEGER NOT NULL, judge TEXT NOT NULL, value REAL NOT NULL, aspects TEXT,
+    iteration INTEGER NOT NULL, PRIMARY KEY (response_idx, judge));
+CREATE TABLE IF NOT EXISTS judge_failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, response_idx INTEGER NOT NULL, judge TEXT NOT NULL,
+    iteration INTEGER NOT NULL, error TEXT NOT NULL, UNIQUE (response_idx, judge));
+CREATE TABLE IF NOT EXISTS iterations (
+    iteration INTEGER PRIMARY KEY, status TEXT NOT NULL, prompt_idxs TEXT NOT NULL,
+    proposal TEXT, pair_status TEXT, metrics TEXT);
+CREATE TABLE IF NOT EXISTS preferences (
+    iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, chosen_idx INTEGER NOT NULL,
+    rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL,
+    PRIMARY KEY (iteration, prompt_idx));
+"""
+
+STATUS_SELECTED = "selected"
+STATUS_ANNOTATED = "annotated"
+STATUS_TRAINED = "trained"
+
+
+@dataclass(frozen=True)
+class IterationRecord:
+    iteration: int
+    status: str
+    prompt_idxs: list[int]
+    proposal: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+
+
+class RunStore:
+    """SQLite-backed state of one run. Open with :meth:`create` or :meth:`open`; the
+    directory lock is held until :meth:`close`."""
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fh: Any) -> None:
+        self.run_dir = run_dir
+        self.conn = conn
+        self._lock_fh = lock_fh
+        self._features: np.ndarray | None = None
+
+    # -- opening -----------------------------------------------------------------------
+    @staticmethod
+    def _lock(run_dir: Path) -> Any:
+        fh = open(run_dir / "lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunLockedError(f"{run_dir} is in use by another activepref process (pid {holder}); wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
+
+    @classmethod
+    def _connect(cls, run_dir: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(run_dir / "run.sqlite", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @classmethod
+    def exists(cls, run_dir: str | Path) -> bool:
+        return (Path(run_dir) / "run.sqlite").exists()
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunStore:
+        run_dir = Path(run_dir)
+        if not cls.exists(run_dir):
+            raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
+        lock = cls._lock(run_dir)
+        store = cls(run_dir, cls._connect(run_dir), lock)
+        if store.meta("schema_version") != str(SCHEMA_VERSION):
+            store.close()
+            raise RunStateError(f"{run_dir}: run store schema {store.meta('schema_version')} is not {SCHEMA_VERSION}")
+        if store.meta("created") != "1":
+            store.close()
+            raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
+        return store
+
+    @classmethod
+    def open_readonly(cls, run_dir: str | Path) -> RunStore:
+        """Read a run without taking its lock (status and export work while a run is going)."""
+        run_dir = Path(run_dir)
+        if not cls.exists(run_dir):
+            raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
+        conn = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
+        store = cls(run_dir, conn, None)
+        if store.meta("created") != "1":
+            store.close()
+            raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
+        return store
+
+    @classmethod
+    def create(cls, run_dir: str | Path, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> RunStore:
+        """Import the pool and config into a new run directory (one transaction).
+
+        eval_prompts: prompt indices held out; train_order: prompt indices in annotation order.
+        """
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = cls._lock(run_dir)
+        if cls.exists(run_dir):
+            lock.close()
+            raise RunStateError(f"{run_dir} already holds a run; use `activepref resume {run_dir}` or choose another --out")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        features_tmp = run_dir / "features.npy.tmp"
+        with open(features_tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(pool.features, dtype=np.float32))
+        features_tmp.replace(run_dir / "features.npy")
+        conn = cls._connect(run_dir)
+        store = cls(run_dir, conn, lock)
+        position = {int(p): i for i, p in enumerate(train_order)}
+        held_out = {int(p) for p in eval_prompts}
+        conn.executescript(SCHEMA)  # executescript commits on its own; the data goes in one transaction below
+        with store.transaction() as cur:
+            cur.executemany(
+                "INSERT INTO prompts VALUES (?,?,?,?,?,?)",
+                [
+                    (i, p.id, p.text, json.dumps(list(p.messages)) if p.messages else None,
+                     "eval" if i in held_out else "train", position.get(i))
+                    for i, p in enumerate(pool.prompts)
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO responses VALUES (?,?,?,?,?,?,?)",
+                [
+                    (i, r.id, int(pool.prompt_index[i]), r.model, r.principle, r.system_prompt, r.text)
+                    for i, r in enumerate(pool.responses)
+                ],
+            )
+            aspects = pool.aspect_scores
+            cur.executemany(
+                "INSERT INTO pool_scores VALUES (?,?,?,?)",
+                [
+                    (
+                        i,
+                        None if np.isnan(pool.scores[i]) else float(pool.scores[i]),
+                        json.dumps({a: float(v[i]) for a, v in aspects.items() if not np.isnan(v[i])}) if aspects else None,
+                        None if pool.oracle is None else float(pool.oracle[i]),
+                    )
+                    for i in range(len(pool.responses))
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO meta VALUES (?,?)",
+                [("schema_version", str(SCHEMA_VERSION)), ("config", config_json), ("pool_source", pool.source), ("created", "1")],
+            )
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+
+    # -- reading -----------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else row[0]
+
+    def features(self) -> np.ndarray:
+        """[n_responses, d] float32, memory-mapped."""
+        if self._features is None:
+            self._features = np.load(self.run_dir / "features.npy", mmap_mode="r")
+        return self._features
+
+    def prompts(self) -> list[tuple[Prompt, str, int | None]]:
+        """(prompt, split, position in annotation order) by prompt idx."""
+        out = []
+        for _idx, pid, text, messages, split, position in self.conn.execute("SELECT * FROM prompts ORDER BY idx"):
+            out.append((Prompt(pid, text, tuple(json.loads(messages)) if messages else ()), split, position))
+        return out
+
+    def responses(self) -> tuple[list[Response], np.ndarray]:
+        """Responses by idx and their prompt idx [n]."""
+        rows = self.conn.execute(
+            "SELECT r.response_id, p.prompt_id, r.model, r.text, r.principle, r.system_prompt, r.prompt_idx "
+            "FROM responses r JOIN prompts p ON p.idx = r.prompt_idx ORDER BY r.idx"
+        ).fetchall()
+        return [Response(*row[:6]) for row in rows], np.asarray([row[6] for row in rows], dtype=np.int64)
+
+    def train_prompt_order(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT idx FROM prompts WHERE split = 'train' ORDER BY position")]
+
+    def eval_prompts(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT idx FROM prompts WHERE split = 'eval' ORDER BY idx")]
+
+    def pool_score(self, response_idx: int) -> tuple[float | None, dict[str, float]]:
+        """The hidden stored score; only the replay judge may call this."""
+        row = self.conn.execute("SELECT score, aspects FROM pool_scores WHERE response_idx = ?", (response_idx,)).fetchone()
+        if row is None:
+            return None, {}
+        return row[0], json.loads(row[1]) if row[1] else {}
+
+    def oracle(self) -> np.ndarray:
+        """[n] hidden evaluation reward: oracle where the pool has one, else the stored score (NaN if none)."""
+        rows = self.conn.execute("SELECT oracle, score FROM pool_scores ORDER BY response_idx").fetchall()
+        has_oracle = any(r[0] is not None for r in rows)
+        col = 0 if has_oracle else 1
+        return np.asarray([np.nan if r[col] is None else r[col] for r in rows], dtype=np.float64)
+
+    def iteration(self, it: int) -> IterationRecord | None:
+        row = self.conn.execute("SELECT iteration, status, prompt_idxs, proposal, metrics FROM iterations WHERE iteration = ?", (it,)).fetchone()
+        if row is None:
+            return None
+        return IterationRecord(row[0], row[1], json.loads(row[2]), json.loads(row[3]) if row[3] else None, json.loads(row[4]) if row[4] else None)
+
+    def iterations(self) -> list[IterationRecord]:
+        rows = self.conn.execute("SELECT iteration FROM iterations ORDER BY iteration").fetchall()
+        return [rec for (it,) in rows if (rec := self.iteration(it)) is not None]
+
+    def scores(self, judge: str) -> dict[int, float]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT response_idx, value FROM scores WHERE judge = ?", (judge,))}
+
+    def failures(self, judge: str) -> dict[int, str]:
+        return {r[0]: r[1] for r in self.conn.execute("SELECT response_idx, error FROM judge_failures WHERE judge = ?", (judge,))}
+
+    def count(self, table: str) -> int:
+        assert table in {"scores", "judge_failures", "preferences", "prompts", "responses"}
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def preference_rows(self) -> list[tuple[int, int, int, int, float | None, float | None, str]]:
+        """(iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method) in order."""
+        return self.conn.execute(
+            "SELECT iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method "
+            "FROM preferences ORDER BY iteration, prompt_idx"
+        ).fetchall()
+
+    # -- writing (each call is one transaction) ------------------------------------------
+    def commit_selection(self, it: int, prompt_idxs: list[int], proposal: dict[str, Any]) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO iterations (iteration, status, prompt_idxs, proposal) VALUES (?,?,?,?)",
+                (it, STATUS_SELECTED, json.dumps(prompt_idxs), json.dumps(proposal)),
+            )
+
+    def commit_score(self, response_idx: int, judge: str, value: float, aspects: dict[str, float] | None, it: int) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT INTO scores VALUES (?,?,?,?,?)",
+                (response_idx, judge, value, json.dumps(aspects) if aspects else None, it),
+            )
+
+    def commit_failure(self, response_idx: int, judge: str, error: str, it: int) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO judge_failures (response_idx, judge, iteration, error) VALUES (?,?,?,?)",
+                (response_idx, judge, it, error),
+            )
+
+    def commit_preferences(self, it: int, rows: list[tuple[int, int, int, float | None, float | None, str]], pair_status: dict[str, int]) -> None:
+        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method)."""
+        with self.transaction() as cur:
+            cur.executemany("INSERT INTO preferences VALUES (?,?,?,?,?,?,?)", [(it, *r) for r in rows])
+            cur.execute(
+                "UPDATE iterations SET status = ?, pair_status = ? WHERE iteration = ? AND status = ?",
+                (STATUS_ANNOTATED, json.dumps(pair_status), it, STATUS_SELECTED),
+            )
+            if cur.rowcount != 1:
+                raise RunStateError(f"iteration {it} was not in state '{STATUS_SELECTED}'")
+
+    def commit_training(self, it: int, metrics: dict[str, Any]) -> None:
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE iterations SET status = ?, metrics = ? WHERE iteration = ? AND status = ?",
+                (STATUS_TRAINED, json.dumps(metrics), it, STATUS_ANNOTATED),
+            )
+            if cur.rowcount != 1:
+                raise RunStateError(f"iteration {it} was not in state '{STATUS_ANNOTATED}'")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint_path(self, it: int) -> Path:
+        return self.run_dir / "checkpoints" / f"enn_{it:05d}.safetensors"
+
+    def prune_checkpoints(self, keep_from: int) -> None:
+        """Delete checkpoints of iterations before ``keep_from`` (never the ones still needed)."""
+        for path in (self.run_dir / "checkpoints").glob("enn_*.safetensors"):
+            if int(path.stem.split("_")[1]) < keep_from:
+                path.unlink(missing_ok=True)
