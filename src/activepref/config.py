@@ -55,6 +55,7 @@ class JudgeConfig(_Strict):
 
     kind: Literal["replay"] = "replay"
     max_retries: int = Field(2, ge=0, description="retries before a call is recorded as a failure")
+    audit_log: str | None = Field(None, description="append one JSON line per judge call to this file (audit of paid calls)")
 
 
 class RunConfig(_Strict):

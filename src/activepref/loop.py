@@ -23,7 +23,7 @@ from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_metho
 from activepref.acquisition.base import NO_CANDIDATE
 from activepref.config import RunConfig
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
-from activepref.judges import Judge, ScoreRequest, make_judge, score_with_retries
+from activepref.judges import AuditedJudge, Judge, ScoreRequest, make_judge, score_with_retries
 from activepref.store import STATUS_ANNOTATED, STATUS_SELECTED, STATUS_TRAINED, RunStore
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,9 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
         # heads' inputs on the scale their PyTorch-style init expects. Uses no labels.
         raw = (raw - raw.mean(axis=0)) / (raw.std(axis=0) + 1e-6)
     features = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-    judge = make_judge(config.judge.kind, stored_score=store.pool_score)
+    judge: Judge = make_judge(config.judge.kind, stored_score=store.pool_score)
+    if config.judge.audit_log:
+        judge = AuditedJudge(judge, config.judge.audit_log)
     models = np.asarray([r.model for r in responses], dtype=object)
     return RunContext(store, config, judge, features, table, models, store.oracle(), progress or Progress())
 

@@ -66,6 +66,33 @@ def make_judge(kind: str, **kwargs: Any) -> Judge:
     return entry.factory(**kwargs)
 
 
+class AuditedJudge:
+    """Wraps a judge and appends one JSON line per call to a log file, flushed to disk
+    before the result is used, so every paid call can be accounted for after a crash."""
+
+    def __init__(self, inner: Judge, path: str) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.path = path
+
+    def score(self, request: ScoreRequest) -> JudgeScore:
+        import json
+        import os
+
+        try:
+            result = self.inner.score(request)
+            entry = {"response_id": request.response.id, "judge": self.name, "ok": True}
+            return result
+        except JudgeError as exc:
+            entry = {"response_id": request.response.id, "judge": self.name, "ok": False, "error": str(exc)}
+            raise
+        finally:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
 def score_with_retries(judge: Judge, request: ScoreRequest, max_retries: int) -> JudgeScore | str:
     """The judge's score, or the last error message after ``max_retries`` retries."""
     error = ""
