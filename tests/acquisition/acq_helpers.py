@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+import acquisition_reference as ref
 import numpy as np
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import acquisition_reference as ref
 from activepref.acquisition import CandidateBatch, PairRule
 from activepref.acquisition.base import NO_CANDIDATE
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import math
 
+import acquisition_reference as ref
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from scipy import stats
-
-import acquisition_reference as ref
 from acq_helpers import (
     PROPERTY,
     assert_matches_reference,
@@ -23,6 +19,10 @@ from acq_helpers import (
     seeds,
     single_prompt,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
 from activepref.acquisition import CandidateBatch, make_selector, ucb_preference_prob
 from activepref.acquisition.base import lcb_preference_prob
 from activepref.errors import ConfigError

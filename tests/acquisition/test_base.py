@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 import warnings
 
+import acquisition_reference as ref
 import numpy as np
 import pytest
+from acq_helpers import MODEL_NAMES, PROPERTY, candidate_batches, seeds
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import acquisition_reference as ref
-from acq_helpers import MODEL_NAMES, PROPERTY, candidate_batches, seeds
 from activepref.acquisition import (
     REGISTRY,
     CandidateBatch,

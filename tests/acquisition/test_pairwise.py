@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import acquisition_reference as ref
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from scipy import stats
-
-import acquisition_reference as ref
 from acq_helpers import (
     MODEL_NAMES,
     PROPERTY,
@@ -23,6 +19,10 @@ from acq_helpers import (
     seeds,
     single_prompt,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
 from activepref.acquisition import CandidateBatch, PairRule, make_selector, resolve_pairs
 from activepref.acquisition.base import NO_CANDIDATE
 from activepref.errors import ConfigError

@@ -20,7 +20,6 @@ from activepref.acquisition.base import (
     lcb_preference_prob,
     random_valid_index,
     sigmoid,
-    ucb_preference_prob,
 )
 
 THOMPSON_MAXITER = 30  # resamples before the uniform fallback of DTS/DRTS (001 Alg. 2, 4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from activepref.acquisition import register
-from activepref.errors import ConfigError
 from activepref.acquisition.base import (
     NO_CANDIDATE,
     CandidateBatch,
@@ -14,6 +13,7 @@ from activepref.acquisition.base import (
     Proposal,
     annotate_pair,
 )
+from activepref.errors import ConfigError
 
 ULTRAFEEDBACK_SAMPLE = 4  # candidates judged per prompt by UltraFeedback (Cui et al., 2024)
 

@@ -1,0 +1,229 @@
+"""The run store (activepref.store.RunStore): directory lock, read-only access, WAL, atomic create."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from activepref.config import load_config
+from activepref.errors import ActivePrefError, RunLockedError, RunStateError
+from activepref.pools import synthetic_pool
+from activepref.store import RunStore
+
+N_PROMPTS = 6
+
+
+@pytest.fixture
+def pool():
+    return synthetic_pool(n_prompts=N_PROMPTS, candidates=4, dim=4, seed=0, min_candidates=2)
+
+
+def create(run_dir, pool):
+    return RunStore.create(run_dir, load_config().model_dump_json(), pool, np.array([0]), np.arange(1, N_PROMPTS))
+
+
+@pytest.fixture
+def run_dir(tmp_path, pool):
+    d = tmp_path / "run"
+    create(d, pool).close()
+    return d
+
+
+def sql_count(run_dir, table: str) -> int:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# -- lock ----------------------------------------------------------------------------------
+
+
+def test_second_open_in_the_same_process_is_refused(run_dir):
+    first = RunStore.open(run_dir)
+    try:
+        with pytest.raises(RunLockedError) as info:
+            RunStore.open(run_dir)
+        msg = str(info.value)
+        assert str(run_dir) in msg
+        assert "in use by another activepref process" in msg
+        assert f"(pid {os.getpid()})" in msg
+    finally:
+        first.close()
+
+
+def test_create_is_refused_while_the_store_is_open(tmp_path, pool):
+    d = tmp_path / "run"
+    store = create(d, pool)
+    try:
+        with pytest.raises(RunLockedError):
+            create(d, pool)
+    finally:
+        store.close()
+
+
+def test_lock_is_released_on_close(run_dir):
+    RunStore.open(run_dir).close()
+    second = RunStore.open(run_dir)
+    second.close()
+    with RunStore.open(run_dir) as third:
+        assert third.count("prompts") == N_PROMPTS
+    RunStore.open(run_dir).close()  # the context manager closed it too
+
+
+def test_lock_held_by_another_process(run_dir):
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from activepref.store import RunStore
+        store = RunStore.open(sys.argv[1])
+        print("locked", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError) as info:
+            RunStore.open(run_dir)
+        assert f"(pid {child.pid})" in str(info.value)
+        assert "wait for it or stop it" in str(info.value)
+        # reading needs no lock
+        ro = RunStore.open_readonly(run_dir)
+        try:
+            assert ro.count("responses") == sql_count(run_dir, "responses")
+        finally:
+            ro.close()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        child.stdout.close()
+    RunStore.open(run_dir).close()  # the dead process's lock is gone
+
+
+def test_open_readonly_while_locked(run_dir, pool):
+    writer = RunStore.open(run_dir)
+    try:
+        reader = RunStore.open_readonly(run_dir)
+        try:
+            assert reader.count("prompts") == N_PROMPTS
+            assert reader.count("responses") == len(pool.responses)
+            assert reader.meta("created") == "1"
+            with pytest.raises(sqlite3.OperationalError):  # read-only really is read-only
+                reader.conn.execute("DELETE FROM prompts")
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+
+def test_readonly_does_not_take_the_lock(run_dir):
+    reader = RunStore.open_readonly(run_dir)
+    try:
+        RunStore.open(run_dir).close()
+    finally:
+        reader.close()
+
+
+def test_run_locked_error_is_an_activepref_error():
+    assert issubclass(RunLockedError, ActivePrefError)
+
+
+# -- sqlite ---------------------------------------------------------------------------------
+
+
+def test_wal_mode(run_dir):
+    with RunStore.open(run_dir) as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(run_dir / "run.sqlite")  # persistent: any new connection sees it
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+def test_create_imports_the_whole_pool(tmp_path, pool):
+    d = tmp_path / "run"
+    create(d, pool).close()
+    ro = RunStore.open_readonly(d)
+    try:
+        assert ro.count("prompts") == len(pool.prompts) == N_PROMPTS
+        assert ro.count("responses") == len(pool.responses)
+        assert ro.count("scores") == 0
+        assert ro.count("preferences") == 0
+        assert ro.meta("created") == "1"
+        assert ro.meta("schema_version") == "1"
+        assert ro.meta("pool_source") == pool.source
+        responses, prompt_idx = ro.responses()
+        assert [r.id for r in responses] == [r.id for r in pool.responses]
+        assert prompt_idx.tolist() == list(pool.prompt_index)
+        assert [p.id for p, _, _ in ro.prompts()] == [p.id for p in pool.prompts]
+        assert ro.eval_prompts() == [0]
+        assert ro.train_prompt_order() == [1, 2, 3, 4, 5]
+        np.testing.assert_array_equal(ro.features(), pool.features)
+        np.testing.assert_allclose(ro.oracle(), pool.oracle)
+    finally:
+        ro.close()
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        p for p in ("checkpoints", "features.npy", "lock", "run.sqlite", "run.sqlite-wal", "run.sqlite-shm")
+        if (d / p).exists()
+    )
+    assert not (d / "features.npy.tmp").exists()
+
+
+def test_create_twice_is_refused(run_dir, pool):
+    with pytest.raises(RunStateError) as info:
+        create(run_dir, pool)
+    assert "already holds a run" in str(info.value)
+    assert f"activepref resume {run_dir}" in str(info.value)
+
+
+def test_open_of_a_directory_without_a_run(tmp_path):
+    with pytest.raises(RunStateError) as info:
+        RunStore.open(tmp_path)
+    assert str(info.value) == f"{tmp_path} is not an activepref run directory (no run.sqlite)"
+    with pytest.raises(RunStateError):
+        RunStore.open_readonly(tmp_path)
+
+
+def broken_pool(pool):
+    """The pool with a duplicated response id: the INSERT of responses fails after the prompts went in."""
+    responses = list(pool.responses)
+    responses[-1] = dataclasses.replace(responses[-1], id=responses[0].id)
+    return dataclasses.replace(pool, responses=responses)
+
+
+def test_create_transaction_is_atomic(tmp_path, pool):
+    d = tmp_path / "run"
+    with pytest.raises(sqlite3.IntegrityError):
+        create(d, broken_pool(pool))
+    gc.collect()
+    # nothing of the data went in: not the prompts inserted before the failing statement, nor meta
+    assert sql_count(d, "prompts") == 0
+    assert sql_count(d, "responses") == 0
+    assert sql_count(d, "meta") == 0
+    with pytest.raises(RunStateError) as info:
+        RunStore.open_readonly(d)
+    assert "interrupted while it was being created" in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="src bug: store.py RunStore.create does not close the connection or release "
+                   "the directory lock when the import transaction fails; the lock stays held while the exception "
+                   "(its traceback) is alive")
+def test_failed_create_releases_the_lock(tmp_path, pool):
+    d = tmp_path / "run"
+    with pytest.raises(sqlite3.IntegrityError) as info:
+        create(d, broken_pool(pool))
+    assert info.value is not None  # the exception is still referenced, as in a notebook's last traceback
+    with pytest.raises(RunStateError) as second:  # not RunLockedError
+        RunStore.open(d)
+    assert "interrupted while it was being created" in str(second.value)
