@@ -208,6 +208,7 @@ def simulate(
     seed: SeedOpt = None,
     beta: BetaOpt = None,
     pool: PoolOpt = None,
+    plot: Annotated[bool, typer.Option(help="Write simulate.png: accuracy vs annotations per method.")] = True,
 ) -> None:
     """Run the loop on the built-in pool (80 MT-bench prompts, real text, hidden oracle).
 
@@ -220,6 +221,7 @@ def simulate(
     names = [m.strip() for m in method.split(",") if m.strip()]
     base = out or Path(tempfile.mkdtemp(prefix="activepref-sim-"))
     results = []
+    histories: dict[str, list[dict[str, Any]]] = {}
     try:
         for name in names:
             flags = {"method": name, "pool": pool, "batch_size": batch_size, "iterations": iterations, "seed": seed, "beta": beta}
@@ -227,6 +229,7 @@ def simulate(
             with _Bars(name) as bars:
                 history = runs.run(cfg, base / f"{name}-seed{cfg.seed}", bars.callbacks())
             results.append((name, history[-1] if history else {}))
+            histories[name] = history
     except ActivePrefError as exc:
         _fail(exc)
     table = Table("method", "pairs", "annotations", "held-out acc", "chosen oracle", "rejected oracle", title="simulation on the built-in pool")
@@ -237,6 +240,15 @@ def simulate(
             f"{m.get('mean_rejected_reward', float('nan')):.3f}",
         )
     console.print(table)
+    if plot:
+        from activepref.extras import MissingExtraError
+        from activepref.plots import plot_learning_curves
+
+        try:
+            png = plot_learning_curves(histories, base / "simulate.png", "activepref simulate: built-in pool")
+            console.print(f"plot: {png}")
+        except MissingExtraError as exc:
+            console.print(f"no plot ({exc})")
     console.print(f"run directories: {base}")
 
 
