@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -218,7 +219,8 @@ def warm_up(s: Sizes, features, buffer, predict_x) -> None:
 
 def measure(s: Sizes, threads: int, features, buffer, predict_x, check: bool, log) -> dict:
     torch.set_num_threads(threads)
-    log(f"[threads={threads}] sgemm ...")
+    load_before = os.getloadavg()[0]
+    log(f"[threads={threads}] sgemm ... (1-min load average {load_before:.2f})")
     sg = sgemm_gflops(s.sgemm_n, s.sgemm_reps)
     shaped_train = shaped_gemm_gflops(2 * s.batch, s.dim, s.heads * s.hidden, s.sgemm_reps)
     shaped_wgrad = shaped_gemm_gflops(s.dim, 2 * s.batch, s.heads * s.hidden, s.sgemm_reps)
@@ -276,6 +278,10 @@ def measure(s: Sizes, threads: int, features, buffer, predict_x, check: bool, lo
         "speedup_vs_reference": ref_train_s / train_s,
         "predict_speedup_vs_reference": min(ref_predict_times) / predict_s,
         "reference_anchor_term": anchor_term(heads, anchors, ZETA),
+        # Other processes on the machine: the load average counts this benchmark's own threads;
+        # clearly above the row's thread count means contention inflated the row's timings
+        # (OpenMP suffers most when all cores are asked for).
+        "load_avg_1min": [load_before, os.getloadavg()[0]],
     }
     if check:
         # Same steps, same minibatches: the batched fit and the eq. 5 reference must agree.
@@ -312,7 +318,7 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=170)
+    console = Console(width=200)
     title = (
         f"ENN training: {s.steps} steps, batch {s.batch} pairs, K={s.heads}, {s.layers}x{s.hidden}, "
         f"d={s.dim}, buffer {s.buffer_pairs} pairs{' (QUICK sizes)' if quick else ''}"
@@ -320,7 +326,7 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
     t = Table(title=title)
     for col in ("threads", "sgemm GF/s", "train s (min / med)", "floor s", "achieved GF/s", "vs floor",
                 f"goal <={GOAL_TRAIN_VS_FLOOR:g}x", "reference s", "ref steps timed", "speedup",
-                f"goal >={GOAL_SPEEDUP:g}x", "ref anchor term"):
+                f"goal >={GOAL_SPEEDUP:g}x", "ref anchor term", "load avg"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -336,6 +342,7 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
             f"{r['speedup_vs_reference']:.2f}x",
             "pass" if r["speedup_vs_reference"] >= GOAL_SPEEDUP else "FAIL",
             f"{r['reference_anchor_term']:.3g}",
+            "{:.1f}-{:.1f}".format(*r["load_avg_1min"]),
         )
     console.print(t)
 
@@ -365,6 +372,11 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
         g.add_row(str(r["threads"]), f"{r['sgemm_gflops']:.1f}", f"{r['first_layer_fwd_gemm_gflops']:.1f}",
                   f"{r['first_layer_wgrad_gemm_gflops']:.1f}", f"{r['predict_gemm_gflops']:.1f}")
     console.print(g)
+    console.print(
+        f"'load avg': 1-minute load average at the start and end of each row ({os.cpu_count()} CPUs; it counts "
+        "this benchmark's own threads). Clearly above the row's thread count = other processes competed and "
+        "that row's times are inflated."
+    )
     for r in rows:
         if r["reference_scaled"]:
             console.print(

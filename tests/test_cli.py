@@ -214,11 +214,9 @@ def test_methods_lists_all_nine(tmp_path):
     names = [m.group(1) for m in re.finditer(r"^│ (\w+) +│", result.stdout, flags=re.MULTILINE)]
     assert sorted(names) == sorted(METHODS)
     assert "sample_size=4" in result.stdout  # ultrafeedback's option and its default
-    assert "strong=None, weak=None" in result.stdout
+    assert "strong (required), weak (required)" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: cli.py `methods` passes descriptions to rich unescaped, so "
-                   "dts's '[lower, upper]' is eaten as markup ('two independent draws in , distinct argmaxes')")
 def test_methods_shows_descriptions_verbatim():
     result = invoke("methods")
     assert_ok(result)
@@ -246,9 +244,6 @@ def test_resume_of_a_finished_run_changes_nothing(finished, tmp_path):
     assert export_lines(finished, tmp_path / "after.jsonl") == before
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: runs.resume/loop.execute return the stored metrics of finished "
-                   "iterations, so cli._print_summary never sees an empty history and never prints "
-                   "'nothing to do'; it reprints the last summary as if work had been done")
 def test_resume_of_a_finished_run_says_nothing_to_do(finished):
     result = invoke("resume", finished)
     assert_ok(result)
@@ -330,9 +325,6 @@ def test_bad_method_option_is_reported(work, tmp_path):
     assert "method_options: wek not an option of 'delta_pair' (valid: strong, weak)" in text
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: method_options are only checked in loop.build_context, after "
-                   "runs.create_run has written the run directory; the corrected command then fails with "
-                   "'already holds a run' (and resume replays the bad stored config)")
 def test_bad_method_option_leaves_no_run_behind(work, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(TINY + "method: delta_pair\nmethod_options: {strong: strong-a, wek: weak-b}\n", encoding="utf-8")

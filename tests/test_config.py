@@ -84,7 +84,7 @@ def test_none_overrides_do_not_clobber_the_file(tmp_path):
 
 
 def test_overrides_without_a_file():
-    cfg = load_config(None, {"enn.heads": 3, "judge.max_retries": 0, "method_options": {"sample_size": 3}})
+    cfg = load_config(None, {"enn.heads": 3, "judge.max_retries": 0, "method": "ultrafeedback", "method_options": {"sample_size": 3}})
     assert cfg.enn.heads == 3
     assert cfg.judge.max_retries == 0
     assert cfg.method_options == {"sample_size": 3}
@@ -204,8 +204,6 @@ def test_config_error_is_an_activepref_error():
     assert issubclass(ConfigError, ActivePrefError)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: config.py load_config labels the source '(+ flags)' whenever the "
-                   "overrides dict is non-empty, even if every value is None (the CLI always passes all flags)")
 def test_error_source_does_not_mention_flags_when_none_were_given(tmp_path):
     path = write(tmp_path / "c.yaml", "bogus: 1\n")
     msg = config_error(path, {"pool": None, "batch_size": None})

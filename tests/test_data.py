@@ -311,8 +311,6 @@ def test_npy_with_nan_names_row(tmp_path):
     assert str(err).startswith(f"{tmp_path / 'feats.npy'}, row 2")
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: .npy feature errors (wrong row count, NaN row) set no field; "
-                   "the message does not say it is about the features (data.py _load_features)")
 @pytest.mark.parametrize("bad", ["rows", "nan"])
 def test_npy_errors_name_the_features_field(tmp_path, bad):
     path = write_jsonl(tmp_path / "pool.jsonl", [without(row(i), "features") for i in range(4)])

@@ -216,9 +216,6 @@ def test_create_transaction_is_atomic(tmp_path, pool):
     assert "interrupted while it was being created" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: store.py RunStore.create does not close the connection or release "
-                   "the directory lock when the import transaction fails; the lock stays held while the exception "
-                   "(its traceback) is alive")
 def test_failed_create_releases_the_lock(tmp_path, pool):
     d = tmp_path / "run"
     with pytest.raises(sqlite3.IntegrityError) as info:

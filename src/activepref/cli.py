@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -87,7 +89,7 @@ BetaOpt = Annotated[float | None, typer.Option(help="Bounds are mean +/- beta * 
 
 def _print_summary(history: list[dict[str, Any]], out: Path) -> None:
     if not history:
-        console.print("nothing to do: every iteration is already finished")
+        console.print("the run has no iterations (is the pool smaller than one batch of training prompts?)")
         return
     last = history[-1]
     table = Table(title=f"run {out}", show_header=False)
@@ -136,6 +138,9 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to contin
             history = runs.resume(run_dir, bars.callbacks())
     except ActivePrefError as exc:
         _fail(exc)
+    if history is None:
+        console.print("nothing to do: every iteration is already finished")
+        return
     _print_summary(history, run_dir)
 
 
@@ -194,8 +199,8 @@ def methods() -> None:
 
     table = Table("method", "family", "options", "description")
     for m in available():
-        opts = ", ".join(f"{k}={v}" for k, v in m.options().items())
-        table.add_row(m.name, m.family, opts, m.description)
+        opts = ", ".join(f"{k} (required)" if v is inspect.Parameter.empty else f"{k}={v}" for k, v in m.options().items())
+        table.add_row(m.name, m.family, escape(opts), escape(m.description))
     console.print(table)
 
 

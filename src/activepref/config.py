@@ -82,6 +82,23 @@ class RunConfig(_Strict):
         return v
 
 
+def _check_method_options(config: RunConfig) -> None:
+    """Bind the method's options and try it on a two-candidate dummy batch, so that a bad
+    option fails before a run directory is created."""
+    import numpy as np
+
+    from activepref.acquisition import CandidateBatch, make_selector
+
+    selector = make_selector(config.method, config.method_options)
+    dummy = CandidateBatch(np.zeros((1, 2)), np.ones((1, 2)), np.ones((1, 2), dtype=bool), config.beta, np.array([["", ""]], dtype=object))
+    try:
+        selector(dummy, np.random.default_rng(0))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method_options for {config.method!r}: {exc}") from None
+
+
 def _format_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
@@ -133,9 +150,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if value is not None:
             _set_path(data, key, value)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source if not overrides else f"{source} (+ flags)")) from None
+        given = any(v is not None for v in (overrides or {}).values())
+        raise ConfigError(_format_error(exc, f"{source} (+ flags)" if given and path is not None else source)) from None
+    _check_method_options(config)
+    return config
 
 
 def config_from_json(text: str) -> RunConfig:

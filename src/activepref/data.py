@@ -104,7 +104,7 @@ class PoolRow(BaseModel):
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
-            raise ValueError(f"must be a finite number, got {v}")
+            raise ValueError("must be a finite number")
         return v
 
 
@@ -274,11 +274,11 @@ def _load_features(path: Path, features_path: str | Path | None, rows: list[list
         except Exception as exc:
             raise PoolFormatError(str(fpath), "file", None, f"not a readable .npy matrix ({exc})") from None
         if matrix.ndim != 2 or matrix.shape[0] != n:
-            raise PoolFormatError(str(fpath), "file", None, f"shape {matrix.shape}, expected ({n}, d): one row per pool row in file order")
+            raise PoolFormatError(str(fpath), "file", "features", f"shape {matrix.shape}, expected ({n}, d): one row per pool row in file order")
         out = np.asarray(matrix, dtype=np.float32)
         bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
         if len(bad):
-            raise PoolFormatError(str(fpath), f"row {int(bad[0])}", None, "contains NaN or infinity")
+            raise PoolFormatError(str(fpath), f"row {int(bad[0])}", "features", "contains NaN or infinity")
         return out
     if not rows:
         raise PoolFormatError(str(path), "file", "features", "no features: add a 'features' column or pass a .npy file (--features)")

@@ -48,10 +48,15 @@ def stored_config(store: RunStore) -> RunConfig:
     return config_from_json(text)
 
 
-def resume(run_dir: str | Path, progress: Progress | None = None) -> list[dict[str, Any]]:
+def resume(run_dir: str | Path, progress: Progress | None = None) -> list[dict[str, Any]] | None:
+    """Continue a run; None when every planned iteration was already finished."""
     store = RunStore.open(run_dir)
     try:
-        return execute(store, stored_config(store), progress)
+        config = stored_config(store)
+        planned = len(iteration_plan(store, config))
+        if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
+            return None
+        return execute(store, config, progress)
     finally:
         store.close()
 

@@ -114,12 +114,13 @@ class RunStore:
             raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
         lock = cls._lock(run_dir)
         store = cls(run_dir, cls._connect(run_dir), lock)
-        if store.meta("schema_version") != str(SCHEMA_VERSION):
-            store.close()
-            raise RunStateError(f"{run_dir}: run store schema {store.meta('schema_version')} is not {SCHEMA_VERSION}")
         if store.meta("created") != "1":
             store.close()
             raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
+        version = store.meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            store.close()
+            raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
         return store
 
     @classmethod
@@ -154,6 +155,15 @@ class RunStore:
         features_tmp.replace(run_dir / "features.npy")
         conn = cls._connect(run_dir)
         store = cls(run_dir, conn, lock)
+        try:
+            store._import(config_json, pool, eval_prompts, train_order)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:
+        store, conn = self, self.conn
         position = {int(p): i for i, p in enumerate(train_order)}
         held_out = {int(p) for p in eval_prompts}
         conn.executescript(SCHEMA)  # executescript commits on its own; the data goes in one transaction below
@@ -190,7 +200,6 @@ class RunStore:
                 "INSERT INTO meta VALUES (?,?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("config", config_json), ("pool_source", pool.source), ("created", "1")],
             )
-        return store
 
     def close(self) -> None:
         self.conn.close()

@@ -84,6 +84,9 @@ def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[
     if unknown:
         valid = ", ".join(known) or "none"
         raise ConfigError(f"method_options: {', '.join(unknown)} not an option of {name!r} (valid: {valid})")
+    missing = [k for k, v in known.items() if v is inspect.Parameter.empty and k not in options]
+    if missing:
+        raise ConfigError(f"method_options: {name!r} needs {', '.join(repr(m) for m in missing)}")
     return functools.partial(method.propose, **options)
 
 

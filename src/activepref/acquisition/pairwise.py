@@ -69,12 +69,10 @@ def ultrafeedback(batch: CandidateBatch, rng: np.random.Generator, sample_size: 
     uses_reward_model=False,
 )
 def delta_pair(
-    batch: CandidateBatch, rng: np.random.Generator, strong: str | None = None, weak: str | None = None
+    batch: CandidateBatch, rng: np.random.Generator, *, strong: str, weak: str
 ) -> Proposal:
     if batch.models is None:
         raise ValueError("delta_pair needs the model name of every candidate (batch.models)")
-    if strong is None or weak is None:
-        raise ConfigError("delta_pair needs method_options 'strong' and 'weak' (model names from the pool)")
     if strong == weak:
         raise ConfigError(f"delta_pair: 'strong' and 'weak' must name different models (both are {strong!r})")
     mask = batch.mask
