@@ -105,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         name = method.name
         options = OPTIONS.get(name, {})
         select = make_selector(name, options)
-        fast = time_calls(lambda rng: select(batch, rng), repeats)
-        slow = time_calls(lambda rng: ref.propose(name, batch, rng, **options), ref_repeats)
-        agree = agreement(select(batch, np.random.default_rng(0)), ref.propose(name, batch, np.random.default_rng(0), **options), m)
+        fast = time_calls(lambda rng, select=select: select(batch, rng), repeats)
+        slow = time_calls(lambda rng, name=name, options=options: ref.propose(name, batch, rng, **options), ref_repeats)
+        agree = agreement(
+            select(batch, np.random.default_rng(0)), ref.propose(name, batch, np.random.default_rng(0), **options), m
+        )
         fast_ms, ref_ms = statistics.median(fast), statistics.median(slow)
         results[name] = {"fast_ms": fast_ms, "reference_ms": ref_ms}
         rows.append((name, fast_ms, min(fast), ref_ms, agree))
@@ -116,8 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=140)
-    table = Table(title=f"Acquisition: one proposal on a {b} x {m} batch (median of {repeats} fast / {ref_repeats} reference calls)")
-    for col in ("method", "fast ms (median)", "fast ms (min)", "reference ms", "speedup", f"goal <= {GOAL_MS:g} ms", "agree"):
+    table = Table(
+        title=f"Acquisition: one proposal on a {b} x {m} batch (median of {repeats} fast / {ref_repeats} reference calls)"
+    )
+    for col in (
+        "method",
+        "fast ms (median)",
+        "fast ms (min)",
+        "reference ms",
+        "speedup",
+        f"goal <= {GOAL_MS:g} ms",
+        "agree",
+    ):
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, fast_ms, fast_min, ref_ms, agree in rows:
         table.add_row(

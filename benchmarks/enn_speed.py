@@ -157,7 +157,9 @@ def config_of(s: Sizes, steps: int | None = None) -> TrainConfig:
     return TrainConfig(steps=s.steps if steps is None else steps, batch_size=s.batch)
 
 
-def fit_batches(pairs: np.ndarray, train_size: int, batch: int, steps: int, rng: np.random.Generator) -> list[np.ndarray]:
+def fit_batches(
+    pairs: np.ndarray, train_size: int, batch: int, steps: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """The [B, 2] minibatches that ``EnsembleRewardModel._fit`` draws from ``rng`` (replayed)."""
     train = pairs[rng.choice(len(pairs), size=min(len(pairs), train_size), replace=False)]
     batch = min(batch, len(train))
@@ -203,7 +205,9 @@ def run_reference_fit(s: Sizes, features, buffer, budget_s: float, min_steps: in
 
 def anchor_term(heads, anchors, zeta: float) -> float:
     with torch.no_grad():
-        total = sum(float(((p - a) ** 2).sum()) for head, anc in zip(heads, anchors) for p, a in zip(head.parameters(), anc))
+        total = sum(
+            float(((p - a) ** 2).sum()) for head, anc in zip(heads, anchors) for p, a in zip(head.parameters(), anc)
+        )
     return zeta * total / len(heads)
 
 
@@ -324,9 +328,21 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
         f"d={s.dim}, buffer {s.buffer_pairs} pairs{' (QUICK sizes)' if quick else ''}"
     )
     t = Table(title=title)
-    for col in ("threads", "sgemm GF/s", "train s (min / med)", "floor s", "achieved GF/s", "vs floor",
-                f"goal <={GOAL_TRAIN_VS_FLOOR:g}x", "reference s", "ref steps timed", "speedup",
-                f"goal >={GOAL_SPEEDUP:g}x", "ref anchor term", "load avg"):
+    for col in (
+        "threads",
+        "sgemm GF/s",
+        "train s (min / med)",
+        "floor s",
+        "achieved GF/s",
+        "vs floor",
+        f"goal <={GOAL_TRAIN_VS_FLOOR:g}x",
+        "reference s",
+        "ref steps timed",
+        "speedup",
+        f"goal >={GOAL_SPEEDUP:g}x",
+        "ref anchor term",
+        "load avg",
+    ):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -347,8 +363,16 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
     console.print(t)
 
     p = Table(title=f"ENN prediction: {s.predict_rows} candidates (mean + std over {s.heads} heads)")
-    for col in ("threads", "predict s (min / med)", "floor s", "achieved GF/s", "vs floor",
-                f"goal <={GOAL_PREDICT_VS_FLOOR:g}x", "reference s", "speedup"):
+    for col in (
+        "threads",
+        "predict s (min / med)",
+        "floor s",
+        "achieved GF/s",
+        "vs floor",
+        f"goal <={GOAL_PREDICT_VS_FLOOR:g}x",
+        "reference s",
+        "speedup",
+    ):
         p.add_column(col, justify="right")
     for r in rows:
         p.add_row(
@@ -364,13 +388,22 @@ def print_tables(s: Sizes, rows: list[dict], quick: bool) -> None:
     console.print(p)
 
     g = Table(title="GEMM rates at the model's shapes (GFLOP/s)")
-    for col in ("threads", f"sgemm {s.sgemm_n}^2", f"fwd [{2 * s.batch}x{s.dim}]@[{s.dim}x{s.heads * s.hidden}]",
-                f"wgrad [{s.dim}x{2 * s.batch}]@[{2 * s.batch}x{s.heads * s.hidden}]",
-                f"predict [{s.predict_rows}x{s.dim}]@[{s.dim}x{s.heads * s.hidden}]"):
+    for col in (
+        "threads",
+        f"sgemm {s.sgemm_n}^2",
+        f"fwd [{2 * s.batch}x{s.dim}]@[{s.dim}x{s.heads * s.hidden}]",
+        f"wgrad [{s.dim}x{2 * s.batch}]@[{2 * s.batch}x{s.heads * s.hidden}]",
+        f"predict [{s.predict_rows}x{s.dim}]@[{s.dim}x{s.heads * s.hidden}]",
+    ):
         g.add_column(col, justify="right")
     for r in rows:
-        g.add_row(str(r["threads"]), f"{r['sgemm_gflops']:.1f}", f"{r['first_layer_fwd_gemm_gflops']:.1f}",
-                  f"{r['first_layer_wgrad_gemm_gflops']:.1f}", f"{r['predict_gemm_gflops']:.1f}")
+        g.add_row(
+            str(r["threads"]),
+            f"{r['sgemm_gflops']:.1f}",
+            f"{r['first_layer_fwd_gemm_gflops']:.1f}",
+            f"{r['first_layer_wgrad_gemm_gflops']:.1f}",
+            f"{r['predict_gemm_gflops']:.1f}",
+        )
     console.print(g)
     console.print(
         f"'load avg': 1-minute load average at the start and end of each row ({os.cpu_count()} CPUs; it counts "

@@ -19,7 +19,6 @@ from activepref.acquisition.base import (
     argmax_ordered_pair,
     lcb_preference_prob,
     random_valid_index,
-    sigmoid,
 )
 
 THOMPSON_MAXITER = 30  # resamples before the uniform fallback of DTS/DRTS (001 Alg. 2, 4)
@@ -32,24 +31,47 @@ def _proposal(pair: np.ndarray, m: int, **info: float) -> Proposal:
 
 @register("infomax", "InfoMax: ordered pair with the widest preference-probability interval (UCB - LCB).")
 def infomax(batch: CandidateBatch, rng: np.random.Generator) -> Proposal:
-    width = log_preference_width(batch.lower, batch.upper)  # [b, m, m], log(UCB - LCB)
-    return _proposal(argmax_ordered_pair(width, batch.mask), batch.mask.shape[1])
+    """argmax over j != j' of s(u_j - l_j') - s(l_j - u_j') (001 Alg. 1).
 
-
-def log_preference_width(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """log(s(u_j - l_j') - s(l_j - u_j')) [b, m, m], accurate where the sigmoids round to 0 or 1.
-
-    With a = u_j - l_j' >= b = l_j - u_j', the width is 1 - s(-a) - s(b) (used when that is
-    above 1/2, through log1p), else s(a) - s(b) written with the small tails
-    (s(-b) - s(-a) when b > 0).
+    The width is symmetric in (j, j'), so only pairs j < j' are scored (row-major order,
+    which keeps the first-pair tie rule), in log space so that widths whose sigmoids round
+    to 0 or 1 still compare correctly.
     """
-    a = upper[:, :, None] - lower[:, None, :]
-    b = lower[:, :, None] - upper[:, None, :]
-    tails = sigmoid(-a) + sigmoid(b)
-    near_one = tails < 0.5
-    direct = np.where(b > 0, sigmoid(-b) - sigmoid(-a), sigmoid(a) - sigmoid(b))
+    mask = batch.mask
+    b, m = mask.shape
+    pair = np.full((b, 2), NO_CANDIDATE, dtype=np.int64)
+    if m < 2:
+        return _proposal(pair, m)
+    ju, ku = np.triu_indices(m, 1)  # [P] pairs j < k in row-major order
+    width = log_preference_width(batch.lower[:, ju], batch.upper[:, ju], batch.lower[:, ku], batch.upper[:, ku])  # [b, P]
+    valid = mask[:, ju] & mask[:, ku]
+    best = np.where(valid, np.maximum(width, np.finfo(np.float64).min), -np.inf).argmax(axis=1)  # [b]
+    pair = np.stack([ju[best], ku[best]], axis=1).astype(np.int64)
+    pair[mask.sum(axis=1) < 2] = NO_CANDIDATE
+    return _proposal(pair, m)
+
+
+def log_preference_width(lower_j: np.ndarray, upper_j: np.ndarray, lower_k: np.ndarray, upper_k: np.ndarray) -> np.ndarray:
+    """log(s(x) - s(y)) with x = u_j - l_k >= y = l_j - u_k, elementwise; accurate where the
+    sigmoids round to 0 or 1.
+
+    The pair is first put in the orientation x + y >= 0 (swapping j and k maps (x, y) to
+    (-y, -x) and leaves the width unchanged), so (j, k) and (k, j) round identically. Then
+    x >= 0 and the width is 1 - s(-x) - s(y) when those tails are small (through log1p),
+    else s(x) - s(y) written with whichever tails are exact.
+    """
+    x = upper_j - lower_k
+    y = lower_j - upper_k
+    flip = (x + y) < 0
+    x, y = np.where(flip, -y, x), np.where(flip, -x, y)
+    ex, ey = np.exp(-x), np.exp(-np.abs(y))  # x >= 0, so exp(-x) <= 1
+    s_neg_x = ex / (1.0 + ex)  # s(-x)
+    ry = 1.0 / (1.0 + ey)
+    s_y = np.where(y >= 0, ry, ey * ry)  # s(y)
+    tails = s_neg_x + s_y
+    direct = np.where(y > 0, ey * ry - s_neg_x, 1.0 / (1.0 + ex) - s_y)  # s(-y) - s(-x) or s(x) - s(y)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(near_one, np.log1p(-np.minimum(tails, 0.5)), np.log(np.maximum(direct, 0.0)))
+        return np.where(tails < 0.5, np.log1p(-np.minimum(tails, 0.5)), np.log(np.maximum(direct, 0.0)))
 
 
 @register("deltaucb", "DeltaUCB: ordered pair with the largest optimistic preference probability s(u_j - l_j').")
