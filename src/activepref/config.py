@@ -50,6 +50,30 @@ class ENNConfig(_Strict):
     )
 
 
+class ModelConfig(_Strict):
+    """One model behind a backend (generation pool member, judge or policy).
+
+    The API key is never part of the config: ``api_key_env`` names the environment
+    variable that holds it (default OPENAI_API_KEY for the openai backend).
+    """
+
+    name: str = Field("", description="label used in outputs (defaults to `model`)")
+    backend: Literal["openai", "transformers", "vllm"] = Field(..., description="which backend serves it")
+    model: str = Field(..., description="model id on the server, hub id or local path")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` (transformers backend)")
+    dtype: str = Field("float32", description="torch dtype of a local model")
+    device: str = Field("cpu", description="torch device of a local model")
+    batch_size: int = Field(8, ge=1, description="prompts per forward/generate call (local backends)")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight (openai backend)")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout in seconds")
+    max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/malformed answers")
+
+    def label(self) -> str:
+        return self.name or self.model
+
+
 class JudgeConfig(_Strict):
     """Who annotates. ``replay`` reveals the pool's stored scores, counting each reveal."""
 
