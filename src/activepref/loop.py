@@ -22,7 +22,7 @@ import torch
 from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_method, make_selector, resolve_pairs
 from activepref.config import RunConfig
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
-from activepref.judges import AuditedJudge, Judge, ScoreRequest, make_judge, score_with_retries
+from activepref.judges import AuditedJudge, Judge, JudgeScore, ScoreRequest, make_judge
 from activepref.store import STATUS_ANNOTATED, STATUS_SELECTED, STATUS_TRAINED, RunStore
 
 log = logging.getLogger(__name__)
@@ -154,18 +154,21 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
     done = ctx.store.scores(judge.name)
     failed = ctx.store.failures(judge.name)
     rows, cols = np.nonzero(proposal.annotate)
-    for n, (i, j) in enumerate(zip(rows, cols)):
-        r = int(slots[i, j])
-        if r in done or r in failed:
-            continue
-        result = score_with_retries(judge, ScoreRequest(r, ctx.prompts[record_prompts[i]], ctx.responses[r]), ctx.config.judge.max_retries)
-        if isinstance(result, str):
-            ctx.store.commit_failure(r, judge.name, result, it)
-            failed[r] = result
-        else:
-            ctx.store.commit_score(r, judge.name, result.value, result.aspects, it)
-            done[r] = result.value
-        if n == 0:
+    needed = [(int(i), int(slots[i, j])) for i, j in zip(rows, cols) if int(slots[i, j]) not in done and int(slots[i, j]) not in failed]
+    for start in range(0, len(needed), judge.batch_size):
+        chunk = needed[start : start + judge.batch_size]
+        results = judge.score_batch([ScoreRequest(r, ctx.prompts[record_prompts[i]], ctx.responses[r]) for i, r in chunk])
+        scored, errors = [], []
+        for (_, r), res in zip(chunk, results):
+            if isinstance(res, JudgeScore):
+                details = {"aspects": res.aspects, "distributions": res.distributions} if res.aspects else None
+                scored.append((r, res.value, details))
+                done[r] = res.value
+            else:
+                errors.append((r, str(res)))
+                failed[r] = str(res)
+        ctx.store.commit_judgements(it, judge.name, scored, errors)
+        if start == 0:
             crash_point("annotate.mid", it)
     scores = np.full(slots.shape, np.nan)  # [b, m]
     for i, j in zip(rows, cols):

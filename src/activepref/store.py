@@ -310,18 +310,16 @@ class RunStore:
                 (it, STATUS_SELECTED, json.dumps(prompt_idxs), json.dumps(proposal)),
             )
 
-    def commit_score(self, response_idx: int, judge: str, value: float, aspects: dict[str, float] | None, it: int) -> None:
+    def commit_judgements(self, it: int, judge: str, scored: list[tuple[int, float, dict[str, Any] | None]], failed: list[tuple[int, str]]) -> None:
+        """scored: (response_idx, value, details JSON-able); failed: (response_idx, error)."""
         with self.transaction() as cur:
-            cur.execute(
+            cur.executemany(
                 "INSERT INTO scores VALUES (?,?,?,?,?)",
-                (response_idx, judge, value, json.dumps(aspects) if aspects else None, it),
+                [(r, judge, v, json.dumps(d) if d else None, it) for r, v, d in scored],
             )
-
-    def commit_failure(self, response_idx: int, judge: str, error: str, it: int) -> None:
-        with self.transaction() as cur:
-            cur.execute(
+            cur.executemany(
                 "INSERT OR REPLACE INTO judge_failures (response_idx, judge, iteration, error) VALUES (?,?,?,?)",
-                (response_idx, judge, it, error),
+                [(r, judge, it, e) for r, e in failed],
             )
 
     def commit_preferences(self, it: int, rows: list[tuple[int, int, int, float | None, float | None, str]], pair_status: dict[str, int]) -> None:

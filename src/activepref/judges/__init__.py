@@ -7,15 +7,12 @@ judge and then reports the failure, so garbage is never silently scored.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from activepref.data import Prompt, Response
 from activepref.errors import ConfigError, JudgeError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,14 +24,24 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class JudgeScore:
+    """value: overall score; aspects: per-aspect expected scores; distributions: per-aspect
+    probabilities of the scores 1..5 (Likert judges)."""
+
     value: float
     aspects: dict[str, float] | None = None
+    distributions: dict[str, list[float]] | None = None
 
 
 class Judge(Protocol):
-    name: str
+    """Scores responses. ``batch_size`` is how many requests the loop hands over at once
+    (and commits together): 1 for the replay judge, whose reveals are not cached elsewhere;
+    large for model judges, whose calls are committed to the request cache as they return.
+    Each judge retries on its own; a result that is still invalid comes back as JudgeError."""
 
-    def score(self, request: ScoreRequest) -> JudgeScore: ...
+    name: str
+    batch_size: int
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]: ...
 
 
 JudgeFactory = Callable[..., Judge]
@@ -67,44 +74,29 @@ def make_judge(kind: str, **kwargs: Any) -> Judge:
 
 
 class AuditedJudge:
-    """Wraps a judge and appends one JSON line per call to a log file, flushed to disk
-    before the result is used, so every paid call can be accounted for after a crash."""
+    """Wraps a judge and appends one JSON line per scored request to a log file, flushed to
+    disk before the result is used, so every paid call can be accounted for after a crash."""
 
     def __init__(self, inner: Judge, path: str) -> None:
         self.inner = inner
         self.name = inner.name
+        self.batch_size = inner.batch_size
         self.path = path
 
-    def score(self, request: ScoreRequest) -> JudgeScore:
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]:
         import json
         import os
 
-        try:
-            result = self.inner.score(request)
-            entry = {"response_id": request.response.id, "judge": self.name, "ok": True}
-            return result
-        except JudgeError as exc:
-            entry = {"response_id": request.response.id, "judge": self.name, "ok": False, "error": str(exc)}
-            raise
-        finally:
-            with open(self.path, "a", encoding="utf-8") as fh:
+        results = self.inner.score_batch(requests)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            for req, res in zip(requests, results):
+                entry = {"response_id": req.response.id, "judge": self.name, "ok": isinstance(res, JudgeScore)}
                 fh.write(json.dumps(entry) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            fh.flush()
+            os.fsync(fh.fileno())
+        return results
 
 
-def score_with_retries(judge: Judge, request: ScoreRequest, max_retries: int) -> JudgeScore | str:
-    """The judge's score, or the last error message after ``max_retries`` retries."""
-    error = ""
-    for attempt in range(max_retries + 1):
-        try:
-            return judge.score(request)
-        except JudgeError as exc:
-            error = str(exc)
-            log.warning("judge %s failed on response %s (attempt %d): %s", judge.name, request.response.id, attempt + 1, error)
-    return error
+from activepref.judges import likert, replay  # noqa: E402,F401
 
-
-from activepref.judges import replay  # noqa: E402,F401
-
-__all__ = ["JUDGES", "Judge", "JudgeScore", "ScoreRequest", "make_judge", "register_judge", "score_with_retries"]
+__all__ = ["JUDGES", "AuditedJudge", "Judge", "JudgeScore", "ScoreRequest", "make_judge", "register_judge"]

@@ -7,7 +7,7 @@ annotation cost of a method is the number of scores it had revealed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from activepref.errors import JudgeError
 from activepref.judges import JudgeScore, ScoreRequest, register_judge
@@ -17,16 +17,20 @@ StoredScore = Callable[[int], tuple[float | None, dict[str, float]]]
 
 class ReplayJudge:
     name = "replay"
+    batch_size = 1  # every reveal is committed on its own
 
     def __init__(self, stored_score: StoredScore) -> None:
         self._stored_score = stored_score
         self.reveals = 0
 
-    def score(self, request: ScoreRequest) -> JudgeScore:
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]:
+        return [self._reveal(r) for r in requests]
+
+    def _reveal(self, request: ScoreRequest) -> JudgeScore | JudgeError:
         value, aspects = self._stored_score(request.response_idx)
         self.reveals += 1
         if value is None or not math.isfinite(value):
-            raise JudgeError(f"response {request.response.id!r} has no stored score in the pool")
+            return JudgeError(f"response {request.response.id!r} has no stored score in the pool")
         return JudgeScore(float(value), aspects or None)
 
 

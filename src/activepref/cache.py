@@ -1,0 +1,130 @@
+"""The request cache: every model call keyed by a hash of (endpoint/model, messages,
+sampling parameters, seed), stored in SQLite and committed the moment its answer arrives.
+
+One cache file can serve many runs (default ``~/.cache/activepref/requests.sqlite``, or
+``$ACTIVEPREF_CACHE``, or the config's ``cache_path``), so ``resume`` and re-running the
+same config both make zero repeated calls. Failed calls are not cached: they are retried.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS request_cache (
+    key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, stage TEXT NOT NULL, result TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL);
+"""
+
+
+def default_cache_path() -> Path:
+    env = os.environ.get("ACTIVEPREF_CACHE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "activepref" / "requests.sqlite"
+
+
+@dataclass
+class StageStats:
+    """Calls of one stage (generation, judge, ...) in this process."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    def add(self, other: StageStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class CallStats:
+    by_stage: dict[str, StageStats] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StageStats:
+        return self.by_stage.setdefault(name, StageStats())
+
+
+class RequestCache:
+    """Thread-safe SQLite request cache (WAL; one short transaction per stored answer)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self.stats = CallStats()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get(self, key: str) -> ChatResult | None:
+        with self._lock:
+            row = self._conn.execute("SELECT result FROM request_cache WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ChatResult.from_json(row[0])
+
+    def put(self, key: str, endpoint: str, stage: str, result: ChatResult) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO request_cache VALUES (?,?,?,?,?,?,?)",
+                (key, endpoint, stage, result.to_json(), result.prompt_tokens, result.completion_tokens, time.time()),
+            )
+
+    def complete(self, backend: ChatBackend, requests: Sequence[ChatRequest], stage: str, on_result: OnResult) -> None:
+        """Answer from the cache where possible; send the rest (deduplicated) to the backend,
+        storing each answer before it is passed on."""
+        stats = self.stats.stage(stage)
+        keys = [r.cache_key(backend.endpoint) for r in requests]
+        pending: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            cached = self.get(key)
+            if cached is not None:
+                stats.cache_hits += 1
+                on_result(i, cached)
+            else:
+                pending.setdefault(key, []).append(i)
+        if not pending:
+            return
+        order = list(pending)
+        to_send = [requests[pending[k][0]] for k in order]
+
+        def arrived(j: int, result: ChatResult | BackendError) -> None:
+            key = order[j]
+            if isinstance(result, ChatResult):
+                self.put(key, backend.endpoint, stage, result)
+                stats.calls += 1
+                stats.prompt_tokens += result.prompt_tokens
+                stats.completion_tokens += result.completion_tokens
+                stats.cached_prompt_tokens += result.cached_prompt_tokens
+            else:
+                stats.failures += 1
+            for i in pending[key]:
+                on_result(i, result)
+
+        backend.complete(to_send, arrived)
+
+    def totals(self, stage: str | None = None) -> tuple[int, int, int]:
+        """(stored answers, prompt tokens, completion tokens) in the whole cache file, optionally per stage."""
+        sql = "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM request_cache"
+        args: tuple[str, ...] = ()
+        if stage:
+            sql += " WHERE stage = ?"
+            args = (stage,)
+        with self._lock:
+            n, p, c = self._conn.execute(sql, args).fetchone()
+        return int(n), int(p), int(c)
