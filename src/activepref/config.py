@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from activepref import enn
 from activepref.errors import ConfigError
@@ -74,16 +74,80 @@ class ModelConfig(_Strict):
         return self.name or self.model
 
 
-class JudgeConfig(_Strict):
-    """Who annotates. ``replay`` reveals the pool's stored scores, counting each reveal."""
+class GenerationConfig(_Strict):
+    """Live candidate generation: every prompt gets ``samples_per_model`` responses from each
+    model, each under a random principle and system prompt (001 §4.1; 001 Table 13 uses
+    temperature 1, top-p 1)."""
 
-    kind: Literal["replay"] = "replay"
+    models: list[ModelConfig] = Field(..., min_length=1, description="the model pool")
+    samples_per_model: int = Field(1, ge=1, description="responses per (prompt, model)")
+    max_tokens: int = Field(256, ge=1, description="maximum response tokens")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    principles: list[str] = Field(
+        default_factory=lambda: ["helpfulness", "truthfulness", "honesty", "instruction_following"],
+        description="principles drawn per response",
+    )
+
+    @field_validator("principles")
+    @classmethod
+    def _known_principles(cls, v: list[str]) -> list[str]:
+        from activepref.generation import SYSTEM_PROMPTS
+
+        unknown = [p for p in v if p not in SYSTEM_PROMPTS]
+        if unknown or not v:
+            raise ValueError(f"principles must be among {', '.join(SYSTEM_PROMPTS)} (got {unknown or v})")
+        return v
+
+
+class EmbeddingConfig(_Strict):
+    """The frozen backbone that turns (prompt, response) into features."""
+
+    backend: Literal["transformers", "sentence_transformers"] = Field(..., description="embedder kind")
+    model: str = Field(..., description="hub id or local path ('builtin-minilm' for the shipped MiniLM)")
+    gguf_file: str | None = Field(None, description="GGUF file inside `model`")
+    sequence_classification: bool = Field(False, description="backbone is a reward model's base (AutoModelForSequenceClassification)")
+    batch_size: int = Field(8, ge=1, description="conversations per forward pass")
+    max_length: int = Field(1024, ge=8, description="tokens kept (the end of the conversation is kept)")
+    dtype: str = Field("float32", description="torch dtype")
+    device: str = Field("cpu", description="torch device")
+
+
+class JudgeConfig(_Strict):
+    """Who annotates. ``replay`` reveals the pool's stored scores, counting each reveal;
+    ``likert`` asks a model (any backend) for 1-5 digits per aspect and takes the expected score."""
+
+    kind: Literal["replay", "likert"] = "replay"
     max_retries: int = Field(2, ge=0, description="retries before a call is recorded as a failure")
     audit_log: str | None = Field(None, description="append one JSON line per judge call to this file (audit of paid calls)")
+    backend: Literal["openai", "transformers", "vllm"] | None = Field(None, description="backend of a model judge")
+    model: str | None = Field(None, description="judge model id or path")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL")
+    api_key_env: str | None = Field(None, description="environment variable holding the judge's API key")
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` (transformers backend)")
+    dtype: str = Field("float32", description="torch dtype of a local judge")
+    batch_size: int = Field(8, ge=1, description="prompts per forward pass (local backends)")
+    max_concurrency: int = Field(16, ge=1, description="requests in flight (openai backend)")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+
+    def as_model_config(self) -> ModelConfig:
+        """The judge's model as a ModelConfig (backend and model required for model judges)."""
+        if self.backend is None or self.model is None:
+            raise ValueError(f"judge kind {self.kind!r} needs `backend` and `model`")
+        return ModelConfig(
+            name="judge", backend=self.backend, model=self.model, base_url=self.base_url,
+            api_key_env=self.api_key_env, gguf_file=self.gguf_file, dtype=self.dtype,
+            batch_size=self.batch_size, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
 
 
 class RunConfig(_Strict):
-    pool: str = Field(BUILTIN_POOL, description="candidate pool (.jsonl/.parquet) or 'builtin'")
+    pool: str | None = Field(None, description="candidate pool (.jsonl/.parquet) or 'builtin' (the default without `prompts`)")
+    prompts: str | None = Field(None, description="prompts file (.jsonl: prompt_id, prompt or messages) for live generation")
+    generation: GenerationConfig | None = Field(None, description="live generation (needs `prompts`)")
+    embedding: EmbeddingConfig | None = Field(None, description="live embedding (needs `prompts`)")
+    cache_path: str | None = Field(None, description="request cache file (default ~/.cache/activepref/requests.sqlite)")
     features: str | None = Field(None, description=".npy feature matrix whose rows follow the pool file")
     method: str = Field("dts", description="acquisition method (see `activepref methods`)")
     method_options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the method")
@@ -95,6 +159,25 @@ class RunConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="ENN checkpoints kept in the run directory")
     enn: ENNConfig = Field(default_factory=ENNConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @model_validator(mode="after")
+    def _mode(self) -> RunConfig:
+        if self.prompts is not None:
+            if self.pool is not None:
+                raise ValueError("give either `pool` (pre-generated candidates) or `prompts` (live generation), not both")
+            if self.generation is None or self.embedding is None:
+                raise ValueError("`prompts` needs `generation` (models) and `embedding` (backbone) sections")
+            if self.judge.kind == "replay":
+                raise ValueError("live generation needs a model judge (judge.kind: likert); replay only reads stored scores")
+        elif self.pool is None:
+            self.pool = BUILTIN_POOL
+        if self.judge.kind != "replay":
+            self.judge.as_model_config()
+        return self
+
+    @property
+    def live(self) -> bool:
+        return self.prompts is not None
 
     @field_validator("method")
     @classmethod
@@ -127,7 +210,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         value = err.get("input")
@@ -166,7 +249,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: expected a mapping of fields at the top level")
         data = loaded
         base = path.parent
-        for key in ("pool", "features"):
+        for key in ("pool", "features", "prompts"):
             value = data.get(key)
             if isinstance(value, str) and value != BUILTIN_POOL and not Path(value).is_absolute():
                 data[key] = str(base / value)  # relative paths are relative to the config file

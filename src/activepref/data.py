@@ -283,3 +283,52 @@ def _load_features(path: Path, features_path: str | Path | None, rows: list[list
     if not rows:
         raise PoolFormatError(str(path), "file", "features", "no features: add a 'features' column or pass a .npy file (--features)")
     return np.asarray(rows, dtype=np.float32)
+
+
+class PromptRow(BaseModel):
+    """One prompt of a prompts file (untrusted input)."""
+
+    model_config = ConfigDict(extra="allow")
+    prompt_id: str | None = None
+    prompt: str | list[_Message] | None = None
+    messages: list[_Message] | None = None
+    turns: list[str] | None = None  # MT-bench question files: the first turn is used
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts for live generation: JSONL rows with ``prompt`` (string or messages) or
+    ``messages``, or MT-bench style ``turns`` (first turn); ``prompt_id`` (or
+    ``question_id``) optional, else a content hash. Errors name file, line and field."""
+    path = Path(path)
+    if not path.exists():
+        raise PoolFormatError(str(path), "file", None, "does not exist")
+    out: list[Prompt] = []
+    seen: dict[str, str] = {}
+    for location, raw in _iter_rows(path):
+        try:
+            row = PromptRow.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise PoolFormatError(str(path), location, ".".join(str(p) for p in err["loc"]) or None, err["msg"]) from None
+        if isinstance(row.prompt, str):
+            text, messages = row.prompt, ()
+        elif row.prompt is not None or row.messages is not None:
+            msgs = row.prompt if row.prompt is not None else row.messages
+            assert msgs is not None
+            text = _last_user(msgs, path, location)
+            messages = tuple(m.model_dump() for m in msgs)
+        elif row.turns:
+            text, messages = row.turns[0], ()
+        else:
+            raise PoolFormatError(str(path), location, "prompt", "missing: give `prompt`, `messages` or `turns`")
+        if not text.strip():
+            raise PoolFormatError(str(path), location, "prompt", "is empty")
+        extra = row.model_extra or {}
+        pid = row.prompt_id or (str(extra["question_id"]) if "question_id" in extra else content_id(text, json.dumps(list(messages))))
+        if pid in seen:
+            raise PoolFormatError(str(path), location, "prompt_id", f"duplicate id {pid!r} (first at {seen[pid]})")
+        seen[pid] = location
+        out.append(Prompt(pid, text, messages))
+    if not out:
+        raise PoolFormatError(str(path), "file", None, "no prompts")
+    return out

@@ -36,7 +36,14 @@ CREATE TABLE IF NOT EXISTS prompts (
     messages TEXT, split TEXT NOT NULL, position INTEGER);
 CREATE TABLE IF NOT EXISTS responses (
     idx INTEGER PRIMARY KEY, response_id TEXT UNIQUE NOT NULL, prompt_idx INTEGER NOT NULL,
-    model TEXT NOT NULL, principle TEXT, system_prompt TEXT, text TEXT NOT NULL);
+    model TEXT NOT NULL, principle TEXT, system_prompt TEXT, text TEXT NOT NULL, meta TEXT);
+CREATE TABLE IF NOT EXISTS features (response_idx INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS generation_failures (
+    iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, model TEXT NOT NULL, error TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS call_stats (
+    iteration INTEGER NOT NULL, stage TEXT NOT NULL, calls INTEGER NOT NULL, cache_hits INTEGER NOT NULL,
+    failures INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pool_scores (
     response_idx INTEGER PRIMARY KEY, score REAL, aspects TEXT, oracle REAL);
 CREATE TABLE IF NOT EXISTS scores (
@@ -54,6 +61,8 @@ CREATE TABLE IF NOT EXISTS preferences (
     PRIMARY KEY (iteration, prompt_idx));
 """
 
+STATUS_GENERATED = "generated"
+STATUS_EMBEDDED = "embedded"
 STATUS_SELECTED = "selected"
 STATUS_ANNOTATED = "annotated"
 STATUS_TRAINED = "trained"
@@ -149,10 +158,11 @@ class RunStore:
             lock.close()
             raise RunStateError(f"{run_dir} already holds a run; use `activepref resume {run_dir}` or choose another --out")
         (run_dir / "checkpoints").mkdir(exist_ok=True)
-        features_tmp = run_dir / "features.npy.tmp"
-        with open(features_tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(pool.features, dtype=np.float32))
-        features_tmp.replace(run_dir / "features.npy")
+        if pool.responses:  # a pool run; live runs embed as they go (features table)
+            features_tmp = run_dir / "features.npy.tmp"
+            with open(features_tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(pool.features, dtype=np.float32))
+            features_tmp.replace(run_dir / "features.npy")
         conn = cls._connect(run_dir)
         store = cls(run_dir, conn, lock)
         try:
@@ -177,9 +187,9 @@ class RunStore:
                 ],
             )
             cur.executemany(
-                "INSERT INTO responses VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO responses VALUES (?,?,?,?,?,?,?,?)",
                 [
-                    (i, r.id, int(pool.prompt_index[i]), r.model, r.principle, r.system_prompt, r.text)
+                    (i, r.id, int(pool.prompt_index[i]), r.model, r.principle, r.system_prompt, r.text, None)
                     for i, r in enumerate(pool.responses)
                 ],
             )
@@ -235,10 +245,24 @@ class RunStore:
         return None if row is None else row[0]
 
     def features(self) -> np.ndarray:
-        """[n_responses, d] float32, memory-mapped."""
-        if self._features is None:
-            self._features = np.load(self.run_dir / "features.npy", mmap_mode="r")
-        return self._features
+        """[n_responses, d] float32: the pool's matrix (memory-mapped) or, in a live run, the
+        embedded features in response order."""
+        path = self.run_dir / "features.npy"
+        if path.exists():
+            if self._features is None:
+                self._features = np.load(path, mmap_mode="r")
+            return self._features
+        rows = self.conn.execute("SELECT response_idx, vector FROM features ORDER BY response_idx").fetchall()
+        if not rows:
+            return np.empty((0, 0), dtype=np.float32)
+        if [r[0] for r in rows] != list(range(len(rows))):
+            raise RunStateError(f"{self.run_dir}: features missing for some responses")
+        return np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def unembedded(self) -> list[int]:
+        """Response idxs without features (live runs)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT idx FROM responses WHERE idx NOT IN (SELECT response_idx FROM features) ORDER BY idx")]
 
     def prompts(self) -> list[tuple[Prompt, str, int | None]]:
         """(prompt, split, position in annotation order) by prompt idx."""
@@ -303,16 +327,82 @@ class RunStore:
         ).fetchall()
 
     # -- writing (each call is one transaction) ------------------------------------------
+    def commit_generation(
+        self,
+        it: int,
+        prompt_idxs: list[int],
+        responses: list[tuple[Response, int, dict[str, Any]]],
+        failures: list[tuple[int, str, str]],
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        """New candidates of one iteration: (response, prompt idx, meta); failures:
+        (prompt idx, model, error). Identical responses (same content id) are stored once."""
+        with self.transaction() as cur:
+            start = cur.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM responses").fetchone()[0]
+            for r, p_idx, meta in responses:
+                cur.execute(
+                    "INSERT OR IGNORE INTO responses (idx, response_id, prompt_idx, model, principle, system_prompt, text, meta) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (start, r.id, p_idx, r.model, r.principle, r.system_prompt, r.text, json.dumps(meta)),
+                )
+                start += cur.rowcount
+            cur.executemany("INSERT INTO generation_failures VALUES (?,?,?,?)", [(it, p, m, e) for p, m, e in failures])
+            cur.execute(
+                "INSERT INTO iterations (iteration, status, prompt_idxs) VALUES (?,?,?)",
+                (it, STATUS_GENERATED, json.dumps(prompt_idxs)),
+            )
+            self._insert_stats(cur, it, stats)
+
+    def commit_embedding(self, it: int, vectors: dict[int, np.ndarray]) -> None:
+        with self.transaction() as cur:
+            cur.executemany(
+                "INSERT INTO features VALUES (?,?)",
+                [(r, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for r, v in vectors.items()],
+            )
+            cur.execute("UPDATE iterations SET status = ? WHERE iteration = ? AND status = ?", (STATUS_EMBEDDED, it, STATUS_GENERATED))
+            if cur.rowcount != 1:
+                raise RunStateError(f"iteration {it} was not in state '{STATUS_GENERATED}'")
+
+    @staticmethod
+    def _insert_stats(cur: sqlite3.Cursor, it: int, stats: dict[str, Any] | None) -> None:
+        for stage, s in (stats or {}).items():
+            cur.execute(
+                "INSERT INTO call_stats VALUES (?,?,?,?,?,?,?,?)",
+                (it, stage, s["calls"], s["cache_hits"], s["failures"], s["prompt_tokens"], s["completion_tokens"], s["cached_prompt_tokens"]),
+            )
+
+    def call_stats(self) -> dict[str, dict[str, int]]:
+        """Totals per stage over the run: calls, cache_hits, failures, tokens."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.conn.execute(
+            "SELECT stage, SUM(calls), SUM(cache_hits), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), "
+            "SUM(cached_prompt_tokens) FROM call_stats GROUP BY stage ORDER BY stage"
+        ):
+            out[row[0]] = dict(zip(("calls", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"), map(int, row[1:])))
+        return out
+
     def commit_selection(self, it: int, prompt_idxs: list[int], proposal: dict[str, Any]) -> None:
         with self.transaction() as cur:
             cur.execute(
-                "INSERT INTO iterations (iteration, status, prompt_idxs, proposal) VALUES (?,?,?,?)",
-                (it, STATUS_SELECTED, json.dumps(prompt_idxs), json.dumps(proposal)),
+                "INSERT INTO iterations (iteration, status, prompt_idxs, proposal) VALUES (?,?,?,?) "
+                "ON CONFLICT(iteration) DO UPDATE SET status = excluded.status, proposal = excluded.proposal "
+                "WHERE iterations.status = ?",
+                (it, STATUS_SELECTED, json.dumps(prompt_idxs), json.dumps(proposal), STATUS_EMBEDDED),
             )
+            if cur.rowcount != 1:
+                raise RunStateError(f"iteration {it} was already selected")
 
-    def commit_judgements(self, it: int, judge: str, scored: list[tuple[int, float, dict[str, Any] | None]], failed: list[tuple[int, str]]) -> None:
+    def commit_judgements(
+        self,
+        it: int,
+        judge: str,
+        scored: list[tuple[int, float, dict[str, Any] | None]],
+        failed: list[tuple[int, str]],
+        stats: dict[str, Any] | None = None,
+    ) -> None:
         """scored: (response_idx, value, details JSON-able); failed: (response_idx, error)."""
         with self.transaction() as cur:
+            self._insert_stats(cur, it, stats)
             cur.executemany(
                 "INSERT INTO scores VALUES (?,?,?,?,?)",
                 [(r, judge, v, json.dumps(d) if d else None, it) for r, v, d in scored],

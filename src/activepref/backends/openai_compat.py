@@ -1,0 +1,407 @@
+"""Backend ``openai``: any OpenAI-compatible chat server (vLLM, SGLang, llama.cpp's
+``llama-server``, Ollama, hosted APIs) through the official ``openai`` client.
+
+Policy, all ours (the client's own retries are disabled, ``max_retries=0``):
+
+- at most ``max_concurrency`` requests in flight (one ``asyncio.Semaphore``, held per attempt,
+  released while a request waits to retry);
+- every attempt has a hard deadline of ``timeout_s`` seconds (``asyncio.wait_for``, so a server
+  that accepts the request and then never finishes, or drips bytes, is caught too);
+- up to ``max_retries`` retries with exponential backoff and jitter (``tenacity``) on HTTP 408,
+  429 and 5xx, timeouts, connection errors (including a body cut mid-way) and malformed or
+  empty answers (undecodable JSON, no choices, no text and no logprobs). A ``Retry-After``
+  header (``retry-after-ms``, seconds or an HTTP-date; capped at 60 s) replaces the backoff
+  for that wait. Any other 4xx (400, 401, 403, 404, 422, ...) fails at once;
+- a request that still fails is reported as a :class:`BackendError` through ``on_result``;
+  ``complete`` itself raises only if ``on_result`` raises (then the remaining requests are
+  cancelled and the caller's exception propagates).
+
+The API key is read from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``)
+at each ``complete`` call and is never stored on the backend; without it the placeholder
+``EMPTY`` is sent (local servers ignore it). Error texts are scrubbed of the key (and of any
+``Bearer ...`` or ``sk-...`` token) before they reach a ``BackendError`` or a log line.
+``endpoint`` is ``"{base_url}|{model}"`` (base URL without user:password).
+
+``complete`` is synchronous: it runs its own event loop, or, when the calling thread already
+runs one, a fresh loop in a worker thread (``on_result`` then runs in that worker thread). Async
+callers can await :meth:`OpenAICompatBackend.acomplete` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+import tenacity
+
+from activepref.backends import register_backend
+from activepref.backends.base import BackendError, ChatRequest, ChatResult, OnResult
+
+if TYPE_CHECKING:
+    from activepref.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+PLACEHOLDER_API_KEY = "EMPTY"
+RETRY_AFTER_CAP_S = 60.0
+REASON_MAX_CHARS = 200
+_TOKEN_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[^\s'\",;}\]]+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),
+)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` and without anything shaped like a bearer token or key."""
+    if secret and secret != PLACEHOLDER_API_KEY and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    text = _TOKEN_PATTERNS[0].sub(r"\1***", text)
+    return _TOKEN_PATTERNS[1].sub("sk-***", text)
+
+
+def _shorten(text: str, limit: int = REASON_MAX_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP-date;
+    None when absent or unreadable. Not capped here."""
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            value = float(ms) / 1000.0
+            if math.isfinite(value):
+                return max(0.0, value)
+    except (TypeError, ValueError):
+        pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = str(raw).strip()
+    try:
+        value = float(raw)
+        return max(0.0, value) if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _logaddexp(a: float, b: float) -> float:
+    hi, lo = (a, b) if a >= b else (b, a)
+    if hi == -math.inf:
+        return hi
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+class _Failure(Exception):
+    """One failed attempt. ``reason`` is already scrubbed and short."""
+
+    def __init__(self, reason: str, *, retryable: bool, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, _Failure) and exc.retryable
+
+
+def _retryable_status(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _error_reason(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    message: Any = None
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("detail") or err.get("msg")
+        elif isinstance(err, str):
+            message = err
+        if message is None:
+            message = body.get("detail") or body.get("message")
+    elif isinstance(body, str):
+        message = body
+    if not message:
+        try:
+            message = exc.response.reason_phrase
+        except Exception:  # noqa: BLE001 - best effort only
+            message = None
+    return str(message or type(exc).__name__)
+
+
+class OpenAICompatBackend:
+    """See the module docstring. ``backoff_s``/``backoff_max_s``: first and largest backoff
+    wait (seconds, before jitter); ``retry_after_cap_s``: the most a ``Retry-After`` can ask."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 4,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        retry_after_cap_s: float = RETRY_AFTER_CAP_S,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env or DEFAULT_API_KEY_ENV
+        self.max_concurrency = max_concurrency
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.retry_after_cap_s = retry_after_cap_s
+        self.endpoint = f"{_without_userinfo(self.base_url)}|{model}"
+        self._backoff = tenacity.wait_exponential_jitter(initial=backoff_s, max=backoff_max_s, jitter=backoff_s)
+        self._warned_no_logprobs = False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(endpoint={self.endpoint!r}, api_key_env={self.api_key_env!r}, "
+            f"max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, max_retries={self.max_retries})"
+        )
+
+    # ----------------------------------------------------------------- public
+    def complete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
+        requests = list(requests)
+        if not requests:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.acomplete(requests, on_result))
+            return
+        # Called from a thread whose loop is running (a notebook, an async app): the call is
+        # synchronous by contract, so run a private loop in a worker thread and wait for it.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="activepref-openai") as pool:
+            pool.submit(asyncio.run, self.acomplete(requests, on_result)).result()
+
+    async def acomplete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
+        """The async form of :meth:`complete` (same contract)."""
+        requests = list(requests)
+        if not requests:
+            return
+        key = self._api_key()
+        client = openai.AsyncOpenAI(
+            api_key=key,
+            base_url=self.base_url,
+            max_retries=0,
+            # our asyncio deadline is the binding one; the client's is only a backstop
+            timeout=self.timeout_s + 5.0,
+        )
+        sem = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(i: int, request: ChatRequest) -> None:
+            try:
+                result: ChatResult | BackendError = await self._run_one(client, sem, i, request, key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must not lose the request's callback
+                result = BackendError(f"{self.endpoint}: unexpected {type(exc).__name__}: "
+                                      f"{_shorten(scrub(str(exc), key))}")
+            on_result(i, result)
+
+        tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            await client.close()
+
+    # ----------------------------------------------------------------- internals
+    def _api_key(self) -> str:
+        key = os.environ.get(self.api_key_env) or ""
+        if not key:
+            log.debug("%s: environment variable %s is not set; sending a placeholder key", self.endpoint, self.api_key_env)
+            return PLACEHOLDER_API_KEY
+        return key
+
+    def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        p = request.params
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.message_dicts(),
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
+        }
+        if p.seed is not None:
+            kwargs["seed"] = p.seed
+        if p.top_logprobs > 0:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = p.top_logprobs
+        return kwargs
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _Failure) and exc.retry_after is not None:
+            wait = min(exc.retry_after, self.retry_after_cap_s)
+            return wait + random.uniform(0.0, min(0.25, 0.1 * max(wait, 0.1)))
+        return float(self._backoff(state))
+
+    async def _run_one(
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, i: int, request: ChatRequest, key: str
+    ) -> ChatResult | BackendError:
+        kwargs = self._request_kwargs(request)
+        want_logprobs = request.params.top_logprobs > 0
+        attempts = 0
+
+        async def attempt() -> ChatResult:
+            nonlocal attempts
+            attempts += 1
+            async with sem:
+                response = await self._call(client, kwargs, key)
+            return self._to_result(response, want_logprobs)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            log.info("%s: request %d attempt %d failed (%s); retrying in %.2f s",
+                     self.endpoint, i, state.attempt_number, getattr(exc, "reason", type(exc).__name__), wait)
+
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception(_is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return await retrying(attempt)
+        except _Failure as f:
+            tail = "no retry" if not f.retryable else f"{attempts} attempt{'s' if attempts != 1 else ''}"
+            err = BackendError(f"{self.endpoint}: {f.reason} ({tail})")
+            err.status = f.status  # type: ignore[attr-defined]
+            err.attempts = attempts  # type: ignore[attr-defined]
+            err.retryable = f.retryable  # type: ignore[attr-defined]
+            log.warning("request %d failed: %s", i, err)
+            return err
+
+    async def _call(self, client: openai.AsyncOpenAI, kwargs: dict[str, Any], key: str) -> Any:
+        try:
+            return await asyncio.wait_for(client.chat.completions.create(**kwargs), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise _Failure(f"timed out after {self.timeout_s:g} s", retryable=True) from None
+        except (openai.APIResponseValidationError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            # (before APIStatusError: the validation error is a subclass of it, with status 200)
+            raise _Failure(f"malformed response: {_shorten(scrub(str(exc), key), 120)}", retryable=True) from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            reason = _shorten(scrub(_error_reason(exc), key))
+            retryable = _retryable_status(status)
+            retry_after = None
+            if retryable:
+                try:
+                    retry_after = parse_retry_after(exc.response.headers)
+                except Exception:  # noqa: BLE001 - a broken header is no reason to fail
+                    retry_after = None
+            raise _Failure(f"HTTP {status}: {reason}", retryable=retryable, status=status,
+                           retry_after=retry_after) from None
+        except openai.APITimeoutError:
+            raise _Failure(f"timed out after {self.timeout_s:g} s (client)", retryable=True) from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            raise _Failure(f"connection error: {_shorten(scrub(detail, key), 120)}", retryable=True) from None
+
+    def _to_result(self, response: Any, want_logprobs: bool) -> ChatResult:
+        try:
+            choices = getattr(response, "choices", None)
+            if not choices:
+                raise _Failure("malformed response: no choices", retryable=True)
+            choice = choices[0]
+            message = getattr(choice, "message", None)
+            text = getattr(message, "content", None)
+            first: dict[str, float] = {}
+            if want_logprobs:
+                content = getattr(getattr(choice, "logprobs", None), "content", None)
+                if content:
+                    token0 = content[0]
+                    for alt in getattr(token0, "top_logprobs", None) or []:
+                        tok, lp = alt.token, float(alt.logprob)
+                        first[tok] = _logaddexp(first[tok], lp) if tok in first else lp
+                    if getattr(token0, "token", None) is not None and token0.token not in first:
+                        first[token0.token] = float(token0.logprob)
+                elif not self._warned_no_logprobs:
+                    self._warned_no_logprobs = True
+                    log.warning("%s: logprobs were requested but the server returned none", self.endpoint)
+            if text is None and not first:
+                raise _Failure("malformed response: no message content", retryable=True)
+            if text == "" and not first:
+                raise _Failure("empty response", retryable=True)
+            usage = getattr(response, "usage", None)
+            details = getattr(usage, "prompt_tokens_details", None)
+            return ChatResult(
+                text=text or "",
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                cached_prompt_tokens=int(getattr(details, "cached_tokens", 0) or 0),
+                finish_reason=getattr(choice, "finish_reason", None),
+                first_token_logprobs=first,
+            )
+        except _Failure:
+            raise
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+            raise _Failure(f"malformed response: {type(exc).__name__}", retryable=True) from None
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+@register_backend("openai", "any OpenAI-compatible server (vLLM, SGLang, llama.cpp, Ollama, hosted APIs)")
+def make_openai_backend(config: ModelConfig) -> OpenAICompatBackend:
+    return OpenAICompatBackend(
+        model=config.model,
+        base_url=config.base_url,
+        api_key_env=config.api_key_env,
+        max_concurrency=config.max_concurrency,
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+    )
