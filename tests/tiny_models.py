@@ -124,3 +124,37 @@ PROMPTS = [
     "is the cat a dog or not because the moon and the tree and the river",
     "rate the reply",
 ]
+
+
+def with_eos_bias(model, bias: float):
+    """A copy of ``model`` whose lm_head adds ``bias`` to the EOS logit (to make EOS likely)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    old = model.lm_head
+    new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        new.bias.zero_()
+        new.bias[model.config.eos_token_id] = bias
+    model.lm_head = new
+    return model.eval()
+
+
+def greedy_reference(model, tokenizer, messages, max_tokens: int, stop_ids) -> list[int]:
+    """Plain greedy decoding, one example, no padding, no KV cache: a full forward per token."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = list(ids)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([ids + out])).logits[0, -1]
+            tok = int(torch.argmax(logits))
+            out.append(tok)
+            if tok in stop_ids:
+                break
+    return out

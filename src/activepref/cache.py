@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult
@@ -55,6 +55,15 @@ class CallStats:
 
     def stage(self, name: str) -> StageStats:
         return self.by_stage.setdefault(name, StageStats())
+
+    def snapshot(self) -> dict[str, StageStats]:
+        return {k: StageStats(**asdict(v)) for k, v in self.by_stage.items()}
+
+    def since(self, before: dict[str, StageStats], stage: str) -> dict[str, dict[str, int]]:
+        """What ``stage`` did since ``before``, as {stage: counters} (JSON-able)."""
+        now = asdict(self.stage(stage))
+        then = asdict(before.get(stage, StageStats()))
+        return {stage: {k: now[k] - then[k] for k in now}}
 
 
 class RequestCache:

@@ -14,20 +14,35 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_method, make_selector, resolve_pairs
-from activepref.config import RunConfig
+from activepref.backends import make_backend
+from activepref.backends.base import BackendError, ChatBackend, ChatResult, SamplingParams
+from activepref.cache import RequestCache
+from activepref.config import EmbeddingConfig, RunConfig
+from activepref.data import Response, content_id
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
+from activepref.generation import plan_candidates
 from activepref.judges import AuditedJudge, Judge, JudgeScore, ScoreRequest, make_judge
-from activepref.store import STATUS_ANNOTATED, STATUS_SELECTED, STATUS_TRAINED, RunStore
+from activepref.store import (
+    STATUS_ANNOTATED,
+    STATUS_EMBEDDED,
+    STATUS_GENERATED,
+    STATUS_SELECTED,
+    STATUS_TRAINED,
+    RunStore,
+)
+
+if TYPE_CHECKING:
+    from activepref.embedders import Embedder
 
 log = logging.getLogger(__name__)
 
-STAGE_SELECT, STAGE_RESOLVE, STAGE_TRAIN, STAGE_INIT = 1, 2, 3, 4
+STAGE_SELECT, STAGE_RESOLVE, STAGE_TRAIN, STAGE_INIT, STAGE_GENERATE = 1, 2, 3, 4, 6  # 5: prompt split (runs.py)
 CRASH_ENV = "ACTIVEPREF_CRASH_AT"  # test hook: "<point>" or "<point>@<iteration>" -> SIGKILL self
 
 
@@ -71,22 +86,67 @@ class CandidateTable:
 
 
 @dataclass
+class LiveParts:
+    """Collaborators of a live run: one backend per generation model (by label), the
+    embedder and the request cache."""
+
+    backends: dict[str, ChatBackend]
+    embedder: Embedder
+    cache: RequestCache
+    judge_backend: ChatBackend | None = None  # default: built from the judge config
+
+
+@dataclass
 class RunContext:
     store: RunStore
     config: RunConfig
     judge: Judge
-    features: torch.Tensor  # [n_responses, d]
-    table: CandidateTable
-    models: np.ndarray  # [n_responses] model name per response
-    reward_reference: np.ndarray  # [n_responses] hidden oracle (or stored score) for metrics
     progress: Progress = field(default_factory=Progress)
+    live: LiveParts | None = None
+    cache: RequestCache | None = None
 
     def __post_init__(self) -> None:
         self.selector = make_selector(self.config.method, self.config.method_options)
         self.uses_reward_model = get_method(self.config.method).uses_reward_model
-        self.responses, self.response_prompt = self.store.responses()
         self.prompts = [p for p, _, _ in self.store.prompts()]
+        self.refresh()
+
+    def refresh_responses_only(self) -> None:
+        self.responses, self.response_prompt = self.store.responses()
+
+    def refresh(self) -> None:
+        """(Re)load candidates and features from the store (after a live run embeds more)."""
+        self.responses, self.response_prompt = self.store.responses()
+        self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
+        self.features = load_features(self.store, self.config.enn.standardize)  # [n, d]
+        self.models = np.asarray([r.model for r in self.responses], dtype=object)
+        reference = self.store.oracle()  # pool runs: hidden oracle or stored score
+        self.reward_reference = np.full(len(self.responses), np.nan)
+        self.reward_reference[: len(reference)] = reference
         self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.table, self.reward_reference)
+
+
+def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
+    """The store's features as a tensor, z-scored per dimension when asked.
+
+    Unit-norm sentence embeddings have per-dimension scales ~1/sqrt(d); z-scoring puts the
+    heads' inputs on the scale their PyTorch-style init expects. It uses no labels. The
+    statistics are computed once (over the pool, or over the first iteration's candidates
+    of a live run) and kept in the run directory, so features never shift under the ENN.
+    """
+    raw = np.array(store.features(), dtype=np.float32)  # [n, d]
+    if standardize and raw.size:
+        path = store.run_dir / "feature_stats.npz"
+        if path.exists():
+            stats = np.load(path)
+            mean, std = stats["mean"], stats["std"]
+        else:
+            mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+            tmp = store.run_dir / "feature_stats.tmp.npz"
+            np.savez(tmp, mean=mean, std=std)
+            tmp.replace(path)
+        raw = (raw - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
 
 
 def _eval_pairs(eval_prompts: list[int], table: CandidateTable, reward: np.ndarray) -> np.ndarray:
@@ -139,6 +199,52 @@ def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: Ensembl
     crash_point("select.after_commit", it)
 
 
+def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
+    """Ask every model of the pool for candidates (request cache first), commit them."""
+    assert ctx.live is not None and ctx.config.generation is not None
+    g = ctx.config.generation
+    labels = [m.label() for m in g.models]
+    params = SamplingParams(temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens)
+    pool = [label for label in labels for _ in range(g.samples_per_model)]
+    specs = plan_candidates([(p, ctx.prompts[p]) for p in prompt_idxs], pool, params, stage_rng(ctx.config.seed, it, STAGE_GENERATE), g.principles)
+    before = ctx.live.cache.stats.snapshot()
+    results: dict[int, ChatResult | BackendError] = {}
+    for label in labels:
+        mine = [k for k, s in enumerate(specs) if s.model == label]
+        ctx.progress.on_stage(it, f"generate ({label}, {len(mine)} responses)")
+        ctx.live.cache.complete(ctx.live.backends[label], [specs[k].request for k in mine], "generation", lambda j, r, mine=mine: results.__setitem__(mine[j], r))
+    crash_point("generate.before_commit", it)
+    new, failures = [], []
+    for k, spec in enumerate(specs):
+        res = results.get(k)
+        prompt = ctx.prompts[spec.prompt_idx]
+        if isinstance(res, ChatResult) and res.text.strip():
+            rid = content_id(prompt.id, spec.model, spec.principle, res.text)
+            meta = {
+                "sampling": {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens, "seed": spec.request.params.seed},
+                "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
+            }
+            new.append((Response(rid, prompt.id, spec.model, res.text, spec.principle, spec.system_prompt), spec.prompt_idx, meta))
+        else:
+            failures.append((spec.prompt_idx, spec.model, str(res) if res is not None else "empty response"))
+    ctx.store.commit_generation(it, prompt_idxs, new, failures, ctx.live.cache.stats.since(before, "generation"))
+
+
+def embed_step(ctx: RunContext, it: int) -> None:
+    """Features for every response that has none yet (cached by response in the store)."""
+    assert ctx.live is not None
+    ctx.refresh_responses_only()
+    todo = ctx.store.unembedded()
+    ctx.progress.on_stage(it, f"embed ({len(todo)} responses)")
+    conversations = [
+        [*ctx.prompts[int(ctx.response_prompt[r])].conversation(), {"role": "assistant", "content": ctx.responses[r].text}]
+        for r in todo
+    ]
+    vectors = ctx.live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
+    crash_point("embed.before_commit", it)
+    ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)})
+
+
 PreferenceRow = tuple[int, int, int, "float | None", "float | None", str]
 
 
@@ -151,6 +257,7 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
     proposal = _proposal_from_json(proposal_json)
     slots = ctx.table.slots[record_prompts]  # [b, m]
     judge = ctx.judge
+    before = ctx.cache.stats.snapshot() if ctx.cache else None
     done = ctx.store.scores(judge.name)
     failed = ctx.store.failures(judge.name)
     rows, cols = np.nonzero(proposal.annotate)
@@ -167,7 +274,9 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
             else:
                 errors.append((r, str(res)))
                 failed[r] = str(res)
-        ctx.store.commit_judgements(it, judge.name, scored, errors)
+        stats = ctx.cache.stats.since(before, "judge") if ctx.cache and before is not None else None
+        before = ctx.cache.stats.snapshot() if ctx.cache else None
+        ctx.store.commit_judgements(it, judge.name, scored, errors, stats)
         if start == 0:
             crash_point("annotate.mid", it)
     scores = np.full(slots.shape, np.nan)  # [b, m]
@@ -222,12 +331,17 @@ def evaluate(ctx: RunContext, model: EnsembleRewardModel) -> dict[str, Any]:
     prefs = ctx.store.preference_rows()
     metrics["pairs"] = len(prefs)
     metrics["annotations"] = ctx.store.count("scores") + ctx.store.count("judge_failures")
-    if prefs:
-        chosen = ctx.reward_reference[[r[2] for r in prefs]]
-        rejected = ctx.reward_reference[[r[3] for r in prefs]]
-        metrics["mean_chosen_reward"] = float(np.nanmean(chosen))
-        metrics["mean_rejected_reward"] = float(np.nanmean(rejected))
-        metrics["pair_agreement"] = float(np.mean(chosen > rejected))
+    chosen = ctx.reward_reference[[r[2] for r in prefs]]
+    rejected = ctx.reward_reference[[r[3] for r in prefs]]
+    known = np.isfinite(chosen) & np.isfinite(rejected)  # live runs have no hidden reference
+    if known.any():
+        metrics["mean_chosen_reward"] = float(chosen[known].mean())
+        metrics["mean_rejected_reward"] = float(rejected[known].mean())
+        metrics["pair_agreement"] = float(np.mean(chosen[known] > rejected[known]))
+    judged = [(r[4], r[5]) for r in prefs if r[4] is not None and r[5] is not None]
+    if judged:
+        metrics["mean_chosen_score"] = float(np.mean([c for c, _ in judged]))
+        metrics["mean_rejected_score"] = float(np.mean([r for _, r in judged]))
     return metrics
 
 
@@ -240,34 +354,57 @@ def _proposal_from_json(d: dict[str, Any]) -> Proposal:
     return Proposal(np.asarray(d["annotate"], dtype=bool).reshape(len(d["pair"]), -1), np.asarray(d["pair"], dtype=np.int64).reshape(-1, 2), PairRule(d["rule"]), d.get("info", {}))
 
 
-def build_context(store: RunStore, config: RunConfig, progress: Progress | None = None) -> RunContext:
-    responses, response_prompt = store.responses()
-    table = CandidateTable.build(response_prompt, store.count("prompts"))
-    raw = np.array(store.features(), dtype=np.float32)  # [n, d]
-    if config.enn.standardize:
-        # Unit-norm sentence embeddings have per-dimension scales ~1/sqrt(d); z-scoring puts the
-        # heads' inputs on the scale their PyTorch-style init expects. Uses no labels.
-        raw = (raw - raw.mean(axis=0)) / (raw.std(axis=0) + 1e-6)
-    features = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-    judge: Judge = make_judge(config.judge.kind, stored_score=store.pool_score)
+def build_context(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> RunContext:
+    """Wire the run's collaborators from its config (tests may pass ``live`` parts directly)."""
+    cache = live.cache if live else None
+    if config.live and live is None:
+        cache = RequestCache(config.cache_path)
+        live = LiveParts(
+            backends={m.label(): make_backend(m) for m in config.generation.models},  # type: ignore[union-attr]
+            embedder=make_embedder_from_config(config.embedding),  # type: ignore[arg-type]
+            cache=cache,
+        )
+    judge: Judge
+    if config.judge.kind == "replay":
+        judge = make_judge("replay", stored_score=store.pool_score)
+    else:
+        cache = cache or RequestCache(config.cache_path)
+        backend = live.judge_backend if live and live.judge_backend else make_backend(config.judge.as_model_config())
+        judge = make_judge(config.judge.kind, backend=backend, cache=cache, max_retries=config.judge.max_retries)
     if config.judge.audit_log:
         judge = AuditedJudge(judge, config.judge.audit_log)
-    models = np.asarray([r.model for r in responses], dtype=object)
-    return RunContext(store, config, judge, features, table, models, store.oracle(), progress or Progress())
+    return RunContext(store, config, judge, progress or Progress(), live, cache)
 
 
-def execute(store: RunStore, config: RunConfig, progress: Progress | None = None) -> list[dict[str, Any]]:
+def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
+    from activepref.embedders import make_embedder
+
+    return make_embedder(
+        cfg.backend, cfg.model, gguf_file=cfg.gguf_file, sequence_classification=cfg.sequence_classification,
+        batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype, device=cfg.device,
+    )
+
+
+def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every unfinished step. Returns per-iteration metrics."""
-    ctx = build_context(store, config, progress)
+    ctx = build_context(store, config, progress, live)
     plan = iteration_plan(store, config)
-    model = new_model(ctx)
     buffer = ReplayBuffer()
     prefs = store.preference_rows()
     if prefs:
         buffer.append(np.asarray([r[2] for r in prefs]), np.asarray([r[3] for r in prefs]))
     last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
-    if last_trained >= 0:
-        model.load(store.checkpoint_path(last_trained))
+    model: EnsembleRewardModel | None = None
+
+    def current_model() -> EnsembleRewardModel:
+        # Built lazily: a live run knows its feature dimension only after the first embedding.
+        nonlocal model
+        if model is None:
+            model = new_model(ctx)
+            if last_trained >= 0:
+                model.load(store.checkpoint_path(last_trained))
+        return model
+
     history = []
     for it, prompt_idxs in enumerate(plan):
         rec = store.iteration(it)
@@ -275,9 +412,17 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
             history.append(rec.metrics or {})
             ctx.progress.on_iteration(it, len(plan), rec.metrics or {})
             continue
-        if rec is None:
+        if rec is None and config.live:
+            generate_step(ctx, it, prompt_idxs)
+            rec = store.iteration(it)
+        if rec is not None and rec.status == STATUS_GENERATED:
+            embed_step(ctx, it)
+            rec = store.iteration(it)
+        if rec is None or rec.status == STATUS_EMBEDDED:
+            if config.live:
+                ctx.refresh()
             ctx.progress.on_stage(it, "select")
-            select_step(ctx, it, prompt_idxs, model)
+            select_step(ctx, it, prompt_idxs, current_model())
             rec = store.iteration(it)
         assert rec is not None
         if rec.status == STATUS_SELECTED:
@@ -288,7 +433,7 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
             rec = store.iteration(it)
         assert rec is not None and rec.status == STATUS_ANNOTATED
         ctx.progress.on_stage(it, "train")
-        metrics = train_step(ctx, it, model, buffer)
+        metrics = train_step(ctx, it, current_model(), buffer)
         history.append(metrics)
         ctx.progress.on_iteration(it, len(plan), metrics)
     return history

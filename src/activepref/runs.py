@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from activepref.config import RunConfig, config_from_json
+from activepref.data import Pool, read_prompts
 from activepref.errors import RunStateError
-from activepref.loop import Progress, execute, iteration_plan, stage_rng
+from activepref.loop import LiveParts, Progress, execute, iteration_plan, stage_rng
 from activepref.pools import load_pool
 from activepref.store import STATUS_TRAINED, RunStore
 
@@ -27,16 +28,23 @@ def split_prompts(n_prompts: int, eval_fraction: float, seed: int) -> tuple[np.n
 
 
 def create_run(config: RunConfig, out: str | Path) -> RunStore:
-    pool = load_pool(config.pool, config.features)
-    eval_prompts, train_order = split_prompts(len(pool.prompts), config.eval_fraction, config.seed)
+    if config.live:
+        assert config.prompts is not None
+        prompts = read_prompts(config.prompts)
+        pool = Pool(prompts, [], np.empty(0, dtype=np.int64), np.empty((0, 0), np.float32), np.empty(0), {}, None, config.prompts)
+        # Live runs generate candidates only for the prompts they annotate, so nothing is held out.
+        eval_prompts, train_order = split_prompts(len(prompts), 0.0, config.seed)
+    else:
+        pool = load_pool(config.pool or "builtin", config.features)
+        eval_prompts, train_order = split_prompts(len(pool.prompts), config.eval_fraction, config.seed)
     return RunStore.create(out, config.model_dump_json(), pool, eval_prompts, train_order)
 
 
-def run(config: RunConfig, out: str | Path, progress: Progress | None = None) -> list[dict[str, Any]]:
+def run(config: RunConfig, out: str | Path, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Create the run directory and run every iteration."""
     store = create_run(config, out)
     try:
-        return execute(store, config, progress)
+        return execute(store, config, progress, live)
     finally:
         store.close()
 
@@ -48,7 +56,7 @@ def stored_config(store: RunStore) -> RunConfig:
     return config_from_json(text)
 
 
-def resume(run_dir: str | Path, progress: Progress | None = None) -> list[dict[str, Any]] | None:
+def resume(run_dir: str | Path, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]] | None:
     """Continue a run; None when every planned iteration was already finished."""
     store = RunStore.open(run_dir)
     try:
@@ -56,7 +64,7 @@ def resume(run_dir: str | Path, progress: Progress | None = None) -> list[dict[s
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
             return None
-        return execute(store, config, progress)
+        return execute(store, config, progress, live)
     finally:
         store.close()
 

@@ -283,7 +283,7 @@ def test_api_key_comes_from_env_and_never_leaks(monkeypatch, caplog, capfd):
         b = backend(srv, api_key_env=KEY_ENV, max_retries=3)
         err = only(run(b, [req("x")]))
         assert isinstance(err, BackendError) and "HTTP 401" in str(err)
-        assert [c.headers.get("Authorization") for c in srv.chat_requests] == [f"Bearer {SECRET}"] * 3
+        assert [c.headers.get("authorization") for c in srv.chat_requests] == [f"Bearer {SECRET}"] * 3
     texts = [str(err), repr(err), repr(b), str(vars(b)), caplog.text]
     texts += [r.getMessage() for r in caplog.records]
     out, errout = capfd.readouterr()
@@ -298,7 +298,7 @@ def test_missing_key_env_sends_placeholder(monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with FakeOpenAIServer() as srv:
         only(run(backend(srv, api_key_env=KEY_ENV), [req("x")]))
-        assert srv.chat_requests[0].headers["Authorization"] == "Bearer EMPTY"
+        assert srv.chat_requests[0].headers["authorization"] == "Bearer EMPTY"
 
 
 def test_scrub_hides_key_bearer_and_sk_tokens():

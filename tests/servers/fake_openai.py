@@ -173,7 +173,8 @@ class Rule:
 @dataclass(frozen=True)
 class Recorded:
     """One request as the server received it. ``n``: arrival number among chat requests
-    (-1 for other paths); ``body``: parsed JSON (None if absent or invalid)."""
+    (-1 for other paths); ``headers``: lower-cased names; ``body``: parsed JSON (None if absent
+    or invalid); ``received_at``: ``time.monotonic()``; ``action``: what the server did."""
 
     n: int
     method: str
@@ -412,6 +413,9 @@ class FakeOpenAIServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "FakeOpenAI/1.0"
+            # headers and body go out in separate writes: without TCP_NODELAY, Nagle plus the
+            # client's delayed ACK add ~40 ms to every keep-alive response
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
@@ -444,7 +448,8 @@ class FakeOpenAIServer:
 
             def _record(self, n: int, body: Any, action: str = "") -> None:
                 if fake.record:
-                    rec = Recorded(n, self.command, self.path, dict(self.headers.items()), body, time.monotonic(), action)
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    rec = Recorded(n, self.command, self.path, headers, body, time.monotonic(), action)
                     with fake._lock:
                         fake.requests.append(rec)
 
@@ -529,18 +534,26 @@ class FakeOpenAIServer:
                     self._send(200, json.dumps(full).encode(), cut=action.kind == "truncated")
 
             def _stream(self, chunks: list[dict], cut: bool) -> None:
+                # chunked transfer encoding, as real servers stream: a cut stream (no final
+                # zero-length chunk) is then visible to the client as an incomplete body
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
+                if cut:
+                    self.send_header("Connection", "close")
                 self.end_headers()
-                self.close_connection = True
                 events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
                 if cut:
                     half = max(1, len(events) // 2)
                     events = events[:half] + [events[half][: len(events[half]) // 2]]
                 for ev in events:
-                    self.wfile.write(ev)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+                    self.wfile.flush()
+                if cut:
+                    self.close_connection = True
+                else:
+                    self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
 
         return Handler

@@ -188,7 +188,6 @@ class OpenAICompatBackend:
         self.backoff_max_s = backoff_max_s
         self.retry_after_cap_s = retry_after_cap_s
         self.endpoint = f"{_without_userinfo(self.base_url)}|{model}"
-        self._backoff = tenacity.wait_exponential_jitter(initial=backoff_s, max=backoff_max_s, jitter=backoff_s)
         self._warned_no_logprobs = False
 
     def __repr__(self) -> str:
@@ -226,8 +225,10 @@ class OpenAICompatBackend:
             timeout=self.timeout_s + 5.0,
         )
         sem = asyncio.Semaphore(self.max_concurrency)
+        aborted = False  # on_result raised: report nothing more, cancel the rest
 
         async def one(i: int, request: ChatRequest) -> None:
+            nonlocal aborted
             try:
                 result: ChatResult | BackendError = await self._run_one(client, sem, i, request, key)
             except asyncio.CancelledError:
@@ -235,7 +236,13 @@ class OpenAICompatBackend:
             except Exception as exc:  # noqa: BLE001 - a bug must not lose the request's callback
                 result = BackendError(f"{self.endpoint}: unexpected {type(exc).__name__}: "
                                       f"{_shorten(scrub(str(exc), key))}")
-            on_result(i, result)
+            if aborted:
+                return
+            try:
+                on_result(i, result)
+            except BaseException:
+                aborted = True
+                raise
 
         tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
         try:
@@ -277,7 +284,9 @@ class OpenAICompatBackend:
         if isinstance(exc, _Failure) and exc.retry_after is not None:
             wait = min(exc.retry_after, self.retry_after_cap_s)
             return wait + random.uniform(0.0, min(0.25, 0.1 * max(wait, 0.1)))
-        return float(self._backoff(state))
+        # exponential backoff with "equal jitter": half fixed, half uniform random
+        step = min(self.backoff_max_s, self.backoff_s * 2.0 ** (state.attempt_number - 1))
+        return step * random.uniform(0.5, 1.0)
 
     async def _run_one(
         self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, i: int, request: ChatRequest, key: str
