@@ -170,6 +170,10 @@ def status(
     table.add_row("judge failures", str(st.failures))
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
+    from activepref.summary import format_summary
+
+    for label, value in format_summary(st.summary)[2:]:
+        table.add_row(label, value)
     console.print(table)
 
 

@@ -69,6 +69,9 @@ class ModelConfig(_Strict):
     max_concurrency: int = Field(8, ge=1, description="requests in flight (openai backend)")
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/malformed answers")
+    temperature: float | None = Field(None, ge=0, description="overrides generation.temperature for this model")
+    top_p: float | None = Field(None, gt=0, le=1, description="overrides generation.top_p for this model")
+    max_tokens: int | None = Field(None, ge=1, description="overrides generation.max_tokens for this model")
 
     def label(self) -> str:
         return self.name or self.model

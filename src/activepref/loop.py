@@ -203,13 +203,20 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
     """Ask every model of the pool for candidates (request cache first), commit them."""
     assert ctx.live is not None and ctx.config.generation is not None
     g = ctx.config.generation
-    labels = [m.label() for m in g.models]
-    params = SamplingParams(temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens)
-    pool = [label for label in labels for _ in range(g.samples_per_model)]
-    specs = plan_candidates([(p, ctx.prompts[p]) for p in prompt_idxs], pool, params, stage_rng(ctx.config.seed, it, STAGE_GENERATE), g.principles)
+    batch = [(p, ctx.prompts[p]) for p in prompt_idxs]
+    rng = stage_rng(ctx.config.seed, it, STAGE_GENERATE)
+    specs = []
+    for m in g.models:  # per model, in config order, so adding a model leaves the others' draws alone
+        params = SamplingParams(
+            temperature=g.temperature if m.temperature is None else m.temperature,
+            top_p=g.top_p if m.top_p is None else m.top_p,
+            max_tokens=g.max_tokens if m.max_tokens is None else m.max_tokens,
+        )
+        specs += plan_candidates(batch, [m.label()] * g.samples_per_model, params, rng, g.principles)
     before = ctx.live.cache.stats.snapshot()
     results: dict[int, ChatResult | BackendError] = {}
-    for label in labels:
+    for m in g.models:
+        label = m.label()
         mine = [k for k, s in enumerate(specs) if s.model == label]
         ctx.progress.on_stage(it, f"generate ({label}, {len(mine)} responses)")
         ctx.live.cache.complete(ctx.live.backends[label], [specs[k].request for k in mine], "generation", lambda j, r, mine=mine: results.__setitem__(mine[j], r))
@@ -220,8 +227,9 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
         prompt = ctx.prompts[spec.prompt_idx]
         if isinstance(res, ChatResult) and res.text.strip():
             rid = content_id(prompt.id, spec.model, spec.principle, res.text)
+            p = spec.request.params
             meta = {
-                "sampling": {"temperature": g.temperature, "top_p": g.top_p, "max_tokens": g.max_tokens, "seed": spec.request.params.seed},
+                "sampling": {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens, "seed": p.seed},
                 "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens, "finish_reason": res.finish_reason,
             }
             new.append((Response(rid, prompt.id, spec.model, res.text, spec.principle, spec.system_prompt), spec.prompt_idx, meta))

@@ -14,6 +14,7 @@ from activepref.errors import RunStateError
 from activepref.loop import LiveParts, Progress, execute, iteration_plan, stage_rng
 from activepref.pools import load_pool
 from activepref.store import STATUS_TRAINED, RunStore
+from activepref.summary import run_summary
 
 STAGE_SPLIT = 5
 
@@ -81,6 +82,7 @@ class RunStatus:
     annotations: int
     failures: int
     last_metrics: dict[str, Any]
+    summary: dict[str, Any]
 
 
 def status(run_dir: str | Path) -> RunStatus:
@@ -101,6 +103,7 @@ def status(run_dir: str | Path) -> RunStatus:
             annotations=store.count("scores") + store.count("judge_failures"),
             failures=store.count("judge_failures"),
             last_metrics=(done[-1].metrics or {}) if done else {},
+            summary=run_summary(store),
         )
     finally:
         store.close()

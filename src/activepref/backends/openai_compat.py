@@ -17,14 +17,18 @@ Policy, all ours (the client's own retries are disabled, ``max_retries=0``):
   cancelled and the caller's exception propagates).
 
 The API key is read from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``)
-at each ``complete`` call and is never stored on the backend; without it the placeholder
-``EMPTY`` is sent (local servers ignore it). Error texts are scrubbed of the key (and of any
+at each ``complete`` call (without it the placeholder ``EMPTY`` is sent; local servers ignore
+it). It is never an attribute of the backend: only the HTTP client holds it, and that client is
+left out of ``repr`` and pickling. Error texts are scrubbed of the key (and of any
 ``Bearer ...`` or ``sk-...`` token) before they reach a ``BackendError`` or a log line.
 ``endpoint`` is ``"{base_url}|{model}"`` (base URL without user:password).
 
-``complete`` is synchronous: it runs its own event loop, or, when the calling thread already
-runs one, a fresh loop in a worker thread (``on_result`` then runs in that worker thread). Async
-callers can await :meth:`OpenAICompatBackend.acomplete` instead.
+``complete`` is synchronous from the caller's view, whether or not the calling thread runs an
+event loop: the requests run on the backend's own event loop in a daemon thread, started on
+first use and kept (with its HTTP client and open connections) for later calls, and
+``on_result`` is called in the calling thread as results arrive. Concurrent ``complete`` calls
+from several threads share the one ``max_concurrency`` bound. ``close()`` (or ``with``) stops
+the thread; a later call starts it again. Async callers can await ``acomplete`` instead.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ import email.utils
 import logging
 import math
 import os
+import queue
 import random
 import re
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -155,6 +162,57 @@ def _error_reason(exc: openai.APIStatusError) -> str:
     return str(message or type(exc).__name__)
 
 
+_DONE = object()
+
+
+class _Runtime:
+    """A private event loop in a daemon thread, with the client and the semaphore that live
+    on it; one per backend, reused by every ``complete`` call (connections stay open)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.client: openai.AsyncOpenAI | None = None
+        self.semaphore: asyncio.Semaphore | None = None
+        self.thread = threading.Thread(target=self._run, name="activepref-openai", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def usable(self) -> bool:
+        return self.pid == os.getpid() and self.thread.is_alive() and not self.loop.is_closed()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        if self.pid != os.getpid() or not self.thread.is_alive():
+            return
+        if threading.current_thread() is self.thread:  # cannot join itself; let the loop end
+            self.loop.call_soon(self.loop.stop)
+            return
+        try:
+            self.submit(self._shutdown()).result(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
 class OpenAICompatBackend:
     """See the module docstring. ``backoff_s``/``backoff_max_s``: first and largest backoff
     wait (seconds, before jitter); ``retry_after_cap_s``: the most a ``Retry-After`` can ask."""
@@ -189,6 +247,9 @@ class OpenAICompatBackend:
         self.retry_after_cap_s = retry_after_cap_s
         self.endpoint = f"{_without_userinfo(self.base_url)}|{model}"
         self._warned_no_logprobs = False
+        self._runtime: _Runtime | None = None
+        self._runtime_lock = threading.Lock()
+        self._finalizer: weakref.finalize | None = None
 
     def __repr__(self) -> str:
         return (
@@ -196,46 +257,75 @@ class OpenAICompatBackend:
             f"max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, max_retries={self.max_retries})"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_runtime", "_runtime_lock", "_finalizer"):  # a thread, a loop, a client (holding the key)
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runtime = None
+        self._runtime_lock = threading.Lock()
+        self._finalizer = None
+
+    def __enter__(self) -> OpenAICompatBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the backend's event-loop thread (a later
+        ``complete`` starts them again). Also done at interpreter exit."""
+        with self._runtime_lock:
+            runtime, self._runtime = self._runtime, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+        if runtime is not None:
+            runtime.stop()
+
     # ----------------------------------------------------------------- public
     def complete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
+        """Run every request on the backend's event-loop thread; ``on_result`` runs in the
+        calling thread, once per request, as results arrive. Works whether or not the calling
+        thread runs an event loop (it blocks that thread either way: the call is synchronous)."""
         requests = list(requests)
         if not requests:
             return
+        runtime = self._get_runtime()
+        results: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        future = runtime.submit(self._drive_shared(runtime, requests, lambda i, r: results.put((i, r))))
+        future.add_done_callback(lambda _f: results.put(_DONE))
+        pending = len(requests)
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(self.acomplete(requests, on_result))
-            return
-        # Called from a thread whose loop is running (a notebook, an async app): the call is
-        # synchronous by contract, so run a private loop in a worker thread and wait for it.
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="activepref-openai") as pool:
-            pool.submit(asyncio.run, self.acomplete(requests, on_result)).result()
+            while pending:
+                item = results.get()
+                if item is _DONE:
+                    break
+                pending -= 1
+                on_result(*item)
+        except BaseException:
+            future.cancel()  # cancels the in-flight requests on the loop thread
+            raise
+        if pending:
+            future.result()  # re-raises what stopped the driver (a bug: results were promised)
+            raise RuntimeError(f"{self.endpoint}: {pending} request(s) ended without a result")
 
     async def acomplete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
-        """The async form of :meth:`complete` (same contract)."""
+        """The async form of :meth:`complete`, on the caller's loop (with its own client and
+        concurrency bound; ``on_result`` runs on that loop). If ``on_result`` raises, the
+        remaining requests are cancelled and the exception propagates."""
         requests = list(requests)
         if not requests:
             return
         key = self._api_key()
-        client = openai.AsyncOpenAI(
-            api_key=key,
-            base_url=self.base_url,
-            max_retries=0,
-            # our asyncio deadline is the binding one; the client's is only a backstop
-            timeout=self.timeout_s + 5.0,
-        )
-        sem = asyncio.Semaphore(self.max_concurrency)
-        aborted = False  # on_result raised: report nothing more, cancel the rest
+        client = self._make_client(key)
+        aborted = False  # on_result raised: report nothing more
 
-        async def one(i: int, request: ChatRequest) -> None:
+        def emit(i: int, result: ChatResult | BackendError) -> None:
             nonlocal aborted
-            try:
-                result: ChatResult | BackendError = await self._run_one(client, sem, i, request, key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug must not lose the request's callback
-                result = BackendError(f"{self.endpoint}: unexpected {type(exc).__name__}: "
-                                      f"{_shorten(scrub(str(exc), key))}")
             if aborted:
                 return
             try:
@@ -243,6 +333,55 @@ class OpenAICompatBackend:
             except BaseException:
                 aborted = True
                 raise
+
+        try:
+            await self._drive(client, asyncio.Semaphore(self.max_concurrency), key, requests, emit)
+        finally:
+            await client.close()
+
+    # ----------------------------------------------------------------- event loop and client
+    def _get_runtime(self) -> _Runtime:
+        with self._runtime_lock:
+            runtime = self._runtime
+            if runtime is None or not runtime.usable():  # first call, after close(), or after a fork
+                runtime = self._runtime = _Runtime()
+                if self._finalizer is not None:
+                    self._finalizer.detach()
+                self._finalizer = weakref.finalize(self, runtime.stop)
+            return runtime
+
+    def _make_client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=key,
+            base_url=self.base_url,
+            max_retries=0,  # retries are ours
+            timeout=self.timeout_s + 5.0,  # our asyncio deadline binds; this is only a backstop
+        )
+
+    async def _drive_shared(self, runtime: _Runtime, requests: list[ChatRequest], emit: OnResult) -> None:
+        """On the runtime's loop: one client and one semaphore shared by every ``complete``
+        call of this backend (so concurrent callers together stay within max_concurrency)."""
+        key = self._api_key()
+        if runtime.client is None or runtime.client.api_key != key:  # first call, or the key changed
+            if runtime.client is not None:
+                await runtime.client.close()
+            runtime.client = self._make_client(key)
+        if runtime.semaphore is None:
+            runtime.semaphore = asyncio.Semaphore(self.max_concurrency)
+        await self._drive(runtime.client, runtime.semaphore, key, requests, emit)
+
+    async def _drive(
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, key: str, requests: list[ChatRequest], emit: OnResult
+    ) -> None:
+        async def one(i: int, request: ChatRequest) -> None:
+            try:
+                result: ChatResult | BackendError = await self._run_one(client, sem, i, request, key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must not lose the request's result
+                result = BackendError(f"{self.endpoint}: unexpected {type(exc).__name__}: "
+                                      f"{_shorten(scrub(str(exc), key))}")
+            emit(i, result)
 
         tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
         try:
@@ -252,8 +391,6 @@ class OpenAICompatBackend:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        finally:
-            await client.close()
 
     # ----------------------------------------------------------------- internals
     def _api_key(self) -> str:

@@ -1,0 +1,60 @@
+"""What a run cost and produced: calls, cache hits and tokens per stage, and judge requests
+per preference pair next to what annotating every candidate would have cost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from activepref.store import STATUS_GENERATED, RunStore
+
+
+def run_summary(store: RunStore) -> dict[str, Any]:
+    stats = store.call_stats()
+    pairs = store.count("preferences")
+    judged = store.count("scores") + store.count("judge_failures")  # responses sent to the judge
+    selected_prompts: set[int] = set()
+    for rec in store.iterations():
+        if rec.status != STATUS_GENERATED and rec.proposal is not None:
+            selected_prompts.update(rec.prompt_idxs)
+    _, response_prompt = store.responses()
+    candidates = int(sum(1 for p in response_prompt if int(p) in selected_prompts))
+    judge = stats.get("judge", {})
+    judge_requests = judge.get("calls", 0) + judge.get("cache_hits", 0)
+    per_response = judge_requests / judged if judge_requests and judged else 1.0  # Likert: 4 aspects per response
+    out: dict[str, Any] = {
+        "preference_pairs": pairs,
+        "responses_judged": judged,
+        "candidates_in_selected_prompts": candidates,
+        "judge_requests": judge_requests if judge_requests else judged,
+        "judge_requests_per_pair": (judge_requests or judged) / pairs if pairs else None,
+        "judge_requests_per_pair_if_all_judged": candidates * per_response / pairs if pairs else None,
+        "stages": stats,
+        "generation_failures": int(store.conn.execute("SELECT COUNT(*) FROM generation_failures").fetchone()[0]),
+        "judge_failures": store.count("judge_failures"),
+    }
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows (label, value) for a two-column table."""
+    rows = [
+        ("preference pairs", str(summary["preference_pairs"])),
+        ("responses judged", f"{summary['responses_judged']} of {summary['candidates_in_selected_prompts']} candidates"),
+    ]
+    per_pair, all_pair = summary["judge_requests_per_pair"], summary["judge_requests_per_pair_if_all_judged"]
+    if per_pair is not None and all_pair is not None:
+        rows.append(("judge requests per pair", f"{per_pair:.2f} (judging every candidate: {all_pair:.2f})"))
+    for stage, s in summary["stages"].items():
+        rows.append((
+            f"{stage} calls",
+            f"{s['calls']} made, {s['cache_hits']} from cache, {s['failures']} failed; "
+            f"tokens in {s['prompt_tokens']} (cached {s['cached_prompt_tokens']}), out {s['completion_tokens']}",
+        ))
+    if summary["generation_failures"] or summary["judge_failures"]:
+        rows.append(("failures", f"generation {summary['generation_failures']}, judge {summary['judge_failures']}"))
+    return rows
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, sort_keys=True)
