@@ -261,6 +261,61 @@ def simulate(
     console.print(f"run directories: {base}")
 
 
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="Output folder: run/, dataset.parquet, summary.md, quickstart.png.")] = Path("quickstart"),
+    prompts: Annotated[int, typer.Option(help="MT-bench prompts to use (two per category by default).")] = 16,
+    method: MethodOpt = None,
+    seed: SeedOpt = None,
+    max_tokens: Annotated[int, typer.Option(help="Maximum tokens per generated response.")] = 96,
+) -> None:
+    """The whole loop for real, offline: local models generate, embed and judge.
+
+    Generates candidates for MT-bench prompts with shipped small models, embeds them with
+    the model's last layer, selects pairs with DTS, judges only those with the Likert judge
+    from local logits, retrains the ensemble, and writes a TRL dataset, a summary and a plot.
+    Interrupted? Run the same command again: it resumes without repeating a model call.
+    """
+    from activepref import runs
+    from activepref.export import export_run, preference_records
+    from activepref.quickstart import quickstart_config
+    from activepref.store import RunStore
+    from activepref.summary import format_summary, run_summary
+
+    run_dir = out / "run"
+    try:
+        with _Bars("quickstart") as bars:
+            if RunStore.exists(run_dir):
+                runs.resume(run_dir, bars.callbacks())
+            else:
+                cfg = quickstart_config(out, prompts, method or "dts", seed or 0, max_tokens)
+                runs.run(cfg, run_dir, bars.callbacks())
+        export_run(run_dir, out / "dataset.parquet", "parquet")
+        export_run(run_dir, out / "dataset.jsonl", "jsonl")
+        with RunStore.open_readonly(run_dir) as store:
+            summary = run_summary(store)
+            records = preference_records(store)
+    except ActivePrefError as exc:
+        _fail(exc)
+    rows = format_summary(summary)
+    table = Table(title="quickstart", show_header=False)
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    (out / "summary.md").write_text(
+        "| | |\n|---|---|\n" + "".join(f"| {label} | {value} |\n" for label, value in rows), encoding="utf-8"
+    )
+    try:
+        from activepref.plots import plot_run
+
+        png = plot_run(records, summary, out / "quickstart.png", "activepref quickstart")
+        console.print(f"plot: {png}")
+    except ActivePrefError as exc:
+        console.print(f"no plot ({exc})")
+    console.print(f"dataset: {out / 'dataset.parquet'} ({len(records)} pairs, TRL preference format)")
+
+
 @app.command("make-pool")
 def make_pool(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl).")],

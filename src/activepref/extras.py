@@ -7,7 +7,17 @@ from types import ModuleType
 
 from activepref.errors import ActivePrefError
 
-EXTRA_OF = {"matplotlib": "plots", "datasets": "trl", "transformers": "trl", "trl": "trl"}
+EXTRA_OF = {
+    "matplotlib": "plots",
+    "datasets": "trl",
+    "trl": "trl",
+    "transformers": "local",
+    "sentence_transformers": "local",
+    "gguf": "local",
+    "accelerate": "local",
+    "vllm": "vllm",
+    "openai": "openai",
+}
 
 
 class MissingExtraError(ActivePrefError):

@@ -387,10 +387,13 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
 def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
     from activepref.embedders import make_embedder
 
-    return make_embedder(
-        cfg.backend, cfg.model, gguf_file=cfg.gguf_file, sequence_classification=cfg.sequence_classification,
-        batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype, device=cfg.device,
-    )
+    if cfg.backend == "transformers":
+        return make_embedder(
+            "transformers", cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype, device=cfg.device,
+            model_class="sequence_classification" if cfg.sequence_classification else "causal_lm",
+            batch_size=cfg.batch_size, max_length=cfg.max_length,
+        )
+    return make_embedder(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_length=cfg.max_length)
 
 
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:

@@ -33,3 +33,38 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: str |
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_run(records: list[dict[str, Any]], summary: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """A finished live run at a glance: judge scores of chosen vs rejected per iteration
+    (left) and judge requests spent vs judging every candidate (right).
+
+    records: export rows (score_chosen, score_rejected, iteration)."""
+    require("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    iters = sorted({r["iteration"] for r in records})
+    for key, label, offset in (("score_chosen", "chosen", -0.18), ("score_rejected", "rejected", 0.18)):
+        means = [np.mean([r[key] for r in records if r["iteration"] == it and r[key] is not None] or [np.nan]) for it in iters]
+        ax_s.bar(np.asarray(iters) + offset, means, width=0.36, label=label)
+        for it in iters:
+            ys = [r[key] for r in records if r["iteration"] == it and r[key] is not None]
+            ax_s.scatter([it + offset] * len(ys), ys, s=8, color="black", zorder=3)
+    ax_s.set(xlabel="iteration", ylabel="judge score (1-5, expected)", title="chosen vs rejected", ylim=(1, 5))
+    ax_s.legend(fontsize=8)
+    spent = summary.get("judge_requests") or 0
+    pairs = summary.get("preference_pairs") or 0
+    full = (summary.get("judge_requests_per_pair_if_all_judged") or 0) * pairs
+    ax_c.bar(["active (this run)", "judge every candidate"], [spent, full], color=["tab:green", "tab:gray"])
+    ax_c.set(ylabel="judge requests", title=f"annotation cost for {pairs} preference pairs")
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import pickle
 import threading
 import time
 
@@ -262,6 +263,49 @@ def test_complete_works_inside_a_running_event_loop():
             return out
 
         assert isinstance(only(asyncio.run(amain())), ChatResult)
+
+
+def test_callbacks_run_in_the_calling_thread_and_connections_are_reused():
+    with FakeOpenAIServer() as srv, backend(srv) as b:
+        threads = set()
+        b.complete([req(f"q{i}") for i in range(6)], lambda i, r: threads.add(threading.get_ident()))
+        b.complete([req("again")], lambda i, r: threads.add(threading.get_ident()))
+        assert threads == {threading.get_ident()}
+        loop_thread = b._runtime.thread
+        assert loop_thread.is_alive()
+    assert not loop_thread.is_alive()  # close() stopped it
+
+
+def test_concurrent_complete_calls_share_one_concurrency_bound():
+    with FakeOpenAIServer(latency_s=0.05) as srv, backend(srv, max_concurrency=3) as b:
+        got: list = []
+        workers = [threading.Thread(target=lambda k=k: got.append(run(b, [req(f"t{k} q{i}") for i in range(9)])))
+                   for k in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert [sorted(g) for g in got] == [list(range(9))] * 3
+        assert srv.max_in_flight <= 3
+
+
+def test_close_then_reuse_and_pickle_without_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer() as srv:
+        b = backend(srv, api_key_env=KEY_ENV)
+        assert isinstance(only(run(b, [req("x")])), ChatResult)
+        blob = pickle.dumps(b)
+        assert SECRET.encode() not in blob
+        b.close()
+        monkeypatch.setenv(KEY_ENV, SECRET + "-rotated")  # read again at each call
+        assert isinstance(only(run(b, [req("y")])), ChatResult)
+        clone = pickle.loads(blob)
+        assert clone.endpoint == b.endpoint
+        assert isinstance(only(run(clone, [req("z")])), ChatResult)
+        auth = [c.headers["authorization"] for c in srv.chat_requests]
+        assert auth == [f"Bearer {SECRET}", f"Bearer {SECRET}-rotated", f"Bearer {SECRET}-rotated"]
+        b.close()
+        clone.close()
 
 
 def test_empty_request_list_makes_no_call():

@@ -247,6 +247,93 @@ def test_factory_loads_from_a_folder_and_shares_the_weights(model, tokenizer, tm
 # -- vLLM (CUDA only) -------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_vllm_backend_without_vllm_names_the_extra():
+    from activepref.extras import MissingExtraError
+
+    with pytest.raises(MissingExtraError, match=r"activepref\[vllm\]"):
+        make_backend(ModelConfig(backend="vllm", model="some/model"))
+
+
+def fake_vllm_module(model, tokenizer):
+    """A stand-in for ``vllm`` shaped like its offline API (LLM.generate -> RequestOutput with
+    CompletionOutput.logprobs as dicts token id -> Logprob), greedy on the tiny model: checks
+    how the backend builds SamplingParams and reads the outputs, on CPU."""
+    import types
+
+    def sampling_params(**kwargs):
+        return types.SimpleNamespace(**kwargs)
+
+    class LLM:
+        instances: list = []
+
+        def __init__(self, model, **kwargs):
+            self.kwargs = dict(kwargs, model=model)
+            self.calls: list = []
+            LLM.instances.append(self)
+
+        def get_tokenizer(self):
+            return tokenizer
+
+        def generate(self, prompts, params, use_tqdm=True):
+            self.calls.append(params)
+            outputs = []
+            for prompt, sp in zip(prompts, params):
+                ids = list(prompt["prompt_token_ids"])
+                new, logprobs = [], []
+                for _ in range(sp.max_tokens):
+                    with torch.no_grad():
+                        logp = torch.log_softmax(model(torch.tensor([ids + new])).logits[0, -1], dim=-1)
+                    tok = int(torch.argmax(logp))
+                    k = logp.shape[0] if sp.logprobs == -1 else (sp.logprobs or 0)
+                    top = torch.topk(logp, k).indices.tolist() if k else []
+                    logprobs.append({i: types.SimpleNamespace(logprob=float(logp[i]), rank=r + 1,
+                                                              decoded_token=tokenizer.decode([i]))
+                                     for r, i in enumerate(dict.fromkeys(top + [tok]))})
+                    new.append(tok)
+                    if tok == tokenizer.eos_token_id:
+                        break
+                stopped = new[-1] == tokenizer.eos_token_id
+                text = tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True)
+                completion = types.SimpleNamespace(text=text, token_ids=new, finish_reason="stop" if stopped else "length",
+                                                   logprobs=logprobs if sp.logprobs is not None else None)
+                outputs.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[completion], num_cached_tokens=0))
+            return outputs
+
+    return types.SimpleNamespace(LLM=LLM, SamplingParams=sampling_params)
+
+
+def test_vllm_backend_against_a_stand_in_engine(eos_model, tokenizer, monkeypatch):
+    import sys
+
+    from activepref.backends import vllm_offline
+
+    fake = fake_vllm_module(eos_model, tokenizer)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(vllm_offline, "_ENGINES", {})
+    backend = make_backend(ModelConfig(backend="vllm", model="tiny", dtype="bfloat16", batch_size=4))
+    assert backend.endpoint == "vllm|tiny"
+    llm = fake.LLM.instances[-1]
+    assert llm.kwargs["max_logprobs"] == -1 and llm.kwargs["dtype"] == "bfloat16"
+    score = ("1", "2", "3", "4", "5")
+    reqs = (requests_for(tm.PROMPTS, temperature=0.0, max_tokens=12)
+            + requests_for(tm.PROMPTS[:3], temperature=0.0, max_tokens=1, top_logprobs=3, score_tokens=score)
+            + requests_for(tm.PROMPTS[:2], temperature=0.0, max_tokens=1, top_logprobs=4)
+            + requests_for(["hello"], temperature=0.0, max_tokens=1, top_logprobs=2, score_tokens=("not-a-word",)))
+    got = run(backend, reqs)
+    want = run(TransformersBackend(eos_model, tokenizer, batch_size=3), reqs)
+    assert isinstance(got[-1], BackendError) and "not a single token" in str(got[-1])
+    for a, b in zip(got[:-1], want[:-1]):
+        assert (a.text, a.prompt_tokens, a.completion_tokens, a.finish_reason) == \
+               (b.text, b.prompt_tokens, b.completion_tokens, b.finish_reason)
+        assert set(a.first_token_logprobs) == set(b.first_token_logprobs)
+        assert a.first_token_logprobs == pytest.approx(b.first_token_logprobs, abs=1e-5)
+    sent = [sp for call in llm.calls for sp in call]
+    assert [sp.logprobs for sp in sent[len(tm.PROMPTS):]] == [-1, -1, -1, 4, 4]
+    assert all(sp.logprobs is None for sp in sent[: len(tm.PROMPTS)])
+    assert [len(call) for call in llm.calls] == [4, 4, 4]  # chunks of batch_size
+
+
 @pytest.mark.gpu
 def test_vllm_backend_on_the_tiny_model(tmp_path):
     if importlib.util.find_spec("vllm") is None:

@@ -54,6 +54,7 @@ only when ``on_result`` raises.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 import threading
@@ -63,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from activepref.backends import register_backend
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, OnResult, SamplingParams
-from activepref.extras import require
+from activepref.extras import MissingExtraError, require
 
 if TYPE_CHECKING:
     from activepref.config import ModelConfig
@@ -132,6 +133,9 @@ def load_model(
         transformers = require("transformers")
         kwargs: dict[str, Any] = {}
         if gguf_file:
+            for module in ("gguf", "accelerate"):
+                if importlib.util.find_spec(module) is None:
+                    raise MissingExtraError(f"loading a GGUF file needs {module}: pip install 'activepref[local]'")
             kwargs["gguf_file"] = gguf_file
         tokenizer = transformers.AutoTokenizer.from_pretrained(model, **kwargs)
         auto = {

@@ -20,8 +20,9 @@ Same contract as the ``transformers`` backend (see ``transformers_local``):
   batches internally; each chunk's results are reported as soon as the chunk returns). A chunk
   that raises is re-run one request at a time so that a bad request fails alone.
 
-The engine is cached per process under ``(model, gguf_file, dtype, device)``. With
-``gguf_file`` the engine loads ``model/gguf_file`` and takes the tokenizer from ``model``.
+The engine is cached per process under ``(model, gguf_file, dtype)``. With ``gguf_file`` the
+engine loads ``model/gguf_file`` and takes the tokenizer from the folder when it holds one
+(``tokenizer_config.json``), else from the GGUF file.
 ``dtype`` is passed through (``float32`` works but is slow on a GPU: prefer ``auto`` or
 ``bfloat16``); ``device`` is ignored (vLLM picks its own).
 """
@@ -55,7 +56,10 @@ def load_engine(model: str, gguf_file: str | None = None, dtype: str = "auto", s
         if key not in _ENGINES:
             kwargs: dict[str, Any] = {"dtype": dtype, "seed": seed, "max_logprobs": -1}
             if gguf_file:
-                _ENGINES[key] = vllm.LLM(model=os.path.join(model, gguf_file), tokenizer=model, **kwargs)
+                # the folder's own tokenizer when it has one, else vLLM reads the GGUF's
+                has_tokenizer = os.path.isfile(os.path.join(model, "tokenizer_config.json"))
+                _ENGINES[key] = vllm.LLM(model=os.path.join(model, gguf_file),
+                                         tokenizer=model if has_tokenizer else None, **kwargs)
             else:
                 _ENGINES[key] = vllm.LLM(model=model, **kwargs)
         return _ENGINES[key]
