@@ -335,6 +335,10 @@ def make_pool(
 
 
 def main() -> None:  # pragma: no cover
+    import os
+
+    # The CLI draws its own progress bars; keep the model loaders' bars out of the way.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 

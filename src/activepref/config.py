@@ -118,9 +118,10 @@ class EmbeddingConfig(_Strict):
 
 class JudgeConfig(_Strict):
     """Who annotates. ``replay`` reveals the pool's stored scores, counting each reveal;
-    ``likert`` asks a model (any backend) for 1-5 digits per aspect and takes the expected score."""
+    ``likert`` asks a model (any backend) for 1-5 digits per aspect and takes the expected score;
+    ``reward_model`` scores with a local sequence-classification reward model (backend transformers)."""
 
-    kind: Literal["replay", "likert"] = "replay"
+    kind: Literal["replay", "likert", "reward_model"] = "replay"
     max_retries: int = Field(2, ge=0, description="retries before a call is recorded as a failure")
     audit_log: str | None = Field(None, description="append one JSON line per judge call to this file (audit of paid calls)")
     backend: Literal["openai", "transformers", "vllm"] | None = Field(None, description="backend of a model judge")

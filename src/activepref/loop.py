@@ -26,6 +26,7 @@ from activepref.cache import RequestCache
 from activepref.config import EmbeddingConfig, RunConfig
 from activepref.data import Response, content_id
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
+from activepref.errors import ConfigError
 from activepref.generation import plan_candidates
 from activepref.judges import AuditedJudge, Judge, JudgeScore, ScoreRequest, make_judge
 from activepref.store import (
@@ -375,6 +376,11 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     judge: Judge
     if config.judge.kind == "replay":
         judge = make_judge("replay", stored_score=store.pool_score)
+    elif config.judge.kind == "reward_model":
+        j = config.judge
+        if j.backend != "transformers":
+            raise ConfigError("judge.kind reward_model runs locally: set judge.backend: transformers")
+        judge = make_judge("reward_model", model=j.model, gguf_file=j.gguf_file, dtype=j.dtype)
     else:
         cache = cache or RequestCache(config.cache_path)
         backend = live.judge_backend if live and live.judge_backend else make_backend(config.judge.as_model_config())
@@ -390,7 +396,7 @@ def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
     if cfg.backend == "transformers":
         return make_embedder(
             "transformers", cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype, device=cfg.device,
-            model_class="sequence_classification" if cfg.sequence_classification else "causal_lm",
+            model_class="seq_cls" if cfg.sequence_classification else "causal_lm",
             batch_size=cfg.batch_size, max_length=cfg.max_length,
         )
     return make_embedder(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_length=cfg.max_length)

@@ -56,6 +56,7 @@ def plot_run(records: list[dict[str, Any]], summary: dict[str, Any], path: str |
             ys = [r[key] for r in records if r["iteration"] == it and r[key] is not None]
             ax_s.scatter([it + offset] * len(ys), ys, s=8, color="black", zorder=3)
     ax_s.set(xlabel="iteration", ylabel="judge score (1-5, expected)", title="chosen vs rejected", ylim=(1, 5))
+    ax_s.set_xticks(iters)
     ax_s.legend(fontsize=8)
     spent = summary.get("judge_requests") or 0
     pairs = summary.get("preference_pairs") or 0

@@ -97,6 +97,6 @@ class AuditedJudge:
         return results
 
 
-from activepref.judges import likert, replay  # noqa: E402,F401
+from activepref.judges import likert, replay, reward_model  # noqa: E402,F401
 
 __all__ = ["JUDGES", "AuditedJudge", "Judge", "JudgeScore", "ScoreRequest", "make_judge", "register_judge"]
