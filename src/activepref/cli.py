@@ -268,6 +268,7 @@ def quickstart(
     method: MethodOpt = None,
     seed: SeedOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Maximum tokens per generated response.")] = 96,
+    qwen: Annotated[bool, typer.Option(help="Use Qwen2.5-Coder-0.5B (generator and judge) when its packages are installed.")] = True,
 ) -> None:
     """The whole loop for real, offline: local models generate, embed and judge.
 
@@ -288,7 +289,7 @@ def quickstart(
             if RunStore.exists(run_dir):
                 runs.resume(run_dir, bars.callbacks())
             else:
-                cfg = quickstart_config(out, prompts, method or "dts", seed or 0, max_tokens)
+                cfg = quickstart_config(out, prompts, method or "dts", seed or 0, max_tokens, qwen)
                 runs.run(cfg, run_dir, bars.callbacks())
         export_run(run_dir, out / "dataset.parquet", "parquet")
         export_run(run_dir, out / "dataset.jsonl", "jsonl")

@@ -52,14 +52,16 @@ def _qwen() -> tuple[str, str] | None:
     return str(path.parent), path.name
 
 
-def quickstart_config(out: Path, n_prompts: int = QUICKSTART_PROMPTS, method: str = "dts", seed: int = 0, max_tokens: int = 96) -> RunConfig:
+def quickstart_config(
+    out: Path, n_prompts: int = QUICKSTART_PROMPTS, method: str = "dts", seed: int = 0, max_tokens: int = 96, use_qwen: bool = True
+) -> RunConfig:
     try:
         smol_dir, smol_file = smollm2_gguf()
     except LocalModelMissing as exc:
         raise ActivePrefError(f"quickstart needs the shipped SmolLM2 model: {exc}") from None
     prompts = write_quickstart_prompts(out / "prompts.jsonl", n_prompts)
     smol = {"backend": "transformers", "model": smol_dir, "gguf_file": smol_file, "batch_size": 8}
-    qwen = _qwen()
+    qwen = _qwen() if use_qwen else None
     if qwen is not None:
         models = [
             {"name": "smollm2-135m", **smol},
