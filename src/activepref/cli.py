@@ -33,6 +33,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _quiet_model_loading() -> None:
+    """Our progress bars own the terminal; silence the model loaders' bars (GGUF conversion)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def _fail(exc: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
@@ -121,6 +130,8 @@ def run(
 
     try:
         cfg = _config(config, pool=pool, features=features, method=method, batch_size=batch_size, iterations=iterations, seed=seed, beta=beta)
+        if cfg.live:
+            _quiet_model_loading()
         with _Bars(f"{cfg.method}") as bars:
             history = runs.run(cfg, out, bars.callbacks())
     except ActivePrefError as exc:
@@ -284,6 +295,7 @@ def quickstart(
     from activepref.summary import format_summary, run_summary
 
     run_dir = out / "run"
+    _quiet_model_loading()
     try:
         with _Bars("quickstart") as bars:
             if RunStore.exists(run_dir):
