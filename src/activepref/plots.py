@@ -8,14 +8,32 @@ from typing import Any
 from activepref.extras import require
 
 
-def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
-    """Held-out accuracy (left) and chosen-minus-rejected oracle reward (right) against
-    annotations used, one line per method."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (the `plots` extra)."""
     require("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+    """Held-out accuracy (left) and chosen-minus-rejected oracle reward (right) against
+    annotations used, one line per method."""
+    plt = _pyplot()
 
     fig, (ax_acc, ax_gap) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for name, history in histories.items():
@@ -27,12 +45,7 @@ def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: str |
     ax_acc.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax_gap.set(xlabel="annotations (judge calls)", ylabel="mean oracle(chosen) - oracle(rejected)", title="dataset margin")
     ax_acc.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_run(records: list[dict[str, Any]], summary: dict[str, Any], path: str | Path, title: str = "") -> Path:
@@ -40,11 +53,7 @@ def plot_run(records: list[dict[str, Any]], summary: dict[str, Any], path: str |
     (left) and judge requests spent vs judging every candidate (right).
 
     records: export rows (score_chosen, score_rejected, iteration)."""
-    require("matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     fig, (ax_s, ax_c) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -63,9 +72,4 @@ def plot_run(records: list[dict[str, Any]], summary: dict[str, Any], path: str |
     full = (summary.get("judge_requests_per_pair_if_all_judged") or 0) * pairs
     ax_c.bar(["active (this run)", "judge every candidate"], [spent, full], color=["tab:green", "tab:gray"])
     ax_c.set(ylabel="judge requests", title=f"annotation cost for {pairs} preference pairs")
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
