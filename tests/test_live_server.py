@@ -425,12 +425,13 @@ def test_sigkill_mid_judging_then_resume_repeats_no_answered_call(happy) -> None
     answered_first = 10
     script.hold(answered_first)
     env = {**os.environ, "ACTIVEPREF_CACHE": str(root / "unused-default-cache.sqlite")}
+    log = open(root / "kill.log", "wb")  # a file, not a pipe: a full pipe would stall the run
     proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while not (len(script.judge_held) >= 1 and len(script.judge_answered) >= answered_first):
-            assert proc.poll() is None, f"the run ended early: {proc.communicate()[1].decode()[-2000:]}"
+            assert proc.poll() is None, f"the run ended early: {(root / 'kill.log').read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the run never reached the judge"
             time.sleep(0.05)
         grace = time.monotonic() + 10  # the answers reach the client's request cache a moment later
@@ -442,6 +443,7 @@ def test_sigkill_mid_judging_then_resume_repeats_no_answered_call(happy) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     answered, held = list(script.judge_answered), list(script.judge_held)
     script.hold(None)
