@@ -30,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +255,7 @@ def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_
     from activepref.cache import RequestCache
     from activepref.data import ASPECTS, Prompt, Response
     from activepref.judges import JudgeScore, ScoreRequest
-    from activepref.judges.likert import DIGITS, LikertJudge
+    from activepref.judges.likert import DIGITS, TOP_LOGPROBS, LikertJudge
 
     recording = Recording(make_backend_for())
     judge = LikertJudge(recording, RequestCache(tmp_path / "cache.sqlite"))  # type: ignore[arg-type]
@@ -282,24 +283,29 @@ def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_
     # What the server really returned: the top first token, the digits inside its top 20,
     # and the probability mass they carried before renormalising.
     results = [r for r in recording.results if isinstance(r, ChatResult)]
-    assert len(results) == len(PAIRS) * len(ASPECTS)  # one attempt each: every answer had a digit
-    digit_counts, masses, tops = [], [], []
+    retries = len(recording.results) - len(PAIRS) * len(ASPECTS)  # re-asked for want of a digit
+    assert len(results) >= len(PAIRS) * len(ASPECTS)
+    digit_counts, digit_sets, masses, tops = [], Counter(), [], []
     for r in results:
         assert len(r.first_token_logprobs) >= 5, r.first_token_logprobs
         present = {t.strip() for t in r.first_token_logprobs if t.strip() in DIGITS}
         digit_counts.append(len(present))
+        digit_sets["".join(sorted(present)) or "-"] += 1
         masses.append(sum(math.exp(lp) for t, lp in r.first_token_logprobs.items() if t.strip() in DIGITS))
         tops.append(max(r.first_token_logprobs, key=r.first_token_logprobs.__getitem__))
     prompt_tokens = sum(r.prompt_tokens for r in results)
     cached = sum(r.cached_prompt_tokens for r in results)
     d_prompt = after.get("llamacpp:prompt_tokens_total", 0) - before.get("llamacpp:prompt_tokens_total", 0)
     d_cached = after.get("llamacpp:prompt_tokens_cached_total", 0) - before.get("llamacpp:prompt_tokens_cached_total", 0)
-    print(f"[llamacpp] judge: {len(results)} calls in {elapsed:.2f} s; top first tokens {sorted(set(tops))}; "
-          f"digits present in top 20: min {min(digit_counts)}, max {max(digit_counts)}; "
-          f"digit mass before renormalising: {min(masses):.3f}..{max(masses):.3f}")
-    print(f"[llamacpp] judge (8 in flight, 4 slots): usage cached {cached}/{prompt_tokens} prompt tokens "
-          f"({cached / max(prompt_tokens, 1):.1%}); /metrics prompt_tokens_total +{d_prompt:.0f}, "
-          f"prompt_tokens_cached_total +{d_cached:.0f}")
+    print(f"[llamacpp] judge: {len(recording.results)} calls ({retries} retries) in {elapsed:.2f} s; top first tokens "
+          f"{sorted(set(tops))}; digits present in the top {TOP_LOGPROBS}: min {min(digit_counts)}, max "
+          f"{max(digit_counts)}, sets {dict(digit_sets)}; digit mass before renormalising: "
+          f"{min(masses):.3f}..{max(masses):.3f}")
+    # /metrics prompt_tokens_total counts only the tokens the server evaluated (cached ones excluded),
+    # whereas usage.prompt_tokens counts the whole prompt.
+    print(f"[llamacpp] judge (8 in flight, {SERVER_SLOTS} slots): usage cached {cached}/{prompt_tokens} prompt tokens "
+          f"({cached / max(prompt_tokens, 1):.1%}); /metrics evaluated +{d_prompt:.0f}, cached +{d_cached:.0f} "
+          f"({d_cached / max(d_prompt + d_cached, 1):.1%})")
     server.assert_alive()
 
 
@@ -331,7 +337,7 @@ def test_prefix_cache_across_the_four_aspects(server: LlamaServer, make_backend_
     later = sum(cached[1:]) / sum(prompt_tokens[1:])
     print(f"[llamacpp] prefix cache, 4 aspects in sequence: prompt tokens {prompt_tokens}, cached {cached}; "
           f"{frac:.1%} of all prompt tokens from cache, {later:.1%} for aspects 2-4; "
-          f"/metrics prompt_tokens_total +{d_prompt:.0f}, prompt_tokens_cached_total +{d_cached:.0f}")
+          f"/metrics evaluated +{d_prompt:.0f}, cached +{d_cached:.0f}")
     # Everything up to the aspect question is shared (the question is < 25% of the prompt).
     for p, c in zip(prompt_tokens[1:], cached[1:]):
         assert c >= 0.5 * p, (prompt_tokens, cached)
@@ -381,10 +387,14 @@ def test_live_run_through_the_cli(server: LlamaServer, tmp_path: Path) -> None:
           f"annotations {status['annotations']}, pairs {status['pairs']}, failures {status['failures']}")
     assert status["iterations_done"] == 1
     assert status["annotations"] >= 2 and status["failures"] == 0
-    assert status["pairs"] >= 1
     from activepref.store import RunStore
 
     with RunStore.open_readonly(out) as store:
+        # Every prompt ends in a pair or a tie (SmolLM2 often puts all the digit mass on "1",
+        # so two responses can score exactly alike).
+        outcomes = [json.loads(s) for (s,) in store.conn.execute("SELECT pair_status FROM iterations")]
+        print(f"[llamacpp] live CLI run pair outcomes: {outcomes}")
+        assert sum(o.get("ok", 0) + o.get("tie", 0) for o in outcomes) == 4 and status["pairs"] == sum(o.get("ok", 0) for o in outcomes)
         responses, _ = store.responses()
         assert len(responses) == 4 * 2 and all(r.text.strip() for r in responses)
         stats = store.call_stats()
