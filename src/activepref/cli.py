@@ -35,6 +35,9 @@ err_console = Console(stderr=True)
 
 def _quiet_model_loading() -> None:
     """Our progress bars own the terminal; silence the model loaders' bars (GGUF conversion)."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader uses tqdm directly
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -177,7 +180,7 @@ def status(
     table.add_row("seed", str(st.seed))
     table.add_row("iterations", f"{st.iterations_done} / {st.iterations_planned} done" + (f" (next step: after '{st.current}')" if st.current else ""))
     table.add_row("preference pairs", str(st.pairs))
-    table.add_row("annotations (judge calls)", str(st.annotations))
+    table.add_row("annotations (responses judged)", str(st.annotations))
     table.add_row("judge failures", str(st.failures))
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
