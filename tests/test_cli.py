@@ -160,7 +160,7 @@ def test_status_table(finished):
     text = " ".join(result.stdout.split())
     assert "2 / 2 done" in text
     assert re.search(r"preference pairs │ 16 ", text)
-    assert re.search(r"annotations \(judge calls\) │ 32 ", text)
+    assert re.search(r"annotations \(responses judged\) │ 32 ", text)
     assert re.search(r"judge failures │ 0 ", text)
 
 

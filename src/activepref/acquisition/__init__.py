@@ -31,18 +31,24 @@ ProposeFn = Callable[..., Proposal]
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method. ``kind`` is ``per_prompt`` (``propose(batch, rng, **options) ->
+    Proposal``: one pair per prompt) or ``design`` (``propose(comparisons, budget, rng,
+    **options) -> [budget] indices`` into ``comparisons.pairs``: a batch over all prompts)."""
+
     name: str
     description: str
     propose: ProposeFn
     family: str
     uses_reward_model: bool
+    kind: str = "per_prompt"
 
     def options(self) -> dict[str, Any]:
         """Keyword options and their defaults."""
         sig = inspect.signature(self.propose)
+        positional = 3 if self.kind == "design" else 2
         return {
             p.name: p.default
-            for p in list(sig.parameters.values())[2:]
+            for p in list(sig.parameters.values())[positional:]
             if p.default is not inspect.Parameter.empty or p.kind is p.KEYWORD_ONLY
         }
 
@@ -58,6 +64,19 @@ def register(name: str, description: str, *, uses_reward_model: bool = True) -> 
             raise ValueError(f"acquisition method {name!r} registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
         REGISTRY[name] = Method(name, description, fn, family, uses_reward_model)
+        return fn
+
+    return wrap
+
+
+def register_design(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator adding a batch design (see ``comparisons.ComparisonSet``) to the registry."""
+
+    def wrap(fn: ProposeFn) -> ProposeFn:
+        if name in REGISTRY:
+            raise ValueError(f"acquisition method {name!r} registered twice")
+        family = fn.__module__.rsplit(".", 1)[-1]
+        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model, kind="design")
         return fn
 
     return wrap

@@ -1,0 +1,82 @@
+"""Shared types of the batch designs (002, 003): a set of candidate comparisons over a whole
+batch of prompts, from which a design picks ``budget`` comparisons at once.
+
+A comparison is (x1, y1) vs (x2, y2): in-prompt (x1 = x2, the default) or cross-prompt
+(002 §3.4). Designs see the reward model only through its last hidden layer Φ (002 §3.3:
+features before the final linear layer) and the ensemble's per-head rewards, which serve
+as posterior samples (BALD, BatchBALD, BAL-PM).
+
+Shapes: n candidate responses, M candidate comparisons, K heads, p = dim Φ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ComparisonSet:
+    """Everything a batch design may look at.
+
+    phi: [n, p] Φ of every candidate response.
+    rewards: [K, n] per-head rewards; r̂ = rewards.mean(0), p̂ = s(r̂_1 - r̂_2).
+    prompt_of: [n] prompt index of each candidate.
+    pairs: [M, 2] candidate comparisons (indices into the n candidates, never equal).
+    prompt_features: [n_prompts, q] prompt embeddings (BAL-PM), or None.
+    acquired_prompt_features: [a, q] embeddings of prompts acquired in earlier batches (BAL-PM), or None.
+    past_information: [p, p] Σ over labelled comparisons of p̂(1-p̂) ΔΦ ΔΦᵀ (PA D-opt), or None.
+    past_differences: [H, p] ΔΦ of labelled comparisons (coreset, det(XᵀX) with history), or None.
+    prior_precision: 1/σ² of the Bayesian D-optimal criterion (the + I/σ² term).
+    """
+
+    phi: np.ndarray
+    rewards: np.ndarray
+    prompt_of: np.ndarray
+    pairs: np.ndarray
+    prompt_features: np.ndarray | None = None
+    acquired_prompt_features: np.ndarray | None = None
+    past_information: np.ndarray | None = None
+    past_differences: np.ndarray | None = None
+    prior_precision: float = 1.0
+
+    @property
+    def mean_reward(self) -> np.ndarray:
+        """[n] ensemble mean r̂."""
+        return self.rewards.mean(axis=0)
+
+    def differences(self) -> np.ndarray:
+        """[M, p] ΔΦ = Φ_1 - Φ_2 of every candidate comparison."""
+        return self.phi[self.pairs[:, 0]] - self.phi[self.pairs[:, 1]]
+
+    def preference_prob(self) -> np.ndarray:
+        """[M] p̂ = s(r̂_1 - r̂_2) under the ensemble mean."""
+        r = self.mean_reward
+        return 1.0 / (1.0 + np.exp(-(r[self.pairs[:, 0]] - r[self.pairs[:, 1]])))
+
+
+# design(comparisons, budget, rng) -> [budget] distinct indices into comparisons.pairs
+DesignFn = Callable[..., np.ndarray]
+
+
+def candidate_pairs(
+    prompt_of: np.ndarray, cross_prompt: bool = False, rng: np.random.Generator | None = None, max_pairs: int | None = None
+) -> np.ndarray:
+    """[M, 2] candidate comparisons (i < j). In-prompt: every pair within each prompt.
+    Cross-prompt: pairs with different prompts too, uniformly subsampled to ``max_pairs``
+    (all pairs of 1,920 candidates would be 1.8 M) with the in-prompt pairs always kept."""
+    n = len(prompt_of)
+    i, j = np.triu_indices(n, 1)
+    same = prompt_of[i] == prompt_of[j]
+    inside = np.stack([i[same], j[same]], axis=1)
+    if not cross_prompt:
+        return inside
+    across = np.stack([i[~same], j[~same]], axis=1)
+    if max_pairs is not None and len(inside) + len(across) > max_pairs:
+        if rng is None:
+            raise ValueError("subsampling cross-prompt pairs needs a random generator")
+        keep = max(max_pairs - len(inside), 0)
+        across = across[np.sort(rng.choice(len(across), size=min(keep, len(across)), replace=False))]
+    return np.concatenate([inside, across])
