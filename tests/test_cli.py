@@ -212,7 +212,7 @@ def test_methods_lists_all_nine(tmp_path):
     result = invoke("methods")
     assert_ok(result)
     names = [m.group(1) for m in re.finditer(r"^│ (\w+) +│", result.stdout, flags=re.MULTILINE)]
-    assert sorted(names) == sorted(METHODS)
+    assert set(METHODS) <= set(names)  # the nine per-prompt methods, then the batch designs
     assert "sample_size=4" in result.stdout  # ultrafeedback's option and its default
     assert "strong (required), weak (required)" in result.stdout
 

@@ -16,7 +16,7 @@ import pytest
 from activepref.config import load_config
 from activepref.errors import ActivePrefError, RunLockedError, RunStateError
 from activepref.pools import synthetic_pool
-from activepref.store import RunStore
+from activepref.store import SCHEMA_VERSION, RunStore
 
 N_PROMPTS = 6
 
@@ -161,7 +161,7 @@ def test_create_imports_the_whole_pool(tmp_path, pool):
         assert ro.count("scores") == 0
         assert ro.count("preferences") == 0
         assert ro.meta("created") == "1"
-        assert ro.meta("schema_version") == "1"
+        assert ro.meta("schema_version") == str(SCHEMA_VERSION)
         assert ro.meta("pool_source") == pool.source
         responses, prompt_idx = ro.responses()
         assert [r.id for r in responses] == [r.id for r in pool.responses]

@@ -160,6 +160,9 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="seed of every random draw in the run")
     beta: float = Field(1.0, ge=0, description="bounds = mean +/- beta * std (001 Table 16: 1 or 2)")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out for accuracy, never annotated")
+    design_budget: int | None = Field(None, ge=1, description="comparisons a batch design acquires per iteration (default: batch_size)")
+    cross_prompt: bool = Field(False, description="batch designs may compare responses to different prompts (002 §3.4)")
+    cross_prompt_max_pairs: int = Field(50_000, ge=1, description="cross-prompt candidate comparisons are subsampled to this many")
     keep_checkpoints: int = Field(2, ge=1, description="ENN checkpoints kept in the run directory")
     enn: ENNConfig = Field(default_factory=ENNConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -198,9 +201,17 @@ def _check_method_options(config: RunConfig) -> None:
     option fails before a run directory is created."""
     import numpy as np
 
-    from activepref.acquisition import CandidateBatch, make_selector
+    from activepref.acquisition import CandidateBatch, get_method, make_selector
+    from activepref.acquisition.comparisons import ComparisonSet
 
     selector = make_selector(config.method, config.method_options)
+    if get_method(config.method).kind == "design":
+        tiny = ComparisonSet(np.eye(2), np.zeros((2, 2)), np.zeros(2, dtype=np.int64), np.array([[0, 1]]), np.zeros((1, 2)), None)
+        try:
+            selector(tiny, 1, np.random.default_rng(0))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"method_options for {config.method!r}: {exc}") from None
+        return
     dummy = CandidateBatch(np.zeros((1, 2)), np.ones((1, 2)), np.ones((1, 2), dtype=bool), config.beta, np.array([["", ""]], dtype=object))
     try:
         selector(dummy, np.random.default_rng(0))

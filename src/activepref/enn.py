@@ -91,8 +91,8 @@ class _FirstLayer(torch.autograd.Function):
         return None, grad_w, grad_out.sum(0), None
 
 
-def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Rewards of every head. x: [n, d] -> [K, n]."""
+def last_hidden_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Every head's last hidden layer (the features before its output layer). x: [n, d] -> [K, n, h]."""
     k, h = shape.heads, shape.hidden
     if grad_offset is None:
         z = torch.addmm(params["b0"], x, params["w0"])  # [n, K*h]
@@ -101,7 +101,13 @@ def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNSh
     a = torch.relu(z).view(x.shape[0], k, h).transpose(0, 1)  # [K, n, h]
     for i in range(1, shape.layers):
         a = torch.relu(torch.baddbmm(params[f"b{i}"].unsqueeze(1), a, params[f"w{i}"]))  # [K, n, h]
-    return torch.baddbmm(params["b_out"].view(k, 1, 1), a, params["w_out"].unsqueeze(2)).squeeze(2)  # [K, n]
+    return a
+
+
+def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Rewards of every head. x: [n, d] -> [K, n]."""
+    a = last_hidden_heads(params, x, shape, grad_offset)  # [K, n, h]
+    return torch.baddbmm(params["b_out"].view(shape.heads, 1, 1), a, params["w_out"].unsqueeze(2)).squeeze(2)  # [K, n]
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -181,6 +187,12 @@ class EnsembleRewardModel:
         """features [n, d] -> rewards of every head [K, n]."""
         outs = [forward_heads(self.params, features[i : i + chunk], self.shape) for i in range(0, len(features), chunk)]
         return torch.cat(outs, dim=1) if outs else torch.empty(self.shape.heads, 0)
+
+    @torch.no_grad()
+    def last_layer_features(self, features: torch.Tensor) -> np.ndarray:
+        """Φ of 002 §3.3 for the ensemble: the heads' last hidden layers averaged over heads.
+        features [n, d] -> [n, h] float64."""
+        return last_hidden_heads(self.params, features, self.shape).mean(0).double().numpy()
 
     def predict(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """features [n, d] -> (mean [n], std [n]) over heads, float64."""

@@ -22,10 +22,14 @@ COLUMNS = (
 
 
 def preference_records(store: RunStore, standard: bool = False) -> list[dict[str, Any]]:
+    """In-prompt preferences as TRL rows. Cross-prompt comparisons (002 §3.4) have no shared
+    prompt, so they train the reward model inside the run but are not exported here."""
     prompts = [p for p, _, _ in store.prompts()]
-    responses, _ = store.responses()
+    responses, response_prompt = store.responses()
     out = []
     for it, p_idx, c_idx, r_idx, s_c, s_r, method in store.preference_rows():
+        if int(response_prompt[r_idx]) != p_idx:
+            continue
         prompt, chosen, rejected = prompts[p_idx], responses[c_idx], responses[r_idx]
         if standard:
             p_val: Any = prompt.text

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_method, make_selector, resolve_pairs
+from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatBackend, ChatResult, SamplingParams
 from activepref.cache import RequestCache
@@ -109,6 +110,7 @@ class RunContext:
     def __post_init__(self) -> None:
         self.selector = make_selector(self.config.method, self.config.method_options)
         self.uses_reward_model = get_method(self.config.method).uses_reward_model
+        self.design = get_method(self.config.method).kind == "design"
         self.prompts = [p for p, _, _ in self.store.prompts()]
         self.refresh()
 
@@ -184,7 +186,9 @@ def new_model(ctx: RunContext) -> EnsembleRewardModel:
 
 
 # -- steps ---------------------------------------------------------------------------------
-def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: EnsembleRewardModel) -> None:
+def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: EnsembleRewardModel, buffer: ReplayBuffer | None = None) -> None:
+    if ctx.design:
+        return design_select_step(ctx, it, prompt_idxs, model, buffer or ReplayBuffer())
     slots = ctx.table.slots[prompt_idxs]  # [b, m]
     mask = ctx.table.mask[prompt_idxs]
     mean = np.zeros(slots.shape)
@@ -198,6 +202,56 @@ def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: Ensembl
     crash_point("select.before_commit", it)
     ctx.store.commit_selection(it, prompt_idxs, _proposal_to_json(proposal))
     crash_point("select.after_commit", it)
+
+
+def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: EnsembleRewardModel, buffer: ReplayBuffer) -> None:
+    """A batch design picks ``design_budget`` comparisons among all candidates of the batch
+    (in-prompt, or cross-prompt with ``cross_prompt``), seeing Φ and the heads' rewards."""
+    cfg = ctx.config
+    slots = ctx.table.slots[prompt_idxs]  # [b, m]
+    mask = ctx.table.mask[prompt_idxs]
+    cand = slots[mask]  # [n] response idxs, prompt by prompt
+    prompt_of = np.repeat(np.arange(len(prompt_idxs)), mask.sum(axis=1))  # [n] batch-local prompt
+    rng = stage_rng(cfg.seed, it, STAGE_SELECT)
+    pairs = candidate_pairs(prompt_of, cfg.cross_prompt, rng, cfg.cross_prompt_max_pairs)  # [M, 2]
+    if len(pairs) == 0:
+        ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": []})
+        return
+    feats = ctx.features[torch.from_numpy(cand)]
+    rewards = model.rewards(feats).double().numpy()  # [K, n]
+    phi = model.last_layer_features(feats)  # [n, h]
+    past_information = past_differences = None
+    history = buffer.pairs()
+    if len(history):
+        hist_feats = ctx.features[torch.from_numpy(history.reshape(-1))]
+        hist_phi = model.last_layer_features(hist_feats).reshape(len(history), 2, -1)
+        diff = hist_phi[:, 0] - hist_phi[:, 1]  # [H, h]
+        r = model.rewards(hist_feats).double().numpy().mean(0).reshape(len(history), 2)
+        p = 1.0 / (1.0 + np.exp(-(r[:, 0] - r[:, 1])))
+        past_information = (diff * (p * (1 - p))[:, None]).T @ diff  # [h, h] Fisher information of the labelled data
+        past_differences = diff
+    comparisons = ComparisonSet(
+        phi, rewards, prompt_of, pairs,
+        prompt_features=_prompt_features(ctx, prompt_idxs),
+        acquired_prompt_features=_prompt_features(ctx, sorted({int(ctx.response_prompt[c]) for c in history[:, 0]})) if len(history) else None,
+        past_information=past_information, past_differences=past_differences,
+    )
+    budget = min(cfg.design_budget or len(prompt_idxs), len(pairs))
+    chosen = np.asarray(ctx.selector(comparisons, budget, rng), dtype=np.int64)
+    selected = [[int(cand[pairs[k, 0]]), int(cand[pairs[k, 1]])] for k in chosen]
+    crash_point("select.before_commit", it)
+    ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": selected})
+    crash_point("select.after_commit", it)
+
+
+def _prompt_features(ctx: RunContext, prompt_idxs: list[int]) -> np.ndarray:
+    """[len(prompt_idxs), d] prompt features for BAL-PM: the mean feature of the prompt's
+    candidates (a pool supplies (prompt, response) features only; documented approximation)."""
+    out = []
+    for p in prompt_idxs:
+        idx = ctx.table.slots[p][ctx.table.mask[p]]
+        out.append(ctx.features[torch.from_numpy(idx)].double().mean(0).numpy() if len(idx) else np.zeros(ctx.features.shape[1]))
+    return np.asarray(out)
 
 
 def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
@@ -254,26 +308,24 @@ def embed_step(ctx: RunContext, it: int) -> None:
     ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)})
 
 
-PreferenceRow = tuple[int, int, int, "float | None", "float | None", str]
+PreferenceRow = tuple[Any, ...]  # (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index])
 
 
-def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_json: dict[str, Any]) -> list[PreferenceRow]:
-    """Judge what the proposal asks for (skipping what is already stored), then commit pairs.
-
-    Every judge result is committed as it arrives (a paid call is never repeated);
-    returns the committed rows (prompt_idx, chosen_idx, rejected_idx, scores, method).
-    """
-    proposal = _proposal_from_json(proposal_json)
-    slots = ctx.table.slots[record_prompts]  # [b, m]
+def _judge(ctx: RunContext, it: int, items: list[tuple[int, int]]) -> tuple[dict[int, float], dict[int, str]]:
+    """Judge (prompt_idx, response_idx) items not judged before, committing each chunk as it
+    returns; gives every stored score and failure of this judge."""
     judge = ctx.judge
     before = ctx.cache.stats.snapshot() if ctx.cache else None
     done = ctx.store.scores(judge.name)
     failed = ctx.store.failures(judge.name)
-    rows, cols = np.nonzero(proposal.annotate)
-    needed = [(int(i), int(slots[i, j])) for i, j in zip(rows, cols) if int(slots[i, j]) not in done and int(slots[i, j]) not in failed]
+    needed, seen = [], set()
+    for p, r in items:
+        if r not in done and r not in failed and r not in seen:
+            needed.append((p, r))
+            seen.add(r)
     for start in range(0, len(needed), judge.batch_size):
         chunk = needed[start : start + judge.batch_size]
-        results = judge.score_batch([ScoreRequest(r, ctx.prompts[record_prompts[i]], ctx.responses[r]) for i, r in chunk])
+        results = judge.score_batch([ScoreRequest(r, ctx.prompts[p], ctx.responses[r]) for p, r in chunk])
         scored, errors = [], []
         for (_, r), res in zip(chunk, results):
             if isinstance(res, JudgeScore):
@@ -288,6 +340,21 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
         ctx.store.commit_judgements(it, judge.name, scored, errors, stats)
         if start == 0:
             crash_point("annotate.mid", it)
+    return done, failed
+
+
+def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_json: dict[str, Any]) -> list[PreferenceRow]:
+    """Judge what the proposal asks for (skipping what is already stored), then commit pairs.
+
+    Every judge result is committed as it arrives (a paid call is never repeated);
+    returns the committed rows (prompt_idx, chosen_idx, rejected_idx, scores, method[, pair index]).
+    """
+    if proposal_json.get("kind") == "design":
+        return _annotate_design(ctx, it, proposal_json)
+    proposal = _proposal_from_json(proposal_json)
+    slots = ctx.table.slots[record_prompts]  # [b, m]
+    rows, cols = np.nonzero(proposal.annotate)
+    done, _ = _judge(ctx, it, [(record_prompts[i], int(slots[i, j])) for i, j in zip(rows, cols)])
     scores = np.full(slots.shape, np.nan)  # [b, m]
     for i, j in zip(rows, cols):
         scores[i, j] = done.get(int(slots[i, j]), np.nan)
@@ -300,10 +367,34 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
         sc, sr = done.get(c), done.get(rj)
         out.append((p, c, rj, sc, sr, ctx.config.method))
     status_counts = {s: int((pairs.status == s).sum()) for s in ("ok", "tie", "failed", "skipped")}
+    return _commit_pairs(ctx, it, out, status_counts)
+
+
+def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) -> list[PreferenceRow]:
+    """A design's comparisons: judge both sides of each, the higher score is chosen."""
+    pairs = [(int(a), int(b)) for a, b in proposal_json["pairs"]]
+    items = [(int(ctx.response_prompt[r]), r) for pair in pairs for r in pair]
+    done, _ = _judge(ctx, it, items)
+    out: list[PreferenceRow] = []
+    counts = {"ok": 0, "tie": 0, "failed": 0, "skipped": 0}
+    for k, (a, b) in enumerate(pairs):
+        sa, sb = done.get(a), done.get(b)
+        if sa is None or sb is None:
+            counts["failed"] += 1
+        elif sa == sb:
+            counts["tie"] += 1
+        else:
+            c, r = (a, b) if sa > sb else (b, a)
+            out.append((int(ctx.response_prompt[c]), c, r, done[c], done[r], ctx.config.method, k))
+            counts["ok"] += 1
+    return _commit_pairs(ctx, it, out, counts)
+
+
+def _commit_pairs(ctx: RunContext, it: int, rows: list[PreferenceRow], counts: dict[str, int]) -> list[PreferenceRow]:
     crash_point("annotate.before_commit", it)
-    ctx.store.commit_preferences(it, out, status_counts)
+    ctx.store.commit_preferences(it, rows, counts)
     crash_point("annotate.after_commit", it)
-    return out
+    return rows
 
 
 def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: ReplayBuffer) -> dict[str, Any]:
@@ -439,7 +530,7 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
             if config.live:
                 ctx.refresh()
             ctx.progress.on_stage(it, "select")
-            select_step(ctx, it, prompt_idxs, current_model())
+            select_step(ctx, it, prompt_idxs, current_model(), buffer)
             rec = store.iteration(it)
         assert rec is not None
         if rec.status == STATUS_SELECTED:

@@ -27,7 +27,7 @@ import numpy as np
 from activepref.data import Pool, Prompt, Response
 from activepref.errors import RunLockedError, RunStateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: several (design-selected) pairs per prompt and iteration
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS iterations (
 CREATE TABLE IF NOT EXISTS preferences (
     iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, chosen_idx INTEGER NOT NULL,
     rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL,
-    PRIMARY KEY (iteration, prompt_idx));
+    pair_index INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (iteration, prompt_idx, pair_index));
 """
 
 STATUS_GENERATED = "generated"
@@ -320,10 +320,13 @@ class RunStore:
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def preference_rows(self) -> list[tuple[int, int, int, int, float | None, float | None, str]]:
-        """(iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method) in order."""
+        """(iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method) in order.
+
+        prompt_idx is the chosen response's prompt (a cross-prompt comparison's rejected
+        response belongs to another prompt)."""
         return self.conn.execute(
             "SELECT iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method "
-            "FROM preferences ORDER BY iteration, prompt_idx"
+            "FROM preferences ORDER BY iteration, prompt_idx, pair_index"
         ).fetchall()
 
     # -- writing (each call is one transaction) ------------------------------------------
@@ -412,10 +415,14 @@ class RunStore:
                 [(r, judge, it, e) for r, e in failed],
             )
 
-    def commit_preferences(self, it: int, rows: list[tuple[int, int, int, float | None, float | None, str]], pair_status: dict[str, int]) -> None:
-        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method)."""
+    def commit_preferences(self, it: int, rows: list[tuple[Any, ...]], pair_status: dict[str, int]) -> None:
+        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index])."""
         with self.transaction() as cur:
-            cur.executemany("INSERT INTO preferences VALUES (?,?,?,?,?,?,?)", [(it, *r) for r in rows])
+            cur.executemany(
+                "INSERT INTO preferences (iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, pair_index) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(it, *r[:6], r[6] if len(r) > 6 else 0) for r in rows],
+            )
             cur.execute(
                 "UPDATE iterations SET status = ?, pair_status = ? WHERE iteration = ? AND status = ?",
                 (STATUS_ANNOTATED, json.dumps(pair_status), it, STATUS_SELECTED),

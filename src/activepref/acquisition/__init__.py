@@ -112,6 +112,8 @@ def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[
 # Families register themselves on import; keep this list in sync with the modules.
 from activepref.acquisition import pairwise  # noqa: E402,F401,I001
 from activepref.acquisition import bandits  # noqa: E402,F401
+from activepref.acquisition import designs  # noqa: E402,F401
+from activepref.acquisition import bayesian  # noqa: E402,F401
 
 __all__ = [
     "REGISTRY",

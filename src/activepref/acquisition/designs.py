@@ -1,0 +1,301 @@
+"""Batch designs over candidate comparisons (002 §3): D-opt, PA D-opt, det(XᵀX), entropy,
+maxdiff and coreset.
+
+Every design is ``design(comparisons, budget, rng, **options) -> [budget]`` distinct int64
+indices into ``comparisons.pairs``, in selection order (see ``comparisons.ComparisonSet``).
+Feature-based designs work on the reward model's last hidden layer Φ (002 §3.3) through the
+comparison differences ΔΦ_i = Φ_i1 - Φ_i2 [M, p]; nothing assumes in-prompt pairs, so
+cross-prompt candidates (002 §3.4) need only be present in ``pairs``.
+
+Determinant designs (002 eqs. 4, 7 and PA D-opt). With contributions c_i = a_i ΔΦ_i ΔΦ_iᵀ,
+a_i = p̂_i(1 - p̂_i) (D-opt, PA D-opt) or a_i = 1 (det(XᵀX)), and a base information
+
+    B = prior_precision · I  (+ past_information for PA D-opt, + Σ_h ΔΦ_h ΔΦ_hᵀ over
+                              past_differences for det(XᵀX)),
+
+the criterion of a subset C is S(C) = log |B + Σ_{i∈C} c_i| (the log of the paper's
+determinant: same maximiser). Two optimisers (option ``method``):
+
+* ``gradient`` (default, 002 §3.2 eqs. 8-10): weight every candidate, S(w) = log |A(w)| with
+  A(w) = B + Σ_i w_i c_i, and take the top ``budget`` of the sensitivity
+  ∂S/∂w_i |_{w=1} = tr(A⁻¹ c_i) = a_i ΔΦ_iᵀ A⁻¹ ΔΦ_i (A = A(1) holds *all* candidates).
+  Ranking by ∂|A|/∂w_i = |A| · ∂S/∂w_i, the paper's literal score, gives the same order.
+  Cost O(M p²).
+* ``greedy``: exact greedy maximisation of S, one comparison at a time. By the matrix
+  determinant lemma the gain of adding i to the current information G is
+  log(1 + a_i q_i) with q_i = ΔΦ_iᵀ G⁻¹ ΔΦ_i; after adding k (u = G⁻¹ ΔΦ_k,
+  s = a_k / (1 + a_k q_k)) Sherman–Morrison gives G⁻¹ ← G⁻¹ - s u uᵀ and hence
+  q_i ← q_i - s (ΔΦ_i · u)². Cost O(M p²) once for q (O(M p) when B = λI), then
+  O(M p + p²) per selected comparison; no determinant is ever recomputed.
+
+Ties (exactly equal scores) go to the lowest index everywhere: top-k designs use a stable
+sort on the negated score, greedy designs take the first argmax.
+
+``budget`` must lie in [0, M]: a larger budget raises ``ValueError`` (a design never
+silently returns fewer comparisons than asked).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from activepref.acquisition import register_design
+from activepref.acquisition.comparisons import ComparisonSet
+from activepref.errors import ConfigError
+
+OPTIMISERS = ("gradient", "greedy")  # 002 §3.2 sensitivity approximation; exact greedy
+DEFAULT_OPTIMISER = "gradient"  # what 002 §3.2 uses for D-opt, PA D-opt and det(XᵀX)
+HISTORY_CHUNK = 2048  # rows of past_differences per distance block in coreset: [M, chunk] floats
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def check_budget(budget: int, n_candidates: int, design: str) -> int:
+    """The budget as an int, or ValueError if it is negative or exceeds the M candidates."""
+    budget = int(budget)
+    if budget < 0:
+        raise ValueError(f"{design}: budget must be >= 0 (got {budget})")
+    if budget > n_candidates:
+        raise ValueError(
+            f"{design}: budget {budget} exceeds the {n_candidates} candidate comparisons; "
+            "lower the batch size or generate more candidates (e.g. cross-prompt pairs)"
+        )
+    return budget
+
+
+def top_by_score(scores: np.ndarray, budget: int) -> np.ndarray:
+    """[M] -> [budget] indices of the largest scores, best first; exact ties by lowest index."""
+    return np.argsort(-scores, kind="stable")[:budget].astype(np.int64)
+
+
+def reward_gap(comparisons: ComparisonSet) -> np.ndarray:
+    """[M] r̂_1 - r̂_2 under the ensemble mean (float64)."""
+    r = comparisons.rewards.astype(np.float64, copy=False).mean(axis=0)  # [n]
+    pairs = comparisons.pairs
+    return r[pairs[:, 0]] - r[pairs[:, 1]]
+
+
+def bernoulli_variance(gap: np.ndarray) -> np.ndarray:
+    """[M] p̂(1 - p̂) with p̂ = s(gap), as e^{-|gap|} / (1 + e^{-|gap|})² so that confident
+    comparisons keep a small positive weight instead of rounding to 0 (002 eq. 3)."""
+    e = np.exp(-np.abs(gap))
+    return e / (1.0 + e) ** 2
+
+
+def comparison_differences(comparisons: ComparisonSet) -> np.ndarray:
+    """[M, p] ΔΦ = Φ_1 - Φ_2 in float64."""
+    phi = comparisons.phi.astype(np.float64, copy=False)
+    pairs = comparisons.pairs
+    return phi[pairs[:, 0]] - phi[pairs[:, 1]]
+
+
+def base_information(comparisons: ComparisonSet, past_information: bool, past_differences: bool) -> np.ndarray | None:
+    """[p, p] B = prior_precision · I + the requested history, or None when B is only the
+    prior (so callers can use the cheap diagonal path)."""
+    p = comparisons.phi.shape[1]
+    extra = []
+    if past_information and comparisons.past_information is not None:
+        extra.append(np.asarray(comparisons.past_information, dtype=np.float64))
+    if past_differences and comparisons.past_differences is not None and len(comparisons.past_differences):
+        h = np.asarray(comparisons.past_differences, dtype=np.float64)  # [H, p]
+        extra.append(h.T @ h)
+    if not extra:
+        return None
+    base = comparisons.prior_precision * np.eye(p) + sum(extra)
+    return 0.5 * (base + base.T)  # exact symmetry for the Cholesky factor
+
+
+def _inverse_cholesky(matrix: np.ndarray, design: str) -> np.ndarray:
+    """[p, p] L⁻¹ with matrix = L Lᵀ; ValueError naming the fix if it is not positive definite."""
+    try:
+        chol = np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"{design}: the information matrix is singular (not positive definite); "
+            "set prior_precision > 0 in the comparison set"
+        ) from None
+    return np.linalg.inv(chol)
+
+
+def _prior_precision(comparisons: ComparisonSet, design: str) -> float:
+    lam = float(comparisons.prior_precision)
+    if not lam > 0:
+        raise ValueError(f"{design}: prior_precision must be > 0 (got {lam}); it keeps log|B + Σ c_i| finite")
+    return lam
+
+
+def log_det_sensitivity(
+    diffs: np.ndarray, weights: np.ndarray, base: np.ndarray | None, prior_precision: float, design: str
+) -> np.ndarray:
+    """∂/∂w_i log|A(w)| at w = 1 (002 §3.2, eq. 8-10).
+
+    diffs: [M, p] ΔΦ; weights: [M] a_i; base: [p, p] B, or None for B = prior_precision · I.
+    A = B + Σ_i a_i ΔΦ_i ΔΦ_iᵀ; returns [M] a_i ΔΦ_iᵀ A⁻¹ ΔΦ_i = a_i ||L⁻¹ ΔΦ_i||² (A = L Lᵀ).
+    """
+    p = diffs.shape[1]
+    info = (diffs * weights[:, None]).T @ diffs  # [p, p] Σ a_i ΔΦ_i ΔΦ_iᵀ
+    info += prior_precision * np.eye(p) if base is None else base
+    info = 0.5 * (info + info.T)
+    z = diffs @ _inverse_cholesky(info, design).T  # [M, p] rows L⁻¹ ΔΦ_i
+    return weights * np.einsum("ij,ij->i", z, z)
+
+
+def greedy_log_det(
+    diffs: np.ndarray, weights: np.ndarray, base: np.ndarray | None, prior_precision: float, budget: int, design: str
+) -> np.ndarray:
+    """Exact greedy maximisation of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ| (module docstring).
+
+    diffs: [M, p]; weights: [M]; base: [p, p] B, or None for B = prior_precision · I.
+    Returns [budget] indices in selection order (first argmax: ties by lowest index).
+    """
+    m, p = diffs.shape
+    if base is None:
+        inv = np.eye(p) / prior_precision  # [p, p] G⁻¹
+        q = np.einsum("ij,ij->i", diffs, diffs) / prior_precision  # [M]
+    else:
+        linv = _inverse_cholesky(base, design)  # [p, p]
+        inv = linv.T @ linv
+        z = diffs @ linv.T  # [M, p]
+        q = np.einsum("ij,ij->i", z, z)
+    chosen = np.empty(budget, dtype=np.int64)
+    taken = np.zeros(m, dtype=bool)
+    for t in range(budget):  # sequential by definition: each pick changes every gain
+        # log(1 + a q) is increasing in a q, so the argmax needs no log (determinant lemma).
+        gain = weights * q
+        gain[taken] = -np.inf
+        k = int(np.argmax(gain))
+        chosen[t], taken[k] = k, True
+        u = inv @ diffs[k]  # [p] G⁻¹ ΔΦ_k
+        s = weights[k] / (1.0 + weights[k] * q[k])
+        q -= s * (diffs @ u) ** 2  # Sherman–Morrison on every quadratic form
+        np.maximum(q, 0.0, out=q)  # G⁻¹ stays PSD; clip rounding below zero
+        inv -= s * np.outer(u, u)
+    return chosen
+
+
+def _determinant_design(
+    comparisons: ComparisonSet,
+    budget: int,
+    method: str,
+    design: str,
+    *,
+    weighted: bool,
+    past_information: bool,
+    past_differences: bool,
+) -> np.ndarray:
+    if method not in OPTIMISERS:
+        raise ConfigError(f"{design}: method must be one of {', '.join(map(repr, OPTIMISERS))} (got {method!r})")
+    budget = check_budget(budget, len(comparisons.pairs), design)
+    lam = _prior_precision(comparisons, design)
+    diffs = comparison_differences(comparisons)  # [M, p]
+    weights = bernoulli_variance(reward_gap(comparisons)) if weighted else np.ones(len(diffs))
+    base = base_information(comparisons, past_information, past_differences)
+    if budget == 0:
+        return np.empty(0, dtype=np.int64)
+    if method == "greedy":
+        return greedy_log_det(diffs, weights, base, lam, budget, design)
+    return top_by_score(log_det_sensitivity(diffs, weights, base, lam, design), budget)
+
+
+# ------------------------------------------------------------------------------ designs
+
+
+@register_design("dopt", "D-optimal: top comparisons by ∂ log|Fisher information + I/σ²| (002 eq. 4, §3.2).")
+def dopt(
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+) -> np.ndarray:
+    """Bayesian D-optimal design (002 eq. 4 with the + I/σ² prior): information of the new
+    batch only, a_i = p̂_i(1 - p̂_i); ``method`` "gradient" (002 §3.2) or "greedy" (exact)."""
+    return _determinant_design(
+        comparisons, budget, method, "dopt", weighted=True, past_information=False, past_differences=False
+    )
+
+
+@register_design("pa_dopt", "Past-aware D-optimal: D-opt with the labelled comparisons' information added (002 §3.1).")
+def pa_dopt(
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+) -> np.ndarray:
+    """PA D-opt (002 §3.1): maximise log|I_past + I + I/σ²|; ``past_information`` None counts
+    as no history (then identical to ``dopt``)."""
+    return _determinant_design(
+        comparisons, budget, method, "pa_dopt", weighted=True, past_information=True, past_differences=False
+    )
+
+
+@register_design("xtx", "det(XᵀX): D-optimal on the design matrix of Φ differences, no p̂(1-p̂) weights (002 eq. 7).")
+def xtx(
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+) -> np.ndarray:
+    """det(XᵀX) (002 eq. 7, Mukherjee et al. 2024): a_i = 1; the labelled ``past_differences``
+    join XᵀX when given; prior_precision · I is kept as a ridge so the determinant is
+    defined when ΔΦ spans fewer than p directions (ReLU features often do)."""
+    return _determinant_design(
+        comparisons, budget, method, "xtx", weighted=False, past_information=False, past_differences=True
+    )
+
+
+@register_design("entropy", "Entropy: comparisons whose predicted preference p̂ is nearest 0.5 (002 eq. 5).")
+def entropy(comparisons: ComparisonSet, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Top ``budget`` binary entropy H(p̂) (002 eq. 5). H(s(g)) is strictly decreasing in |g|,
+    so the order is increasing |r̂_1 - r̂_2|, which keeps separating comparisons whose entropy
+    rounds to 0 in floating point."""
+    budget = check_budget(budget, len(comparisons.pairs), "entropy")
+    return np.argsort(np.abs(reward_gap(comparisons)), kind="stable")[:budget].astype(np.int64)
+
+
+@register_design("maxdiff", "MaxDiff: comparisons with the largest predicted reward gap |r̂1 - r̂2| (002 eq. 6).")
+def maxdiff(comparisons: ComparisonSet, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """Top ``budget`` |r̂_1 - r̂_2| under the ensemble mean (002 eq. 6)."""
+    budget = check_budget(budget, len(comparisons.pairs), "maxdiff")
+    return top_by_score(np.abs(reward_gap(comparisons)), budget)
+
+
+def squared_distance_to(diffs: np.ndarray, norms: np.ndarray, others: np.ndarray, sign_invariant: bool) -> np.ndarray:
+    """[M] min over the rows o of others [r, p] of ||ΔΦ_i - o||² (or, sign-invariant, of
+    min(||ΔΦ_i - o||², ||ΔΦ_i + o||²) = ||ΔΦ_i||² + ||o||² - 2|ΔΦ_i · o|). norms: [M] ||ΔΦ_i||²."""
+    dots = diffs @ others.T  # [M, r]; updated in place below (r can be thousands)
+    if sign_invariant:
+        np.abs(dots, out=dots)
+    dots *= -2.0
+    dots += np.einsum("ij,ij->i", others, others)[None, :]  # + ||o||²
+    nearest = dots.min(axis=1)  # [M]
+    nearest += norms
+    return np.maximum(nearest, 0.0, out=nearest)  # the expansion can round below 0
+
+
+@register_design("coreset", "Coreset: k-center greedy on Φ differences, farthest from the selected and labelled ones.")
+def coreset(
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, sign_invariant: bool = True
+) -> np.ndarray:
+    """k-center greedy (Sener & Savarese 2018; the last-layer heuristic of 002 §3.3) on ΔΦ.
+
+    Start from the comparison farthest from ``past_differences`` or, with no history, from
+    one drawn uniformly (``rng.integers(M)``, the only draw); then repeatedly add the one
+    whose minimum Euclidean distance to the selected set and the history is largest (ties:
+    lowest index). ``sign_invariant`` (default) measures between comparisons, not oriented
+    differences: (y1, y2) and (y2, y1) are one comparison, so the distance of ΔΦ_i to ΔΦ_j is
+    min(||ΔΦ_i - ΔΦ_j||, ||ΔΦ_i + ΔΦ_j||); False gives the plain ||ΔΦ_i - ΔΦ_j||.
+    """
+    m = len(comparisons.pairs)
+    budget = check_budget(budget, m, "coreset")
+    diffs = comparison_differences(comparisons)  # [M, p]
+    norms = np.einsum("ij,ij->i", diffs, diffs)  # [M]
+    nearest = np.full(m, np.inf)  # [M] squared distance to the selected set and the history
+    past = comparisons.past_differences
+    has_history = past is not None and len(past) > 0
+    if has_history:
+        past = np.asarray(past, dtype=np.float64)
+        for start in range(0, len(past), HISTORY_CHUNK):  # bounded [M, chunk] memory
+            block = squared_distance_to(diffs, norms, past[start : start + HISTORY_CHUNK], sign_invariant)
+            np.minimum(nearest, block, out=nearest)
+    chosen = np.empty(budget, dtype=np.int64)
+    for t in range(budget):  # sequential by definition: each pick moves every distance
+        if t == 0 and not has_history:
+            k = int(rng.integers(m))
+        else:
+            k = int(np.argmax(nearest))
+        chosen[t] = k
+        np.minimum(nearest, squared_distance_to(diffs, norms, diffs[k : k + 1], sign_invariant), out=nearest)
+        nearest[k] = -np.inf  # never again, even if every other candidate duplicates a chosen one
+    return chosen

@@ -1,0 +1,59 @@
+"""Batch designs inside the loop: several comparisons per batch, shared responses judged
+once, cross-prompt comparisons kept in the store but not exported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from activepref.config import load_config
+from activepref.export import preference_records
+from activepref.pools import synthetic_pool, write_pool
+from activepref.runs import run, status
+from activepref.store import RunStore
+
+DESIGNS = ["dopt", "pa_dopt", "xtx", "entropy", "maxdiff", "coreset", "bald", "batchbald", "balpm"]
+
+
+@pytest.fixture(scope="module")
+def pool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pool = synthetic_pool(n_prompts=30, candidates=6, dim=12, seed=4, min_candidates=3)
+    return write_pool(pool, tmp_path_factory.mktemp("designs") / "pool.parquet")
+
+
+def _cfg(pool: Path, method: str, **extra):
+    return load_config(None, {
+        "pool": str(pool), "method": method, "batch_size": 6, "iterations": 2, "eval_fraction": 0.2,
+        "enn.heads": 4, "enn.hidden": 8, "enn.steps": 5, **extra,
+    })
+
+
+@pytest.mark.parametrize("method", DESIGNS)
+def test_design_acquires_its_budget_of_comparisons(tmp_path: Path, pool_path: Path, method: str) -> None:
+    run(_cfg(pool_path, method, design_budget=5), tmp_path / "run")
+    with RunStore.open_readonly(tmp_path / "run") as store:
+        proposals = [rec.proposal for rec in store.iterations()]
+        assert all(p is not None and p["kind"] == "design" and len(p["pairs"]) == 5 for p in proposals)
+        judged = set(store.scores("replay"))
+        for p in proposals:
+            assert {r for pair in p["pairs"] for r in pair} <= judged  # both sides of each comparison judged
+            _, response_prompt = store.responses()
+            assert all(response_prompt[a] == response_prompt[b] for a, b in p["pairs"])  # in-prompt by default
+        rows = store.preference_rows()
+    st = status(tmp_path / "run")
+    assert st.annotations == len(judged) <= 2 * 10  # a response shared by two comparisons is judged once
+    assert 0 < len(rows) <= 10 and all(r[4] > r[5] for r in rows)
+
+
+def test_cross_prompt_comparisons_train_but_are_not_exported(tmp_path: Path, pool_path: Path) -> None:
+    run(_cfg(pool_path, "maxdiff", design_budget=12, cross_prompt=True, iterations=1), tmp_path / "run")
+    with RunStore.open_readonly(tmp_path / "run") as store:
+        _, response_prompt = store.responses()
+        rows = store.preference_rows()
+        cross = [r for r in rows if response_prompt[r[3]] != r[1]]
+        assert cross, "maxdiff over cross-prompt pairs should pick some cross-prompt comparisons"
+        exported = preference_records(store)
+    assert len(exported) == len(rows) - len(cross)
+    assert all(np.isfinite(r["score_chosen"]) for r in exported)
