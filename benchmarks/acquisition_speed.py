@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed of every registered acquisition method against its slow reference.
 
-What is measured: for each method in ``activepref.acquisition.available()``, the wall time of
+What is measured: for each per-prompt method in ``activepref.acquisition.available()``, the wall time of
 one proposal ``make_selector(name, options)(batch, rng)`` on a fixed ``CandidateBatch`` of
 b = 64 prompts x m = 30 candidate slots (random N(0, 1) means, U(0.05, 1) stds, beta = 1;
 prompt 0 has a single candidate, every fourth prompt is shorter, 2..29 real candidates, with
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     rows = []
     for method in available():
+        if method.kind != "per_prompt":  # batch designs: benchmarks/design_speed.py
+            continue
         name = method.name
         options = OPTIONS.get(name, {})
         select = make_selector(name, options)

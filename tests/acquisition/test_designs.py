@@ -384,3 +384,9 @@ def test_candidate_pairs_counts(prompt_of, max_pairs, seed):
 def test_cross_prompt_subsampling_needs_a_generator():
     with pytest.raises(ValueError, match="random generator"):
         candidate_pairs(np.array([0, 0, 1, 1]), cross_prompt=True, max_pairs=3)
+
+
+def test_non_psd_history_is_named():
+    comparisons = hand_set(PLANE, PLANE_PAIRS, past_information=-10.0 * np.eye(2))
+    with pytest.raises(ValueError, match="pa_dopt: the information matrix is not positive definite"):
+        select("pa_dopt", comparisons, 1, method="greedy")

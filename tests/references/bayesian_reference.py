@@ -94,12 +94,34 @@ def joint_mutual_information(probs: list[list[float]], subset: list[int]) -> flo
 
 def batchbald_scores(probs: list[list[float]], prefix: list[int]) -> list[float]:
     """Every candidate's greedy score given the selected prefix: the gain
-    I(y_{prefix ∪ i}; θ) - I(y_prefix; θ), -inf for candidates already selected."""
-    base = joint_mutual_information(probs, prefix)
-    return [
-        -math.inf if i in prefix else joint_mutual_information(probs, prefix + [i]) - base
-        for i in range(len(probs[0]))
-    ]
+    I(y_{prefix ∪ i}; θ) - I(y_prefix; θ) = H(y_prefix, y_i) - H(y_prefix) - E_θ H(y_i | θ),
+    -inf for candidates already selected. The joint entropies enumerate all configurations;
+    the per-head likelihoods of the prefix's 2^c configurations are tabulated once."""
+    k_heads = len(probs)
+    table = []  # [2^c][K] Π_{j∈prefix} p(y_j | θ_k)
+    for config in product((1, 0), repeat=len(prefix)):
+        row = []
+        for k in range(k_heads):
+            like = 1.0
+            for j, y in zip(prefix, config):
+                like *= probs[k][j] if y == 1 else 1.0 - probs[k][j]
+            row.append(like)
+        table.append(row)
+    h_prefix = entropy([sum(row) / k_heads for row in table])
+    scores = []
+    for i in range(len(probs[0])):
+        if i in prefix:
+            scores.append(-math.inf)
+            continue
+        joint = []
+        for row in table:
+            for y in (1, 0):
+                joint.append(
+                    sum(row[k] * (probs[k][i] if y == 1 else 1.0 - probs[k][i]) for k in range(k_heads)) / k_heads
+                )
+        aleatoric = sum(entropy([probs[k][i], 1.0 - probs[k][i]]) for k in range(k_heads)) / k_heads
+        scores.append(entropy(joint) - h_prefix - aleatoric)
+    return scores
 
 
 # ----------------------------------------------------------------------------- kNN entropies
@@ -120,30 +142,39 @@ def knn_entropy(points, k: int) -> float:
     return digamma_int(n) - digamma_int(k) + log_volume + dim * log_rho / n
 
 
-def ksg_terms(prompts, initial_acquired, added: list[int], k: int, dimension: float, epsilon: float) -> list[float]:
+def distance_tables(prompts, initial_acquired):
+    """(between [P][P], to_initial [P][a]) Euclidean distances, each computed once."""
+    between = [[distance(u, v) for v in prompts] for u in prompts]
+    to_initial = [[distance(u, a) for a in initial_acquired] for u in prompts]
+    return between, to_initial
+
+
+def ksg_terms(
+    prompts, initial_acquired, added: list[int], k: int, dimension: float, epsilon: float, tables=None
+) -> list[float]:
     """[P] e(x) for every candidate prompt; ``added``: candidate prompts picked so far in the
     batch (with repetition). ρ_k(x) over the other candidates and the initially acquired points;
     n(x) counts initial acquired points and added prompts within ρ_k(x)."""
+    between, to_initial = tables or distance_tables(prompts, initial_acquired)
     out = []
     for x in range(len(prompts)):
-        others = [distance(prompts[x], prompts[j]) for j in range(len(prompts)) if j != x]
-        to_initial = [distance(prompts[x], a) for a in initial_acquired]
-        everyone = sorted(others + to_initial)
+        others = [between[x][j] for j in range(len(prompts)) if j != x]
+        everyone = sorted(others + to_initial[x])
         k_eff = min(k, len(everyone))
         rho = everyone[k_eff - 1] if k_eff > 0 else 0.0
-        n = sum(1 for d in to_initial if d <= rho)
-        n += sum(1 for j in added if distance(prompts[x], prompts[j]) <= rho)
+        n = sum(1 for d in to_initial[x] if d <= rho)
+        n += sum(1 for j in added if between[x][j] <= rho)
         out.append(math.log(2.0 * rho + epsilon) - digamma_int(n + 1) / dimension)
     return out
 
 
-def kl_terms(prompts, initial_acquired, added: list[int], k: int, epsilon: float) -> list[float]:
+def kl_terms(prompts, initial_acquired, added: list[int], k: int, epsilon: float, tables=None) -> list[float]:
     """[P] log(2 ρ_k^A(x) + ε), ρ_k^A the k-th nearest point of the acquired multiset A
     (initial points, then added prompts); 0 while A is empty; k clipped to |A|."""
+    between, to_initial = tables or distance_tables(prompts, initial_acquired)
     out = []
     for x in range(len(prompts)):
-        dists = [distance(prompts[x], a) for a in initial_acquired]
-        dists += [distance(prompts[x], prompts[j]) for j in added]
+        dists = list(to_initial[x]) + [between[x][j] for j in added]
         if not dists:
             out.append(0.0)
             continue
@@ -169,6 +200,7 @@ def balpm_scores(
     estimator: str = "ksg",
     normalize_entropy: bool = False,
     noise: list[float] | None = None,
+    tables=None,
 ) -> list[float]:
     """Every comparison's BAL-PM score given the selected prefix (-inf once selected):
     BALD_i + β · (e(x1) + e(x2))/2, e from the prompts acquired before plus those of the prefix
@@ -181,9 +213,9 @@ def balpm_scores(
         if x2 != x1:
             added.append(x2)
     if estimator == "ksg":
-        e = ksg_terms(prompts, initial_acquired, added, k, dimension, epsilon)
+        e = ksg_terms(prompts, initial_acquired, added, k, dimension, epsilon, tables)
     else:
-        e = kl_terms(prompts, initial_acquired, added, k, epsilon)
+        e = kl_terms(prompts, initial_acquired, added, k, epsilon, tables)
     term = [(e[x1] + e[x2]) / 2.0 for x1, x2 in pair_prompts]
     if normalize_entropy:
         rest = [term[i] for i in range(len(term)) if i not in prefix]
@@ -193,3 +225,75 @@ def balpm_scores(
         term = [0.0 if flat else (t - mean) / std for t in term]
     noise = noise or [0.0] * len(term)
     return [-math.inf if i in prefix else bald_values[i] + beta * term[i] + noise[i] for i in range(len(term))]
+
+
+# ----------------------------------------------------------------------------- design entry point
+
+BALPM_DEFAULTS = {
+    "beta": 1e-2,
+    "k": 13,
+    "dimension": 1.0,
+    "estimator": "ksg",
+    "normalize_entropy": False,
+    "selection": "greedy",
+    "gumbel_beta": 1.0,
+}
+BALPM_DISTANCE_EPSILON = 1e-4
+BATCHBALD_POOL_SIZE = 1024
+
+
+def greedy(scores_after, budget: int) -> list[int]:
+    """Greedy selection: each step the first index of the largest score given the prefix."""
+    chosen: list[int] = []
+    for _ in range(budget):
+        scores = scores_after(chosen)
+        best = max(scores)
+        chosen.append(scores.index(best))
+    return chosen
+
+
+def design(name: str, comparisons, budget: int, rng, **options) -> list[int]:
+    """The reference selection of design ``name`` (bald, batchbald, balpm) on a ComparisonSet,
+    with the fast designs' options. batchbald is exact (enumeration), so it agrees with the fast
+    design while budget - 1 <= log2(max_exact_configurations); balpm draws
+    ``rng.gumbel(size=M)`` for ``selection="softmax"``, as the fast design documents."""
+    probs = head_probabilities(comparisons.rewards.tolist(), comparisons.pairs.tolist())
+    bald_values = bald(probs)
+    m = len(bald_values)
+    if name == "bald":
+        return top_k(bald_values, budget)
+    if name == "batchbald":
+        pool_size = options.get("pool_size", BATCHBALD_POOL_SIZE)
+        pool = list(range(m))
+        if pool_size is not None and max(pool_size, budget) < m:
+            pool = sorted(top_k(bald_values, max(pool_size, budget)))
+        sub = [[row[i] for i in pool] for row in probs]
+        return [pool[j] for j in greedy(lambda prefix: batchbald_scores(sub, prefix), budget)]
+    if name == "balpm":
+        o = {**BALPM_DEFAULTS, **options}
+        noise = None
+        if o["selection"] == "softmax":
+            noise = [g / o["gumbel_beta"] for g in rng.gumbel(size=m).tolist()]
+        prompts = comparisons.prompt_features.tolist()
+        acquired = [] if comparisons.acquired_prompt_features is None else comparisons.acquired_prompt_features.tolist()
+        pair_prompts = [tuple(pp) for pp in comparisons.prompt_of[comparisons.pairs].tolist()]
+        tables = distance_tables(prompts, acquired)
+        return greedy(
+            lambda prefix: balpm_scores(
+                bald_values,
+                pair_prompts,
+                prompts,
+                acquired,
+                prefix,
+                beta=o["beta"],
+                k=o["k"],
+                dimension=o["dimension"],
+                epsilon=BALPM_DISTANCE_EPSILON,
+                estimator=o["estimator"],
+                normalize_entropy=o["normalize_entropy"],
+                noise=noise,
+                tables=tables,
+            ),
+            budget,
+        )
+    raise ValueError(f"no reference for design {name!r}")

@@ -108,9 +108,13 @@ _DISTANCE_BLOCK = 2**21  # entries of the [rows, m, q] difference block in pairw
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """s(x) = exp(-log(1 + e^-x)) elementwise: no overflow, relative accuracy in both tails."""
-    return np.exp(-np.logaddexp(0.0, -x))
+def sigmoid_pair(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s(x), s(-x)) elementwise from one e^{-|x|}: no overflow, each tail to relative accuracy."""
+    e = np.exp(-np.abs(x))
+    big = 1.0 / (1.0 + e)  # s(|x|)
+    small = e * big  # s(-|x|)
+    positive = x >= 0
+    return np.where(positive, big, small), np.where(positive, small, big)
 
 
 def digamma_of_count(n: np.ndarray) -> np.ndarray:
@@ -126,7 +130,7 @@ def preference_probabilities(comparisons: ComparisonSet) -> tuple[np.ndarray, np
     rewards = np.asarray(comparisons.rewards, dtype=np.float64)  # [K, n]
     pairs = comparisons.pairs
     logit = rewards[:, pairs[:, 0]] - rewards[:, pairs[:, 1]]  # [K, M]
-    return sigmoid(logit), sigmoid(-logit)
+    return sigmoid_pair(logit)
 
 
 def binary_entropy(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -148,7 +152,9 @@ def bald_scores(comparisons: ComparisonSet) -> np.ndarray:
 
 def _choice(value: str, allowed: tuple[str, ...], option: str, design: str) -> str:
     if value not in allowed:
-        raise ConfigError(f"method_options: {design} option {option!r} must be one of {', '.join(allowed)} (got {value!r})")
+        raise ConfigError(
+            f"method_options: {design} option {option!r} must be one of {', '.join(allowed)} (got {value!r})"
+        )
     return value
 
 
@@ -218,7 +224,9 @@ def _split_exact(state: JointConfigurations, pj: np.ndarray, qj: np.ndarray) -> 
     return JointConfigurations(posterior, weight[keep])
 
 
-def _start_sampling(p_sel: np.ndarray, q_sel: np.ndarray, num_samples: int, rng: np.random.Generator) -> JointConfigurations:
+def _start_sampling(
+    p_sel: np.ndarray, q_sel: np.ndarray, num_samples: int, rng: np.random.Generator
+) -> JointConfigurations:
     """Sampled state for the selected comparisons p_sel, q_sel [K, c]: S configurations, sample s
     from head s mod K (stratified), y_sj = u_sj < p_{s mod K, j}."""
     k, c = p_sel.shape
@@ -234,7 +242,9 @@ def _start_sampling(p_sel: np.ndarray, q_sel: np.ndarray, num_samples: int, rng:
     return JointConfigurations(posterior, np.full(s, 1.0 / s), heads)
 
 
-def _extend_samples(state: JointConfigurations, pj: np.ndarray, qj: np.ndarray, rng: np.random.Generator) -> JointConfigurations:
+def _extend_samples(
+    state: JointConfigurations, pj: np.ndarray, qj: np.ndarray, rng: np.random.Generator
+) -> JointConfigurations:
     """Add comparison j to the sampled state: one draw y_sj ~ Bernoulli(p_{head_s, j}) each."""
     heads = state.heads
     y = rng.random(len(heads)) < pj[heads]  # [S]
@@ -248,6 +258,25 @@ def _extend_samples(state: JointConfigurations, pj: np.ndarray, qj: np.ndarray, 
     return JointConfigurations(posterior / mass, state.weight, heads)
 
 
+def _add_selected(
+    state: JointConfigurations,
+    p_selected: np.ndarray,
+    q_selected: np.ndarray,
+    rng: np.random.Generator,
+    max_exact_configurations: int,
+    num_samples: int,
+) -> JointConfigurations:
+    """The state after the last of the selected comparisons p_selected, q_selected [K, c] joins
+    the c - 1 before it: split while 2^c fits the cap, else sample (from scratch once, then extend)."""
+    c = p_selected.shape[1]
+    pj, qj = p_selected[:, -1], q_selected[:, -1]
+    if state.heads is not None:
+        return _extend_samples(state, pj, qj, rng)
+    if 2**c <= max_exact_configurations:
+        return _split_exact(state, pj, qj)
+    return _start_sampling(p_selected, q_selected, num_samples, rng)
+
+
 def joint_configurations(
     p_selected: np.ndarray,
     q_selected: np.ndarray,
@@ -255,14 +284,12 @@ def joint_configurations(
     max_exact_configurations: int = MAX_EXACT_CONFIGURATIONS,
     num_samples: int = NUM_SAMPLES,
 ) -> JointConfigurations:
-    """The configurations of the selected comparisons p_selected, q_selected [K, c]: exact while
-    2^c <= max_exact_configurations, else sampled (the state the greedy loop reaches)."""
+    """The configurations of the selected comparisons p_selected, q_selected [K, c], built one
+    comparison at a time exactly as the greedy loop builds them."""
     k, c = p_selected.shape
-    if 2**c > max_exact_configurations:
-        return _start_sampling(p_selected, q_selected, num_samples, rng)
     state = JointConfigurations(np.full((k, 1), 1.0 / k), np.ones(1))
-    for j in range(c):
-        state = _split_exact(state, p_selected[:, j], q_selected[:, j])
+    for j in range(1, c + 1):
+        state = _add_selected(state, p_selected[:, :j], q_selected[:, :j], rng, max_exact_configurations, num_samples)
     return state
 
 
@@ -311,13 +338,8 @@ def batchbald_select(
         chosen[step], gains[step], taken[j] = j, bound[j], True
         if step == budget - 1:
             break
-        if state.heads is not None:
-            state = _extend_samples(state, p[:, j], q[:, j], rng)
-        elif 2 ** (step + 1) <= max_exact_configurations:
-            state = _split_exact(state, p[:, j], q[:, j])
-        else:
-            sel = chosen[: step + 1]
-            state = _start_sampling(p[:, sel], q[:, sel], num_samples, rng)
+        sel = chosen[: step + 1]
+        state = _add_selected(state, p[:, sel], q[:, sel], rng, max_exact_configurations, num_samples)
     return chosen, gains
 
 
@@ -493,7 +515,8 @@ def balpm_select(
         j = int(np.argmax(ranked))
         chosen[step], picked[step], taken[j] = j, score[j], True
         state.add(int(first[j]))
-        pass
+        if cross[j]:
+            state.add(int(second[j]))
     return chosen, picked
 
 

@@ -112,8 +112,8 @@ def _inverse_cholesky(matrix: np.ndarray, design: str) -> np.ndarray:
         chol = np.linalg.cholesky(matrix)
     except np.linalg.LinAlgError:
         raise ValueError(
-            f"{design}: the information matrix is singular (not positive definite); "
-            "set prior_precision > 0 in the comparison set"
+            f"{design}: the information matrix is not positive definite; check that Φ and rewards are "
+            "finite and past_information is a symmetric positive semi-definite [p, p] matrix"
         ) from None
     return np.linalg.inv(chol)
 
