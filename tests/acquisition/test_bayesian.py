@@ -179,20 +179,20 @@ def test_sampled_configurations_estimate_the_exact_conditional_entropies():
     sel, cand = slice(0, 6), slice(6, 14)
     exact = joint_configurations(p[:, sel], q[:, sel], rng, max_exact_configurations=64)
     assert exact.heads is None and exact.posterior.shape[1] <= 64
-    expected = conditional_entropies(exact, p[:, cand], q[:, cand])
+    expected = conditional_entropies(exact, p[:, cand])
     for cap in (1, 8, 32):  # sampling starts at the 1st, 4th, 6th comparison and extends after
         sampled = joint_configurations(
             p[:, sel], q[:, sel], np.random.default_rng(4), max_exact_configurations=cap, num_samples=50_000
         )
         assert sampled.heads is not None and sampled.posterior.shape[1] == 50_000
-        np.testing.assert_allclose(conditional_entropies(sampled, p[:, cand], q[:, cand]), expected, atol=0.01)
+        np.testing.assert_allclose(conditional_entropies(sampled, p[:, cand]), expected, atol=0.01)
     # exact: E_{y_S} H(y_i | y_S) = H(y_S, y_i) - H(y_S) by enumeration
     probs = p.tolist()  # [K][M]
     for i in range(6, 14):
         s = list(range(6))
         h = ref.joint_mutual_information(probs, s + [i]) - ref.joint_mutual_information(probs, s)
         aleatoric = sum(ref.entropy([probs[k][i], 1 - probs[k][i]]) for k in range(5)) / 5
-        assert math.isclose(conditional_entropies(exact, p[:, [i]], q[:, [i]])[0], h + aleatoric, rel_tol=1e-9)
+        assert math.isclose(conditional_entropies(exact, p[:, [i]])[0], h + aleatoric, rel_tol=1e-9)
 
 
 @PROPERTY
@@ -422,5 +422,13 @@ def test_invalid_options_and_inputs_raise_readable_errors():
     no_features = ComparisonSet(cs.phi, cs.rewards, cs.prompt_of, cs.pairs)
     with pytest.raises(ValueError, match="prompt_features"):
         make_selector("balpm")(no_features, 2, rng)
+    too_few = ComparisonSet(
+        cs.phi, cs.rewards, cs.prompt_of, cs.pairs, cs.prompt_features[:10], cs.acquired_prompt_features
+    )
+    with pytest.raises(ValueError, match="prompt_features has 10 rows"):
+        make_selector("balpm")(too_few, 2, rng)
+    wrong_width = ComparisonSet(cs.phi, cs.rewards, cs.prompt_of, cs.pairs, cs.prompt_features, np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="acquired_prompt_features has shape"):
+        make_selector("balpm")(wrong_width, 2, rng)
     for name in ("bald", "batchbald", "balpm"):
         assert make_selector(name)(cs, 0, rng).shape == (0,)

@@ -19,23 +19,28 @@ tails. Entropies are in nats; H_b(p) = -p log p - (1 - p) log(1 - p) with 0 log 
       p(y_i = 1 | y_S) = Σ_k w_k(y_S) p_ki,   w_k(y_S) ∝ Π_{j∈S} p(y_j | θ_k),
 
   so a state of "configurations" of y_S — each with its probability and its head posterior
-  w(y_S) [K] — scores every candidate with two [C, K] @ [K, N] products. The configurations are
+  w(y_S) [K] — scores every candidate with one [C, K] @ [K, N] product. The configurations are
   all 2^|S| outcomes EXACTLY while 2^|S| <= ``max_exact_configurations`` (the [K, 2^|S|] matrix
   is split on y_j ∈ {1, 0} when j is selected); beyond that, ``num_samples`` configurations are
   drawn from p(y_S) = mean_k Π_j p(y_j | θ_k), stratified over the heads (sample s belongs to
   head s mod K; the count is rounded up to a multiple of K), each extended by one Bernoulli draw
   when a comparison is selected, as in Kirsch et al.'s batchbald_redux. The expectation over
   y_S then becomes the sample mean (Monte Carlo; the same samples score every candidate).
-  Candidates are restricted to the ``pool_size`` comparisons of highest BALD (common practice:
-  the first pick of BatchBALD is BALD's top anyway), which bounds the cost per step.
-* ``balpm`` (003): score_i = BALD_i + β · Ĥ-term of comparison i's prompt, greedily, the
-  prompt-entropy term updated after every pick (003 Fig. 2, §4; the released BAL-PM code,
-  selection ``batch-state-entropy``). The term is 003's KSG-style k-nearest-neighbour
-  estimate (Kraskov et al. 2004) of the entropy that prompt x adds to the acquired prompts A
-  (acquired_prompt_features ∪ prompts already picked in this batch):
+  The greedy is lazy (Minoux 1978): the objective is submodular (Kirsch et al. 2019), so a gain
+  computed earlier bounds the current one and only candidates whose bound can still win are
+  re-scored (exact in the enumeration regime). Candidates are restricted to the ``pool_size``
+  comparisons of highest BALD (common practice; the first pick of BatchBALD is BALD's top
+  anyway), which bounds the cost when many comparisons have high BALD.
+* ``balpm`` (003): score_i = BALD_i + β · prompt-entropy term of comparison i, greedily, the
+  term updated after every pick (003 Fig. 2: "BAL-PM selects the tuple that maximizes the
+  linear combination of both scores"). The seed text of 003 stops short of §4's formulas, so
+  the estimator follows the authors' released code (luckeciano/BAL-PM, ``active_learning.py``,
+  selection ``batch-state-entropy``, the "KSG estimator" of its entropy-estimator ablation): a
+  k-nearest-neighbour estimate in the style of Kraskov et al. 2004 of the entropy that prompt x
+  adds to the acquired prompts A (acquired_prompt_features ∪ prompts picked in this batch):
 
-      ρ_k(x) = distance from x to its k-th nearest neighbour among all prompts,
-               candidates ∪ acquired (003: "KSG uses all data points, acquired and available")
+      ρ_k(x) = distance from x to its k-th nearest neighbour among all prompts, candidates
+               (every row of prompt_features) ∪ acquired: acquired and available points
       n(x)   = number of points of A within ρ_k(x)
       e(x)   = log(2 ρ_k(x) + ε) - ψ(n(x) + 1) / d
 
@@ -45,7 +50,11 @@ tails. Entropies are in nats; H_b(p) = -p log p - (1 - p) log(1 - p) with 0 log 
   e(x) ranks prompts by their entropy gain: a prompt far from everything acquired (large ρ,
   small n) scores high, one already acquired scores low. ``estimator="kl"`` is 003's ablation
   (App. D): e(x) = log(2 ρ_k^A(x) + ε) with ρ_k^A the distance to the k-th nearest point of A
-  itself (the Kozachenko–Leonenko per-point term), 0 while A is empty.
+  itself (the Kozachenko–Leonenko per-point term), 0 while A is empty. Differences from the
+  released code: ρ_k excludes x itself (the code's top-k includes the zero self-distance, so
+  its k = 13 is our k = 12) and the acquired points count as neighbours for ρ_k; no feature
+  normalisation (the code's ``fts - mean / std`` is, by operator precedence, a per-column shift
+  that leaves every distance unchanged).
 
 Cross-prompt comparisons (x1 ≠ x2): the prompt term is the mean of e(x1) and e(x2) (an
 in-prompt comparison reduces to e(x), so neither kind is favoured by construction), and both
@@ -91,7 +100,7 @@ ENTRIES_PER_CHUNK = 2**18  # [C, chunk] float64 blocks of the entropy evaluation
 # BAL-PM (003). The seed text lacks §4's constants; these are the values of the authors'
 # released configuration (luckeciano/BAL-PM, run_active_learning_adapters_batch.sh:
 # state_ent_beta, state_ent_k, state_ent_d at its default, normalize_entropy).
-BALPM_BETA = 1e-2  # β, weight of the entropy term (003 App. D: robust over 1e-4 .. 1)
+BALPM_BETA = 1e-2  # β, weight of the entropy term (the released β-robustness runs: 1e-4 .. 1)
 BALPM_K = 13  # k of the kNN entropy estimator
 BALPM_DIMENSION = 1.0  # d in log(2ρ + ε) - ψ(n + 1)/d (a free scale in 003's code, not dim x)
 BALPM_DISTANCE_EPSILON = 1e-4  # ε in log(2ρ + ε): 003's code; keeps duplicate prompts finite
@@ -185,8 +194,8 @@ class JointConfigurations:
     heads: np.ndarray | None = None
 
 
-def conditional_entropies(state: JointConfigurations, p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """[N] E_{y_S} H_b(p(y_i = 1 | y_S)) of the candidates p, q [K, N] under the configurations.
+def conditional_entropies(state: JointConfigurations, p: np.ndarray) -> np.ndarray:
+    """[N] E_{y_S} H_b(p(y_i = 1 | y_S)) of the candidates p [K, N] under the configurations.
 
     Column chunks of ~ENTRIES_PER_CHUNK entries keep the [C, chunk] temporaries in cache (5x
     faster than one [C, N] pass). p(y_i = 0 | y_S) is taken as 1 - p(y_i = 1 | y_S): where that
@@ -330,7 +339,7 @@ def batchbald_select(
                 break
             if len(stale) > lazy_block:
                 stale = stale[np.argpartition(-bound[stale], lazy_block - 1)[:lazy_block]]
-            bound[stale] = conditional_entropies(state, p[:, stale], q[:, stale]) - aleatoric[stale]
+            bound[stale] = conditional_entropies(state, p[:, stale]) - aleatoric[stale]
             fresh[stale] = step
             best = max(best, bound[stale].max())
         current = np.where(~taken & (fresh == step), bound, -np.inf)
@@ -412,7 +421,7 @@ def knn_entropy(points: np.ndarray, k: int = 3) -> float:
 
 
 @dataclass
-class _PromptEntropy:
+class PromptEntropy:
     """003's prompt-entropy term over the P candidate prompts, updated as prompts join A.
 
     ksg: radius [P] ρ_k(x); inside [P, P] whether prompt x' lies within ρ_k(x); count [P] n(x).
@@ -450,7 +459,7 @@ class _PromptEntropy:
 
 def prompt_entropy_state(
     prompt_features: np.ndarray, acquired_features: np.ndarray, k: int, dimension: float, estimator: str
-) -> _PromptEntropy:
+) -> PromptEntropy:
     """The entropy term's state for candidate prompts [P, q] and acquired prompts [a, q]."""
     between = pairwise_distances(prompt_features, prompt_features)  # [P, P]
     to_acquired = pairwise_distances(prompt_features, acquired_features)  # [P, a]
@@ -459,7 +468,7 @@ def prompt_entropy_state(
         nearest = np.full((n_prompts, k), np.inf)
         take = min(k, n_acquired)
         nearest[:, :take] = np.sort(to_acquired, axis=1)[:, :take]
-        return _PromptEntropy(estimator, k, dimension, between, nearest=nearest, size=n_acquired)
+        return PromptEntropy(estimator, k, dimension, between, nearest=nearest, size=n_acquired)
     others = between.copy()
     np.fill_diagonal(others, np.inf)  # x is not its own neighbour
     everyone = np.concatenate([others, to_acquired], axis=1)  # [P, P + a]
@@ -467,7 +476,7 @@ def prompt_entropy_state(
     radius = np.partition(everyone, k_eff - 1, axis=1)[:, k_eff - 1] if k_eff > 0 else np.zeros(n_prompts)
     inside = (between <= radius[:, None]).astype(np.int64)  # [P, P], x' = x included (distance 0)
     count = (to_acquired <= radius[:, None]).sum(axis=1).astype(np.int64)  # [P]
-    return _PromptEntropy(estimator, k, dimension, between, radius=radius, inside=inside, count=count)
+    return PromptEntropy(estimator, k, dimension, between, radius=radius, inside=inside, count=count)
 
 
 # ----------------------------------------------------------------------------- BAL-PM
@@ -559,6 +568,10 @@ def balpm(
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     pair_prompts = np.asarray(comparisons.prompt_of)[comparisons.pairs]  # [M, 2]
+    if pair_prompts.size and not 0 <= pair_prompts.min() <= pair_prompts.max() < len(prompts):
+        raise ValueError(
+            f"balpm: prompt_of holds prompt {int(pair_prompts.max())} but prompt_features has {len(prompts)} rows"
+        )
     chosen, _ = balpm_select(
         bald_scores(comparisons),
         pair_prompts,
