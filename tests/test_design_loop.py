@@ -57,3 +57,19 @@ def test_cross_prompt_comparisons_train_but_are_not_exported(tmp_path: Path, poo
         exported = preference_records(store)
     assert len(exported) == len(rows) - len(cross)
     assert all(np.isfinite(r["score_chosen"]) for r in exported)
+
+
+def test_cli_cross_prompt_flag_reaches_the_stored_config(tmp_path: Path, pool_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from activepref.cli import app
+
+    result = CliRunner().invoke(app, [
+        "run", "--pool", str(pool_path), "--method", "maxdiff", "--cross-prompt", "--out", str(tmp_path / "r"),
+        "--batch-size", "6", "--iterations", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    with RunStore.open_readonly(tmp_path / "r") as store:
+        assert json.loads(store.meta("config") or "{}")["cross_prompt"] is True

@@ -123,6 +123,9 @@ def run(
     iterations: ItersOpt = None,
     seed: SeedOpt = None,
     beta: BetaOpt = None,
+    cross_prompt: Annotated[
+        bool | None, typer.Option("--cross-prompt/--in-prompt", help="Batch designs: compare responses across prompts too.")
+    ] = None,
 ) -> None:
     """Run the active loop on a candidate pool and store everything in OUT.
 
@@ -132,7 +135,10 @@ def run(
     from activepref import runs
 
     try:
-        cfg = _config(config, pool=pool, features=features, method=method, batch_size=batch_size, iterations=iterations, seed=seed, beta=beta)
+        cfg = _config(
+            config, pool=pool, features=features, method=method, batch_size=batch_size,
+            iterations=iterations, seed=seed, beta=beta, cross_prompt=cross_prompt,
+        )
         if cfg.live:
             _quiet_model_loading()
         with _Bars(f"{cfg.method}") as bars:
