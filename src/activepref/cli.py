@@ -338,6 +338,62 @@ def quickstart(
     console.print(f"dataset: {out / 'dataset.parquet'} ({len(records)} pairs, TRL preference format)")
 
 
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "method_options":
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+@app.command()
+def bench(
+    pool: Annotated[str, typer.Option(help="Candidate pool (.jsonl/.parquet) or 'builtin'.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods, e.g. random,dts,dopt (random is the reference).")],
+    budget: Annotated[int, typer.Option(help="Preference pairs acquired per run.")],
+    out: Annotated[Path, typer.Option(help="Report directory (runs/ inside); rerun to resume.")],
+    seeds: Annotated[int, typer.Option(help="Seeds per method (0..N-1).")] = 3,
+    batch_size: BatchOpt = None,
+    workers: Annotated[int, typer.Option(help="Runs in parallel processes.")] = 2,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with shared run settings (enn, beta, eval_fraction, ...).")] = None,
+) -> None:
+    """Run several methods side by side on one pool, several seeds each, and write a report.
+
+    Writes results.csv (method, seed, iteration, annotations, accuracy, spearman_loss,
+    best_of_n, ...), summary.md (mean ± 95% CI per method, annotations needed to reach
+    Random's final accuracy, Table-21-style chosen/rejected scores), curves.png and
+    table21.png. Interrupted? Run the same command again: finished runs are skipped.
+    """
+    import yaml
+
+    from activepref.bench import run_bench
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    overrides: dict[str, Any] = {}
+    if config is not None:
+        try:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            _fail(ActivePrefError(f"{config}: {exc}"))
+        if not isinstance(loaded, dict):
+            _fail(ActivePrefError(f"{config}: expected a mapping of fields"))
+        overrides = _flatten(loaded)
+    done = {"n": 0}
+
+    def progress(event: Any) -> None:
+        done["n"] += 1
+        console.print(f"[{event.done}/{event.total}] {event.method} seed {event.seed}: {event.state}" + (f" ({event.error})" if event.error else ""))
+
+    try:
+        report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress)
+    except ActivePrefError as exc:
+        _fail(exc)
+    console.print(f"report: {report / 'summary.md'}, {report / 'results.csv'}, {report / 'curves.png'}, {report / 'table21.png'}")
+
+
 @app.command("make-pool")
 def make_pool(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl).")],

@@ -1,0 +1,274 @@
+"""The bench report: summary.md, curves.png and table21.png from results.csv and the run stores."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activepref.bench import metrics as M
+
+REFERENCE_METHOD = "random"
+
+
+def _pm(mean: float, half: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _by_method(rows: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """method -> seed -> rows sorted by iteration (method order as in results.csv)."""
+    out: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for r in rows:
+        out.setdefault(r["method"], {}).setdefault(r["seed"], []).append(r)
+    for seeds in out.values():
+        for curve in seeds.values():
+            curve.sort(key=lambda r: r["iteration"])
+    return out
+
+
+def efficiency(rows: list[dict[str, Any]], reference: str = REFERENCE_METHOD) -> dict[str, dict[str, Any]] | None:
+    """Annotations each method needs to reach the reference method's final held-out accuracy.
+
+    The target is the mean over the reference's seeds of its last-iteration accuracy; per
+    seed, :func:`metrics.annotations_to_reach` on that seed's curve. Per method: target,
+    mean annotations over the seeds that reach it (``None`` if none does), seeds reached
+    of seeds run, and the ratio of that mean to the reference's mean final annotations.
+    None when the reference method is not in the bench.
+    """
+    by = _by_method(rows)
+    if reference not in by:
+        return None
+    target = float(np.nanmean([c[-1]["accuracy"] for c in by[reference].values()]))
+    ref_budget = float(np.nanmean([c[-1]["annotations"] for c in by[reference].values()]))
+    out = {}
+    for method, seeds in by.items():
+        reached = [M.annotations_to_reach([r["annotations"] for r in c], [r["accuracy"] for r in c], target) for c in seeds.values()]
+        hit = [x for x in reached if x is not None]
+        mean = float(np.mean(hit)) if hit else None
+        out[method] = {
+            "target": target, "mean": mean, "reached": len(hit), "seeds": len(reached),
+            "ratio": mean / ref_budget if mean is not None and ref_budget > 0 else None, "reference_budget": ref_budget,
+        }
+    return out
+
+
+def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, M.ScoreStats]]:
+    """Per method, Table-21 statistics of the acquired pairs pooled over seeds: ``judge``
+    (the judge scores the pairs were built from) and ``oracle`` (the hidden reward)."""
+    from activepref.store import RunStore
+
+    pooled: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for (method, _seed), run_dir in run_dirs.items():
+        store = RunStore.open_readonly(run_dir)
+        try:
+            prefs = store.preference_rows()  # (iteration, prompt, chosen, rejected, score_c, score_r, method)
+            oracle = store.oracle()
+        finally:
+            store.close()
+        chosen = np.asarray([r[2] for r in prefs], dtype=np.int64)
+        rejected = np.asarray([r[3] for r in prefs], dtype=np.int64)
+        pooled[method]["judge_c"].append(np.asarray([np.nan if r[4] is None else r[4] for r in prefs], dtype=np.float64))
+        pooled[method]["judge_r"].append(np.asarray([np.nan if r[5] is None else r[5] for r in prefs], dtype=np.float64))
+        pooled[method]["oracle_c"].append(oracle[chosen] if len(chosen) else np.empty(0))
+        pooled[method]["oracle_r"].append(oracle[rejected] if len(rejected) else np.empty(0))
+    out = {}
+    for method, parts in pooled.items():
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        out[method] = {
+            "judge": M.score_stats(cat["judge_c"], cat["judge_r"]),
+            "oracle": M.score_stats(cat["oracle_c"], cat["oracle_r"]),
+        }
+    return out
+
+
+def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per iteration over seeds: (mean annotations [T], mean of ``key`` [T], CI half-width [T])."""
+    t = max(len(c) for c in curves.values())
+    xs, ys, hs = [], [], []
+    for i in range(t):
+        pts = [c[i] for c in curves.values() if len(c) > i]
+        xs.append(float(np.mean([p["annotations"] for p in pts])))
+        m, h = M.mean_ci([p[key] for p in pts])
+        ys.append(m)
+        hs.append(0.0 if math.isnan(h) else h)
+    return np.asarray(xs), np.asarray(ys), np.asarray(hs)
+
+
+def _setup_lines(run_dirs: dict[tuple[str, int], Path], budget: int | None) -> list[str]:
+    from activepref.runs import stored_config
+    from activepref.store import RunStore
+
+    first = next(iter(run_dirs.values()))
+    store = RunStore.open_readonly(first)
+    try:
+        cfg = stored_config(store)
+        n_eval = len(store.eval_prompts())
+        n_prompts = store.count("prompts")
+        n_resp = store.count("responses")
+    finally:
+        store.close()
+    methods = list(dict.fromkeys(m for m, _ in run_dirs))
+    seeds = sorted({s for _, s in run_dirs})
+    return [
+        f"- pool: `{cfg.pool}` ({n_prompts} prompts, {n_resp} candidate responses; {n_eval} prompts held out per run, never annotated)",
+        f"- methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))} (the seed also changes the held-out split)",
+        f"- budget: {budget if budget is not None else '?'} preference pairs per run = {cfg.iterations} iterations of "
+        f"{cfg.batch_size} prompts (per-prompt methods: one pair per prompt; batch designs: {cfg.batch_size} comparisons per iteration)",
+        f"- judge: {cfg.judge.kind}; reward model: ENN with {cfg.enn.heads} heads x {cfg.enn.hidden} hidden, {cfg.enn.steps} steps per iteration",
+    ]
+
+
+GLOSSARY = """## What the numbers mean
+
+- **annotations**: responses sent to the judge so far (judge calls). Methods that score
+  every candidate of a prompt spend more annotations per preference pair than those that
+  score two.
+- **accuracy**: held-out pairwise accuracy — over all pairs of candidates of the held-out
+  prompts that the hidden reference reward (oracle; the pool's judge score if it has no
+  oracle) orders strictly, the share the learned reward model orders the same way. 0.5 is chance.
+- **spearman loss**: per held-out prompt, 1 − Spearman's ρ between the learned reward and
+  the reference over its candidates, averaged over prompts (0 = same ranking, 1 = unrelated, 2 = reversed).
+- **best-of-N**: per held-out prompt, the reference reward of the candidate the learned
+  reward ranks first, averaged over prompts (higher is better; `oracle best` in results.csv
+  is the ceiling, `best_of_n_normalized` rescales it so 0 = a random pick and 1 = always the best).
+- **mean ± CI**: mean over seeds ± half-width of the 95% Student-t interval over seeds
+  (no interval with a single seed).
+"""
+
+
+def write_report(
+    out: Path,
+    run_dirs: dict[tuple[str, int], Path],
+    budget: int | None = None,
+    results_csv: Path | None = None,
+    reference: str = REFERENCE_METHOD,
+) -> Path:
+    """Write summary.md, curves.png and table21.png into ``out`` from ``results.csv``
+    (default ``out/results.csv``) and the run stores ``run_dirs[(method, seed)]``; returns out.
+    The plots need matplotlib (the `plots` extra); without it only summary.md is written."""
+    from activepref.bench.runner import read_results
+
+    out = Path(out)
+    rows = read_results(results_csv or out / "results.csv")
+    by = _by_method(rows)
+    eff = efficiency(rows, reference)
+    stats = dataset_stats(run_dirs)
+
+    lines = ["# Preference-learning bench", "", *_setup_lines(run_dirs, budget), ""]
+    lines += [
+        "## Final results (last iteration)", "",
+        "| method | seeds | pairs | annotations | held-out accuracy | spearman loss | best-of-N | "
+        f"annotations to reach {reference}'s final accuracy | vs {reference}'s budget |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, seeds in by.items():
+        finals = [c[-1] for c in seeds.values()]
+        cells = [method, str(len(finals)), f"{np.nanmean([f['pairs'] for f in finals]):.0f}", f"{np.nanmean([f['annotations'] for f in finals]):.0f}"]
+        for key in ("accuracy", "spearman_loss", "best_of_n"):
+            cells.append(_pm(*M.mean_ci([f[key] for f in finals])))
+        if eff is None:
+            cells += ["n/a", "n/a"]
+        else:
+            e = eff[method]
+            reach = "never" if e["mean"] is None else f"{e['mean']:.0f}"
+            cells.append(f"{reach} ({e['reached']}/{e['seeds']} seeds)")
+            cells.append("n/a" if e["ratio"] is None else f"{e['ratio']:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if eff is None:
+        lines.append(f"(The efficiency columns need the `{reference}` method in the bench.)")
+    else:
+        any_e = next(iter(eff.values()))
+        lines.append(
+            f"Efficiency: {reference} reaches a held-out accuracy of {any_e['target']:.3f} with its full budget "
+            f"({any_e['reference_budget']:.0f} annotations, mean over seeds). For each method, the annotations it needs "
+            "to reach the same accuracy (linear interpolation between iterations, mean over the seeds that reach it) "
+            f"and that number as a multiple of {reference}'s budget: below 1x means fewer judge calls for the same accuracy."
+        )
+    lines += ["", "## Acquired preference pairs (as seed 001, Table 21)", "",
+              "Scores of the chosen and rejected response of every acquired pair, pooled over seeds: "
+              "the judge scores the pairs were built from, and the hidden oracle reward of the same responses. "
+              "std is over pairs; diff = chosen − rejected per pair.", "",
+              "| method | pairs | chosen (judge) | rejected (judge) | diff (judge) | mean score (judge) | diff (oracle) |",
+              "|---|---|---|---|---|---|---|"]
+    for method in by:
+        j, o = stats[method]["judge"], stats[method]["oracle"]
+        lines.append(
+            f"| {method} | {j.n} | {j.chosen_mean:.3f} ± {j.chosen_std:.3f} | {j.rejected_mean:.3f} ± {j.rejected_std:.3f} | "
+            f"{j.diff_mean:.3f} ± {j.diff_std:.3f} | {j.overall_mean:.3f} | {o.diff_mean:.3f} ± {o.diff_std:.3f} |"
+        )
+    costs = []
+    for method, seeds in by.items():
+        finals = [c[-1] for c in seeds.values()]
+        costs.append(f"| {method} | {np.nanmean([f['judge_calls'] for f in finals]):.0f} | {np.nanmean([f['judge_tokens'] for f in finals]):.0f} |")
+    lines += ["", "## Judge cost per run (mean over seeds)", "", "| method | judge calls | judge tokens |", "|---|---|---|", *costs,
+              "", "(A replay judge reveals stored scores: one call per annotation, no tokens.)", ""]
+    lines += ["## Files", "",
+              "- `results.csv`: one row per (method, seed, iteration) — method, seed, iteration, annotations, accuracy, "
+              "spearman_loss, best_of_n, then extra columns.",
+              "- `curves.png`: accuracy, Spearman loss and best-of-N against annotations (mean over seeds, band = 95% CI).",
+              "- `table21.png`: the chosen/rejected statistics above as a chart.",
+              "- `runs/<method>-seed<k>/`: each run's directory (`activepref status` / `activepref export` work on it).", "",
+              GLOSSARY]
+    (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+
+    try:
+        from activepref.plots import _pyplot
+
+        _pyplot()
+    except Exception:  # noqa: BLE001 - plots are optional (the `plots` extra)
+        return out
+    plot_curves(by, out / "curves.png")
+    plot_table21(stats, out / "table21.png")
+    return out
+
+
+def plot_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> Path:
+    from activepref.plots import _pyplot, _save
+
+    plt = _pyplot()
+    panels = (("accuracy", "held-out pairwise accuracy (higher is better)"),
+              ("spearman_loss", "1 - Spearman per prompt (lower is better)"),
+              ("best_of_n", "oracle reward of best-of-N pick (higher is better)"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for ax, (key, label) in zip(axes, panels):
+        for method, curves in by.items():
+            x, y, h = curve_stats(curves, key)
+            (line,) = ax.plot(x, y, marker="o", ms=3, label=method)
+            ax.fill_between(x, y - h, y + h, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set(xlabel="annotations (judge calls)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path, "Sample efficiency: mean over seeds, band = 95% CI")
+
+
+def plot_table21(stats: dict[str, dict[str, M.ScoreStats]], path: Path) -> Path:
+    from activepref.plots import _pyplot, _save
+
+    plt = _pyplot()
+    methods = list(stats)
+    fig, (ax, ax_t) = plt.subplots(2, 1, figsize=(max(7, 1.3 * len(methods) + 3), 7), constrained_layout=True,
+                                   gridspec_kw={"height_ratios": [3, 2]})
+    x = np.arange(len(methods))
+    js = [stats[m]["judge"] for m in methods]
+    ax.bar(x - 0.2, [s.chosen_mean for s in js], 0.4, yerr=[s.chosen_std for s in js], capsize=3, label="chosen")
+    ax.bar(x + 0.2, [s.rejected_mean for s in js], 0.4, yerr=[s.rejected_std for s in js], capsize=3, label="rejected")
+    ax.set_xticks(x, methods)
+    ax.set(ylabel="judge score (mean ± std over pairs)", title="Scores of acquired pairs (001 Table 21)")
+    ax.legend(fontsize=8)
+    ax_t.axis("off")
+    cells = [[m, str(s.n), f"{s.chosen_mean:.3f} ± {s.chosen_std:.3f}", f"{s.rejected_mean:.3f} ± {s.rejected_std:.3f}",
+              f"{s.diff_mean:.3f} ± {s.diff_std:.3f}", f"{s.overall_mean:.3f}"] for m, s in zip(methods, js)]
+    table = ax_t.table(cellText=cells, colLabels=["method", "pairs", "chosen", "rejected", "diff", "mean score"], loc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.3)
+    return _save(fig, path, "")

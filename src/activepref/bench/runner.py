@@ -1,0 +1,377 @@
+"""`activepref bench`: several methods x several seeds on one pool, in parallel, resumable.
+
+Layout of a bench directory ``out``::
+
+    runs/<method>-seed<k>/        one ordinary run directory per (method, seed)
+    runs/<method>-seed<k>/bench_metrics.json   per-iteration bench metrics (cache)
+    results.csv                   one row per (method, seed, iteration)
+    summary.md, curves.png, table21.png        the report (activepref.bench.report)
+
+Every run is an ordinary activepref run (``activepref status`` / ``export`` work on it).
+Bench runs keep the ENN checkpoint of every iteration, so the metrics that need the
+model (Spearman loss, best-of-N) are computed per iteration from those checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activepref.bench import metrics as M
+from activepref.config import BUILTIN_POOL, RunConfig, load_config
+from activepref.errors import ActivePrefError, ConfigError
+
+RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spearman_loss", "best_of_n")
+EXTRA_COLUMNS = (
+    "pairs", "judge_calls", "judge_tokens", "best_of_n_regret", "best_of_n_normalized",
+    "oracle_best", "mean_chosen_reward", "mean_rejected_reward", "checkpoint",
+)
+CACHE_NAME = "bench_metrics.json"
+CACHE_VERSION = 1
+# Set by the bench for every run; a user override of these would break the comparison.
+RESERVED_KEYS = ("pool", "prompts", "method", "method_options", "seed", "batch_size", "iterations", "design_budget", "keep_checkpoints")
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One (method, seed) run of a bench: its directory and the dotted-key config."""
+
+    method: str
+    seed: int
+    run_dir: Path
+    overrides: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+@dataclass(frozen=True)
+class BenchEvent:
+    """Reported to ``progress`` in the calling process as each run ends.
+
+    state: ``skipped`` (already finished before this call), ``finished`` (ran or resumed
+    now) or ``failed`` (``error`` says why); done/total count runs ended so far."""
+
+    run: str
+    method: str
+    seed: int
+    state: str
+    done: int
+    total: int
+    error: str | None = None
+
+
+def iterations_for(budget: int, batch_size: int) -> int:
+    """Iterations that acquire ``budget`` pairs at ``batch_size`` pairs per iteration
+    (the last iteration may overshoot by up to batch_size - 1 pairs)."""
+    return max(1, math.ceil(budget / batch_size))
+
+
+def plan_runs(
+    pool: str,
+    methods: Sequence[str],
+    seeds: int | Sequence[int],
+    budget: int,
+    out: Path,
+    batch_size: int = 16,
+    overrides: dict[str, Any] | None = None,
+) -> list[BenchRun]:
+    """The bench's runs, method-major, each with its validated dotted-key config.
+
+    Per-prompt methods annotate one pair per prompt, so an iteration of ``batch_size``
+    prompts gives ``batch_size`` pairs; batch designs get ``design_budget = batch_size``
+    comparisons per iteration. Raises ConfigError on a bad method, option or override.
+    """
+    from activepref.acquisition import get_method
+
+    if budget < 1 or batch_size < 1:
+        raise ConfigError(f"bench: budget and batch_size must be >= 1 (got {budget}, {batch_size})")
+    methods = list(methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"bench: give one or more distinct methods (got {methods})")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
+        raise ConfigError(f"bench: give one or more distinct seeds >= 0 (got {seeds})")
+    user = dict(overrides or {})
+    clash = sorted(k for k in user if k in RESERVED_KEYS or k.split(".")[0] in RESERVED_KEYS)
+    if clash:
+        raise ConfigError(f"bench: overrides may not set {', '.join(clash)} (the bench sets them per run)")
+    pool_ref = pool if pool == BUILTIN_POOL else str(Path(pool).resolve())
+    if pool != BUILTIN_POOL and not Path(pool_ref).exists():
+        raise ConfigError(f"bench: pool {pool} does not exist")
+    iterations = iterations_for(budget, batch_size)
+    runs = []
+    for method in methods:
+        try:
+            design = get_method(method).kind == "design"
+        except (KeyError, ValueError, ConfigError):
+            design = False  # load_config below names the unknown method
+        for seed in seed_list:
+            ov = {
+                **user, "pool": pool_ref, "method": method, "seed": seed, "batch_size": batch_size,
+                "iterations": iterations, "keep_checkpoints": iterations + 1,
+            }
+            if design:
+                ov["design_budget"] = batch_size
+            load_config(None, ov)  # validate now, before any process starts
+            runs.append(BenchRun(method, seed, Path(out) / "runs" / f"{method}-seed{seed}", ov))
+    return runs
+
+
+# -- one run (runs in a worker process) -------------------------------------------------------
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _same_config(a: RunConfig, b: RunConfig) -> bool:
+    return a.model_dump() == b.model_dump()
+
+
+def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
+    """Run, resume or skip one bench run, then its per-iteration metrics.
+
+    Returns (state, rows): state ``skipped`` when the run was already complete."""
+    from activepref import runs
+    from activepref.store import RunStore
+
+    config = load_config(None, spec.overrides)
+    run_dir = spec.run_dir
+    state = "finished"
+    if RunStore.exists(run_dir):
+        try:
+            store = RunStore.open_readonly(run_dir)
+        except ActivePrefError:
+            # Interrupted while the run directory was being created: nothing was annotated yet.
+            shutil.rmtree(run_dir)
+        else:
+            try:
+                stored = runs.stored_config(store)
+            finally:
+                store.close()
+            if not _same_config(stored, config):
+                raise ConfigError(
+                    f"{run_dir} holds a run with another configuration (budget, batch size, pool or overrides "
+                    "differ); use another --out or delete that directory"
+                )
+            st = runs.status(run_dir)
+            if st.iterations_done == st.iterations_planned:
+                state = "skipped"
+            else:
+                runs.resume(run_dir)
+    if not RunStore.exists(run_dir):
+        runs.run(config, run_dir)
+    return state, evaluate_run(run_dir, spec.method, spec.seed)
+
+
+def _run_in_worker(spec: BenchRun) -> tuple[str, list[dict[str, Any]], str | None]:
+    """Exceptions become strings: some project errors do not survive pickling."""
+    try:
+        state, rows = execute_run(spec)
+        return state, rows, None
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
+        return "failed", [], f"{type(exc).__name__}: {exc}"
+
+
+# -- per-iteration metrics from checkpoints -------------------------------------------------
+def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
+    """Rows of results.csv for one finished (or partly finished) run.
+
+    Held-out prompts only: the ENN of each trained iteration (its checkpoint) predicts the
+    held-out candidates, compared with the hidden reference reward (oracle, else the pool
+    score). Iterations computed before are read from ``bench_metrics.json``; an iteration
+    whose checkpoint was pruned gets the stored accuracy and NaN model metrics.
+    """
+    import torch
+
+    from activepref.enn import ENNShape, EnsembleRewardModel
+    from activepref.loop import load_features
+    from activepref.runs import stored_config
+    from activepref.store import STATUS_TRAINED, RunStore
+
+    cache_path = Path(run_dir) / CACHE_NAME
+    cache: dict[str, Any] = {}
+    if cache_path.exists():
+        loaded = json.loads(cache_path.read_text(encoding="utf-8"))
+        if loaded.get("version") == CACHE_VERSION:
+            cache = loaded.get("iterations", {})
+    store = RunStore.open_readonly(run_dir)
+    try:
+        trained = [r for r in store.iterations() if r.status == STATUS_TRAINED]
+        todo = [r for r in trained if str(r.iteration) not in cache]
+        if todo:
+            config = stored_config(store)
+            features = load_features(store, config.enn.standardize)
+            _, response_prompt = store.responses()
+            reference = np.full(len(response_prompt), np.nan)
+            oracle = store.oracle()
+            reference[: len(oracle)] = oracle
+            eval_set = set(store.eval_prompts())
+            cand = np.asarray([i for i, p in enumerate(response_prompt) if int(p) in eval_set], dtype=np.int64)
+            groups, ref = response_prompt[cand], reference[cand]
+            e = config.enn
+            shape = ENNShape(features.shape[1], e.heads, e.hidden, e.layers)
+            for rec in todo:
+                m = rec.metrics or {}
+                row: dict[str, Any] = {
+                    "annotations": m.get("annotations"), "accuracy": m.get("heldout_accuracy"),
+                    "spearman_loss": None, "best_of_n": None, "pairs": m.get("pairs"),
+                    "best_of_n_regret": None, "best_of_n_normalized": None, "oracle_best": None,
+                    "mean_chosen_reward": m.get("mean_chosen_reward"), "mean_rejected_reward": m.get("mean_rejected_reward"),
+                    "checkpoint": 0,
+                }
+                row.update(_judge_costs(store, rec.iteration, m.get("annotations")))
+                path = store.checkpoint_path(rec.iteration)
+                if path.exists() and len(cand):
+                    model = EnsembleRewardModel(shape, seed=0)
+                    model.load(path)
+                    pred, _ = model.predict(features[torch.from_numpy(cand)])
+                    bon = M.best_of_n_stats(pred, ref, groups)
+                    row.update(
+                        accuracy=M.pairwise_accuracy(pred, ref, groups), spearman_loss=M.spearman_loss(pred, ref, groups),
+                        best_of_n=bon.mean, best_of_n_regret=bon.regret, best_of_n_normalized=bon.normalized,
+                        oracle_best=bon.oracle_max, checkpoint=1,
+                    )
+                cache[str(rec.iteration)] = {k: _jsonable(v) for k, v in row.items()}
+            tmp = cache_path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "iterations": cache}, sort_keys=True), encoding="utf-8")
+            tmp.replace(cache_path)
+    finally:
+        store.close()
+    rows = []
+    for rec in trained:
+        row = {"method": method, "seed": seed, "iteration": rec.iteration}
+        row.update({k: (float("nan") if v is None else v) for k, v in cache[str(rec.iteration)].items()})
+        rows.append(row)
+    return rows
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _judge_costs(store: Any, iteration: int, annotations: int | None) -> dict[str, Any]:
+    """Judge requests and tokens up to and including ``iteration``. A replay judge records
+    no call statistics: each annotation then counts as one call with zero tokens."""
+    calls, tokens = store.conn.execute(
+        "SELECT COALESCE(SUM(calls + cache_hits), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
+        "FROM call_stats WHERE stage = 'judge' AND iteration <= ?",
+        (iteration,),
+    ).fetchone()
+    return {"judge_calls": int(calls) if calls else (annotations or 0), "judge_tokens": int(tokens)}
+
+
+# -- results.csv ------------------------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return str(v)
+
+
+def write_results(rows: list[dict[str, Any]], path: Path) -> Path:
+    """results.csv: RESULT_COLUMNS then EXTRA_COLUMNS; NaN/None as empty cells."""
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([*RESULT_COLUMNS, *EXTRA_COLUMNS])
+        for row in rows:
+            w.writerow([_fmt(row.get(c)) for c in (*RESULT_COLUMNS, *EXTRA_COLUMNS)])
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """results.csv back as dicts: method str, seed/iteration int, the rest float (NaN if empty)."""
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row: dict[str, Any] = {"method": raw["method"], "seed": int(raw["seed"]), "iteration": int(raw["iteration"])}
+            for k, v in raw.items():
+                if k not in row:
+                    row[k] = float(v) if v not in ("", None) else float("nan")
+            out.append(row)
+    return out
+
+
+# -- the bench ------------------------------------------------------------------------------
+def run_bench(
+    pool: str,
+    methods: list[str],
+    seeds: int | list[int],
+    budget: int,
+    out: Path,
+    batch_size: int = 16,
+    workers: int = 2,
+    overrides: dict[str, Any] | None = None,
+    progress: Callable[[BenchEvent], None] | None = None,
+) -> Path:
+    """Run every method with every seed on ``pool`` and write the report; returns ``out``.
+
+    pool: a pool file (.jsonl/.parquet) or ``builtin``. methods: registered acquisition
+    methods (per-prompt ones and batch designs may be mixed). seeds: a count n (seeds
+    0..n-1) or explicit seeds. budget: preference pairs acquired per run; each run does
+    ceil(budget / batch_size) iterations of ``batch_size`` prompts (per-prompt methods:
+    one pair per prompt; designs: ``design_budget = batch_size`` comparisons), so the last
+    iteration may overshoot the budget by < batch_size pairs, and a pool with too few
+    training prompts stops earlier. workers: runs executed at once, each in its own
+    process with one torch thread. overrides: dotted config keys applied to every run
+    (e.g. ``{"enn.steps": 20, "eval_fraction": 0.2}``); the keys the bench sets per run
+    (pool, method, method_options, seed, batch_size, iterations, design_budget,
+    keep_checkpoints) are refused. progress: called in this process with a
+    :class:`BenchEvent` as each run ends.
+
+    Resumable: a run directory ``out/runs/<method>-seed<k>`` that already exists is
+    resumed, or skipped when finished; its per-iteration metrics are cached beside it, so
+    calling again on a finished bench does no run or model work and rewrites identical
+    results. A run directory made with another configuration raises ConfigError.
+
+    Writes ``out/results.csv`` (columns method, seed, iteration, annotations, accuracy,
+    spearman_loss, best_of_n, then extras) and the report of
+    :func:`activepref.bench.report.write_report`. Raises ActivePrefError naming the
+    failed runs if any run fails (the others still finish).
+    """
+    from activepref.bench.report import write_report
+
+    out = Path(out)
+    specs = plan_runs(pool, methods, seeds, budget, out, batch_size, overrides)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    errors: list[str] = []
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(specs))), mp_context=ctx, initializer=_worker_init) as pool_ex:
+        futures = {pool_ex.submit(_run_in_worker, s): s for s in specs}
+        for done, fut in enumerate(as_completed(futures), start=1):
+            spec = futures[fut]
+            state, rows, error = fut.result()
+            if error:
+                errors.append(f"{spec.name}: {error}")
+            else:
+                results[spec.name] = rows
+            if progress is not None:
+                progress(BenchEvent(spec.name, spec.method, spec.seed, state, done, len(specs), error))
+    if errors:
+        raise ActivePrefError(f"{len(errors)} of {len(specs)} bench runs failed: " + "; ".join(errors))
+    rows = [row for s in specs for row in results[s.name]]  # method-major, seed, iteration
+    write_results(rows, out / "results.csv")
+    write_report(out, {(s.method, s.seed): s.run_dir for s in specs}, budget=budget)
+    return out

@@ -1,0 +1,30 @@
+"""`activepref bench` through the CLI: the report files and the results.csv contract."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from activepref.cli import app
+from activepref.pools import synthetic_pool, write_pool
+
+
+def test_bench_command_writes_the_report(tmp_path: Path) -> None:
+    pool = write_pool(synthetic_pool(n_prompts=30, candidates=4, dim=8, seed=2), tmp_path / "pool.parquet")
+    cfg = tmp_path / "shared.yaml"
+    cfg.write_text("enn: {heads: 4, hidden: 8, steps: 5, lr: 0.01}\n")
+    args = ["bench", "--pool", str(pool), "--methods", "random,maxdiff", "--seeds", "2", "--budget", "12",
+            "--out", str(tmp_path / "b"), "--batch-size", "6", "--workers", "1", "-c", str(cfg)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "b" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0])[:7] == ["method", "seed", "iteration", "annotations", "accuracy", "spearman_loss", "best_of_n"]
+    assert {(r["method"], r["seed"]) for r in rows} == {("random", "0"), ("random", "1"), ("maxdiff", "0"), ("maxdiff", "1")}
+    assert len(rows) == 2 * 2 * 2  # 12 pairs / 6 per iteration
+    for name in ("summary.md", "curves.png", "table21.png"):
+        assert (tmp_path / "b" / name).exists()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("skipped") == 4

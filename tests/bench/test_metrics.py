@@ -1,0 +1,122 @@
+"""Bench metrics against scipy and hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from activepref.bench import metrics as M
+
+
+def _groups(sizes: list[int]) -> np.ndarray:
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def test_pairwise_accuracy_hand_computed() -> None:
+    # prompt 0: ref 3 > 2 > 1, pred orders (0,1) right, (0,2) right, (1,2) wrong -> 2/3
+    # prompt 1: ref tie (not counted) ; prompt 2: one pair, pred tie counts as wrong
+    ref = [3, 2, 1, 5, 5, 2, 1]
+    pred = [0.9, 0.1, 0.5, 0.0, 1.0, 0.3, 0.3]
+    groups = [0, 0, 0, 1, 1, 2, 2]
+    assert M.pairwise_accuracy(pred, ref, groups) == pytest.approx(2 / 4)
+    assert math.isnan(M.pairwise_accuracy([1.0], [1.0], [0]))
+
+
+def test_pairwise_accuracy_never_compares_across_prompts() -> None:
+    ref = [1.0, 0.0, 10.0, 9.0]
+    pred = [1.0, 0.0, -5.0, -6.0]  # right within each prompt, wrong across
+    assert M.pairwise_accuracy(pred, ref, [0, 0, 1, 1]) == 1.0
+
+
+def test_pairwise_accuracy_matches_loop_heldout_accuracy() -> None:
+    from activepref.loop import CandidateTable, _eval_pairs, heldout_accuracy
+
+    rng = np.random.default_rng(0)
+    groups = _groups([4, 5, 3, 6])
+    ref = np.round(rng.normal(size=len(groups)), 1)  # some ties
+    pred = rng.normal(size=len(groups))
+    table = CandidateTable.build(groups, 4)
+    pairs = _eval_pairs([0, 1, 2, 3], table, ref)
+    assert M.pairwise_accuracy(pred, ref, groups) == pytest.approx(heldout_accuracy(pred, pairs))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rankdata_and_spearman_match_scipy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, size=9).astype(float)  # many ties
+    b = rng.normal(size=9)
+    np.testing.assert_allclose(M.rankdata(a), stats.rankdata(a))
+    assert M.spearman_rho(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+
+
+def test_spearman_loss_matches_scipy_per_prompt_mean() -> None:
+    rng = np.random.default_rng(3)
+    sizes = [5, 2, 7, 1, 4, 3]
+    groups = _groups(sizes)
+    ref = rng.integers(0, 3, size=len(groups)).astype(float)
+    ref[groups == 5] = 2.0  # constant reference: skipped
+    pred = rng.normal(size=len(groups))
+    expected = []
+    for g, n in enumerate(sizes):
+        idx = groups == g
+        if n < 2 or np.all(ref[idx] == ref[idx][0]):
+            continue
+        expected.append(1 - stats.spearmanr(pred[idx], ref[idx]).statistic)
+    assert M.spearman_loss(pred, ref, groups) == pytest.approx(np.mean(expected))
+
+
+def test_spearman_loss_hand_cases() -> None:
+    g = [0, 0, 0]
+    assert M.spearman_loss([1, 2, 3], [10, 20, 30], g) == pytest.approx(0.0)
+    assert M.spearman_loss([3, 2, 1], [10, 20, 30], g) == pytest.approx(2.0)
+    assert M.spearman_loss([1, 1, 1], [10, 20, 30], g) == pytest.approx(1.0)  # constant prediction
+    assert math.isnan(M.spearman_loss([1, 2], [5, 5], [0, 0]))  # constant reference only
+    # NaN reference drops that candidate: prompt 0 keeps 2 candidates
+    assert M.spearman_loss([1, 2, 9], [1, 2, np.nan], g) == pytest.approx(0.0)
+
+
+def test_best_of_n_hand_computed() -> None:
+    ref = [1.0, 3.0, 2.0, 0.0, 4.0]
+    pred = [0.5, 0.1, 0.9, 2.0, 1.0]
+    groups = [0, 0, 0, 1, 1]
+    # prompt 0 picks idx 2 (ref 2), prompt 1 picks idx 3 (ref 0)
+    assert M.best_of_n(pred, ref, groups) == pytest.approx(1.0)
+    s = M.best_of_n_stats(pred, ref, groups)
+    assert s.oracle_max == pytest.approx(3.5)
+    assert s.oracle_mean == pytest.approx((2.0 + 2.0) / 2)
+    assert s.regret == pytest.approx(2.5)
+    # normalized: prompt 0 (2-2)/(3-2) = 0, prompt 1 (0-2)/(4-2) = -1
+    assert s.normalized == pytest.approx(-0.5)
+    assert s.prompts == 2
+
+
+def test_score_stats_table21() -> None:
+    s = M.score_stats([5.0, 4.0, np.nan], [3.0, 1.0, 2.0])
+    assert s.n == 2
+    assert (s.chosen_mean, s.rejected_mean, s.diff_mean) == pytest.approx((4.5, 2.0, 2.5))
+    assert (s.chosen_std, s.rejected_std, s.diff_std) == pytest.approx((0.5, 1.0, 0.5))
+    assert s.overall_mean == pytest.approx(3.25)
+    assert M.score_stats([], []).n == 0
+
+
+def test_annotations_to_reach() -> None:
+    ann, acc = [10, 20, 30, 40], [0.50, 0.60, 0.58, 0.70]
+    assert M.annotations_to_reach(ann, acc, 0.55) == pytest.approx(15.0)
+    assert M.annotations_to_reach(ann, acc, 0.60) == pytest.approx(20.0)
+    assert M.annotations_to_reach(ann, acc, 0.64) == pytest.approx(35.0)  # first crossing after the dip
+    assert M.annotations_to_reach(ann, acc, 0.40) == pytest.approx(10.0)
+    assert M.annotations_to_reach(ann, acc, 0.71) is None
+    assert M.annotations_to_reach([], [], 0.5) is None
+
+
+def test_mean_ci_matches_scipy_t_interval() -> None:
+    for n in (2, 3, 5, 12, 31, 200):
+        v = np.random.default_rng(n).normal(size=n)
+        mean, half = M.mean_ci(v)
+        lo, hi = stats.t.interval(0.95, n - 1, loc=v.mean(), scale=stats.sem(v))
+        assert mean == pytest.approx(v.mean())
+        assert half == pytest.approx((hi - lo) / 2, rel=3e-3)
+    assert math.isnan(M.mean_ci([1.0])[1])

@@ -1,0 +1,104 @@
+"""A tiny end-to-end bench: 3 methods x 2 seeds in 2 processes, then a rerun that does no work."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, run_bench
+from activepref.errors import ConfigError
+from activepref.pools import synthetic_pool, write_pool
+from activepref.store import STATUS_TRAINED, RunStore
+
+TINY = {"enn.heads": 4, "enn.hidden": 8, "enn.steps": 5, "enn.lr": 1e-2, "eval_fraction": 0.25}
+METHODS = ["random", "dts", "maxdiff"]
+
+
+@pytest.fixture(scope="module")
+def pool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pool(synthetic_pool(n_prompts=40, candidates=5, dim=8), tmp_path_factory.mktemp("pool") / "pool.parquet")
+
+
+def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
+    """mtime and size of every file a run or its evaluation writes (not SQLite's -wal/-shm/lock)."""
+    return {
+        str(p.relative_to(out)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in (out / "runs").rglob("*")
+        if p.is_file() and p.name not in ("lock", "run.sqlite-wal", "run.sqlite-shm")
+    }
+
+
+def test_iterations_for_budget() -> None:
+    assert iterations_for(16, 8) == 2
+    assert iterations_for(17, 8) == 3
+    assert iterations_for(3, 8) == 1
+
+
+def test_plan_rejects_reserved_overrides_and_unknown_methods(pool_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="method"):
+        plan_runs(str(pool_path), ["random"], 1, 8, tmp_path, overrides={"method": "dts"})
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        plan_runs(str(pool_path), ["random"], 1, 8, tmp_path, overrides={"keep_checkpoints": 1})
+    with pytest.raises(ConfigError, match="unknown method"):
+        plan_runs(str(pool_path), ["nope"], 1, 8, tmp_path)
+    runs = plan_runs(str(pool_path), ["random", "maxdiff"], [3, 5], 20, tmp_path, batch_size=8, overrides=TINY)
+    assert [r.name for r in runs] == ["random-seed3", "random-seed5", "maxdiff-seed3", "maxdiff-seed5"]
+    assert all(r.overrides["iterations"] == 3 and r.overrides["keep_checkpoints"] >= 3 for r in runs)
+    assert runs[2].overrides["design_budget"] == 8 and "design_budget" not in runs[0].overrides
+
+
+def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    events = []
+    report = run_bench(str(pool_path), METHODS, 2, budget=16, out=out, batch_size=8, workers=2, overrides=TINY, progress=events.append)
+    assert report == out
+    assert sorted(e.state for e in events) == ["finished"] * 6
+
+    with open(out / "results.csv", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        rows = [dict(zip(header, r)) for r in reader]
+    assert tuple(header[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    keys = [(r["method"], int(r["seed"]), int(r["iteration"])) for r in rows]
+    assert sorted(keys) == sorted((m, s, i) for m in METHODS for s in (0, 1) for i in range(2))
+    for r in rows:
+        assert 0 <= float(r["accuracy"]) <= 1
+        assert 0 <= float(r["spearman_loss"]) <= 2
+        assert r["best_of_n"] != "" and int(r["annotations"]) > 0
+        assert int(r["pairs"]) <= 8 * (int(r["iteration"]) + 1)
+
+    # every iteration's checkpoint was kept, and the recomputed accuracy is the loop's own
+    for m in METHODS:
+        for s in (0, 1):
+            store = RunStore.open_readonly(out / "runs" / f"{m}-seed{s}")
+            try:
+                recs = [rec for rec in store.iterations() if rec.status == STATUS_TRAINED]
+                assert len(recs) == 2
+                assert all(store.checkpoint_path(rec.iteration).exists() for rec in recs)
+                for rec in recs:
+                    row = next(r for r in rows if (r["method"], int(r["seed"]), int(r["iteration"])) == (m, s, rec.iteration))
+                    assert float(row["accuracy"]) == pytest.approx(rec.metrics["heldout_accuracy"])
+                    assert int(row["annotations"]) == rec.metrics["annotations"]
+            finally:
+                store.close()
+
+    for name in ("summary.md", "curves.png", "table21.png"):
+        assert (out / name).stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "annotations to reach random's final accuracy" in summary
+    assert all(f"| {m} |" in summary for m in METHODS)
+
+    before_files, before_csv = _snapshot(out), (out / "results.csv").read_bytes()
+    events.clear()
+    run_bench(str(pool_path), METHODS, 2, budget=16, out=out, batch_size=8, workers=2, overrides=TINY, progress=events.append)
+    assert sorted(e.state for e in events) == ["skipped"] * 6
+    assert _snapshot(out) == before_files
+    assert (out / "results.csv").read_bytes() == before_csv
+
+    # a different budget on the same directory is refused rather than silently mixed
+    from activepref.errors import ActivePrefError
+
+    with pytest.raises(ActivePrefError, match="another configuration"):
+        run_bench(str(pool_path), ["random"], [0], budget=24, out=out, batch_size=8, workers=1, overrides=TINY)
