@@ -238,16 +238,22 @@ def plot_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> P
               ("spearman_loss", "1 - Spearman per prompt (lower is better)"),
               ("best_of_n", "oracle reward of best-of-N pick (higher is better)"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: every registered method gets its own
+    styles = ("-", "--", ":", "-.")
     for ax, (key, label) in zip(axes, panels):
-        for method, curves in by.items():
+        for n, (method, curves) in enumerate(by.items()):
             x, y, h = curve_stats(curves, key)
-            (line,) = ax.plot(x, y, marker="o", ms=3, label=method)
-            ax.fill_between(x, y - h, y + h, color=line.get_color(), alpha=0.2, lw=0)
+            color = colors[n % len(colors)]
+            ax.plot(x, y, marker="o", ms=3, label=method, color=color, ls=styles[(n // len(colors)) % len(styles)])
+            # Bands only when few methods share the panel; with many they hide each other.
+            if len(by) <= 6:
+                ax.fill_between(x, y - h, y + h, color=color, alpha=0.2, lw=0)
         ax.set(xlabel="annotations (judge calls)", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
     axes[0].legend(fontsize=8)
-    return _save(fig, path, "Sample efficiency: mean over seeds, band = 95% CI")
+    title = "Sample efficiency: mean over seeds" + (", band = 95% CI" if len(by) <= 6 else " (CIs in summary.md)")
+    return _save(fig, path, title)
 
 
 def plot_table21(stats: dict[str, dict[str, M.ScoreStats]], path: Path) -> Path:
