@@ -117,12 +117,6 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, gamma: 
     return (nll + centering).mean()
 
 
-def anchor_penalty(params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], zeta: float, heads: int) -> float:
-    """The zeta term of eq. 5 averaged over heads: zeta/K * sum_k ||phi_k - phi~_k||^2."""
-    total = sum(float((params[n] - anchors[n]).pow(2).sum()) for n in params)
-    return zeta * total / heads
-
-
 class ReplayBuffer:
     """Preference pairs as rows into the feature matrix, with amortised O(1) appends.
 

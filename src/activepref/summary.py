@@ -3,7 +3,6 @@ per preference pair next to what annotating every candidate would have cost."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from activepref.store import STATUS_GENERATED, RunStore
@@ -55,6 +54,3 @@ def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("failures", f"generation {summary['generation_failures']}, judge {summary['judge_failures']}"))
     return rows
 
-
-def summary_json(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, sort_keys=True)

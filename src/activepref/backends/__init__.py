@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
 from activepref.errors import ConfigError
@@ -51,10 +51,6 @@ def make_backend(config: ModelConfig) -> ChatBackend:
             raise ConfigError(f"backend {config.backend!r} unknown; choose one of: {', '.join(BACKEND_MODULES)}")
         importlib.import_module(module)
     return BACKENDS[config.backend].factory(config)
-
-
-def describe() -> dict[str, Any]:
-    return {k: BACKENDS[k].description for k in BACKENDS}
 
 
 __all__ = [
