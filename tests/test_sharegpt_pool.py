@@ -76,10 +76,19 @@ def test_principles(pool) -> None:
 
 
 def test_tiny_dts_run(pool, tmp_path: Path) -> None:
-    cfg = load_config(None, {
-        "pool": str(POOL), "method": "dts", "batch_size": 8, "iterations": 2, "eval_fraction": 0.2,
-        "enn.heads": 3, "enn.hidden": 8, "enn.steps": 3,
-    })
+    cfg = load_config(
+        None,
+        {
+            "pool": str(POOL),
+            "method": "dts",
+            "batch_size": 8,
+            "iterations": 2,
+            "eval_fraction": 0.2,
+            "enn.heads": 3,
+            "enn.hidden": 8,
+            "enn.steps": 3,
+        },
+    )
     history = run(cfg, tmp_path / "run")
     assert len(history) == 2
     st = status(tmp_path / "run")
