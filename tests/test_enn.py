@@ -150,3 +150,42 @@ def test_replay_buffer_appends_and_grows() -> None:
     assert pairs[0].tolist() == [0, 1] and pairs[-1].tolist() == [109, 110]
     # Growth is geometric: capacity stays within 2x of the size.
     assert len(buf._pairs) <= 2 * len(buf) + 2
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_on_a_device_matches_autograd_on_the_cpu(device: str) -> None:
+    """The same seed gives the same heads on every device, and training there follows eq. 5."""
+    shape = ENNShape(dim=9, heads=3, hidden=5, layers=2)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(30, shape.dim, generator=g)
+    buf = ReplayBuffer(2)
+    buf.append(np.arange(0, 10), np.arange(10, 20))
+    model = EnsembleRewardModel(shape, seed=5, zeta=1.0, device=device)
+    model.fit(feats.to(device), buf, TrainConfig(lr=1e-2, steps=5, batch_size=10, gamma=0.01), 10, np.random.default_rng(0))
+    heads = build_heads(shape, seed=5)
+    anchors = snapshot(heads)
+    opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        reference_loss(heads, anchors, feats[0:10], feats[10:20], 0.01, 1.0).backward()
+        opt.step()
+    torch.testing.assert_close(model.rewards(feats), reference_rewards(heads, feats), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_checkpoint_moves_between_devices(tmp_path: Path, device: str) -> None:
+    shape = ENNShape(dim=10, heads=3, hidden=6)
+    feats = torch.randn(40, 10, generator=torch.Generator().manual_seed(2))
+    buf = ReplayBuffer()
+    buf.append(np.arange(20), np.arange(20, 40))
+    cfg = TrainConfig(lr=1e-2, steps=4, batch_size=8)
+    trained = EnsembleRewardModel(shape, seed=1, device=device)
+    trained.fit(feats.to(device), buf, cfg, 100, np.random.default_rng(3))
+    trained.save(tmp_path / "ckpt.safetensors")
+    on_cpu = EnsembleRewardModel(shape, seed=1, device="cpu")
+    on_cpu.load(tmp_path / "ckpt.safetensors")
+    torch.testing.assert_close(on_cpu.rewards(feats), trained.rewards(feats), rtol=1e-5, atol=1e-6)
+    on_cpu.fit(feats, buf, cfg, 100, np.random.default_rng(4))  # Adam state came along

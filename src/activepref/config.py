@@ -45,6 +45,7 @@ class ENNConfig(_Strict):
     zeta: float = Field(enn.DEFAULT_ZETA, ge=0, description="initial anchor regularisation")
     zeta_decay: float = Field(enn.DEFAULT_ZETA_DECAY, gt=0, le=1, description="zeta multiplier per iteration")
     rho: int = Field(enn.DEFAULT_RHO, ge=1, description="|D_train| = min(|B|, batch_size * rho)")
+    device: str = Field("cpu", description="torch device of the heads (e.g. cuda); features move there once")
     standardize: bool = Field(
         True, description="z-score each feature dimension over the pool (label-free) before the heads"
     )

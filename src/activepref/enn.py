@@ -163,9 +163,11 @@ class EnsembleRewardModel:
     over heads; ``state_dict``/``load_state_dict`` make a training step resumable.
     """
 
-    def __init__(self, shape: ENNShape, seed: int, zeta: float = DEFAULT_ZETA, lr: float = DEFAULT_LR) -> None:
+    def __init__(self, shape: ENNShape, seed: int, zeta: float = DEFAULT_ZETA, lr: float = DEFAULT_LR, device: str = "cpu") -> None:
         self.shape = shape
-        self.anchors = init_params(shape, seed)
+        self.device = torch.device(device)
+        # Initialised on the CPU generator, so a seed gives the same heads on every device.
+        self.anchors = {n: t.to(self.device) for n, t in init_params(shape, seed).items()}
         self.params = {n: t.clone().requires_grad_(True) for n, t in self.anchors.items()}
         self.zeta = zeta
         # Group 0 is the big first-layer matrix (anchor gradient split between Adam's weight
@@ -179,14 +181,17 @@ class EnsembleRewardModel:
     @torch.no_grad()
     def rewards(self, features: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         """features [n, d] -> rewards of every head [K, n]."""
-        outs = [forward_heads(self.params, features[i : i + chunk], self.shape) for i in range(0, len(features), chunk)]
+        outs = [
+            forward_heads(self.params, features[i : i + chunk].to(self.device), self.shape).cpu()
+            for i in range(0, len(features), chunk)
+        ]
         return torch.cat(outs, dim=1) if outs else torch.empty(self.shape.heads, 0)
 
     @torch.no_grad()
     def last_layer_features(self, features: torch.Tensor) -> np.ndarray:
         """Φ of 002 §3.3 for the ensemble: the heads' last hidden layers averaged over heads.
         features [n, d] -> [n, h] float64."""
-        return last_hidden_heads(self.params, features, self.shape).mean(0).double().numpy()
+        return last_hidden_heads(self.params, features.to(self.device), self.shape).mean(0).double().cpu().numpy()
 
     def predict(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """features [n, d] -> (mean [n], std [n]) over heads, float64."""
@@ -247,8 +252,8 @@ class EnsembleRewardModel:
                 order, cursor = rng.permutation(len(train)), 0
             idx = train[order[cursor : cursor + batch]]  # [B, 2]
             cursor += batch
-            rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]]))
-            x = features.index_select(0, rows)  # [2B, d]
+            rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(features.device)
+            x = features.index_select(0, rows).to(self.device, non_blocking=True)  # [2B, d]
             r = forward_heads(self.params, x, self.shape, grad_offset=w0_offset)  # [K, 2B]
             loss = bradley_terry_loss(r[:, :batch], r[:, batch:], config.gamma)
             self.optimizer.zero_grad(set_to_none=True)
@@ -268,14 +273,14 @@ class EnsembleRewardModel:
 
     # -- persistence ------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {f"param.{n}": p.detach().contiguous() for n, p in self.params.items()}
+        state: dict[str, torch.Tensor] = {f"param.{n}": p.detach().cpu().contiguous() for n, p in self.params.items()}
         names = list(self.params)
         for p, name in zip(self.params.values(), names):
             s = self.optimizer.state.get(p)
             if s:
-                state[f"adam.{name}.exp_avg"] = s["exp_avg"].contiguous()
-                state[f"adam.{name}.exp_avg_sq"] = s["exp_avg_sq"].contiguous()
-                state[f"adam.{name}.step"] = s["step"].reshape(1).float()
+                state[f"adam.{name}.exp_avg"] = s["exp_avg"].cpu().contiguous()
+                state[f"adam.{name}.exp_avg_sq"] = s["exp_avg_sq"].cpu().contiguous()
+                state[f"adam.{name}.step"] = s["step"].reshape(1).float().cpu()
         state["zeta"] = torch.tensor([self.zeta], dtype=torch.float64)
         return state
 
@@ -286,9 +291,10 @@ class EnsembleRewardModel:
         for n, p in self.params.items():
             if f"adam.{n}.exp_avg" in state:
                 self.optimizer.state[p] = {
-                    "step": state[f"adam.{n}.step"].reshape(()).float().clone(),
-                    "exp_avg": state[f"adam.{n}.exp_avg"].clone(),
-                    "exp_avg_sq": state[f"adam.{n}.exp_avg_sq"].clone(),
+                    # Fused Adam keeps its step counter on the parameters' device.
+                    "step": state[f"adam.{n}.step"].reshape(()).float().to(p.device),
+                    "exp_avg": state[f"adam.{n}.exp_avg"].to(p.device).clone(),
+                    "exp_avg_sq": state[f"adam.{n}.exp_avg_sq"].to(p.device).clone(),
                 }
             else:
                 self.optimizer.state.pop(p, None)

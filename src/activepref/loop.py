@@ -121,7 +121,7 @@ class RunContext:
         """(Re)load candidates and features from the store (after a live run embeds more)."""
         self.responses, self.response_prompt = self.store.responses()
         self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
-        self.features = load_features(self.store, self.config.enn.standardize)  # [n, d]
+        self.features = load_features(self.store, self.config.enn.standardize).to(self.config.enn.device)  # [n, d]
         self.models = np.asarray([r.model for r in self.responses], dtype=object)
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
@@ -182,7 +182,7 @@ def new_model(ctx: RunContext) -> EnsembleRewardModel:
     e = ctx.config.enn
     shape = ENNShape(ctx.features.shape[1], e.heads, e.hidden, e.layers)
     init_seed = int(stage_rng(ctx.config.seed, 0, STAGE_INIT).integers(2**62))
-    return EnsembleRewardModel(shape, init_seed, zeta=e.zeta, lr=e.lr)
+    return EnsembleRewardModel(shape, init_seed, zeta=e.zeta, lr=e.lr, device=e.device)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def _prompt_features(ctx: RunContext, prompt_idxs: list[int]) -> np.ndarray:
     out = []
     for p in prompt_idxs:
         idx = ctx.table.slots[p][ctx.table.mask[p]]
-        out.append(ctx.features[torch.from_numpy(idx)].double().mean(0).numpy() if len(idx) else np.zeros(ctx.features.shape[1]))
+        out.append(ctx.features[torch.from_numpy(idx)].double().mean(0).cpu().numpy() if len(idx) else np.zeros(ctx.features.shape[1]))
     return np.asarray(out)
 
 
