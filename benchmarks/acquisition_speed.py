@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "references"))
 
 import acquisition_reference as ref  # noqa: E402
+from _timing import time_calls  # noqa: E402  (benchmarks/_timing.py, beside this script)
 
 from activepref.acquisition import CandidateBatch, available, make_selector  # noqa: E402
 
@@ -62,17 +63,6 @@ def make_batch(b: int, m: int, seed: int = 0) -> CandidateBatch:
     for i in range(b):
         models[i] = rng.permutation(names)[:m]
     return CandidateBatch(mean=mean, std=std, mask=mask, beta=1.0, models=models)
-
-
-def time_calls(fn, repeats: int) -> list[float]:
-    fn(np.random.default_rng(10_000))  # warm-up, excluded
-    out = []
-    for r in range(repeats):
-        rng = np.random.default_rng(r)
-        t0 = time.perf_counter()
-        fn(rng)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def agreement(fast, reference, m: int) -> int:

@@ -63,6 +63,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "references"))
 
+from _timing import time_calls  # noqa: E402  (benchmarks/_timing.py, beside this script)
+
 from activepref.acquisition import available, make_selector  # noqa: E402
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs  # noqa: E402
 from activepref.enn import ENNShape, EnsembleRewardModel  # noqa: E402
@@ -142,17 +144,6 @@ def reduced(comparisons: ComparisonSet, prompts: int) -> ComparisonSet:
         pairs=comparisons.pairs[keep],
         past_differences=comparisons.past_differences[:REFERENCE_HISTORY],
     )
-
-
-def time_calls(fn, repeats: int) -> list[float]:
-    fn(np.random.default_rng(10_000))  # warm-up, excluded
-    out = []
-    for r in range(repeats):
-        rng = np.random.default_rng(r)
-        t0 = time.perf_counter()
-        fn(rng)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def reference_of(family: str):

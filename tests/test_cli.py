@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from activepref import cli
 from activepref.cli import app
 from activepref.data import read_pool
 from activepref.pools import SYNTHETIC_MODELS
@@ -32,22 +31,7 @@ RUN_FLAGS = ["--method", "dts", "--batch-size", "8", "--iterations", "2", "--see
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The machine has 2 cores, often shared: one intra-op thread avoids spin-wait slowdowns."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch):
-    """Rich wraps at 80 columns when not on a terminal; keep messages (and long paths) on one line."""
-    monkeypatch.setattr(cli.console, "width", 10_000)
-    monkeypatch.setattr(cli.err_console, "width", 10_000)
+from cli_fixtures import one_torch_thread, wide_consoles  # noqa: E402,F401  (autouse fixtures)
 
 
 def invoke(*args) -> object:

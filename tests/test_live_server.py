@@ -39,7 +39,6 @@ if str(_TESTS) not in sys.path:
 
 from servers.fake_openai import Action, FakeOpenAIServer  # noqa: E402
 
-from activepref import cli  # noqa: E402
 from activepref.backends.base import BackendError, ChatRequest, SamplingParams  # noqa: E402
 from activepref.backends.openai_compat import OpenAICompatBackend  # noqa: E402
 from activepref.cli import app  # noqa: E402
@@ -276,22 +275,7 @@ def selected_responses(run_dir: Path) -> dict[int, list[int]]:
 
 
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The machine has 2 cores, often shared: one intra-op thread avoids spin-wait slowdowns."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch):
-    monkeypatch.setattr(cli.console, "width", 10_000)
-    monkeypatch.setattr(cli.err_console, "width", 10_000)
-
+from cli_fixtures import one_torch_thread, wide_consoles  # noqa: E402,F401  (autouse fixtures)
 
 PLAIN_PROMPTS = [f"Question number {i}: how would you explain topic {i} to a beginner?" for i in range(8)]
 
