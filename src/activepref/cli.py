@@ -38,6 +38,16 @@ def _quiet_model_loading() -> None:
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader uses tqdm directly
+    import warnings
+
+    # transformers 5 renames (gradient -> activation checkpointing) that TRL still calls
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # TRL's tokenisation maps
+    except ImportError:
+        pass
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -338,6 +348,75 @@ def quickstart(
     console.print(f"dataset: {out / 'dataset.parquet'} ({len(records)} pairs, TRL preference format)")
 
 
+@app.command()
+def apl(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="APL config (YAML); see `activepref.apl.config`.")] = None,
+    quickstart: Annotated[bool, typer.Option("--quickstart", help="Offline demo: SmolLM2-135M policy, shipped judge, 40 MT-bench prompts, 2 rounds, all four acquisitions.")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder: runs/<acquisition>-seed<k>/, results.csv, summary.md, winrate.png.")] = Path("apl"),
+    acquisitions: Annotated[str | None, typer.Option(help="Comma-separated subset of random,entropy,certainty,hybrid (overrides the config).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, one run per acquisition and seed (overrides the config).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Acquisition rounds T (overrides the config).")] = None,
+    qwen: Annotated[bool, typer.Option(help="--quickstart: judge with Qwen2.5-Coder-0.5B when its packages are installed.")] = True,
+) -> None:
+    """Active preference learning for DPO with the policy in the loop (seed 004).
+
+    Each round: sample S prompts, generate two completions per prompt from the current
+    policy, rank prompts by the acquisition -- entropy (predictive entropy of the policy),
+    certainty (|r(x,y1) - r(x,y2)| with the implicit DPO reward r = beta log p_theta/p_theta0),
+    hybrid (entropy first, then certainty) or random -- send the top M pairs to the judge,
+    and fine-tune with TRL's DPOTrainer (from theta0 each round, as in the paper). After each
+    round the policy's win rate against theta0 on held-out prompts is judged.
+
+    Interrupted? Run the same command again: finished rounds are kept and no model or judge
+    call is repeated. Example: `activepref apl --quickstart --out apl-demo`.
+    """
+    from activepref.apl.config import load_apl_config
+    from activepref.apl.driver import run_apl
+    from activepref.apl.quickstart import quickstart_apl_config
+
+    if (config is None) == (not quickstart):
+        _fail(ActivePrefError("give exactly one of --config FILE or --quickstart"))
+    overrides: dict[str, Any] = {}
+    if acquisitions:
+        overrides["acquisitions"] = [a.strip() for a in acquisitions.split(",") if a.strip()]
+    if seeds:
+        try:
+            overrides["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            _fail(ActivePrefError(f"--seeds: expected comma-separated integers, got {seeds!r}"))
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    _quiet_model_loading()
+    try:
+        if quickstart:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg = quickstart_apl_config(out, use_qwen=qwen, overrides=overrides)
+        else:
+            cfg = load_apl_config(config, overrides)
+        total = len(cfg.acquisitions) * len(cfg.seeds) * cfg.rounds
+        with _Bars("apl") as bars:
+            bars.progress.update(bars.task, total=total, completed=0)
+            done = {"n": 0}
+
+            def on_stage(acq: str, seed: int, round_: int, stage: str) -> None:
+                bars.progress.update(bars.task, info=f"{acq} seed {seed} round {round_}: {stage}")
+
+            def on_run_done(results: list[Any]) -> None:
+                done["n"] += len(results)
+                last = results[-1]
+                rate = "n/a" if last.win_rate is None else f"{last.win_rate:.2f}"
+                bars.progress.update(bars.task, completed=done["n"], info=f"{last.acquisition} seed {last.seed}: win rate {rate}")
+
+            written = run_apl(cfg, out, on_stage=on_stage, on_run_done=on_run_done,
+                              title="activepref apl --quickstart" if quickstart else "activepref apl")
+    except ActivePrefError as exc:
+        _fail(exc)
+    console.print(Path(written["summary"]).read_text(encoding="utf-8"), markup=False, highlight=False)
+    console.print(f"results: {written['results']}")
+    if written.get("plot"):
+        console.print(f"plot: {written['plot']}")
+
+
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -358,7 +437,7 @@ def bench(
     seeds: Annotated[int, typer.Option(help="Seeds per method (0..N-1).")] = 3,
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option(help="Runs in parallel processes.")] = 2,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with shared run settings (enn, beta, eval_fraction, ...).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with shared run settings (enn, beta, eval_fraction, ...) and per-method options (method_options: {delta_pair: {strong: A, weak: B}}).")] = None,
 ) -> None:
     """Run several methods side by side on one pool, several seeds each, and write a report.
 
@@ -373,6 +452,7 @@ def bench(
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     overrides: dict[str, Any] = {}
+    method_options: dict[str, Any] = {}
     if config is not None:
         try:
             loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
@@ -380,6 +460,9 @@ def bench(
             _fail(ActivePrefError(f"{config}: {exc}"))
         if not isinstance(loaded, dict):
             _fail(ActivePrefError(f"{config}: expected a mapping of fields"))
+        method_options = loaded.pop("method_options", None) or {}
+        if not isinstance(method_options, dict) or not all(isinstance(v, dict) for v in method_options.values()):
+            _fail(ActivePrefError(f"{config}: method_options: expected a mapping of method name to its options"))
         overrides = _flatten(loaded)
     done = {"n": 0}
 
@@ -388,7 +471,8 @@ def bench(
         console.print(f"[{event.done}/{event.total}] {event.method} seed {event.seed}: {event.state}" + (f" ({event.error})" if event.error else ""))
 
     try:
-        report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress)
+        report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress,
+                           method_options=method_options)
     except ActivePrefError as exc:
         _fail(exc)
     console.print(f"report: {report / 'summary.md'}, {report / 'results.csv'}, {report / 'curves.png'}, {report / 'table21.png'}")

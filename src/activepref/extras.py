@@ -11,6 +11,7 @@ EXTRA_OF = {
     "matplotlib": "plots",
     "datasets": "trl",
     "trl": "trl",
+    "peft": "trl",
     "transformers": "local",
     "sentence_transformers": "local",
     "gguf": "local",

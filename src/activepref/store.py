@@ -77,6 +77,39 @@ class IterationRecord:
     metrics: dict[str, Any] | None
 
 
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Take the run directory's exclusive ``flock`` (file ``lock`` holds the owner's pid); a
+    second process gets a RunLockedError naming that pid. Released by closing the handle."""
+    fh = open(run_dir / "lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise RunLockedError(f"{run_dir} is in use by another activepref process (pid {holder}); wait for it or stop it") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def unlock_run_dir(fh: Any) -> None:
+    fcntl.flock(fh, fcntl.LOCK_UN)
+    fh.close()
+
+
+def connect_sqlite(path: Path) -> sqlite3.Connection:
+    """Autocommit connection (transactions are explicit), WAL, fsync on commit, foreign keys."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
 class RunStore:
     """SQLite-backed state of one run. Open with :meth:`create` or :meth:`open`; the
     directory lock is held until :meth:`close`."""
@@ -90,27 +123,11 @@ class RunStore:
     # -- opening -----------------------------------------------------------------------
     @staticmethod
     def _lock(run_dir: Path) -> Any:
-        fh = open(run_dir / "lock", "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise RunLockedError(f"{run_dir} is in use by another activepref process (pid {holder}); wait for it or stop it") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        return fh
+        return lock_run_dir(run_dir)
 
     @classmethod
     def _connect(cls, run_dir: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(run_dir / "run.sqlite", isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+        return connect_sqlite(run_dir / "run.sqlite")
 
     @classmethod
     def exists(cls, run_dir: str | Path) -> bool:
@@ -214,8 +231,7 @@ class RunStore:
     def close(self) -> None:
         self.conn.close()
         if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
+            unlock_run_dir(self._lock_fh)
             self._lock_fh = None
 
     def __enter__(self) -> RunStore:

@@ -49,6 +49,17 @@ def test_plan_rejects_reserved_overrides_and_unknown_methods(pool_path: Path, tm
     assert runs[2].overrides["design_budget"] == 8 and "design_budget" not in runs[0].overrides
 
 
+def test_plan_passes_each_method_its_own_options(pool_path: Path, tmp_path: Path) -> None:
+    opts = {"ultrafeedback": {"sample_size": 3}, "dts": {"maxiter": 5}}
+    runs = plan_runs(str(pool_path), ["random", "ultrafeedback", "dts"], 1, 8, tmp_path, overrides=TINY, method_options=opts)
+    got = {r.method: r.overrides.get("method_options") for r in runs}
+    assert got == {"random": None, "ultrafeedback": {"sample_size": 3}, "dts": {"maxiter": 5}}
+    with pytest.raises(ConfigError, match="not among the methods"):
+        plan_runs(str(pool_path), ["random"], 1, 8, tmp_path, method_options={"dts": {"maxiter": 5}})
+    with pytest.raises(ConfigError, match="sample_size|option"):
+        plan_runs(str(pool_path), ["ultrafeedback"], 1, 8, tmp_path, method_options={"ultrafeedback": {"bogus": 1}})
+
+
 def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     events = []

@@ -86,12 +86,15 @@ def plan_runs(
     out: Path,
     batch_size: int = 16,
     overrides: dict[str, Any] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
 ) -> list[BenchRun]:
     """The bench's runs, method-major, each with its validated dotted-key config.
 
     Per-prompt methods annotate one pair per prompt, so an iteration of ``batch_size``
     prompts gives ``batch_size`` pairs; batch designs get ``design_budget = batch_size``
-    comparisons per iteration. Raises ConfigError on a bad method, option or override.
+    comparisons per iteration. ``method_options`` maps a method name to its options (e.g.
+    ``{"delta_pair": {"strong": "gpt-4", "weak": "smollm2"}}``). Raises ConfigError on a bad
+    method, option or override.
     """
     from activepref.acquisition import get_method
 
@@ -107,6 +110,10 @@ def plan_runs(
     clash = sorted(k for k in user if k in RESERVED_KEYS or k.split(".")[0] in RESERVED_KEYS)
     if clash:
         raise ConfigError(f"bench: overrides may not set {', '.join(clash)} (the bench sets them per run)")
+    options = dict(method_options or {})
+    stray = sorted(set(options) - set(methods))
+    if stray:
+        raise ConfigError(f"bench: method_options given for {', '.join(stray)}, which is not among the methods {methods}")
     pool_ref = pool if pool == BUILTIN_POOL else str(Path(pool).resolve())
     if pool != BUILTIN_POOL and not Path(pool_ref).exists():
         raise ConfigError(f"bench: pool {pool} does not exist")
@@ -124,6 +131,8 @@ def plan_runs(
             }
             if design:
                 ov["design_budget"] = batch_size
+            if options.get(method):
+                ov["method_options"] = dict(options[method])
             load_config(None, ov)  # validate now, before any process starts
             runs.append(BenchRun(method, seed, Path(out) / "runs" / f"{method}-seed{seed}", ov))
     return runs
@@ -324,6 +333,7 @@ def run_bench(
     workers: int = 2,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[BenchEvent], None] | None = None,
+    method_options: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Run every method with every seed on ``pool`` and write the report; returns ``out``.
 
@@ -338,7 +348,8 @@ def run_bench(
     (e.g. ``{"enn.steps": 20, "eval_fraction": 0.2}``); the keys the bench sets per run
     (pool, method, method_options, seed, batch_size, iterations, design_budget,
     keep_checkpoints) are refused. progress: called in this process with a
-    :class:`BenchEvent` as each run ends.
+    :class:`BenchEvent` as each run ends. method_options: per-method options, e.g.
+    ``{"delta_pair": {"strong": "gpt-4", "weak": "smollm2"}}``.
 
     Resumable: a run directory ``out/runs/<method>-seed<k>`` that already exists is
     resumed, or skipped when finished; its per-iteration metrics are cached beside it, so
@@ -353,7 +364,7 @@ def run_bench(
     from activepref.bench.report import write_report
 
     out = Path(out)
-    specs = plan_runs(pool, methods, seeds, budget, out, batch_size, overrides)
+    specs = plan_runs(pool, methods, seeds, budget, out, batch_size, overrides, method_options)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {}
     errors: list[str] = []

@@ -34,39 +34,50 @@ def first_wins_probability(result: ChatResult) -> float | None:
 
 
 class PairwiseJudge:
-    def __init__(self, backend: ChatBackend, cache: RequestCache, both_orders: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, backend: ChatBackend, cache: RequestCache, both_orders: bool = False, seed: int = 0, max_retries: int = 0
+    ) -> None:
         self.backend = backend
         self.cache = cache
         self.both_orders = both_orders
         self.seed = seed
+        self.max_retries = max_retries
         self.name = f"pairwise|{backend.endpoint}"
         self.last_position_consistency: float | None = None
 
-    def _request(self, prompt: str, first: str, second: str) -> ChatRequest:
-        params = SamplingParams(temperature=0.0, max_tokens=1, top_logprobs=20, score_tokens=LETTERS, seed=0)
+    def _request(self, prompt: str, first: str, second: str, attempt: int = 0) -> ChatRequest:
+        params = SamplingParams(temperature=0.0, max_tokens=1, top_logprobs=20, score_tokens=LETTERS, seed=attempt)
         return ChatRequest.from_messages(pairwise_messages(prompt, first, second), params)
 
     def judge(self, prompts: Sequence[str], completion_pairs: Sequence[tuple[str, str]], shuffle_order: bool = True) -> list[int]:
-        """0 if the first completion of a pair is preferred, 1 if the second, -1 if the judge failed."""
+        """0 if the first completion of a pair is preferred, 1 if the second, -1 if the judge
+        failed. A pair whose every answer failed (error, or no A/B in the answer) is asked
+        again up to ``max_retries`` times with a new request seed before it counts as failed."""
         n = len(prompts)
         rng = np.random.default_rng(self.seed)
         swap = rng.random(n) < 0.5 if shuffle_order else np.zeros(n, dtype=bool)
-        calls, owners = [], []  # owners: (pair index, whether this call shows the pair swapped)
-        for i, (prompt, (c0, c1)) in enumerate(zip(prompts, completion_pairs)):
-            orders = [bool(swap[i]), not swap[i]] if self.both_orders else [bool(swap[i])]
-            for swapped in orders:
-                first, second = (c1, c0) if swapped else (c0, c1)
-                calls.append(self._request(prompt, first, second))
-                owners.append((i, swapped))
-        results: dict[int, ChatResult | BackendError] = {}
-        self.cache.complete(self.backend, calls, "judge", results.__setitem__)
         p_first: list[list[float]] = [[] for _ in range(n)]  # P(completion 0 better), per order asked
-        for j, (i, swapped) in enumerate(owners):
-            res = results.get(j)
-            if isinstance(res, ChatResult):
-                p = first_wins_probability(res)
-                if p is not None:
-                    p_first[i].append(1.0 - p if swapped else p)
+        pending = list(range(n))
+        for attempt in range(self.max_retries + 1):
+            calls, owners = [], []  # owners: (pair index, whether this call shows the pair swapped)
+            for i in pending:
+                prompt, (c0, c1) = prompts[i], completion_pairs[i]
+                orders = [bool(swap[i]), not swap[i]] if self.both_orders else [bool(swap[i])]
+                for swapped in orders:
+                    first, second = (c1, c0) if swapped else (c0, c1)
+                    calls.append(self._request(prompt, first, second, attempt))
+                    owners.append((i, swapped))
+            results: dict[int, ChatResult | BackendError] = {}
+            self.cache.complete(self.backend, calls, "judge", results.__setitem__)
+            for j, (i, swapped) in enumerate(owners):
+                res = results.get(j)
+                if isinstance(res, ChatResult):
+                    p = first_wins_probability(res)
+                    if p is not None:
+                        p_first[i].append(1.0 - p if swapped else p)
+            pending = [i for i in pending if not p_first[i]]
+            if not pending:
+                break
         out = []
         agree = []
         for probs in p_first:

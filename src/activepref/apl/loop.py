@@ -1,0 +1,340 @@
+"""Algorithm 1 of seed 004 on the run store: one run = one acquisition and one seed.
+
+Round t (1..T), policy θ_{t-1} (θ₀ in round 1):
+
+1. ``sampled``: draw S prompts (J·S for ``hybrid``) among those not labelled in earlier
+   rounds; sample 2 completions each from θ_{t-1} (N for ``entropy``/``hybrid``), score
+   log θ_{t-1}(y|x) for every sample and log θ₀(y|x) for the first two.
+2. ``selected``: rank by the acquisition (:mod:`activepref.apl.scores`) and keep the top M.
+3. ``labelled``: the judge says which of the two completions is better (ties and failures are
+   recorded and not trained on).
+4. ``trained``: DPO with TRL on every label so far from θ₀ (``dpo.reinit``, as in 004), or
+   on this round's labels from θ_{t-1} (the online variant of 004 App. D); the policy is
+   saved as ``policy/round-t.safetensors`` (the previous round's file is then removed).
+5. ``evaluated``: win rate of θ_t against θ₀ on the held-out prompts, both sampled with the
+   same seed per prompt, judged by the same judge.
+
+Random draws come from (seed, stage, round[, prompt, sample]) only, so all acquisitions of
+one seed see the same first-round prompts and samples (common random numbers), and a resumed
+run repeats exactly what an uninterrupted one does. Generations and judge calls go through
+the shared request cache: a crash repeats no finished call.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activepref.apl.config import APLConfig
+from activepref.apl.policy import dpo_finetune, dpo_rows, load_checkpoint, save_checkpoint, trainable_copy
+from activepref.apl.referee import Referee
+from activepref.apl.scores import (
+    certainty,
+    completion_ids,
+    implicit_rewards,
+    predictive_entropy,
+    sequence_logprobs,
+    top_m,
+)
+from activepref.apl.store import APLStore
+from activepref.backends import make_backend
+from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
+from activepref.backends.transformers_local import TransformersBackend, load_model
+from activepref.cache import RequestCache
+from activepref.data import Prompt
+from activepref.errors import ActivePrefError
+
+CRASH_ENV = "ACTIVEPREF_CRASH_AT"
+
+
+def crash_point(name: str, round_: int) -> None:
+    """SIGKILL this process when the crash-test hook names this point (``name`` or ``name@round``)."""
+    target = os.environ.get(CRASH_ENV)
+    if target and target in (name, f"{name}@{round_}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed from any labels (stable across processes and Python versions)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+@dataclass
+class APLParts:
+    """What every run of one ``apl`` invocation shares: θ₀ (never trained), its tokenizer,
+    the judge and the request cache."""
+
+    config: APLConfig
+    tokenizer: Any
+    theta0: Any
+    theta0_endpoint: str
+    referee: Referee
+    cache: RequestCache
+
+
+def load_parts(config: APLConfig, cache: RequestCache) -> APLParts:
+    pc = config.policy
+    entry = load_model(pc.model, pc.gguf_file, pc.dtype, pc.device, "causal_lm")
+    endpoint = TransformersBackend.from_config(pc).endpoint
+    theta0 = trainable_copy(entry.model)
+    referee = Referee(config.judge, make_backend(config.judge.model), cache)
+    return APLParts(config, entry.tokenizer, theta0, endpoint, referee, cache)
+
+
+@dataclass
+class RoundResult:
+    acquisition: str
+    seed: int
+    round: int
+    labels: int
+    label_ties: int
+    label_failures: int
+    win_rate: float | None
+    wins: int
+    losses: int
+    ties: int
+    failures: int
+    n_eval: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+StageCallback = Callable[[str, int, int, str], None]  # (acquisition, seed, round, stage)
+
+
+class APLRun:
+    """One (acquisition, seed) run in ``run_dir``; :meth:`run` does or resumes every round."""
+
+    def __init__(
+        self, parts: APLParts, train: Sequence[Prompt], held_out: Sequence[Prompt], acquisition: str, seed: int,
+        run_dir: str | Path, on_stage: StageCallback | None = None,
+    ) -> None:
+        self.parts = parts
+        self.config = parts.config
+        self.train = list(train)
+        self.held_out = list(held_out)
+        self.by_id = {p.id: p for p in self.train}
+        self.acquisition = acquisition
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.on_stage = on_stage or (lambda *a: None)
+        self._prev: dict[int, Any] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _checkpoint(self, round_: int) -> Path:
+        return self.run_dir / "policy" / f"round-{round_}.safetensors"
+
+    def _policy_after(self, round_: int) -> Any:
+        """θ_round (θ₀ for round 0), loaded from its checkpoint."""
+        if round_ == 0:
+            return self.parts.theta0
+        return load_checkpoint(self.parts.theta0, self._checkpoint(round_))
+
+    def _previous(self, round_: int) -> Any:
+        """θ_{round-1}, loaded once per round (only when a stage of the round needs it)."""
+        if round_ not in self._prev:
+            self._prev = {round_: self._policy_after(round_ - 1)}
+        return self._prev[round_]
+
+    def _endpoint(self, store: APLStore, round_: int) -> str:
+        return self.parts.theta0_endpoint if round_ == 0 else f"apl|{store.uid}|theta{round_}"
+
+    def _generate(self, policy: Any, endpoint: str, requests: list[ChatRequest], stage: str) -> list[ChatResult]:
+        backend = TransformersBackend(policy, self.parts.tokenizer, endpoint=endpoint, batch_size=self.config.policy.batch_size)
+        results: dict[int, ChatResult | BackendError] = {}
+        self.parts.cache.complete(backend, requests, stage, results.__setitem__)
+        out = []
+        for i in range(len(requests)):
+            res = results.get(i)
+            if not isinstance(res, ChatResult):
+                raise ActivePrefError(f"the policy failed to generate ({endpoint}): {res}")
+            out.append(res)
+        return out
+
+    def _logprobs(self, model: Any, messages: list[list[dict[str, str]]], texts: list[str]) -> np.ndarray:
+        tok = self.parts.tokenizer
+        seqs = [completion_ids(tok, m, t) for m, t in zip(messages, texts)]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad)
+
+    # -- stages ----------------------------------------------------------------------------
+    def _sample(self, store: APLStore, round_: int, policy: Any) -> None:
+        cfg = self.config
+        taken = store.labelled_prompt_ids()
+        available = [p for p in self.train if p.id not in taken]
+        if not available:
+            raise ActivePrefError(f"round {round_}: every training prompt has been labelled; add prompts or use fewer rounds")
+        factor = cfg.hybrid_factor if self.acquisition == "hybrid" else 1
+        n_samples = cfg.entropy_samples if self.acquisition in ("entropy", "hybrid") else 2
+        order = np.random.default_rng(stable_seed(self.seed, "prompts", round_)).permutation(len(available))
+        chosen = [available[int(i)] for i in order[: cfg.prompts_per_round * factor]]
+        requests, owners = [], []
+        for prompt in chosen:
+            for n in range(n_samples):
+                params = SamplingParams(
+                    temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens,
+                    seed=stable_seed(self.seed, "sample", round_, prompt.id, n),
+                )
+                requests.append(ChatRequest.from_messages(prompt.conversation(), params))
+                owners.append((prompt, n))
+        results = self._generate(policy, self._endpoint(store, round_ - 1), requests, "generate")
+        messages = [p.conversation() for p, _ in owners]
+        texts = [r.text for r in results]
+        logp = self._logprobs(policy, messages, texts)
+        pair_idx = [j for j, (_, n) in enumerate(owners) if n < 2]
+        if policy is self.parts.theta0:
+            ref = logp.copy()
+        else:
+            ref = np.full(len(owners), np.nan)
+            ref[pair_idx] = self._logprobs(self.parts.theta0, [messages[j] for j in pair_idx], [texts[j] for j in pair_idx])
+        rows = [
+            (p.id, n, r.text, r.finish_reason, float(logp[j]), float(ref[j]) if n < 2 else None)
+            for j, ((p, n), r) in enumerate(zip(owners, results))
+        ]
+        store.commit_samples(round_, rows)
+
+    def _select(self, store: APLStore, round_: int) -> None:
+        cfg = self.config
+        samples = store.samples(round_)
+        pids = list(samples)
+        n_min = min(len(v) for v in samples.values())
+        logp = np.array([[s["logp"] for s in samples[p][:n_min]] for p in pids])
+        ref = np.array([[s["ref_logp"] for s in samples[p][:2]] for p in pids], dtype=np.float64)
+        ent = predictive_entropy(logp)
+        cert = certainty(implicit_rewards(logp[:, :2], ref, cfg.dpo.beta))
+        rng = np.random.default_rng(stable_seed(self.seed, "select", round_))
+        m = cfg.labels_per_round
+        if self.acquisition == "random":
+            idx, score = rng.permutation(len(pids))[:m], None
+        elif self.acquisition == "entropy":
+            idx, score = top_m(ent, m, rng), ent
+        elif self.acquisition == "certainty":
+            idx, score = top_m(cert, m, rng), cert
+        elif self.acquisition == "hybrid":
+            top = top_m(ent, cfg.prompts_per_round, rng)
+            idx, score = top[top_m(cert[top], m, rng)], cert
+        else:  # pragma: no cover - the config validates the name
+            raise ActivePrefError(f"unknown acquisition {self.acquisition!r}")
+        rows = [
+            (pids[i], float(ent[i]) if n_min > 2 else None, float(cert[i]), None if score is None else float(score[i]))
+            for i in idx
+        ]
+        store.commit_picks(round_, rows)
+
+    def _label(self, store: APLStore, round_: int) -> None:
+        picks = store.picks(round_)
+        samples = store.samples(round_)
+        prompts = [self.by_id[p["prompt_id"]] for p in picks]
+        pairs = [(samples[p["prompt_id"]][0]["text"], samples[p["prompt_id"]][1]["text"]) for p in picks]
+        verdicts = self.parts.referee.compare(prompts, pairs, seed=stable_seed(self.seed, "label", round_))
+        rows = []
+        for pick, v in zip(picks, verdicts):
+            chosen, rejected = (v.winner, 1 - v.winner) if v.winner is not None else (None, None)
+            rows.append((pick["prompt_id"], chosen, rejected, v.outcome, v.detail))
+        store.commit_labels(round_, rows)
+
+    def _train(self, store: APLStore, round_: int, previous: Callable[[], Any]) -> Any:
+        cfg = self.config
+        pairs = []
+        cached_samples: dict[int, dict[str, list[dict[str, Any]]]] = {}
+        for lab in store.labels(up_to_round=round_):
+            if lab["outcome"] != "ok" or (not cfg.dpo.reinit and lab["round"] != round_):
+                continue
+            s = cached_samples.setdefault(lab["round"], store.samples(lab["round"]))[lab["prompt_id"]]
+            pairs.append((self.by_id[lab["prompt_id"]].conversation(), s[lab["chosen"]]["text"], s[lab["rejected"]]["text"]))
+        start = self.parts.theta0 if cfg.dpo.reinit else previous()
+        if pairs:
+            trained, metrics = dpo_finetune(
+                start, self.parts.theta0, self.parts.tokenizer, dpo_rows(pairs), cfg.dpo,
+                seed=stable_seed(self.seed, "train", round_), workdir=self.run_dir / "trainer",
+            )
+        else:
+            trained, metrics = start, {"steps": 0, "pairs": 0, "note": "no usable label yet: policy unchanged"}
+        save_checkpoint(trained, self._checkpoint(round_))
+        crash_point("apl-checkpoint-written", round_)
+        store.commit_training(round_, metrics)
+        return trained
+
+    def _evaluate(self, store: APLStore, round_: int, policy: Any) -> None:
+        cfg = self.config
+        requests = [
+            ChatRequest.from_messages(
+                p.conversation(),
+                SamplingParams(
+                    temperature=cfg.eval_temperature, top_p=1.0, max_tokens=cfg.max_tokens,
+                    seed=stable_seed(self.seed, "eval", p.id),
+                ),
+            )
+            for p in self.held_out
+        ]
+        reference = self._generate(self.parts.theta0, self.parts.theta0_endpoint, requests, "evaluate")
+        current = self._generate(policy, self._endpoint(store, round_), requests, "evaluate")
+        pairs = [(c.text, r.text) for c, r in zip(current, reference)]
+        verdicts = self.parts.referee.compare(self.held_out, pairs, seed=stable_seed(self.seed, "eval-judge", round_))
+        rows = []
+        for p, c, v in zip(self.held_out, current, verdicts):
+            outcome = None if v.outcome == "failure" else (0.5 if v.winner is None else float(v.winner == 0))
+            rows.append((p.id, c.text, outcome, v.detail))
+        store.commit_evals(round_, rows)
+
+    # -- driver ----------------------------------------------------------------------------
+    def run(self) -> list[RoundResult]:
+        cfg = self.config
+        with APLStore.open_or_create(self.run_dir, cfg.model_dump_json(), self.acquisition, self.seed) as store:
+            for t in range(1, cfg.rounds + 1):
+                if store.done(t, "evaluated"):
+                    continue
+                if not store.done(t, "sampled"):
+                    self.on_stage(self.acquisition, self.seed, t, "sampling")
+                    self._sample(store, t, self._previous(t))
+                    crash_point("apl-sampled", t)
+                if not store.done(t, "selected"):
+                    self._select(store, t)
+                    crash_point("apl-selected", t)
+                if not store.done(t, "labelled"):
+                    self.on_stage(self.acquisition, self.seed, t, "labelling")
+                    self._label(store, t)
+                    crash_point("apl-labelled", t)
+                if not store.done(t, "trained"):
+                    self.on_stage(self.acquisition, self.seed, t, "training")
+                    trained = self._train(store, t, functools.partial(self._previous, t))
+                    crash_point("apl-trained", t)
+                else:
+                    trained = self._policy_after(t)
+                self._prev.clear()
+                old = self._checkpoint(t - 1)
+                if t > 1 and old.exists():
+                    old.unlink()
+                self.on_stage(self.acquisition, self.seed, t, "evaluating")
+                self._evaluate(store, t, trained)
+                crash_point("apl-evaluated", t)
+            return self.results(store)
+
+    def results(self, store: APLStore) -> list[RoundResult]:
+        out = []
+        labels = ties = failures = 0
+        for t in range(1, self.config.rounds + 1):
+            for lab in store.labels():
+                if lab["round"] == t:
+                    labels += lab["outcome"] == "ok"
+                    ties += lab["outcome"] == "tie"
+                    failures += lab["outcome"] == "failure"
+            evals = store.evals(t)
+            scored = [e["outcome"] for e in evals if e["outcome"] is not None]
+            out.append(RoundResult(
+                acquisition=self.acquisition, seed=self.seed, round=t, labels=labels, label_ties=ties,
+                label_failures=failures, win_rate=float(np.mean(scored)) if scored else None,
+                wins=sum(o == 1.0 for o in scored), losses=sum(o == 0.0 for o in scored),
+                ties=sum(o == 0.5 for o in scored), failures=len(evals) - len(scored), n_eval=len(evals),
+                extra={"training": store.training(t)},
+            ))
+        return out

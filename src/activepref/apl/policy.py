@@ -1,0 +1,144 @@
+"""The policy being fine-tuned: a plain (trainable) copy of theta0, checkpoints, and one round of
+DPO with TRL's ``DPOTrainer`` (optionally LoRA through peft, merged back after training).
+
+A model loaded from a GGUF file is marked quantised by transformers and refused by the
+Trainer; :func:`trainable_copy` rebuilds it from its config with the de-quantised weights.
+Checkpoints are safetensors files written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from activepref.apl.config import DPOSettings
+from activepref.extras import require
+
+log = logging.getLogger(__name__)
+
+
+def trainable_copy(model: Any) -> Any:
+    """A float copy of ``model`` that the Trainer accepts (GGUF quantisation marks dropped),
+    on the same device, in eval mode."""
+    transformers = require("transformers")
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    dtype = next(model.parameters()).dtype
+    fresh = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(model.generation_config)
+    fresh.to(next(model.parameters()).device)
+    fresh.eval()
+    return fresh
+
+
+def save_checkpoint(model: Any, path: str | Path) -> None:
+    """Write the weights atomically (tied weights handled by ``safetensors.torch.save_model``)."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_model(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(like: Any, path: str | Path) -> Any:
+    """A copy of ``like`` with the weights of ``path``."""
+    from safetensors.torch import load_model
+
+    model = copy.deepcopy(like)
+    load_model(model, str(path), device=str(next(like.parameters()).device))
+    model.eval()
+    return model
+
+
+def dpo_rows(pairs: Sequence[tuple[list[dict[str, str]], str, str]]) -> list[dict[str, Any]]:
+    """(prompt messages, chosen text, rejected text) -> TRL conversational preference rows."""
+    return [
+        {
+            "prompt": list(messages),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+        for messages, chosen, rejected in pairs
+    ]
+
+
+def dpo_finetune(
+    start: Any, reference: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: DPOSettings, seed: int, workdir: str | Path
+) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune a copy of ``start`` on ``rows`` with DPO against ``reference`` (theta0).
+    Returns (trained model in eval mode, metrics of the last logged step and the run)."""
+    datasets = require("datasets")
+    transformers = require("transformers")
+    trl = require("trl")
+    policy = copy.deepcopy(start)
+    policy.train()
+    device = str(next(start.parameters()).device)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(workdir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        beta=settings.beta,
+        max_length=settings.max_length,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        # small policies: recomputing activations costs more than it saves; the reference's
+        # log-probs are computed once per round instead of once per step and epoch
+        gradient_checkpointing=False,
+        precompute_ref_log_probs=True,
+    )
+    if device == "cpu":
+        kwargs.update(use_cpu=True, bf16=False)
+    kwargs.update(settings.extra)
+    args = trl.DPOConfig(**kwargs)
+    dataset = datasets.Dataset.from_list(rows)
+    peft_config = None
+    ref_model = copy.deepcopy(reference)
+    if settings.lora is not None:
+        peft = require("peft")
+        lora = settings.lora
+        peft_config = peft.LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+        )
+        ref_model = None  # the adapter-free base (theta0) is the reference
+    trainer = trl.DPOTrainer(
+        model=policy, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # metrics go to the run store, not stdout
+    trainer.train()
+    trained = trainer.model
+    if settings.lora is not None:
+        trained = trained.merge_and_unload()
+    trained.eval()
+    history = trainer.state.log_history
+    steps = [h for h in history if "loss" in h]
+    metrics: dict[str, Any] = {"steps": int(trainer.state.global_step), "pairs": len(rows)}
+    if steps:
+        last = steps[-1]
+        metrics.update({k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and k != "step"})
+        metrics["first_loss"] = float(steps[0]["loss"])
+    summary = [h for h in history if "train_runtime" in h]
+    if summary:
+        metrics["train_runtime_s"] = float(summary[-1]["train_runtime"])
+    del trainer
+    return trained, metrics
