@@ -243,6 +243,27 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def read_yaml_config(path: Path, path_keys: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (empty file = {}); the string values of
+    ``path_keys`` that are relative paths (and not in ``keep``) become relative to the file's
+    folder. Errors name the file."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    for key in path_keys:
+        value = loaded.get(key)
+        if isinstance(value, str) and value not in keep and not Path(value).is_absolute():
+            loaded[key] = str(path.parent / value)
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read an optional YAML file, apply dotted-key overrides (flags), validate.
 
@@ -253,22 +274,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of fields at the top level")
-        data = loaded
-        base = path.parent
-        for key in ("pool", "features", "prompts"):
-            value = data.get(key)
-            if isinstance(value, str) and value != BUILTIN_POOL and not Path(value).is_absolute():
-                data[key] = str(base / value)  # relative paths are relative to the config file
+        data = read_yaml_config(path, ("pool", "features", "prompts"), keep=(BUILTIN_POOL,))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key, value)

@@ -98,6 +98,25 @@ def qwen_coder_gguf(cache_dir: str | os.PathLike[str] | None = None) -> str:
     return str(target)
 
 
+def qwen_coder_if_installed() -> tuple[str, str] | None:
+    """(folder, file name) of the Qwen GGUF when its six packages are installed, else None."""
+    try:
+        path = Path(qwen_coder_gguf())
+    except LocalModelMissing:
+        return None
+    return str(path.parent), path.name
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bfloat16
+    matmuls are emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (safetensors + sentence-transformers config)."""
     module, requirement = MINILM_PACKAGE

@@ -18,7 +18,7 @@ from typing import Any
 from activepref.config import RunConfig
 from activepref.data import read_prompts
 from activepref.errors import ActivePrefError
-from activepref.local_models import LocalModelMissing, qwen_coder_gguf, smollm2_gguf
+from activepref.local_models import LocalModelMissing, qwen_coder_if_installed, smollm2_gguf
 
 QUICKSTART_PROMPTS = 16
 QUICKSTART_BATCH = 4  # prompts per iteration -> 4 iterations
@@ -44,14 +44,6 @@ def write_quickstart_prompts(path: Path, n: int = QUICKSTART_PROMPTS) -> Path:
     return path
 
 
-def _qwen() -> tuple[str, str] | None:
-    try:
-        path = Path(qwen_coder_gguf())
-    except LocalModelMissing:
-        return None
-    return str(path.parent), path.name
-
-
 def quickstart_config(
     out: Path, n_prompts: int = QUICKSTART_PROMPTS, method: str = "dts", seed: int = 0, max_tokens: int = 96, use_qwen: bool = True
 ) -> RunConfig:
@@ -61,7 +53,7 @@ def quickstart_config(
         raise ActivePrefError(f"quickstart needs the shipped SmolLM2 model: {exc}") from None
     prompts = write_quickstart_prompts(out / "prompts.jsonl", n_prompts)
     smol = {"backend": "transformers", "model": smol_dir, "gguf_file": smol_file, "batch_size": 8}
-    qwen = _qwen() if use_qwen else None
+    qwen = qwen_coder_if_installed() if use_qwen else None
     if qwen is not None:
         models = [
             {"name": "smollm2-135m", **smol},

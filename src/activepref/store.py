@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -110,14 +110,50 @@ def connect_sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class RunStore:
-    """SQLite-backed state of one run. Open with :meth:`create` or :meth:`open`; the
-    directory lock is held until :meth:`close`."""
+_Held = TypeVar("_Held", bound="LockedSqliteDir")
+
+
+class LockedSqliteDir:
+    """A run directory held by one process: its SQLite connection and its flock. Closing
+    releases both; ``transaction()`` is one ``BEGIN IMMEDIATE ... COMMIT`` (rolled back on
+    any exception, Ctrl-C included)."""
 
     def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fh: Any) -> None:
         self.run_dir = run_dir
         self.conn = conn
         self._lock_fh = lock_fh
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock_fh is not None:
+            unlock_run_dir(self._lock_fh)
+            self._lock_fh = None
+
+    def __enter__(self: _Held) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+
+
+class RunStore(LockedSqliteDir):
+    """SQLite-backed state of one run. Open with :meth:`create` or :meth:`open`; the
+    directory lock is held until :meth:`close`."""
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fh: Any) -> None:
+        super().__init__(run_dir, conn, lock_fh)
         self._features: np.ndarray | None = None
 
     # -- opening -----------------------------------------------------------------------
@@ -227,30 +263,6 @@ class RunStore:
                 "INSERT INTO meta VALUES (?,?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("config", config_json), ("pool_source", pool.source), ("created", "1")],
             )
-
-    def close(self) -> None:
-        self.conn.close()
-        if self._lock_fh is not None:
-            unlock_run_dir(self._lock_fh)
-            self._lock_fh = None
-
-    def __enter__(self) -> RunStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
 
     # -- reading -----------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

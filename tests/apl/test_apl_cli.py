@@ -242,3 +242,24 @@ def test_config_errors_name_the_file_and_the_field(env, tmp_path, change, messag
 def test_apl_needs_exactly_one_of_config_or_quickstart(tmp_path) -> None:
     result = invoke("apl", "--out", tmp_path)
     assert result.exit_code == 2 and "exactly one of --config FILE or --quickstart" in result.output
+
+
+def test_more_rounds_or_seeds_extend_the_runs_already_done(env, tmp_path) -> None:
+    """`rounds`, `seeds` and `acquisitions` are not part of a run's identity: raising the round
+    count continues the finished runs, and only the new rounds cost calls."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(env["out"], out)
+    before = len(env["srv"].chat_requests)
+    result = invoke("apl", "--config", env["cfg"], "--out", out, "--acquisitions", "certainty", "--rounds", "3")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "results.csv")
+    assert [(r["acquisition"], r["round"]) for r in rows] == [("certainty", "1"), ("certainty", "2"), ("certainty", "3")]
+    old = [r for r in read_csv(env["out"] / "results.csv") if r["acquisition"] == "certainty"]
+    assert rows[:2] == old
+    new = env["srv"].chat_requests[before:]
+    assert 0 < len(new) <= 2 + 4  # round 3 only: M = 2 labels and at most 4 held-out comparisons
+    changed = apl_config(env["root"], env["policy"], env["prompts"], env["srv"].base_url, max_tokens=9)
+    result = invoke("apl", "--config", write_yaml(tmp_path / "changed.yaml", changed), "--out", out, "--acquisitions", "certainty")
+    assert result.exit_code == 2 and "different config" in result.output

@@ -19,10 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from activepref.config import ModelConfig, _format_error, _set_path, _Strict
+from activepref.config import ModelConfig, _format_error, _set_path, _Strict, read_yaml_config
 from activepref.errors import ConfigError
 
 BUILTIN_PROMPTS = "mtbench"
@@ -111,21 +110,8 @@ def load_apl_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     data: dict[str, Any] = dict(base or {})
     source = "<built-in config>"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: expected a mapping of fields at the top level")
-        data = loaded
-        for key in ("prompts", "eval_prompts"):
-            value = data.get(key)
-            if isinstance(value, str) and value != BUILTIN_PROMPTS and not Path(value).is_absolute():
-                data[key] = str(p.parent / value)
+        source = str(path)
+        data = read_yaml_config(Path(path), ("prompts", "eval_prompts"), keep=(BUILTIN_PROMPTS,))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key, value)

@@ -69,6 +69,16 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") % (2**31 - 1)
 
 
+# Fields that do not change what a run computes: more seeds or acquisitions add runs, more
+# rounds extend a run, the cache and thread count change nothing in the results.
+NOT_IDENTITY = {"acquisitions", "seeds", "rounds", "cache_path", "threads"}
+
+
+def run_identity(config: APLConfig) -> str:
+    """The config as stored in (and checked against) each run store."""
+    return config.model_dump_json(exclude=NOT_IDENTITY)
+
+
 @dataclass
 class APLParts:
     """What every run of one ``apl`` invocation shares: θ₀ (never trained), its tokenizer,
@@ -289,7 +299,7 @@ class APLRun:
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> list[RoundResult]:
         cfg = self.config
-        with APLStore.open_or_create(self.run_dir, cfg.model_dump_json(), self.acquisition, self.seed) as store:
+        with APLStore.open_or_create(self.run_dir, run_identity(cfg), self.acquisition, self.seed) as store:
             for t in range(1, cfg.rounds + 1):
                 if store.done(t, "evaluated"):
                     continue

@@ -14,20 +14,10 @@ from typing import Any
 
 from activepref.apl.config import ACQUISITIONS, APLConfig, load_apl_config
 from activepref.errors import ActivePrefError
-from activepref.local_models import LocalModelMissing, qwen_coder_gguf, smollm2_gguf
+from activepref.local_models import LocalModelMissing, cpu_has_bf16, qwen_coder_if_installed, smollm2_gguf
 from activepref.quickstart import write_quickstart_prompts
 
 QUICKSTART_PROMPTS = 40
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bfloat16
-    matmuls are emulated and slower than float32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 QUICKSTART_EVAL = 10
 
 
@@ -40,15 +30,12 @@ def quickstart_apl_config(
         raise ActivePrefError(f"apl --quickstart needs the shipped SmolLM2 model: {exc}") from None
     prompts = write_quickstart_prompts(out / "prompts.jsonl", QUICKSTART_PROMPTS)
     judge: dict[str, Any] = {"name": "smollm2-135m", "backend": "transformers", "model": smol_dir, "gguf_file": smol_file, "batch_size": 8}
-    if use_qwen:
-        try:
-            qwen = Path(qwen_coder_gguf())
-            judge = {
-                "name": "qwen2.5-coder-0.5b", "backend": "transformers", "model": str(qwen.parent),
-                "gguf_file": qwen.name, "dtype": "bfloat16" if cpu_has_bf16() else "float32", "batch_size": 8,
-            }
-        except LocalModelMissing:
-            pass
+    qwen = qwen_coder_if_installed() if use_qwen else None
+    if qwen is not None:
+        judge = {
+            "name": "qwen2.5-coder-0.5b", "backend": "transformers", "model": qwen[0], "gguf_file": qwen[1],
+            "dtype": "bfloat16" if cpu_has_bf16() else "float32", "batch_size": 8,
+        }
     base = {
         "prompts": str(prompts),
         "eval_size": QUICKSTART_EVAL,

@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from activepref.errors import RunStateError
-from activepref.store import connect_sqlite, lock_run_dir, unlock_run_dir
+from activepref.store import LockedSqliteDir, connect_sqlite, lock_run_dir
 
 SCHEMA_VERSION = 1
 STAGES = ("new", "sampled", "selected", "labelled", "trained", "evaluated")
@@ -52,12 +51,7 @@ CREATE TABLE IF NOT EXISTS training (round INTEGER PRIMARY KEY, metrics TEXT NOT
 """
 
 
-class APLStore:
-    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fh: Any) -> None:
-        self.run_dir = run_dir
-        self.conn = conn
-        self._lock_fh = lock_fh
-
+class APLStore(LockedSqliteDir):
     @classmethod
     def open_or_create(cls, run_dir: str | Path, config_json: str, acquisition: str, seed: int) -> APLStore:
         """Open the run (checking it was made with the same config, acquisition and seed) or
@@ -85,30 +79,6 @@ class APLStore:
             store.close()
             raise
         return store
-
-    def close(self) -> None:
-        self.conn.close()
-        if self._lock_fh is not None:
-            unlock_run_dir(self._lock_fh)
-            self._lock_fh = None
-
-    def __enter__(self) -> APLStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
 
     @property
     def uid(self) -> str:
