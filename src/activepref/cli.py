@@ -350,7 +350,7 @@ def quickstart(
 
 @app.command()
 def apl(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="APL config (YAML); see `activepref.apl.config`.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="APL config (YAML); every field is explained in examples/apl.yaml.")] = None,
     quickstart: Annotated[bool, typer.Option("--quickstart", help="Offline demo: SmolLM2-135M policy, shipped judge, 40 MT-bench prompts, 2 rounds, all four acquisitions.")] = False,
     out: Annotated[Path, typer.Option(help="Output folder: runs/<acquisition>-seed<k>/, results.csv, summary.md, winrate.png.")] = Path("apl"),
     acquisitions: Annotated[str | None, typer.Option(help="Comma-separated subset of random,entropy,certainty,hybrid (overrides the config).")] = None,

@@ -29,3 +29,13 @@ def test_quickstart_config_runs_every_acquisition_on_shipped_parts(smollm2, tmp_
     # the held-out split is fixed: the same for another output folder and other seeds
     again = quickstart_apl_config(tmp_path / "other", seeds=[5], use_qwen=False)
     assert [p.id for p in load_prompt_sets(again)[1]] == [p.id for p in held_out]
+
+
+def test_the_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    from activepref.apl.config import load_apl_config
+
+    cfg = load_apl_config(Path(__file__).resolve().parents[2] / "examples" / "apl.yaml")
+    assert cfg.prompts == "mtbench" and cfg.judge.model.api_key_env == "JUDGE_API_KEY"
+    assert cfg.rounds == 4 and cfg.dpo.beta == 0.2 and cfg.acquisitions == ["random", "entropy", "certainty", "hybrid"]
