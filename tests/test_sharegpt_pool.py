@@ -1,4 +1,5 @@
-"""Checks on the ShareGPT benchmark pool (benchmarks/pools/sharegpt_pool.parquet).
+"""Checks on the ShareGPT benchmark pools (benchmarks/pools/sharegpt_pool.parquet, 32 prompts, and
+sharegpt_pool_128.parquet, 128 prompts).
 
 The file is built by scripts/build_sharegpt_pool.py (see benchmarks/pools/README.md): real
 ShareGPT prompts, SmolLM2 candidates plus the dump's own answers, MiniLM features and Likert
@@ -19,21 +20,24 @@ from activepref.config import load_config  # noqa: E402
 from activepref.data import ASPECTS, read_pool  # noqa: E402
 from activepref.runs import run, status  # noqa: E402
 
-POOL = Path(__file__).resolve().parents[1] / "benchmarks" / "pools" / "sharegpt_pool.parquet"
+POOLS = Path(__file__).resolve().parents[1] / "benchmarks" / "pools"
+FILES = ["sharegpt_pool.parquet", "sharegpt_pool_128.parquet"]
 MIN_PROMPTS = 24
 
 
-@pytest.fixture(scope="module")
-def pool():
-    if not POOL.is_file():
-        pytest.skip(f"missing {POOL}; run scripts/build_sharegpt_pool.py")
-    return read_pool(POOL)
+@pytest.fixture(scope="module", params=FILES)
+def pool(request):
+    path = POOLS / request.param
+    if not path.is_file():
+        pytest.skip(f"missing {path}; run scripts/build_sharegpt_pool.py")
+    return read_pool(path)
 
 
-def test_file_is_small() -> None:
-    if not POOL.is_file():
+@pytest.mark.parametrize("name", FILES)
+def test_file_is_small(name) -> None:
+    if not (POOLS / name).is_file():
         pytest.skip("pool not built")
-    assert POOL.stat().st_size <= 5_000_000
+    assert (POOLS / name).stat().st_size <= 5_000_000
 
 
 def test_counts(pool) -> None:
@@ -79,7 +83,7 @@ def test_tiny_dts_run(pool, tmp_path: Path) -> None:
     cfg = load_config(
         None,
         {
-            "pool": str(POOL),
+            "pool": str(pool.source),
             "method": "dts",
             "batch_size": 8,
             "iterations": 2,

@@ -22,6 +22,13 @@ def _pm(mean: float, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+def _ms(mean: float, std: float | None = None) -> str:
+    """mean ± std with 3 decimals, or n/a (e.g. no judge score for a method that annotates nothing)."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
 def _by_method(rows: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """method -> seed -> rows sorted by iteration (method order as in results.csv)."""
     out: dict[str, dict[int, list[dict[str, Any]]]] = {}
@@ -192,6 +199,10 @@ def write_report(
             "to reach the same accuracy (linear interpolation between iterations, mean over the seeds that reach it) "
             f"and that number as a multiple of {reference}'s budget: below 1x means fewer judge calls for the same accuracy."
         )
+        if any_e["target"] <= 0.5:
+            lines += ["", f"**Caution:** {reference} ends at or below chance (0.5): the reward model did not learn "
+                      "from this pool's labels within the budget, so reaching its final accuracy says nothing; "
+                      "compare the accuracies instead."]
     lines += ["", "## Acquired preference pairs (as seed 001, Table 21)", "",
               "Scores of the chosen and rejected response of every acquired pair, pooled over seeds: "
               "the judge scores the pairs were built from, and the hidden oracle reward of the same responses. "
@@ -201,8 +212,8 @@ def write_report(
     for method in by:
         j, o = stats[method]["judge"], stats[method]["oracle"]
         lines.append(
-            f"| {method} | {j.n} | {j.chosen_mean:.3f} ± {j.chosen_std:.3f} | {j.rejected_mean:.3f} ± {j.rejected_std:.3f} | "
-            f"{j.diff_mean:.3f} ± {j.diff_std:.3f} | {j.overall_mean:.3f} | {o.diff_mean:.3f} ± {o.diff_std:.3f} |"
+            f"| {method} | {j.n} | {_ms(j.chosen_mean, j.chosen_std)} | {_ms(j.rejected_mean, j.rejected_std)} | "
+            f"{_ms(j.diff_mean, j.diff_std)} | {_ms(j.overall_mean)} | {_ms(o.diff_mean, o.diff_std)} |"
         )
     costs = []
     for method, seeds in by.items():
