@@ -90,6 +90,7 @@ def plot_winrate(results: list[RoundResult], path: Path, title: str = "") -> Pat
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    ticks: set[float] = set()
     for acq, by_round in _table(results).items():
         xs, ys, half = [], [], []
         for t in sorted(by_round):
@@ -102,11 +103,14 @@ def plot_winrate(results: list[RoundResult], path: Path, title: str = "") -> Pat
             ys.append(mean)
             half.append(0.0 if math.isnan(h) else h)
         if xs:
+            ticks.update(xs)
             line = ax.plot(xs, ys, marker="o", label=acq)[0]
             lo = np.asarray(ys) - np.asarray(half)
             hi = np.asarray(ys) + np.asarray(half)
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    if ticks and len(ticks) <= 12:
+        ax.set_xticks(sorted(ticks))
     ax.set(xlabel="preference labels acquired", ylabel="win rate vs initial policy", ylim=(0, 1))
     ax.legend(fontsize=8)
     return _save(fig, path, title or "Active DPO: win rate vs labels")
