@@ -164,7 +164,9 @@ def test_stored_logprobs_are_the_policy_log_probabilities(env) -> None:
             assert not np.allclose([r[2] for r in rows], fresh, atol=1e-3)
 
 
-@pytest.mark.parametrize("point", ["apl-sampled@2", "apl-checkpoint-written@1", "apl-labelled@2", "apl-evaluated@1"])
+@pytest.mark.parametrize(
+    "point", ["apl-sampled@2", "apl-judged@1", "apl-checkpoint-written@1", "apl-labelled@2", "apl-eval-judged@2", "apl-evaluated@1"]
+)
 def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_calls(env, point, tmp_path) -> None:
     cfg = yaml.safe_load(env["cfg"].read_text())
     cfg.update(acquisitions=["certainty"], cache_path=str(tmp_path / "cache.sqlite"))  # a fresh cache: every call is paid

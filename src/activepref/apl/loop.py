@@ -246,6 +246,7 @@ class APLRun:
         prompts = [self.by_id[p["prompt_id"]] for p in picks]
         pairs = [(samples[p["prompt_id"]][0]["text"], samples[p["prompt_id"]][1]["text"]) for p in picks]
         verdicts = self.parts.referee.compare(prompts, pairs, seed=stable_seed(self.seed, "label", round_))
+        crash_point("apl-judged", round_)  # answers cached, labels not committed yet
         rows = []
         for pick, v in zip(picks, verdicts):
             chosen, rejected = (v.winner, 1 - v.winner) if v.winner is not None else (None, None)
@@ -290,6 +291,7 @@ class APLRun:
         current = self._generate(policy, self._endpoint(store, round_), requests, "evaluate")
         pairs = [(c.text, r.text) for c, r in zip(current, reference)]
         verdicts = self.parts.referee.compare(self.held_out, pairs, seed=stable_seed(self.seed, "eval-judge", round_))
+        crash_point("apl-eval-judged", round_)
         rows = []
         for p, c, v in zip(self.held_out, current, verdicts):
             outcome = None if v.outcome == "failure" else (0.5 if v.winner is None else float(v.winner == 0))
