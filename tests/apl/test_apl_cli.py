@@ -104,16 +104,21 @@ def test_rerunning_the_command_resumes_with_no_call_and_the_same_results(env) ->
     assert (env["out"] / "results.csv").read_text() == first
 
 
+def json_prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+
+
 def _run_db(out: Path, acq: str) -> sqlite3.Connection:
     return sqlite3.connect(out / "runs" / f"{acq}-seed0" / "apl.sqlite")
 
 
 def _round_scores(db: sqlite3.Connection, t: int, beta: float = 0.1):
-    rows = db.execute("SELECT prompt_id, sample, logp, ref_logp FROM samples WHERE round = ? ORDER BY rowid", (t,)).fetchall()
+    rows = db.execute("SELECT prompt_id, sample, logp, gen_logp, ref_logp FROM samples WHERE round = ? ORDER BY rowid", (t,)).fetchall()
     pids = list(dict.fromkeys(r[0] for r in rows))
-    logp = np.array([[r[2] for r in rows if r[0] == p] for p in pids])
-    ref = np.array([[r[3] for r in rows if r[0] == p][:2] for p in pids])
-    return pids, predictive_entropy(logp), certainty(implicit_rewards(logp[:, :2], ref, beta))
+    logp = np.array([[r[2] for r in rows if r[0] == p][:2] for p in pids])
+    gen = np.array([[r[3] for r in rows if r[0] == p] for p in pids])
+    ref = np.array([[r[4] for r in rows if r[0] == p][:2] for p in pids])
+    return pids, predictive_entropy(gen), certainty(implicit_rewards(logp, ref, beta))
 
 
 @pytest.mark.parametrize("acq", ["entropy", "certainty", "hybrid"])
@@ -165,11 +170,14 @@ def test_stored_logprobs_are_the_policy_log_probabilities(env) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["apl-sampled@2", "apl-judged@1", "apl-checkpoint-written@1", "apl-labelled@2", "apl-eval-judged@2", "apl-evaluated@1"]
+    ("acq", "point"),
+    [("certainty", "apl-sampled@2"), ("certainty", "apl-judged@1"), ("certainty", "apl-checkpoint-written@1"),
+     ("certainty", "apl-labelled@2"), ("certainty", "apl-eval-judged@2"), ("certainty", "apl-evaluated@1"),
+     ("hybrid", "apl-selected@2"), ("entropy", "apl-trained@1")],
 )
-def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_calls(env, point, tmp_path) -> None:
+def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_calls(env, acq, point, tmp_path) -> None:
     cfg = yaml.safe_load(env["cfg"].read_text())
-    cfg.update(acquisitions=["certainty"], cache_path=str(tmp_path / "cache.sqlite"))  # a fresh cache: every call is paid
+    cfg.update(acquisitions=[acq], cache_path=str(tmp_path / "cache.sqlite"))  # a fresh cache: every call is paid
     path = write_yaml(tmp_path / "apl.yaml", cfg)
     out = tmp_path / "out"
     start = len(env["srv"].chat_requests)
@@ -182,7 +190,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_cal
     assert result.exit_code == 0, result.output
     reqs = bodies(env["srv"], start)
     assert len(reqs) == len(set(reqs))  # nothing the killed process was answered is asked again
-    want = [r for r in read_csv(env["out"] / "results.csv") if r["acquisition"] == "certainty"]
+    want = [r for r in read_csv(env["out"] / "results.csv") if r["acquisition"] == acq]
     assert read_csv(out / "results.csv") == want
 
 
@@ -218,6 +226,9 @@ def test_continued_training_and_lora_options_train_the_policy(env, tmp_path, dpo
     labels = [n for (n,) in db.execute("SELECT COUNT(*) FROM labels WHERE outcome = 'ok' GROUP BY round ORDER BY round")]
     if dpo.get("reinit") is False:  # round 2 trains on its own labels only, from theta1
         assert [m["pairs"] for m in metrics] == labels
+        # the reference stays theta0: round 2 starts from theta1 != theta0, so its first DPO loss is not log 2
+        assert metrics[0]["first_loss"] == pytest.approx(np.log(2), abs=1e-5)
+        assert abs(metrics[1]["first_loss"] - np.log(2)) > 1e-4
     else:
         assert [m["pairs"] for m in metrics] == list(np.cumsum(labels))
     assert all(m["steps"] >= 1 for m in metrics)
@@ -230,15 +241,22 @@ def test_continued_training_and_lora_options_train_the_policy(env, tmp_path, dpo
         ({"acquisitions": ["random", "magic"]}, "acquisitions.1"),
         ({"policy": {"backend": "openai", "model": "x"}}, "policy.backend must be 'transformers'"),
         ({"dpo": {"reinit": False, "lora": {"r": 2}}}, "dpo.lora needs dpo.reinit"),
+        ({"policy": {"backend": "transformers", "model": "x", "dtype": "bfloat16"}}, "policy.dtype must be float32"),
+        ({"rounds": 6}, "need at least 18 ((rounds-1)*M + S*J)"),
+        ({"dpo": {"extra": {"lerning_rate": 1}}}, "dpo.extra.lerning_rate: not an argument of trl.DPOConfig"),
+        ({"dpo": {"extra": {"seed": 3}}}, "dpo.extra.seed: set by activepref"),
     ],
 )
 def test_config_errors_name_the_file_and_the_field(env, tmp_path, change, message) -> None:
     cfg = yaml.safe_load(env["cfg"].read_text())
     cfg.update(change)
     path = write_yaml(tmp_path / "bad.yaml", cfg)
+    before = len(env["srv"].chat_requests)
     result = invoke("apl", "--config", path, "--out", tmp_path / "out")
     assert result.exit_code == 2
-    assert str(path) in result.output and message in result.output
+    assert message in result.output
+    assert str(path) in result.output or str(env["prompts"]) in result.output or "dpo.extra" in message
+    assert len(env["srv"].chat_requests) == before  # refused before any paid call
 
 
 def test_apl_needs_exactly_one_of_config_or_quickstart(tmp_path) -> None:
@@ -262,6 +280,10 @@ def test_more_rounds_or_seeds_extend_the_runs_already_done(env, tmp_path) -> Non
     assert rows[:2] == old
     new = env["srv"].chat_requests[before:]
     assert 0 < len(new) <= 2 + 4  # round 3 only: M = 2 labels and at most 4 held-out comparisons
+    edited = write_prompt_file(tmp_path / "more.jsonl", [*json_prompts(env["prompts"]), "write a poem about the tree"])
+    grown = apl_config(env["root"], env["policy"], edited, env["srv"].base_url)
+    result = invoke("apl", "--config", write_yaml(tmp_path / "grown.yaml", grown), "--out", out, "--acquisitions", "certainty")
+    assert result.exit_code == 2 and "different config" in result.output  # an edited prompt file moves the split
     changed = apl_config(env["root"], env["policy"], env["prompts"], env["srv"].base_url, max_tokens=9)
     result = invoke("apl", "--config", write_yaml(tmp_path / "changed.yaml", changed), "--out", out, "--acquisitions", "certainty")
     assert result.exit_code == 2 and "different config" in result.output

@@ -15,6 +15,7 @@ from activepref.apl.scores import (
     certainty,
     common_prefix_length,
     completion_ids,
+    generated_length,
     implicit_rewards,
     predictive_entropy,
     sequence_logprobs,
@@ -123,6 +124,22 @@ def test_prompt_tokens_and_padding_contribute_nothing(tok, model) -> None:
     per_token = [reference_logprob(model, list(ctx) + list(comp[:k]), [comp[k]]) for k in range(len(comp))]
     assert alone == pytest.approx(sum(per_token), abs=1e-4)
     assert sequence_logprobs(model, [(ctx, [])])[0] == 0.0
+
+
+def test_generated_length_drops_the_template_closing_except_a_generated_stop(tok) -> None:
+    messages = tm.conversation("hello")
+    _, comp = completion_ids(tok, messages, "the cat is good")
+    assert tok.decode(comp[-1:]) == "<eos>"
+    assert generated_length(tok, messages, comp, stopped=True) == len(comp)  # the model emitted <eos>
+    assert generated_length(tok, messages, comp, stopped=False) == len(comp) - 1  # cut by max_tokens
+
+
+def test_prefix_lengths_sum_only_the_first_tokens(tok, model) -> None:
+    seqs = [completion_ids(tok, tm.conversation(p), c) for p, c in zip(tm.PROMPTS, COMPLETIONS)]
+    lengths = [max(0, len(comp) - 1 - (i % 2)) for i, (_, comp) in enumerate(seqs)]
+    got = sequence_logprobs(model, seqs, batch_size=3, pad_id=tok.pad_token_id, prefix_lengths=lengths)
+    want = [reference_logprob(model, list(c), list(y[:k])) for (c, y), k in zip(seqs, lengths)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 def test_sequence_logprobs_leave_the_model_mode_alone(tok, model) -> None:

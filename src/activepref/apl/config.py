@@ -95,6 +95,11 @@ class APLConfig(_Strict):
     def _check(self) -> APLConfig:
         if self.policy.backend != "transformers":
             raise ValueError("policy.backend must be 'transformers' (the policy is fine-tuned locally)")
+        if self.policy.dtype != "float32":
+            raise ValueError(
+                "policy.dtype must be float32: DPO keeps the trained weights in it (small updates round away in "
+                "bfloat16); for mixed precision on a GPU add dpo.extra: {bf16: true}"
+            )
         if self.labels_per_round > self.prompts_per_round:
             raise ValueError(f"labels_per_round (M={self.labels_per_round}) must not exceed prompts_per_round (S={self.prompts_per_round})")
         if self.dpo.lora is not None and not self.dpo.reinit:

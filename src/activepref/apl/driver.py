@@ -11,6 +11,7 @@ import numpy as np
 
 from activepref.apl.config import BUILTIN_PROMPTS, APLConfig
 from activepref.apl.loop import APLRun, RoundResult, StageCallback, load_parts, stable_seed
+from activepref.apl.policy import check_dpo_extra
 from activepref.apl.report import write_report
 from activepref.cache import RequestCache
 from activepref.data import Prompt, read_prompts
@@ -43,6 +44,21 @@ def load_prompt_sets(config: APLConfig) -> tuple[list[Prompt], list[Prompt]]:
     return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
 
 
+def check_prompt_budget(config: APLConfig, n_train: int) -> None:
+    """Refuse, before any call is paid, a config whose last round would run out of prompts:
+    each round draws S prompts (J*S for hybrid) among those not labelled in earlier rounds,
+    and every round labels M of them."""
+    factor = config.hybrid_factor if "hybrid" in config.acquisitions else 1
+    needed = (config.rounds - 1) * config.labels_per_round + config.prompts_per_round * factor
+    if n_train < needed:
+        raise ConfigError(
+            f"{config.prompts}: {n_train} training prompts, but rounds={config.rounds}, labels_per_round={config.labels_per_round}, "
+            f"prompts_per_round={config.prompts_per_round}"
+            + (f", hybrid_factor={config.hybrid_factor}" if factor > 1 else "")
+            + f" need at least {needed} ((rounds-1)*M + S{'*J' if factor > 1 else ''}); add prompts or lower one of these"
+        )
+
+
 def run_dir_for(out: Path, acquisition: str, seed: int) -> Path:
     return out / "runs" / f"{acquisition}-seed{seed}"
 
@@ -61,6 +77,8 @@ def run_apl(
 
         torch.set_num_threads(config.threads)
     train, held_out = load_prompt_sets(config)
+    check_prompt_budget(config, len(train))
+    check_dpo_extra(config.dpo)
     cache = RequestCache(config.cache_path or out / "requests.sqlite")
     try:
         parts = load_parts(config, cache)

@@ -40,6 +40,7 @@ from activepref.apl.referee import Referee
 from activepref.apl.scores import (
     certainty,
     completion_ids,
+    generated_length,
     implicit_rewards,
     predictive_entropy,
     sequence_logprobs,
@@ -74,9 +75,15 @@ def stable_seed(*parts: object) -> int:
 NOT_IDENTITY = {"acquisitions", "seeds", "rounds", "cache_path", "threads"}
 
 
-def run_identity(config: APLConfig) -> str:
-    """The config as stored in (and checked against) each run store."""
-    return config.model_dump_json(exclude=NOT_IDENTITY)
+def run_identity(config: APLConfig, train: Sequence[Prompt], held_out: Sequence[Prompt]) -> str:
+    """What each run store records and checks on reopening: the config (less NOT_IDENTITY) and
+    a digest of the training and held-out prompts (ids and texts), so that an edited prompt
+    file -- which would also move the held-out split -- is refused instead of mixed in."""
+    digest = hashlib.sha256()
+    for part, prompts in (("train", train), ("held_out", held_out)):
+        for p in prompts:
+            digest.update(json.dumps([part, p.id, p.text, list(p.messages)], ensure_ascii=False).encode())
+    return json.dumps({"config": json.loads(config.model_dump_json(exclude=NOT_IDENTITY)), "prompts": digest.hexdigest()}, sort_keys=True)
 
 
 @dataclass
@@ -170,11 +177,20 @@ class APLRun:
             out.append(res)
         return out
 
-    def _logprobs(self, model: Any, messages: list[list[dict[str, str]]], texts: list[str]) -> np.ndarray:
+    def _logprobs(
+        self, model: Any, messages: list[list[dict[str, str]]], texts: list[str], stopped: list[bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(log p of each templated completion, as DPO sees it; with ``stopped``, also log p of
+        the tokens the model generated itself, for the entropy)."""
         tok = self.parts.tokenizer
         seqs = [completion_ids(tok, m, t) for m, t in zip(messages, texts)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        return sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad)
+        full = sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad)
+        if stopped is None:
+            return full, None
+        lengths = [generated_length(tok, m, comp, s) for m, (_, comp), s in zip(messages, seqs, stopped)]
+        generated = sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad, prefix_lengths=lengths)
+        return full, generated
 
     # -- stages ----------------------------------------------------------------------------
     def _sample(self, store: APLStore, round_: int, policy: Any) -> None:
@@ -182,7 +198,7 @@ class APLRun:
         taken = store.labelled_prompt_ids()
         available = [p for p in self.train if p.id not in taken]
         if not available:
-            raise ActivePrefError(f"round {round_}: every training prompt has been labelled; add prompts or use fewer rounds")
+            raise ActivePrefError(f"round {round_}: every training prompt has been labelled; use fewer rounds")
         factor = cfg.hybrid_factor if self.acquisition == "hybrid" else 1
         n_samples = cfg.entropy_samples if self.acquisition in ("entropy", "hybrid") else 2
         order = np.random.default_rng(stable_seed(self.seed, "prompts", round_)).permutation(len(available))
@@ -199,15 +215,16 @@ class APLRun:
         results = self._generate(policy, self._endpoint(store, round_ - 1), requests, "generate")
         messages = [p.conversation() for p, _ in owners]
         texts = [r.text for r in results]
-        logp = self._logprobs(policy, messages, texts)
+        logp, gen_logp = self._logprobs(policy, messages, texts, [r.finish_reason == "stop" for r in results])
+        assert gen_logp is not None
         pair_idx = [j for j, (_, n) in enumerate(owners) if n < 2]
         if policy is self.parts.theta0:
             ref = logp.copy()
         else:
             ref = np.full(len(owners), np.nan)
-            ref[pair_idx] = self._logprobs(self.parts.theta0, [messages[j] for j in pair_idx], [texts[j] for j in pair_idx])
+            ref[pair_idx] = self._logprobs(self.parts.theta0, [messages[j] for j in pair_idx], [texts[j] for j in pair_idx])[0]
         rows = [
-            (p.id, n, r.text, r.finish_reason, float(logp[j]), float(ref[j]) if n < 2 else None)
+            (p.id, n, r.text, r.finish_reason, float(logp[j]), float(gen_logp[j]), float(ref[j]) if n < 2 else None)
             for j, ((p, n), r) in enumerate(zip(owners, results))
         ]
         store.commit_samples(round_, rows)
@@ -217,9 +234,10 @@ class APLRun:
         samples = store.samples(round_)
         pids = list(samples)
         n_min = min(len(v) for v in samples.values())
-        logp = np.array([[s["logp"] for s in samples[p][:n_min]] for p in pids])
+        logp = np.array([[s["logp"] for s in samples[p][:2]] for p in pids])
+        gen_logp = np.array([[s["gen_logp"] for s in samples[p][:n_min]] for p in pids])
         ref = np.array([[s["ref_logp"] for s in samples[p][:2]] for p in pids], dtype=np.float64)
-        ent = predictive_entropy(logp)
+        ent = predictive_entropy(gen_logp)
         cert = certainty(implicit_rewards(logp[:, :2], ref, cfg.dpo.beta))
         rng = np.random.default_rng(stable_seed(self.seed, "select", round_))
         m = cfg.labels_per_round
@@ -301,7 +319,7 @@ class APLRun:
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> list[RoundResult]:
         cfg = self.config
-        with APLStore.open_or_create(self.run_dir, run_identity(cfg), self.acquisition, self.seed) as store:
+        with APLStore.open_or_create(self.run_dir, run_identity(cfg, self.train, self.held_out), self.acquisition, self.seed) as store:
             for t in range(1, cfg.rounds + 1):
                 if store.done(t, "evaluated"):
                     continue

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from activepref.apl.config import DPOSettings
+from activepref.errors import ConfigError
 from activepref.extras import require
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def trainable_copy(model: Any) -> Any:
 
 
 def save_checkpoint(model: Any, path: str | Path) -> None:
-    """Write the weights atomically (tied weights handled by ``safetensors.torch.save_model``)."""
+    """Write the weights atomically and durably (temporary file, fsync, rename, fsync of the
+    folder); tied weights are handled by ``safetensors.torch.save_model``."""
     from safetensors.torch import save_model
 
     path = Path(path)
@@ -49,7 +51,14 @@ def save_checkpoint(model: Any, path: str | Path) -> None:
     os.close(fd)
     try:
         save_model(model, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power loss before the run store says "trained"
+        finally:
+            os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -63,6 +72,29 @@ def load_checkpoint(like: Any, path: str | Path) -> Any:
     load_model(model, str(path), device=str(next(like.parameters()).device))
     model.eval()
     return model
+
+
+# DPOConfig arguments set from their own APL fields or by the loop itself.
+RESERVED_DPO_ARGS = frozenset({
+    "output_dir", "seed", "data_seed", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "num_train_epochs", "learning_rate", "beta", "max_length",
+})
+
+
+def check_dpo_extra(settings: DPOSettings) -> None:
+    """``dpo.extra`` keys must be DPOConfig arguments not set elsewhere (checked before any
+    paid call: a typo would otherwise fail only at the first training step)."""
+    if not settings.extra:
+        return
+    import dataclasses
+
+    trl = require("trl")
+    known = {f.name for f in dataclasses.fields(trl.DPOConfig)}
+    for key in settings.extra:
+        if key in RESERVED_DPO_ARGS:
+            raise ConfigError(f"dpo.extra.{key}: set by activepref (use the dpo.* field or let the loop set it)")
+        if key not in known:
+            raise ConfigError(f"dpo.extra.{key}: not an argument of trl.DPOConfig (trl {trl.__version__})")
 
 
 def dpo_rows(pairs: Sequence[tuple[list[dict[str, str]], str, str]]) -> list[dict[str, Any]]:

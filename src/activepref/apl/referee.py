@@ -2,7 +2,8 @@
 
 ``pairwise`` asks :class:`~activepref.judges.pairwise.PairwiseJudge` (order randomised per
 pair, optionally both orders; a pair with no usable answer is re-asked ``max_retries`` times,
-then recorded as a failure). ``likert`` scores both completions with
+then recorded as a failure; a probability of exactly 0.5 -- e.g. two orders that cancel -- is a
+tie, not a win for either side). ``likert`` scores both completions with
 :class:`~activepref.judges.likert.LikertJudge` and prefers the higher expected score (equal
 scores are a tie). Identical completions are a tie without a judge call.
 """
@@ -58,10 +59,15 @@ class Referee:
     def _pairwise(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]], seed: int) -> list[Verdict]:
         judge = PairwiseJudge(self.backend, self.cache, both_orders=self.config.both_orders, seed=seed, max_retries=self.config.max_retries)
         picked = judge.judge([p.text for p in prompts], list(pairs), shuffle_order=True)
-        return [
-            Verdict(None, "failure", f"no A/B answer after {self.config.max_retries + 1} attempts") if w < 0 else Verdict(w, "ok")
-            for w in picked
-        ]
+        out = []
+        for w, p in zip(picked, judge.last_probabilities):
+            if w < 0 or p is None:
+                out.append(Verdict(None, "failure", f"no A/B answer after {self.config.max_retries + 1} attempts"))
+            elif p == 0.5:  # e.g. both orders asked and the answers cancel: no preference
+                out.append(Verdict(None, "tie", "P(first better) = 0.5"))
+            else:
+                out.append(Verdict(w, "ok", f"P(first better) = {p:.3f}"))
+        return out
 
     def _likert(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
         judge = LikertJudge(self.backend, self.cache, max_retries=self.config.max_retries)

@@ -6,6 +6,9 @@
   = the tokens after their common prefix (the closing end-of-turn tokens included).
 - :func:`sequence_logprobs`: log pθ(y|x) = Σ over completion tokens of log-softmax(logits),
   batched with right padding; prompt tokens and padding contribute nothing.
+- :func:`generated_length`: the completion tokens the model sampled itself (the template's
+  closing tokens excluded, the stop token kept when the model stopped): eq. 8's log pθ(yⁿ|x)
+  is over those, while DPO (and so the implicit reward) sees the whole templated completion.
 - :func:`predictive_entropy` (eq. 8): −(1/N) Σₙ log pθ(yⁿ|x) over N samples from pθ(·|x).
 - :func:`implicit_rewards` (eq. 5): r̂ = β (log pθ(y|x) − log pθ₀(y|x)).
 - :func:`certainty` (eq. 9): |r̂(x, y₁) − r̂(x, y₂)|.
@@ -42,13 +45,27 @@ def completion_ids(tokenizer: Any, messages: Messages, completion: str) -> tuple
     return full[:k], full[k:]
 
 
+def generated_length(tokenizer: Any, messages: Messages, completion: Sequence[int], stopped: bool) -> int:
+    """How many of ``completion``'s tokens the model itself produced: the tokens the chat
+    template adds after an answer (e.g. ``<|im_end|>`` and a newline) are not, except the stop
+    token when the model stopped by emitting it (``stopped``). A sample cut by ``max_tokens``
+    never produced an end-of-turn token, so none of the closing tokens count."""
+    _, closing = completion_ids(tokenizer, messages, "")
+    n = len(completion)
+    if closing and list(completion[n - len(closing) :]) == list(closing):
+        return n - len(closing) + (1 if stopped else 0)
+    return n
+
+
 def sequence_logprobs(
-    model: Any, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, pad_id: int = 0
+    model: Any, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, pad_id: int = 0,
+    prefix_lengths: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Σ log p(completion token | everything before it) for each (context ids, completion ids),
-    as float64. Sequences are sorted by length, right-padded and run ``batch_size`` at a time
-    under ``torch.no_grad`` in the model's current dtype/device; the log-softmax is taken in
-    float32."""
+    as float64. With ``prefix_lengths``, the sums cover only the first ``prefix_lengths[i]``
+    completion tokens of sequence i (same forward pass). Sequences are sorted by length,
+    right-padded and run ``batch_size`` at a time under ``torch.no_grad`` in the model's current
+    dtype/device; the log-softmax is taken in float32."""
     torch = require("torch")
     out = np.zeros(len(sequences), dtype=np.float64)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
@@ -69,7 +86,8 @@ def sequence_logprobs(
                     n = len(ctx) + len(comp)
                     ids[j, :n] = torch.tensor(rows[j], dtype=torch.long)
                     attn[j, :n] = 1
-                    target_mask[j, len(ctx) : n] = True
+                    k = len(comp) if prefix_lengths is None else min(int(prefix_lengths[i]), len(comp))
+                    target_mask[j, len(ctx) : len(ctx) + k] = True
                 logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
                 logp = torch.log_softmax(logits[:, :-1], dim=-1)
                 picked = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)

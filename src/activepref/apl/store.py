@@ -10,7 +10,8 @@ stage repeats no paid call. The run directory is locked (flock) while a process 
 Tables:
     meta      key/value: schema_version, config (JSON), acquisition, seed, uid
     rounds    round, stage
-    samples   round, prompt_id, sample, text, finish_reason, logp (policy), ref_logp (theta0; first two samples only)
+    samples   round, prompt_id, sample, text, finish_reason, logp (policy, templated completion as DPO sees it),
+              gen_logp (policy, generated tokens only: the entropy's term), ref_logp (theta0; first two samples only)
     picks     round, rank, prompt_id, entropy, certainty, score  (the M selected, best first)
     labels    round, prompt_id, chosen, rejected (sample indices), outcome ok|tie|failure, detail
     evals     round, prompt_id, text (policy completion), outcome (1 win, 0 loss, 0.5 tie, NULL failure), detail
@@ -29,7 +30,7 @@ from typing import Any
 from activepref.errors import RunStateError
 from activepref.store import LockedSqliteDir, connect_sqlite, lock_run_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STAGES = ("new", "sampled", "selected", "labelled", "trained", "evaluated")
 
 SCHEMA = """
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, stage TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     round INTEGER, prompt_id TEXT, sample INTEGER, text TEXT NOT NULL, finish_reason TEXT,
-    logp REAL NOT NULL, ref_logp REAL, PRIMARY KEY (round, prompt_id, sample));
+    logp REAL NOT NULL, gen_logp REAL NOT NULL, ref_logp REAL, PRIMARY KEY (round, prompt_id, sample));
 CREATE TABLE IF NOT EXISTS picks (
     round INTEGER, rank INTEGER, prompt_id TEXT NOT NULL, entropy REAL, certainty REAL, score REAL,
     PRIMARY KEY (round, rank));
@@ -99,9 +100,9 @@ class APLStore(LockedSqliteDir):
         cur.execute("INSERT INTO rounds VALUES (?, ?) ON CONFLICT(round) DO UPDATE SET stage = excluded.stage", (round_, stage))
 
     # -- writing (one transaction per stage) ---------------------------------------------
-    def commit_samples(self, round_: int, rows: Sequence[tuple[str, int, str, str | None, float, float | None]]) -> None:
+    def commit_samples(self, round_: int, rows: Sequence[tuple[str, int, str, str | None, float, float, float | None]]) -> None:
         with self.transaction() as cur:
-            cur.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", [(round_, *r) for r in rows])
+            cur.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(round_, *r) for r in rows])
             self._advance(cur, round_, "sampled")
 
     def commit_picks(self, round_: int, rows: Sequence[tuple[str, float | None, float | None, float | None]]) -> None:
@@ -126,12 +127,13 @@ class APLStore(LockedSqliteDir):
 
     # -- reading -------------------------------------------------------------------------
     def samples(self, round_: int) -> dict[str, list[dict[str, Any]]]:
-        """prompt_id -> samples in order, each {text, finish_reason, logp, ref_logp}."""
+        """prompt_id -> samples in order, each {text, finish_reason, logp, gen_logp, ref_logp}."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for pid, _, text, finish, logp, ref in self.conn.execute(
-            "SELECT prompt_id, sample, text, finish_reason, logp, ref_logp FROM samples WHERE round = ? ORDER BY rowid", (round_,)
+        for pid, _, text, finish, logp, gen, ref in self.conn.execute(
+            "SELECT prompt_id, sample, text, finish_reason, logp, gen_logp, ref_logp FROM samples WHERE round = ? ORDER BY rowid",
+            (round_,),
         ):
-            out.setdefault(pid, []).append({"text": text, "finish_reason": finish, "logp": logp, "ref_logp": ref})
+            out.setdefault(pid, []).append({"text": text, "finish_reason": finish, "logp": logp, "gen_logp": gen, "ref_logp": ref})
         return out
 
     def picks(self, round_: int) -> list[dict[str, Any]]:

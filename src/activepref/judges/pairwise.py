@@ -44,6 +44,9 @@ class PairwiseJudge:
         self.max_retries = max_retries
         self.name = f"pairwise|{backend.endpoint}"
         self.last_position_consistency: float | None = None
+        # P(first completion better) per pair of the last call, averaged over the orders asked
+        # (None where the judge failed): 0.5 exactly is a tie the 0/1 answer cannot show
+        self.last_probabilities: list[float | None] = []
 
     def _request(self, prompt: str, first: str, second: str, attempt: int = 0) -> ChatRequest:
         params = SamplingParams(temperature=0.0, max_tokens=1, top_logprobs=20, score_tokens=LETTERS, seed=attempt)
@@ -80,6 +83,7 @@ class PairwiseJudge:
                 break
         out = []
         agree = []
+        self.last_probabilities = [float(np.mean(probs)) if probs else None for probs in p_first]
         for probs in p_first:
             if not probs:
                 out.append(-1)
