@@ -74,7 +74,8 @@ class APLStore(LockedSqliteDir):
                     for key, value in wanted.items():
                         if have.get(key) != value:
                             raise RunStateError(
-                                f"{run_dir} holds an APL run made with a different {key}; use another --out or delete it"
+                                f"{run_dir} holds an APL run made with a different {key}: delete that run folder to "
+                                "start it again (the request cache beside it keeps every paid call), or use another --out"
                             )
         except BaseException:
             store.close()
