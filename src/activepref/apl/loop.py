@@ -25,8 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,28 +38,20 @@ from activepref.apl.referee import Referee
 from activepref.apl.scores import (
     certainty,
     completion_ids,
+    completion_logprob_sums,
     generated_length,
     implicit_rewards,
     predictive_entropy,
-    sequence_logprobs,
     top_m,
 )
 from activepref.apl.store import APLStore
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
-from activepref.backends.transformers_local import TransformersBackend, load_model
+from activepref.backends.transformers_local import TransformersBackend, load_model, model_endpoint
 from activepref.cache import RequestCache
 from activepref.data import Prompt
 from activepref.errors import ActivePrefError
-
-CRASH_ENV = "ACTIVEPREF_CRASH_AT"
-
-
-def crash_point(name: str, round_: int) -> None:
-    """SIGKILL this process when the crash-test hook names this point (``name`` or ``name@round``)."""
-    target = os.environ.get(CRASH_ENV)
-    if target and target in (name, f"{name}@{round_}"):
-        os.kill(os.getpid(), signal.SIGKILL)
+from activepref.loop import crash_point
 
 
 def stable_seed(*parts: object) -> int:
@@ -102,7 +92,7 @@ class APLParts:
 def load_parts(config: APLConfig, cache: RequestCache) -> APLParts:
     pc = config.policy
     entry = load_model(pc.model, pc.gguf_file, pc.dtype, pc.device, "causal_lm")
-    endpoint = TransformersBackend.from_config(pc).endpoint
+    endpoint = model_endpoint(pc)
     theta0 = trainable_copy(entry.model)
     referee = Referee(config.judge, make_backend(config.judge.model), cache)
     return APLParts(config, entry.tokenizer, theta0, endpoint, referee, cache)
@@ -185,12 +175,9 @@ class APLRun:
         tok = self.parts.tokenizer
         seqs = [completion_ids(tok, m, t) for m, t in zip(messages, texts)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        full = sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad)
-        if stopped is None:
-            return full, None
-        lengths = [generated_length(tok, m, comp, s) for m, (_, comp), s in zip(messages, seqs, stopped)]
-        generated = sequence_logprobs(model, seqs, batch_size=self.config.scoring_batch_size, pad_id=pad, prefix_lengths=lengths)
-        return full, generated
+        lengths = None if stopped is None else [generated_length(tok, m, comp, s) for m, (_, comp), s in zip(messages, seqs, stopped)]
+        full, generated = completion_logprob_sums(model, seqs, self.config.scoring_batch_size, pad, lengths)
+        return full, (None if stopped is None else generated)
 
     # -- stages ----------------------------------------------------------------------------
     def _sample(self, store: APLStore, round_: int, policy: Any) -> None:
@@ -340,7 +327,7 @@ class APLRun:
                     crash_point("apl-trained", t)
                 else:
                     trained = self._policy_after(t)
-                self._prev.clear()
+                self._prev = {t + 1: trained}  # θ_t samples round t+1: no need to read its checkpoint back
                 old = self._checkpoint(t - 1)
                 if t > 1 and old.exists():
                     old.unlink()
@@ -351,18 +338,14 @@ class APLRun:
 
     def results(self, store: APLStore) -> list[RoundResult]:
         out = []
-        labels = ties = failures = 0
+        labels = store.labels()
         for t in range(1, self.config.rounds + 1):
-            for lab in store.labels():
-                if lab["round"] == t:
-                    labels += lab["outcome"] == "ok"
-                    ties += lab["outcome"] == "tie"
-                    failures += lab["outcome"] == "failure"
+            upto = [lab["outcome"] for lab in labels if lab["round"] <= t]
             evals = store.evals(t)
             scored = [e["outcome"] for e in evals if e["outcome"] is not None]
             out.append(RoundResult(
-                acquisition=self.acquisition, seed=self.seed, round=t, labels=labels, label_ties=ties,
-                label_failures=failures, win_rate=float(np.mean(scored)) if scored else None,
+                acquisition=self.acquisition, seed=self.seed, round=t, labels=upto.count("ok"), label_ties=upto.count("tie"),
+                label_failures=upto.count("failure"), win_rate=float(np.mean(scored)) if scored else None,
                 wins=sum(o == 1.0 for o in scored), losses=sum(o == 0.0 for o in scored),
                 ties=sum(o == 0.5 for o in scored), failures=len(evals) - len(scored), n_eval=len(evals),
                 extra={"training": store.training(t)},

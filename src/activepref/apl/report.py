@@ -15,6 +15,7 @@ import numpy as np
 
 from activepref.apl.loop import RoundResult
 from activepref.bench.metrics import mean_ci
+from activepref.bench.report import plus_minus
 from activepref.extras import MissingExtraError
 
 COLUMNS = (
@@ -44,10 +45,7 @@ def _table(results: list[RoundResult]) -> dict[str, dict[int, list[RoundResult]]
 
 
 def _fmt(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    mean, half = mean_ci(values)
-    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+    return plus_minus(*mean_ci(values)) if values else "n/a"
 
 
 def summary_markdown(results: list[RoundResult], title: str, notes: list[str]) -> str:

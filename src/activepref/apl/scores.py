@@ -62,12 +62,24 @@ def sequence_logprobs(
     prefix_lengths: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Σ log p(completion token | everything before it) for each (context ids, completion ids),
-    as float64. With ``prefix_lengths``, the sums cover only the first ``prefix_lengths[i]``
-    completion tokens of sequence i (same forward pass). Sequences are sorted by length,
+    as float64; with ``prefix_lengths``, over the first ``prefix_lengths[i]`` completion tokens
+    of sequence i only. See :func:`completion_logprob_sums`."""
+    full, prefix = completion_logprob_sums(model, sequences, batch_size, pad_id, prefix_lengths)
+    return full if prefix_lengths is None else prefix
+
+
+def completion_logprob_sums(
+    model: Any, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, pad_id: int = 0,
+    prefix_lengths: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ over all completion tokens, Σ over the first ``prefix_lengths[i]`` of them) of
+    log p(token | everything before it), both float64 and from one forward pass; without
+    ``prefix_lengths`` the second equals the first. Sequences are sorted by length,
     right-padded and run ``batch_size`` at a time under ``torch.no_grad`` in the model's current
     dtype/device; the log-softmax is taken in float32."""
     torch = require("torch")
-    out = np.zeros(len(sequences), dtype=np.float64)
+    full = np.zeros(len(sequences), dtype=np.float64)
+    prefix = np.zeros(len(sequences), dtype=np.float64)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
     device = next(model.parameters()).device
     was_training = model.training
@@ -80,23 +92,24 @@ def sequence_logprobs(
                 width = max(len(r) for r in rows)
                 ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
                 attn = torch.zeros((len(rows), width), dtype=torch.long)
-                target_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+                full_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+                prefix_mask = torch.zeros((len(rows), width), dtype=torch.bool)
                 for j, i in enumerate(idx):
                     ctx, comp = sequences[i]
                     n = len(ctx) + len(comp)
                     ids[j, :n] = torch.tensor(rows[j], dtype=torch.long)
                     attn[j, :n] = 1
+                    full_mask[j, len(ctx) : n] = True
                     k = len(comp) if prefix_lengths is None else min(int(prefix_lengths[i]), len(comp))
-                    target_mask[j, len(ctx) : len(ctx) + k] = True
+                    prefix_mask[j, len(ctx) : len(ctx) + k] = True
                 logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
                 logp = torch.log_softmax(logits[:, :-1], dim=-1)
                 picked = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-                mask = target_mask[:, 1:].to(device)
-                sums = (picked * mask).sum(dim=1).double().cpu().numpy()
-                out[idx] = sums
+                full[idx] = (picked * full_mask[:, 1:].to(device)).sum(dim=1).double().cpu().numpy()
+                prefix[idx] = (picked * prefix_mask[:, 1:].to(device)).sum(dim=1).double().cpu().numpy()
     finally:
         model.train(was_training)
-    return out
+    return full, prefix
 
 
 def predictive_entropy(logps: np.ndarray) -> np.ndarray:

@@ -302,6 +302,17 @@ def _sampling_classes():
 _CLASSES: tuple | None = None
 
 
+def model_endpoint(config: ModelConfig) -> str:
+    """The request-cache identity of a local model: path, GGUF file and a non-default dtype
+    (the device does not change the answers)."""
+    endpoint = f"transformers|{config.model}"
+    if config.gguf_file:
+        endpoint += f"|{config.gguf_file}"
+    if config.dtype != "float32":
+        endpoint += f"|{config.dtype}"
+    return endpoint
+
+
 class TransformersBackend:
     """``ChatBackend`` over a local transformers causal LM (see the module doc)."""
 
@@ -320,12 +331,7 @@ class TransformersBackend:
     @classmethod
     def from_config(cls, config: ModelConfig) -> TransformersBackend:
         entry = load_model(config.model, config.gguf_file, config.dtype, config.device, "causal_lm")
-        endpoint = f"transformers|{config.model}"
-        if config.gguf_file:
-            endpoint += f"|{config.gguf_file}"
-        if config.dtype != "float32":
-            endpoint += f"|{config.dtype}"
-        return cls(entry.model, entry.tokenizer, endpoint=endpoint, batch_size=config.batch_size, lock=entry.lock)
+        return cls(entry.model, entry.tokenizer, endpoint=model_endpoint(config), batch_size=config.batch_size, lock=entry.lock)
 
     def __repr__(self) -> str:
         return f"TransformersBackend(endpoint={self.endpoint!r}, batch_size={self.batch_size})"
