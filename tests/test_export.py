@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cli_fixtures import one_torch_thread  # noqa: F401 - autouse fixture (one torch thread)
 from typer.testing import CliRunner
 
 from activepref import runs
@@ -35,17 +36,6 @@ def conversation_of(p: int, text: str) -> list[dict[str, str]]:
     """Even prompts carry a system turn; odd prompts are plain strings in the pool file."""
     user = {"role": "user", "content": text}
     return [{"role": "system", "content": SYSTEM}, user] if p % 2 == 0 else [user]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The machine has 2 cores, often shared: one intra-op thread avoids spin-wait slowdowns."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

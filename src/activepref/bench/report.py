@@ -14,19 +14,14 @@ from activepref.bench import metrics as M
 REFERENCE_METHOD = "random"
 
 
-def _pm(mean: float, half: float, digits: int = 3) -> str:
+def plus_minus(mean: float, spread: float = float("nan"), digits: int = 3) -> str:
+    """``mean ± spread``; just the mean when the spread is NaN; ``n/a`` when the mean is NaN
+    (e.g. no judge score for a method that annotates nothing)."""
     if math.isnan(mean):
         return "n/a"
-    if math.isnan(half):
+    if math.isnan(spread):
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def _ms(mean: float, std: float | None = None) -> str:
-    """mean ± std with 3 decimals, or n/a (e.g. no judge score for a method that annotates nothing)."""
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def _by_method(rows: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -179,7 +174,7 @@ def write_report(
         finals = [c[-1] for c in seeds.values()]
         cells = [method, str(len(finals)), f"{np.nanmean([f['pairs'] for f in finals]):.0f}", f"{np.nanmean([f['annotations'] for f in finals]):.0f}"]
         for key in ("accuracy", "spearman_loss", "best_of_n"):
-            cells.append(_pm(*M.mean_ci([f[key] for f in finals])))
+            cells.append(plus_minus(*M.mean_ci([f[key] for f in finals])))
         if eff is None:
             cells += ["n/a", "n/a"]
         else:
@@ -212,8 +207,8 @@ def write_report(
     for method in by:
         j, o = stats[method]["judge"], stats[method]["oracle"]
         lines.append(
-            f"| {method} | {j.n} | {_ms(j.chosen_mean, j.chosen_std)} | {_ms(j.rejected_mean, j.rejected_std)} | "
-            f"{_ms(j.diff_mean, j.diff_std)} | {_ms(j.overall_mean)} | {_ms(o.diff_mean, o.diff_std)} |"
+            f"| {method} | {j.n} | {plus_minus(j.chosen_mean, j.chosen_std)} | {plus_minus(j.rejected_mean, j.rejected_std)} | "
+            f"{plus_minus(j.diff_mean, j.diff_std)} | {plus_minus(j.overall_mean)} | {plus_minus(o.diff_mean, o.diff_std)} |"
         )
     costs = []
     for method, seeds in by.items():
