@@ -189,3 +189,82 @@ def test_checkpoint_moves_between_devices(tmp_path: Path, device: str) -> None:
     on_cpu.load(tmp_path / "ckpt.safetensors")
     torch.testing.assert_close(on_cpu.rewards(feats), trained.rewards(feats), rtol=1e-5, atol=1e-6)
     on_cpu.fit(feats, buf, cfg, 100, np.random.default_rng(4))  # Adam state came along
+
+
+def _full_state(model: EnsembleRewardModel) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint holds (parameters, Adam moments and step counts, zeta) plus
+    the anchors, which a checkpoint does not hold but a fresh model must rebuild."""
+    state = model.state_dict()
+    state.update({f"anchor.{n}": t for n, t in model.anchors.items()})
+    return state
+
+
+def test_save_then_load_restores_the_in_memory_state_bit_for_bit(tmp_path: Path) -> None:
+    """Issue 11: a process that trains on and one that reloads each checkpoint must hold the
+    same model after every iteration: parameters, Adam moments, Adam step counts (dtype and
+    device included), zeta and anchors, compared bit for bit; and the next fit of both
+    must also agree bit for bit."""
+    shape = ENNShape(dim=10, heads=4, hidden=8, layers=2)
+    feats = torch.randn(80, 10, generator=torch.Generator().manual_seed(3))
+    buf = ReplayBuffer()
+    cfg = TrainConfig(lr=3e-3, steps=9, batch_size=8)
+    straight = EnsembleRewardModel(shape, seed=4, zeta=1.5)
+    path = tmp_path / "ckpt.safetensors"
+    for it in range(4):
+        buf.append(np.arange(it * 10, it * 10 + 10), np.arange(40 + it * 10, 50 + it * 10))  # 10 more pairs each iteration
+        straight.fit(feats, buf, cfg, 25, np.random.default_rng([7, it]))
+        straight.decay_zeta(0.97)
+        straight.save(path)
+        reloaded = EnsembleRewardModel(shape, seed=4, zeta=1.5)
+        reloaded.load(path)
+        a, b = _full_state(straight), _full_state(reloaded)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+        assert reloaded.zeta == straight.zeta
+        for p_a, p_b in zip(straight.params.values(), reloaded.params.values()):
+            s_a, s_b = straight.optimizer.state[p_a], reloaded.optimizer.state[p_b]
+            assert s_a["step"].dtype == s_b["step"].dtype and s_a["step"].device == s_b["step"].device
+        # One more fit from each: identical parameters and moments.
+        probe_buf = ReplayBuffer()
+        probe_buf.append(buf.pairs()[:, 0].copy(), buf.pairs()[:, 1].copy())
+        twin = EnsembleRewardModel(shape, seed=4, zeta=1.5)
+        twin.load(path)
+        twin.fit(feats, probe_buf, cfg, 25, np.random.default_rng(99))
+        reloaded.fit(feats, probe_buf, cfg, 25, np.random.default_rng(99))
+        assert all(torch.equal(x, y) for x, y in zip(_full_state(twin).values(), _full_state(reloaded).values()))
+
+
+def test_the_buffer_order_decides_the_trained_model() -> None:
+    """Why the buffer's order is state: the same pairs in another order give other minibatches
+    and another ensemble once the buffer outgrows the minibatch."""
+    shape = ENNShape(dim=6, heads=3, hidden=8)
+    feats = torch.randn(60, 6, generator=torch.Generator().manual_seed(0))
+    chosen, rejected = np.arange(30), np.arange(30, 60)
+    perm = np.random.default_rng(1).permutation(30)
+    models = []
+    for order in (np.arange(30), perm):
+        buf = ReplayBuffer()
+        buf.append(chosen[order], rejected[order])
+        m = EnsembleRewardModel(shape, seed=2)
+        m.fit(feats, buf, TrainConfig(lr=1e-2, steps=6, batch_size=8), 30, np.random.default_rng(5))
+        models.append(m.rewards(feats))
+    assert not torch.equal(models[0], models[1])
+
+
+@pytest.mark.parametrize("initially", [False, True])
+def test_fit_restores_the_callers_flush_denormal_mode(initially: bool) -> None:
+    """fit flushes subnormals while it trains and must leave the mode as it found it, so
+    predictions after training and after a fresh start use the same arithmetic."""
+    from activepref.enn import flush_denormal_enabled
+
+    shape = ENNShape(dim=4, heads=2, hidden=4)
+    buf = ReplayBuffer()
+    buf.append(np.arange(3), np.arange(3, 6))
+    torch.set_flush_denormal(initially)
+    try:
+        assert flush_denormal_enabled() is initially
+        EnsembleRewardModel(shape, seed=0).fit(torch.randn(6, 4), buf, TrainConfig(steps=2), 3, np.random.default_rng(0))
+        assert flush_denormal_enabled() is initially
+    finally:
+        torch.set_flush_denormal(False)

@@ -131,3 +131,59 @@ def test_the_ensemble_learns_on_the_builtin_pool(tmp_path: Path) -> None:
     assert len(history) == 8
     assert history[-1]["heldout_accuracy"] > 0.6
     assert history[-1]["mean_chosen_reward"] > history[-1]["mean_rejected_reward"]
+
+
+class _Crash(Exception):
+    """Stands in for a kill at a crash point (the process state is dropped with the store)."""
+
+
+def _record_fits(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """Patch ENN.fit to record a copy of the replay buffer each fit trains on."""
+    from activepref.enn import EnsembleRewardModel
+
+    seen: list[np.ndarray] = []
+    real_fit = EnsembleRewardModel.fit
+
+    def fit(self, features, buffer, *args, **kwargs):
+        seen.append(buffer.pairs().copy())
+        return real_fit(self, features, buffer, *args, **kwargs)
+
+    monkeypatch.setattr(EnsembleRewardModel, "fit", fit)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["drts", "dopt"])
+@pytest.mark.parametrize("point", ["train.mid@3", "annotate.after_commit@2", "select.after_commit@4"])
+def test_a_resumed_process_trains_on_the_buffer_of_an_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, point: str) -> None:
+    """Issue 11 at the level where the state diverged: every fit after a resume sees the
+    replay buffer (same pairs, same order) that the uninterrupted process had."""
+    import activepref.loop as loop
+
+    pool = _pool(tmp_path, n_prompts=40)
+    cfg = _config(pool, method=method, batch_size=6, iterations=6, seed=3)
+    seen = _record_fits(monkeypatch)
+    run(cfg, tmp_path / "straight")
+    straight = list(seen)
+    seen.clear()
+
+    name, at = point.split("@")
+
+    def crash(n: str, it: int) -> None:
+        if n == name and it == int(at):
+            raise _Crash(point)
+
+    monkeypatch.setattr(loop, "crash_point", crash)
+    with pytest.raises(_Crash):
+        run(cfg, tmp_path / "killed")
+    monkeypatch.setattr(loop, "crash_point", lambda n, it: None)
+    from activepref.runs import resume
+
+    resume(tmp_path / "killed")
+    # The killed process trained iterations 0..k-1 (and part of k); the resumed one k..5.
+    resumed = seen[-(len(straight) - int(at)) :]
+    for it, pairs in zip(range(int(at), len(straight)), resumed):
+        assert np.array_equal(pairs, straight[it]), f"iteration {it}: the resumed buffer differs"
+    with RunStore.open_readonly(tmp_path / "straight") as a, RunStore.open_readonly(tmp_path / "killed") as b:
+        assert a.preference_rows() == b.preference_rows()
+        assert np.array_equal(a.replay_pairs(), b.replay_pairs())
+        assert np.array_equal(a.replay_pairs(), straight[-1])

@@ -224,3 +224,43 @@ def test_failed_create_releases_the_lock(tmp_path, pool):
     with pytest.raises(RunStateError) as second:  # not RunLockedError
         RunStore.open(d)
     assert "interrupted while it was being created" in str(second.value)
+
+
+# -- replay-buffer order ----------------------------------------------------------------------
+def _select_and_commit(store: RunStore, it: int, prompts: list[int], rows: list[tuple]) -> None:
+    store.commit_selection(it, prompts, {"kind": "design", "pairs": []})
+    store.commit_preferences(it, rows, {"ok": len(rows)})
+
+
+def test_replay_pairs_keep_the_commit_order_not_the_prompt_order(run_dir):
+    """The buffer order is the order rows were committed in (the batch's own prompt order),
+    across iterations; the export order (preference_rows) stays by iteration and prompt."""
+    with RunStore.open(run_dir) as store:
+        _select_and_commit(store, 0, [4, 2], [(4, 12, 13, 1.0, 0.0, "m"), (2, 6, 7, 1.0, 0.0, "m")])
+        _select_and_commit(store, 1, [5, 1, 3], [(5, 15, 14, 1.0, 0.0, "m"), (1, 3, 2, 1.0, 0.0, "m"), (3, 9, 8, 1.0, 0.0, "m")])
+        assert store.replay_pairs().tolist() == [[12, 13], [6, 7], [15, 14], [3, 2], [9, 8]]
+        assert store.replay_pairs(iteration=1).tolist() == [[15, 14], [3, 2], [9, 8]]
+        assert store.replay_pairs(iteration=7).shape == (0, 2)
+        assert [r[1] for r in store.preference_rows()] == [2, 4, 1, 3, 5]
+    with RunStore.open(run_dir) as store:  # a new process reads the same order
+        assert store.replay_pairs().tolist() == [[12, 13], [6, 7], [15, 14], [3, 2], [9, 8]]
+
+
+def test_a_schema_2_run_is_upgraded_in_place_with_the_old_resume_order(run_dir):
+    with RunStore.open(run_dir) as store:
+        _select_and_commit(store, 0, [4, 2], [(4, 12, 13, 1.0, 0.0, "m"), (2, 6, 7, 1.0, 0.0, "m")])
+    conn = sqlite3.connect(run_dir / "run.sqlite")  # rewrite the table as schema 2 had it
+    conn.executescript(
+        "CREATE TABLE p2 (iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, chosen_idx INTEGER NOT NULL, "
+        "rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL, "
+        "pair_index INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (iteration, prompt_idx, pair_index));"
+        "INSERT INTO p2 SELECT iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, pair_index "
+        "FROM preferences ORDER BY buffer_position; DROP TABLE preferences; ALTER TABLE p2 RENAME TO preferences;"
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    with RunStore.open(run_dir) as store:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
+        assert store.replay_pairs().tolist() == [[6, 7], [12, 13]]  # schema 2 resumed by prompt
+        _select_and_commit(store, 1, [5], [(5, 15, 14, 1.0, 0.0, "m")])
+        assert store.replay_pairs().tolist() == [[6, 7], [12, 13], [15, 14]]

@@ -147,6 +147,12 @@ class ReplayBuffer:
         return self._pairs[: self._size]
 
 
+def flush_denormal_enabled() -> bool:
+    """Whether the CPU flushes subnormal floats to zero now (torch has a setter, no getter):
+    a subnormal float32 survives a multiplication by one only when flushing is off."""
+    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() == 0.0)
+
+
 @dataclass
 class TrainConfig:
     lr: float = DEFAULT_LR
@@ -218,12 +224,14 @@ class EnsembleRewardModel:
         if len(pairs) == 0 or config.steps == 0:
             return float("nan")
         # Adam's second moments of tiny gradients go subnormal, which is ~100x slower on x86.
-        flush = torch.set_flush_denormal(True)
+        # The caller's mode is restored afterwards: a process that trained and one that has
+        # just resumed must predict with the same floating-point mode.
+        before = flush_denormal_enabled()
+        torch.set_flush_denormal(True)
         try:
             return self._fit(features, pairs, config, train_size, rng, on_step)
         finally:
-            if flush:
-                torch.set_flush_denormal(False)
+            torch.set_flush_denormal(before)
 
     def _fit(
         self,

@@ -493,14 +493,20 @@ def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
     return make_embedder(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_length=cfg.max_length)
 
 
+def append_pairs(buffer: ReplayBuffer, pairs: np.ndarray) -> None:
+    """Append [n, 2] (chosen, rejected) rows read from the store to the replay buffer."""
+    if len(pairs):
+        buffer.append(pairs[:, 0], pairs[:, 1])
+
+
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every unfinished step. Returns per-iteration metrics."""
     ctx = build_context(store, config, progress, live)
     plan = iteration_plan(store, config)
+    # The buffer is always filled from the store in its recorded order (here and after each
+    # iteration's commit), so a resumed process trains on the buffer of an uninterrupted one.
     buffer = ReplayBuffer()
-    prefs = store.preference_rows()
-    if prefs:
-        buffer.append(np.asarray([r[2] for r in prefs]), np.asarray([r[3] for r in prefs]))
+    append_pairs(buffer, store.replay_pairs())
     last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
     model: EnsembleRewardModel | None = None
 
@@ -535,9 +541,8 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
         assert rec is not None
         if rec.status == STATUS_SELECTED:
             ctx.progress.on_stage(it, "annotate")
-            new = annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
-            if new:
-                buffer.append(np.asarray([r[1] for r in new]), np.asarray([r[2] for r in new]))
+            annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
+            append_pairs(buffer, store.replay_pairs(iteration=it))
             rec = store.iteration(it)
         assert rec is not None and rec.status == STATUS_ANNOTATED
         ctx.progress.on_stage(it, "train")

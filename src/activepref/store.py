@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ import numpy as np
 from activepref.data import Pool, Prompt, Response
 from activepref.errors import RunLockedError, RunStateError
 
-SCHEMA_VERSION = 2  # 2: several (design-selected) pairs per prompt and iteration
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,7 +61,8 @@ CREATE TABLE IF NOT EXISTS iterations (
 CREATE TABLE IF NOT EXISTS preferences (
     iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, chosen_idx INTEGER NOT NULL,
     rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL,
-    pair_index INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (iteration, prompt_idx, pair_index));
+    pair_index INTEGER NOT NULL DEFAULT 0, buffer_position INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (iteration, prompt_idx, pair_index));
 """
 
 STATUS_GENERATED = "generated"
@@ -180,6 +184,9 @@ class RunStore(LockedSqliteDir):
             store.close()
             raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
         version = store.meta("schema_version")
+        if version == "2":
+            store._upgrade_from_2()
+            version = store.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             store.close()
             raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
@@ -224,6 +231,21 @@ class RunStore(LockedSqliteDir):
             store.close()
             raise
         return store
+
+    def _upgrade_from_2(self) -> None:
+        """Schema 2 -> 3: give every preference row its replay-buffer position.
+
+        Schema 2 kept no buffer order; a resume under it rebuilt the buffer by (iteration,
+        prompt, pair), so that order is the one the rows get. A run begun under schema 2
+        therefore resumes as it would have before (not necessarily identical to an
+        uninterrupted run; runs begun under schema 3 are)."""
+        log.warning("%s: run store made by an older activepref (schema 2); upgrading it to schema 3", self.run_dir)
+        with self.transaction() as cur:
+            rows = cur.execute("SELECT rowid FROM preferences ORDER BY iteration, prompt_idx, pair_index").fetchall()
+            cur.execute("ALTER TABLE preferences ADD COLUMN buffer_position INTEGER")
+            cur.executemany("UPDATE preferences SET buffer_position = ? WHERE rowid = ?", [(pos, rowid) for pos, (rowid,) in enumerate(rows)])
+            cur.execute("CREATE UNIQUE INDEX preferences_buffer_position ON preferences (buffer_position)")
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:
         store, conn = self, self.conn
@@ -347,6 +369,21 @@ class RunStore(LockedSqliteDir):
         assert table in {"scores", "judge_failures", "preferences", "prompts", "responses"}
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
+    def replay_pairs(self, iteration: int | None = None) -> np.ndarray:
+        """[n, 2] (chosen_idx, rejected_idx) of the preferences (of one iteration, or all) in
+        the order they entered the replay buffer.
+
+        The ENN draws its training set and minibatches by position in the buffer, so this
+        order is part of the run's state: the loop fills its buffer from this query both
+        after committing an iteration's pairs and when it resumes, and a resumed process
+        trains on exactly the buffer an uninterrupted one had."""
+        sql = "SELECT chosen_idx, rejected_idx FROM preferences"
+        args: tuple[int, ...] = ()
+        if iteration is not None:
+            sql, args = sql + " WHERE iteration = ?", (iteration,)
+        rows = self.conn.execute(sql + " ORDER BY buffer_position", args).fetchall()
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
     def preference_rows(self) -> list[tuple[int, int, int, int, float | None, float | None, str]]:
         """(iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method) in order.
 
@@ -444,12 +481,14 @@ class RunStore(LockedSqliteDir):
             )
 
     def commit_preferences(self, it: int, rows: list[tuple[Any, ...]], pair_status: dict[str, int]) -> None:
-        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index])."""
+        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index]),
+        in the order they enter the replay buffer (recorded as ``buffer_position``)."""
         with self.transaction() as cur:
+            start = cur.execute("SELECT COALESCE(MAX(buffer_position) + 1, 0) FROM preferences").fetchone()[0]
             cur.executemany(
-                "INSERT INTO preferences (iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, pair_index) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                [(it, *r[:6], r[6] if len(r) > 6 else 0) for r in rows],
+                "INSERT INTO preferences (iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, "
+                "pair_index, buffer_position) VALUES (?,?,?,?,?,?,?,?,?)",
+                [(it, *r[:6], r[6] if len(r) > 6 else 0, start + k) for k, r in enumerate(rows)],
             )
             cur.execute(
                 "UPDATE iterations SET status = ?, pair_status = ? WHERE iteration = ? AND status = ?",

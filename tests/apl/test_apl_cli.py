@@ -173,11 +173,29 @@ def test_stored_logprobs_are_the_policy_log_probabilities(env) -> None:
     ("acq", "point"),
     [("certainty", "apl-sampled@2"), ("certainty", "apl-judged@1"), ("certainty", "apl-checkpoint-written@1"),
      ("certainty", "apl-labelled@2"), ("certainty", "apl-eval-judged@2"), ("certainty", "apl-evaluated@1"),
-     ("hybrid", "apl-selected@2"), ("entropy", "apl-trained@1")],
+     ("hybrid", "apl-selected@2"), ("entropy", "apl-trained@1"), ("certainty", "apl-train.mid@1"),
+     ("entropy", "apl-train.mid@2")],
 )
 def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_calls(env, acq, point, tmp_path) -> None:
     cfg = yaml.safe_load(env["cfg"].read_text())
     cfg.update(acquisitions=[acq], cache_path=str(tmp_path / "cache.sqlite"))  # a fresh cache: every call is paid
+    _kill_at_then_rerun(env, cfg, acq, point, tmp_path, want=[r for r in read_csv(env["out"] / "results.csv") if r["acquisition"] == acq])
+
+
+def test_sigkill_during_continued_training_then_rerun_matches_uninterrupted(env, tmp_path) -> None:
+    """dpo.reinit: false -- round 2 trains from theta1, which an uninterrupted run keeps in
+    memory and a resumed one reads back from round 1's checkpoint."""
+    cfg = yaml.safe_load(env["cfg"].read_text())
+    cfg.update(acquisitions=["certainty"], cache_path=str(tmp_path / "base-cache.sqlite"))
+    cfg["dpo"] = {**cfg["dpo"], "reinit": False}
+    base = tmp_path / "base"
+    result = invoke("apl", "--config", write_yaml(tmp_path / "base.yaml", cfg), "--out", base)
+    assert result.exit_code == 0, result.output
+    cfg["cache_path"] = str(tmp_path / "cache.sqlite")
+    _kill_at_then_rerun(env, cfg, "certainty", "apl-train.mid@2", tmp_path, want=read_csv(base / "results.csv"))
+
+
+def _kill_at_then_rerun(env, cfg: dict, acq: str, point: str, tmp_path: Path, want: list[dict]) -> None:
     path = write_yaml(tmp_path / "apl.yaml", cfg)
     out = tmp_path / "out"
     start = len(env["srv"].chat_requests)
@@ -190,7 +208,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_results_without_repeated_cal
     assert result.exit_code == 0, result.output
     reqs = bodies(env["srv"], start)
     assert len(reqs) == len(set(reqs))  # nothing the killed process was answered is asked again
-    want = [r for r in read_csv(env["out"] / "results.csv") if r["acquisition"] == acq]
     assert read_csv(out / "results.csv") == want
 
 

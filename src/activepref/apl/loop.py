@@ -272,6 +272,7 @@ class APLRun:
             trained, metrics = dpo_finetune(
                 start, self.parts.theta0, self.parts.tokenizer, dpo_rows(pairs), cfg.dpo,
                 seed=stable_seed(self.seed, "train", round_), workdir=self.run_dir / "trainer",
+                on_step=lambda step: crash_point("apl-train.mid", round_) if step == 1 else None,
             )
         else:
             trained, metrics = start, {"steps": 0, "pairs": 0, "note": "no usable label yet: policy unchanged"}

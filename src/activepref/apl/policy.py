@@ -12,7 +12,7 @@ import copy
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +109,43 @@ def dpo_rows(pairs: Sequence[tuple[list[dict[str, str]], str, str]]) -> list[dic
     ]
 
 
+def _step_callback(on_step: Callable[[int], None]) -> Any:
+    """A ``TrainerCallback`` that calls ``on_step(global_step)`` after each optimiser step."""
+    transformers = require("transformers")
+
+    class StepHook(transformers.TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            on_step(int(state.global_step))
+
+    return StepHook()
+
+
+def clean_copy(template: Any, trained: Any) -> Any:
+    """The trained weights in a fresh copy of ``template`` (theta0, which no trainer touched).
+
+    TRL's trainers patch the model they train: ``add_fused_lm_head`` sets an instance-level
+    ``forward`` whose closure holds the *patched object's* original forward, and the Trainer
+    turns ``config.use_cache`` off. ``copy.deepcopy`` shares that closure (functions are
+    copied by reference), so a copy of a trained policy -- what continued training
+    (``dpo.reinit: false``) starts the next round from -- would run the previous policy's
+    forward with the previous policy's weights whenever it is called outside fused training:
+    sampling, log-probs and evaluation were a round behind. A policy rebuilt from theta0 is
+    exactly what a resumed run reads back from the round's checkpoint, so an uninterrupted
+    and a resumed run hold the same model."""
+    model = copy.deepcopy(template)
+    model.load_state_dict(trained.state_dict(), strict=True)
+    model.eval()
+    return model
+
+
 def dpo_finetune(
-    start: Any, reference: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: DPOSettings, seed: int, workdir: str | Path
+    start: Any, reference: Any, tokenizer: Any, rows: list[dict[str, Any]], settings: DPOSettings, seed: int, workdir: str | Path,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fine-tune a copy of ``start`` on ``rows`` with DPO against ``reference`` (theta0).
+    ``on_step(global_step)`` runs after each optimiser step (crash tests kill there).
+    ``reference`` must be a model no trainer has touched (theta0): the result is a fresh
+    copy of it with the trained weights (see :func:`clean_copy`).
     Returns (trained model in eval mode, metrics of the last logged step and the run)."""
     datasets = require("datasets")
     transformers = require("transformers")
@@ -157,11 +190,13 @@ def dpo_finetune(
         model=policy, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
     )
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # metrics go to the run store, not stdout
+    if on_step is not None:
+        trainer.add_callback(_step_callback(on_step))
     trainer.train()
     trained = trainer.model
     if settings.lora is not None:
         trained = trained.merge_and_unload()
-    trained.eval()
+    trained = clean_copy(reference, trained)
     history = trainer.state.log_history
     steps = [h for h in history if "loss" in h]
     metrics: dict[str, Any] = {"steps": int(trainer.state.global_step), "pairs": len(rows)}

@@ -18,7 +18,10 @@ import csv
 import json
 import math
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -143,6 +146,24 @@ def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the bench process dies.
+
+    Without it, a bench killed with SIGKILL (or by the OOM killer) leaves its workers
+    running, holding their run directories' locks, and the rerun that should resume the
+    bench is refused with "in use by another activepref process" until they finish."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _same_config(a: RunConfig, b: RunConfig) -> bool:

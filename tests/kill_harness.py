@@ -1,0 +1,160 @@
+"""Kill a command from outside at seeded random moments, restart it each time, finish it.
+
+Used by the kill tests: the command is an ``activepref`` CLI invocation started as its own
+process group (so a bench's worker processes die with it, as they do on Ctrl-C in a
+terminal), SIGKILLed after a delay drawn from a seeded generator, then started again
+(``resume`` or the same command) until it finishes. Every kill records where the run
+stood (read from ``run.sqlite`` without a lock), so a test can show that its kills landed
+inside ENN training, selection, judging, ...
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CLI = [sys.executable, "-m", "activepref"]
+SEED_ENV = "ACTIVEPREF_KILL_SEED"  # override the kill schedule's seed to replay or vary it
+
+# What a run does next, given the status of its newest iteration row (store.STATUS_*).
+NEXT_STEP = {
+    None: "create/select",
+    "generated": "embed",
+    "embedded": "select",
+    "selected": "annotate",
+    "annotated": "train",
+    "trained": "select",
+}
+
+
+def kill_seed(default: int) -> int:
+    return int(os.environ.get(SEED_ENV, default))
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"activepref {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def timed(*args: str | Path, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one CLI call that must succeed."""
+    start = time.perf_counter()
+    cli(*args, env=env)
+    return time.perf_counter() - start
+
+
+def run_position(run_dir: Path, live: bool = False) -> str:
+    """Where a run directory stands: '<iteration>:<next step>' from its newest iteration row
+    (a live run generates where a pool run selects)."""
+    db = Path(run_dir) / "run.sqlite"
+    if not db.exists():
+        return "no run yet"
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            created = conn.execute("SELECT value FROM meta WHERE key = 'created'").fetchone()
+            if not created:
+                return "creating"
+            row = conn.execute("SELECT iteration, status FROM iterations ORDER BY iteration DESC LIMIT 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return "creating"
+    if row is None:
+        return "0:" + ("generate" if live else NEXT_STEP[None])
+    it, status = row
+    step = "generate" if live and status == "trained" else NEXT_STEP[status]
+    return f"{it + 1 if status == 'trained' else it}:{step}"
+
+
+@dataclass
+class KillReport:
+    seed: int
+    delays: list[float] = field(default_factory=list)
+    landed: list[str] = field(default_factory=list)  # position after each kill
+    restarts: int = 0
+    finished_early: bool = False
+
+    def count(self, step: str) -> int:
+        return sum(p.endswith(":" + step) for p in self.landed)
+
+    def __str__(self) -> str:
+        return f"kill seed {self.seed}: delays {[round(d, 2) for d in self.delays]} -> landed {self.landed}"
+
+
+def kill_and_restart(
+    start: Sequence[str | Path],
+    restart: Sequence[str | Path],
+    delays: Sequence[float],
+    position: Callable[[], str],
+    seed: int,
+    env: dict[str, str] | None = None,
+    reset: Callable[[], None] | None = None,
+    timeout: float = 300,
+) -> KillReport:
+    """Run ``start``; SIGKILL its process group after each delay in turn, running ``restart``
+    after every kill; then let ``restart`` finish. If a kill left a run being created,
+    ``reset`` (default: nothing) is called and ``start`` runs again.
+
+    Returns what happened; raises AssertionError if the final command fails.
+    """
+    report = KillReport(seed)
+    full_env = {**os.environ, **(env or {})}
+    command = start
+    for delay in delays:
+        proc = subprocess.Popen([*CLI, *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, start_new_session=True)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            _reap_group(proc.pid)
+            report.delays.append(delay)
+            report.landed.append(position())
+            report.restarts += 1
+            command = start if report.landed[-1] in ("no run yet", "creating") else restart
+            if report.landed[-1] == "creating" and reset is not None:
+                reset()
+            continue
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.returncode != 0:
+            raise AssertionError(f"activepref {' '.join(map(str, command))} exited {proc.returncode}:\n{err[-3000:]}")
+        report.finished_early = True
+        break
+    if not report.finished_early:
+        cli(*command, env=env, timeout=timeout)
+    return report
+
+
+def _reap_group(pgid: int, wait_s: float = 10.0) -> None:
+    """Wait until no process of the killed group is left (spawned workers included)."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def seeded_delays(seed: int, n: int, startup_s: float, work_s: float, share: float = 0.45) -> list[float]:
+    """n kill delays: each after the process start-up plus a uniform part of ``share`` of the
+    run's work, so successive kills walk through the whole run."""
+    rng = np.random.default_rng(seed)
+    return [float(startup_s + rng.uniform(0.05, 1.0) * share * work_s) for _ in range(n)]
+
+
+def remove_tree(path: Path) -> Callable[[], None]:
+    return lambda: shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""SIGKILL from outside at seeded random moments, resume each time, and the export must be
+byte for byte the export of an uninterrupted run (issue 11).
+
+The pools are sized so that a differently trained ensemble shows in the dataset: the
+replay buffer outgrows the ENN's minibatch after two iterations (so the order of its rows
+decides the minibatches), and training takes most of an iteration (so most kills land in
+it). Each test prints its kill seed and where every kill landed; set
+ACTIVEPREF_KILL_SEED to replay or vary a schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from activepref.pools import synthetic_pool, write_pool
+
+_TESTS = Path(__file__).resolve().parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+
+from kill_harness import cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
+
+ENN = "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 32}\n"
+KILLS = 6
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("killpool")
+    return write_pool(synthetic_pool(n_prompts=160, candidates=8, dim=16, seed=1), root / "pool.parquet")
+
+
+def _audit_reveals(audit: Path) -> list[str]:
+    return [json.loads(line)["response_id"] for line in audit.read_text().splitlines() if line.strip()] if audit.exists() else []
+
+
+def _uninterrupted(config: Path, root: Path) -> tuple[bytes, float, float, dict]:
+    """(export bytes, start-up seconds, work seconds, status) of an uninterrupted run."""
+    out = root / "base"
+    total = timed("run", "-c", config, "--out", out)
+    startup = timed("resume", out)  # imports, opens the store, finds nothing to do
+    cli("export", out, "--format", "jsonl", "-o", root / "base.jsonl")
+    status = json.loads(cli("status", out, "--json").stdout)
+    return (root / "base.jsonl").read_bytes(), startup, max(total - startup, 0.5), status
+
+
+def _kill_resume_compare(config_text: str, root: Path, seed: int) -> None:
+    base_cfg = root / "base.yaml"
+    base_cfg.write_text(config_text)
+    expected, startup, work, base_status = _uninterrupted(base_cfg, root)
+    audit = root / "killed.audit"
+    cfg = root / "killed.yaml"
+    cfg.write_text(config_text.replace("judge: {", f"judge: {{audit_log: '{audit}', ") if "judge: {" in config_text
+                   else config_text + f"judge: {{audit_log: '{audit}'}}\n")
+    out = root / "killed"
+    delays = seeded_delays(seed, KILLS, startup, work)
+    report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, lambda: run_position(out), seed, reset=remove_tree(out))
+    print(report)
+    assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
+    cli("export", out, "--format", "jsonl", "-o", root / "killed.jsonl")
+    got = (root / "killed.jsonl").read_bytes()
+    assert got == expected, f"resumed export differs from the uninterrupted run's ({report})"
+    reveals = _audit_reveals(audit)
+    assert len(reveals) == len(set(reveals)), "a stored score was revealed twice"
+    status = json.loads(cli("status", out, "--json").stdout)
+    assert status["iterations_done"] == base_status["iterations_done"]
+    assert status["annotations"] == base_status["annotations"] == len(reveals)
+    assert status["pairs"] == base_status["pairs"]
+
+
+def test_random_kills_of_a_per_prompt_method_resume_byte_identical(pool: Path, tmp_path: Path) -> None:
+    config = f"pool: {pool}\nmethod: drts\nbatch_size: 16\niterations: 8\nseed: 5\n{ENN}"
+    _kill_resume_compare(config, tmp_path, kill_seed(11))
+
+
+def test_random_kills_of_a_batch_design_resume_byte_identical(pool: Path, tmp_path: Path) -> None:
+    config = f"pool: {pool}\nmethod: dopt\nbatch_size: 16\niterations: 8\nseed: 2\n{ENN}"
+    _kill_resume_compare(config, tmp_path, kill_seed(12))
+
+
+def test_random_kills_of_a_live_run_resume_byte_identical(tmp_path: Path) -> None:
+    """A live run against the local OpenAI-compatible test server (generation and judge)."""
+    from servers.fake_openai import FakeOpenAIServer
+    from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
+
+    srv = FakeOpenAIServer(LiveScript()).start()
+    try:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: explain idea number {i} in two sentences." for i in range(48)])
+        models = "".join(
+            f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}, max_concurrency: 8}}\n" for m in GEN_MODELS
+        )
+        config = (
+            f"prompts: {prompts}\nmethod: drts\nbatch_size: 8\niterations: 6\nseed: 4\n"
+            f"generation:\n  samples_per_model: 2\n  max_tokens: 48\n  models:\n{models}"
+            "embedding: {backend: sentence_transformers, model: builtin}\n"
+            f"judge: {{kind: likert, backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}, max_concurrency: 16}}\n"
+            f"cache_path: '{tmp_path / 'cache.sqlite'}'\n"
+            "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 16}\n"
+        )
+        # The kill run gets its own request cache: a cache shared with the uninterrupted run
+        # would answer every call and skip the server.
+        killed_root = tmp_path / "k"
+        killed_root.mkdir()
+        base_root = tmp_path / "b"
+        base_root.mkdir()
+        start = time.perf_counter()
+        base_cfg = base_root / "base.yaml"
+        base_cfg.write_text(config)
+        expected, startup, work, base_status = _uninterrupted(base_cfg, base_root)
+        n_base = len(srv.requests)
+        cfg = killed_root / "killed.yaml"
+        cfg.write_text(config.replace(str(tmp_path / "cache.sqlite"), str(killed_root / "cache.sqlite")))
+        out = killed_root / "killed"
+        seed = kill_seed(13)
+        report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], seeded_delays(seed, KILLS, startup, work),
+                                  lambda: run_position(out, live=True), seed, reset=remove_tree(out))
+        print(report, f"({time.perf_counter() - start:.0f} s)")
+        assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
+        cli("export", out, "--format", "jsonl", "-o", killed_root / "killed.jsonl")
+        assert (killed_root / "killed.jsonl").read_bytes() == expected, f"resumed export differs ({report})"
+        status = json.loads(cli("status", out, "--json").stdout)
+        assert (status["iterations_done"], status["pairs"], status["annotations"]) == (
+            base_status["iterations_done"], base_status["pairs"], base_status["annotations"])
+        # Every answer is cached as it arrives: a request is sent again only if the kill
+        # cut it off in flight (at most one concurrency window per kill).
+        killed_requests = len(srv.requests) - n_base
+        assert killed_requests <= n_base + report.restarts * (2 * 8 + 16), (killed_requests, n_base)
+    finally:
+        srv.stop()
+
+
+def _bench_args(pool: Path, out: Path, settings: Path) -> list[str | Path]:
+    return ["bench", "--pool", pool, "--methods", "random,drts", "--seeds", "1", "--budget", "96", "--batch-size", "16",
+            "--workers", "2", "-c", settings, "--out", out]
+
+
+def test_random_kills_of_a_bench_rerun_to_the_same_results(pool: Path, tmp_path: Path) -> None:
+    """`bench` killed (the whole process group, as Ctrl-C in a terminal does) at random
+    moments and rerun each time gives the results.csv of an uninterrupted bench."""
+    settings = tmp_path / "bench.yaml"
+    settings.write_text(ENN + "eval_fraction: 0.2\n")
+    base = tmp_path / "base"
+    total = timed(*_bench_args(pool, base, settings))
+    out = tmp_path / "killed"
+    seed = kill_seed(14)
+    args = _bench_args(pool, out, settings)
+    # A rerun starts its workers and writes the report again, so its fixed cost is a large
+    # share of this small bench: kill between a fifth and three quarters of the way through.
+    report = kill_and_restart(args, args, seeded_delays(seed, 3, 0.2 * total, total, share=0.55),
+                              lambda: ",".join(f"{d.name}={run_position(d)}" for d in sorted((out / "runs").glob("*"))) or "no run yet",
+                              seed)
+    print(report)
+    assert report.restarts >= 1
+    assert (out / "results.csv").read_bytes() == (base / "results.csv").read_bytes()
+
+
+def test_a_bench_whose_parent_alone_is_killed_leaves_no_worker_behind(pool: Path, tmp_path: Path) -> None:
+    """SIGKILL to the bench process only (an OOM kill): its workers die with it, so the rerun
+    is not refused by run directories still locked by orphans, and it completes the bench."""
+    import os
+    import signal
+    import subprocess
+
+    settings = tmp_path / "bench.yaml"
+    settings.write_text(ENN + "eval_fraction: 0.2\n")
+    out = tmp_path / "out"
+    args = [str(a) for a in _bench_args(pool, out, settings)]
+    proc = subprocess.Popen([sys.executable, "-m", "activepref", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not list((out / "runs").glob("*/run.sqlite")) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the bench finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("bench workers outlived their killed parent")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    rerun = cli(*args, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (out / "results.csv").exists()
