@@ -156,5 +156,15 @@ def seeded_delays(seed: int, n: int, startup_s: float, work_s: float, share: flo
     return [float(startup_s + rng.uniform(0.05, 1.0) * share * work_s) for _ in range(n)]
 
 
+def assert_same_final_model(run_dir: Path, base_dir: Path) -> None:
+    """The last iteration's ENN checkpoint holds the same tensors bit for bit."""
+    from safetensors.torch import load_file
+
+    last = sorted((base_dir / "checkpoints").glob("enn_*.safetensors"))[-1]
+    want, got = load_file(str(last)), load_file(str(run_dir / "checkpoints" / last.name))
+    assert want.keys() == got.keys()
+    assert all(want[k].equal(got[k]) for k in want), f"{run_dir}: the resumed run trained another ensemble"
+
+
 def remove_tree(path: Path) -> Callable[[], None]:
     return lambda: shutil.rmtree(path, ignore_errors=True)

@@ -1,6 +1,13 @@
 """Crash safety of `activepref run`: SIGKILL at named points and at random times, then
-`resume`, must give the export of an uninterrupted run, reveal no stored score twice,
-and a second process on the same run directory must get a clear error."""
+`resume`, must give the export of an uninterrupted run and its final ENN bit for bit, reveal
+no stored score twice, and a second process on the same run directory must get a clear error.
+
+Issue 11: these tests once passed while a resume trained a different ensemble. The buffer
+(at most 32 pairs) never outgrew the ENN's minibatch (64), so every step saw the whole
+buffer and its order changed only the summation order inside a mean, and the tests compared
+only the export, which such last-bit differences did not reach in four iterations. The ENN
+minibatch is now smaller than the buffer and the final checkpoint is compared too;
+tests/test_kill_anywhere.py kills from outside at random moments on a larger pool."""
 
 from __future__ import annotations
 
@@ -16,6 +23,12 @@ import pytest
 
 from activepref.pools import synthetic_pool, write_pool
 
+_TESTS = Path(__file__).resolve().parent
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+
+from kill_harness import assert_same_final_model  # noqa: E402
+
 CLI = [sys.executable, "-m", "activepref"]
 
 
@@ -26,7 +39,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = root / "cfg.yaml"
     config.write_text(
         f"pool: {pool}\nmethod: dts\nbatch_size: 8\niterations: 4\nseed: 7\neval_fraction: 0.2\n"
-        "enn: {heads: 4, hidden: 16, steps: 20, lr: 0.003}\n"
+        "enn: {heads: 4, hidden: 16, steps: 20, lr: 0.003, batch_size: 8}\n"
     )
     base = root / "base"
     _cli("run", "-c", str(config), "--out", str(base))
@@ -92,6 +105,7 @@ def test_sigkill_at_a_step_then_resume_matches_uninterrupted(setup: dict[str, Pa
     export = setup["root"] / f"{name}.jsonl"
     _cli("export", str(out), "--format", "jsonl", "-o", str(export))
     assert _read_jsonl(export) == _read_jsonl(setup["export"])
+    assert_same_final_model(out, setup["base"])
     reveals = _reveals(audit)
     assert len(reveals) == len(set(reveals)), "a stored score was revealed twice"
     status = json.loads(_cli("status", str(out), "--json").stdout)
@@ -122,6 +136,7 @@ def test_sigkill_at_a_random_moment_then_resume(setup: dict[str, Path], delay: f
     export = setup["root"] / f"timed-{delay}.jsonl"
     _cli("export", str(out), "--format", "jsonl", "-o", str(export))
     assert _read_jsonl(export) == _read_jsonl(setup["export"])
+    assert_same_final_model(out, setup["base"])
     reveals = _reveals(audit)
     assert len(reveals) == len(set(reveals))
 

@@ -26,7 +26,7 @@ from activepref.pools import synthetic_pool
 
 EXPECTED_COLUMNS = [
     "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",
-    "model_chosen", "model_rejected", "method", "iteration",
+    "model_chosen", "model_rejected", "method", "iteration", "response_id_chosen", "response_id_rejected",
 ]
 SYSTEM = "You are a careful assistant."
 N_PROMPTS = 16

@@ -23,7 +23,7 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from kill_harness import cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
+from kill_harness import assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
 
 ENN = "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 32}\n"
 KILLS = 6
@@ -65,6 +65,7 @@ def _kill_resume_compare(config_text: str, root: Path, seed: int) -> None:
     cli("export", out, "--format", "jsonl", "-o", root / "killed.jsonl")
     got = (root / "killed.jsonl").read_bytes()
     assert got == expected, f"resumed export differs from the uninterrupted run's ({report})"
+    assert_same_final_model(out, root / "base")
     reveals = _audit_reveals(audit)
     assert len(reveals) == len(set(reveals)), "a stored score was revealed twice"
     status = json.loads(cli("status", out, "--json").stdout)
@@ -117,12 +118,14 @@ def test_random_kills_of_a_live_run_resume_byte_identical(tmp_path: Path) -> Non
         cfg.write_text(config.replace(str(tmp_path / "cache.sqlite"), str(killed_root / "cache.sqlite")))
         out = killed_root / "killed"
         seed = kill_seed(13)
-        report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], seeded_delays(seed, KILLS, startup, work),
+        # Resumes are quicker than the first run (generation answers come from the cache): shorter kills.
+        report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], seeded_delays(seed, KILLS, startup, work, share=0.25),
                                   lambda: run_position(out, live=True), seed, reset=remove_tree(out))
         print(report, f"({time.perf_counter() - start:.0f} s)")
         assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
         cli("export", out, "--format", "jsonl", "-o", killed_root / "killed.jsonl")
         assert (killed_root / "killed.jsonl").read_bytes() == expected, f"resumed export differs ({report})"
+        assert_same_final_model(out, base_root / "base")
         status = json.loads(cli("status", out, "--json").stdout)
         assert (status["iterations_done"], status["pairs"], status["annotations"]) == (
             base_status["iterations_done"], base_status["pairs"], base_status["annotations"])
@@ -196,3 +199,39 @@ def test_a_bench_whose_parent_alone_is_killed_leaves_no_worker_behind(pool: Path
     rerun = cli(*args, check=False)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (out / "results.csv").exists()
+
+
+def test_random_kills_of_export_never_leave_a_partial_dataset(pool: Path, tmp_path: Path) -> None:
+    """`export` killed at random moments leaves either no dataset or the whole one (it writes a
+    temporary file and renames it), and the next export writes the same bytes."""
+    import os
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"pool: {pool}\nmethod: drts\nbatch_size: 16\niterations: 3\nseed: 5\nenn: {{heads: 4, hidden: 8, steps: 5}}\n")
+    run_dir = tmp_path / "run"
+    cli("run", "-c", cfg, "--out", run_dir)
+    for fmt in ("jsonl", "parquet"):
+        want = tmp_path / f"want.{fmt}"
+        took = timed("export", run_dir, "--format", fmt, "-o", want)
+        rng = np.random.default_rng(kill_seed(15))
+        dest = tmp_path / f"killed.{fmt}"
+        outcomes = []
+        for delay in rng.uniform(0.3 * took, 1.1 * took, size=4):
+            proc = subprocess.Popen([sys.executable, "-m", "activepref", "export", str(run_dir), "--format", fmt, "-o", str(dest)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc.wait(timeout=float(delay))
+                outcomes.append("finished")
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                outcomes.append("killed")
+            if dest.exists():
+                assert dest.read_bytes() == want.read_bytes(), f"a partial {fmt} dataset after {outcomes}"
+        print(fmt, outcomes)
+        cli("export", run_dir, "--format", fmt, "-o", dest)
+        assert dest.read_bytes() == want.read_bytes()

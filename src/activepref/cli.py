@@ -227,6 +227,48 @@ def export(
 
 
 @app.command()
+def evaluate(
+    pool: Annotated[str, typer.Option(help="The candidate pool the dataset came from (.jsonl/.parquet, or 'builtin'); needs an oracle (else its score is used).")],
+    dataset: Annotated[Path, typer.Option(help="A dataset written by `activepref export` (JSONL or Parquet).")],
+    features: Annotated[Path | None, typer.Option(help=".npy feature matrix of the pool, if not in the pool file.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the reward model's initialisation and of the held-out pair sample.")] = 0,
+) -> None:
+    """Train a fresh reward model on a dataset alone and score it on the pool's other prompts.
+
+    Independent of the ensemble that chose the pairs: a Bradley-Terry MLP on the pool's
+    features (L-BFGS to convergence) is scored against the hidden oracle on every prompt of the
+    pool the dataset never saw. Prints a table, then one JSON line with rm_accuracy,
+    rm_accuracy_hard (the held-out pairs with the smallest quarter of oracle gaps),
+    label_accuracy (share of the dataset's pairs whose chosen has the higher oracle),
+    mean_oracle_chosen, mean_oracle_rejected, pairs, prompts, heldout_prompts, heldout_pairs.
+
+    Example: `activepref export runs/x -o x.jsonl --format jsonl && activepref evaluate --pool pool.parquet --dataset x.jsonl`
+    """
+    import numpy as np
+
+    from activepref.bench.dataset_quality import evaluate_pairs, read_dataset_pairs
+    from activepref.pools import load_pool
+
+    try:
+        loaded = load_pool(pool, str(features) if features else None)
+        chosen, rejected = read_dataset_pairs(loaded, dataset)
+    except ActivePrefError as exc:
+        _fail(exc)
+    seen = set(np.unique(loaded.prompt_index[np.concatenate([chosen, rejected])]).tolist())
+    heldout = [p for p in range(len(loaded.prompts)) if p not in seen]
+    if not heldout:
+        _fail(ActivePrefError(f"{dataset} covers every prompt of {pool}: no held-out prompt is left to score the reward model on"))
+    quality = evaluate_pairs(loaded, chosen, rejected, heldout, seed)
+    table = Table("metric", "value")
+    for key, value in json.loads(quality.to_json()).items():
+        table.add_row(key, "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))
+    console.print(table)
+    if quality.reference != "oracle":
+        err_console.print("note: the pool has no oracle column; its judge score stands in for it")
+    print(quality.to_json())
+
+
+@app.command()
 def methods() -> None:
     """List every acquisition method with a one-line description."""
     from activepref.acquisition import available
@@ -480,20 +522,57 @@ def bench(
 
 @app.command("make-pool")
 def make_pool(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl; auf: .parquet).", metavar="<path>")],
+    regime: Annotated[str, typer.Option(help="'synthetic' (a tanh teacher over Gaussian features, 6 models) or 'auf' "
+                                             "(seed 001's regime: 30 candidates per prompt from a 30-model quality ladder, "
+                                             "4 aspects judged 1-5; see the README).")] = "synthetic",
     prompts: Annotated[int, typer.Option(help="Number of prompts.")] = 512,
-    candidates: Annotated[int, typer.Option(help="Maximum candidates per prompt.")] = 8,
-    min_candidates: Annotated[int | None, typer.Option(help="Minimum candidates per prompt (default: = candidates).")] = None,
-    dim: Annotated[int, typer.Option(help="Feature dimension.")] = 64,
-    noise: Annotated[float, typer.Option(help="Judge noise (std, oracle-standardised units).")] = 0.3,
+    candidates: Annotated[int | None, typer.Option(help="Maximum candidates per prompt (synthetic, default 8; auf: always 30).")] = None,
+    min_candidates: Annotated[int | None, typer.Option(help="Minimum candidates per prompt (synthetic; default: = candidates).")] = None,
+    dim: Annotated[int | None, typer.Option(help="Feature dimension (default: synthetic 64, auf 256).")] = None,
+    noise: Annotated[float | None, typer.Option(help="Judge noise: synthetic, std in oracle-standardised units (default 0.3); "
+                                                     "auf, std per aspect in Likert points (default 0.5).")] = None,
+    ladder_spread: Annotated[float, typer.Option(help="auf: model effect from +spread (best model) to -spread (worst).")] = 1.0,
+    features_file: Annotated[Path | None, typer.Option(help="auf: write the features to this .npy instead of a Parquet column "
+                                                            "(for big pools; give it to a run as `features:`).", metavar="<path>")] = None,
+    features_dtype: Annotated[str, typer.Option(help="auf: dtype of --features-file, float32 or float16.")] = "float32",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
-    """Write a synthetic candidate pool with a hidden oracle reward (for benchmarks and tests)."""
-    from activepref.pools import synthetic_pool, write_pool
+    """Write a synthetic candidate pool with a hidden oracle reward (for benchmarks and tests).
 
-    pool = synthetic_pool(prompts, candidates, dim, noise, seed, min_candidates)
-    write_pool(pool, output)
-    console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}")
+    Examples: `activepref make-pool -o pool.parquet --prompts 1024`;
+    `activepref make-pool --regime auf -o auf.parquet --prompts 4096 --noise 0.5`;
+    `activepref make-pool --regime auf -o big.parquet --prompts 60000 --features-file big.npy --features-dtype float16`.
+    """
+    import time
+
+    started = time.perf_counter()
+    if regime == "synthetic":
+        from activepref.pools import synthetic_pool, write_pool
+
+        if features_file is not None:
+            _fail(ActivePrefError("--features-file is for --regime auf"))
+        pool = synthetic_pool(prompts, candidates or 8, dim or 64, 0.3 if noise is None else noise, seed, min_candidates)
+        write_pool(pool, output)
+        console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}")
+        return
+    if regime != "auf":
+        _fail(ActivePrefError(f"--regime must be 'synthetic' or 'auf' (got {regime!r})"))
+    from activepref.auf_pool import AUF_MODELS, AUFRegime, write_auf_pool
+
+    if candidates not in (None, len(AUF_MODELS)) or min_candidates not in (None, len(AUF_MODELS)):
+        _fail(ActivePrefError(f"--regime auf has one candidate from each of its {len(AUF_MODELS)} models; leave --candidates unset"))
+    try:
+        spec = AUFRegime(n_prompts=prompts, dim=dim or 256, noise=0.5 if noise is None else noise, ladder_spread=ladder_spread, seed=seed)
+        summary = write_auf_pool(spec, output, features_file, features_dtype)
+    except ValueError as exc:
+        _fail(ActivePrefError(str(exc)))
+    where = f"features in {features_file}" if features_file else "features in the Parquet column"
+    console.print(
+        f"wrote {summary['rows']} candidates ({prompts} prompts x {summary['candidates']} models, d {summary['dim']}) to {output}; "
+        f"{where}; {100 * float(summary['tie_share']):.1f}% of same-prompt pairs tie on the judge score; "
+        f"{time.perf_counter() - started:.1f} s"
+    )
 
 
 def main() -> None:  # pragma: no cover
@@ -502,6 +581,9 @@ def main() -> None:  # pragma: no cover
     # The CLI draws its own progress bars; keep the model loaders' bars out of the way.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from activepref.numerics import flush_denormals_in_every_thread
+
+    flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
     app()
 
 

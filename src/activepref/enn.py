@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from activepref.numerics import flush_denormal_enabled
+
 # 001 Tables 14-15 (hyperparameters of the ENN and its training).
 DEFAULT_HEADS = 20
 DEFAULT_HIDDEN = 128
@@ -147,12 +149,6 @@ class ReplayBuffer:
         return self._pairs[: self._size]
 
 
-def flush_denormal_enabled() -> bool:
-    """Whether the CPU flushes subnormal floats to zero now (torch has a setter, no getter):
-    a subnormal float32 survives a multiplication by one only when flushing is off."""
-    return bool((torch.tensor([1e-40], dtype=torch.float32) * 1.0).item() == 0.0)
-
-
 @dataclass
 class TrainConfig:
     lr: float = DEFAULT_LR
@@ -224,8 +220,8 @@ class EnsembleRewardModel:
         if len(pairs) == 0 or config.steps == 0:
             return float("nan")
         # Adam's second moments of tiny gradients go subnormal, which is ~100x slower on x86.
-        # The caller's mode is restored afterwards: a process that trained and one that has
-        # just resumed must predict with the same floating-point mode.
+        # This reaches the calling thread only, and the caller's mode is restored afterwards;
+        # the command line flushes in every thread from the start (activepref.numerics).
         before = flush_denormal_enabled()
         torch.set_flush_denormal(True)
         try:

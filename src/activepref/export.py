@@ -3,7 +3,8 @@
 Conversational by default: ``prompt`` is the message list up to the user turn, ``chosen``
 and ``rejected`` hold only the assistant message. ``standard=True`` writes plain strings.
 Extra columns: prompt_id, score_chosen, score_rejected, model_chosen, model_rejected,
-method, iteration (TRL ignores them).
+method, iteration, response_id_chosen, response_id_rejected (TRL ignores them; `activepref
+evaluate` uses the response ids to find the pairs' features in the pool).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from activepref.store import RunStore
 ExportFormat = Literal["jsonl", "parquet"]
 COLUMNS = (
     "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",
-    "model_chosen", "model_rejected", "method", "iteration",
+    "model_chosen", "model_rejected", "method", "iteration", "response_id_chosen", "response_id_rejected",
 )
 
 
@@ -43,7 +44,7 @@ def preference_records(store: RunStore, standard: bool = False) -> list[dict[str
             "prompt": p_val, "chosen": c_val, "rejected": r_val, "prompt_id": prompt.id,
             "score_chosen": s_c, "score_rejected": s_r,
             "model_chosen": chosen.model, "model_rejected": rejected.model,
-            "method": method, "iteration": it,
+            "method": method, "iteration": it, "response_id_chosen": chosen.id, "response_id_rejected": rejected.id,
         })
     return out
 
@@ -72,6 +73,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "par
             ("prompt", text_type), ("chosen", text_type), ("rejected", text_type), ("prompt_id", pa.string()),
             ("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("model_chosen", pa.string()),
             ("model_rejected", pa.string()), ("method", pa.string()), ("iteration", pa.int64()),
+            ("response_id_chosen", pa.string()), ("response_id_rejected", pa.string()),
         ])
         pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
     else:

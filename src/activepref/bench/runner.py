@@ -145,6 +145,9 @@ def plan_runs(
 def _worker_init() -> None:
     import torch
 
+    from activepref.numerics import flush_denormals_in_every_thread
+
+    flush_denormals_in_every_thread()  # as the CLI does, so a worker computes like a resumed run
     torch.set_num_threads(1)
     _die_with_parent()
 

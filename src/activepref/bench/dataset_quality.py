@@ -1,0 +1,205 @@
+"""Reward-model quality of an exported preference dataset, independent of the ENN that chose it.
+
+A fresh Bradley-Terry reward model is trained on the dataset's pairs alone (the pool's
+features, z-scored over the pool; its own seed; full-batch L-BFGS on the L2-regularised
+BT loss until the gradient vanishes), then scored against the pool's hidden reward on
+prompts the dataset never saw:
+
+- ``rm_accuracy``: share of held-out same-prompt pairs (a fixed, seeded sample) it orders
+  like the oracle;
+- ``rm_accuracy_hard``: the same on the sampled pairs whose oracle gap is in the lowest
+  quartile (a RewardBench-like hard subset);
+- ``label_accuracy``: share of the dataset's own pairs whose chosen response has the higher
+  oracle (how clean the labels are);
+- ``mean_oracle_chosen`` / ``mean_oracle_rejected``: the dataset's Table-21 statistics.
+
+The reward model is one MLP [d -> RM_HIDDEN -> 1] (ReLU): the pools' oracles are nonlinear in
+the features, and a linear model would cap every method at the same ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from activepref.data import Pool
+from activepref.errors import PoolFormatError
+
+RM_HIDDEN = 64
+RM_L2 = 1e-3  # weight of ||theta||^2 next to the mean BT loss
+RM_MAX_ITER = 500
+HELDOUT_PAIRS = 20_000  # sampled held-out pairs (all of them when fewer)
+HARD_QUANTILE = 0.25
+
+
+@dataclass(frozen=True)
+class DatasetQuality:
+    """What `activepref evaluate` reports (the JSON keys)."""
+
+    rm_accuracy: float
+    rm_accuracy_hard: float
+    label_accuracy: float
+    mean_oracle_chosen: float
+    mean_oracle_rejected: float
+    pairs: int
+    prompts: int
+    heldout_prompts: int
+    heldout_pairs: int
+    reference: str  # "oracle", or "score" for a pool without an oracle
+
+    def to_json(self) -> str:
+        return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()})
+
+
+def standardized_features(features: np.ndarray) -> np.ndarray:
+    """[n, d] z-scored per dimension over the pool (as runs do with enn.standardize)."""
+    x = np.asarray(features, dtype=np.float64)
+    return ((x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)).astype(np.float32)
+
+
+def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, seed: int = 0):
+    """Fit the BT reward model. features: [n, d] float32; chosen, rejected: [N] row indices.
+    Returns a function rows -> rewards [len(rows)] (float64)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    d = features.shape[1]
+    w1 = (torch.rand(d, RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(d)
+    b1 = torch.zeros(RM_HIDDEN, dtype=torch.float64)
+    w2 = (torch.rand(RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(RM_HIDDEN)
+    params = [p.requires_grad_(True) for p in (w1, b1, w2)]
+    x = torch.from_numpy(np.asarray(features, dtype=np.float64))
+
+    def reward(rows: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x[rows] @ w1 + b1) @ w2
+
+    c, r = torch.from_numpy(np.asarray(chosen, dtype=np.int64)), torch.from_numpy(np.asarray(rejected, dtype=np.int64))
+    if len(c):
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=RM_MAX_ITER, tolerance_grad=1e-7, tolerance_change=1e-10,
+                                history_size=20, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = -torch.nn.functional.logsigmoid(reward(c) - reward(r)).mean() + RM_L2 * sum((p * p).sum() for p in params)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return reward(torch.from_numpy(np.asarray(rows, dtype=np.int64))).numpy()
+
+    return predict
+
+
+def heldout_pairs(prompt_index: np.ndarray, reference: np.ndarray, prompts: Sequence[int], seed: int, limit: int = HELDOUT_PAIRS) -> np.ndarray:
+    """[k, 2] (better, worse) same-prompt pairs of the given prompts with strictly ordered
+    reference, a seeded uniform sample of at most ``limit`` of them."""
+    chosen_prompts = np.asarray(list(prompts), dtype=np.int64)
+    size = max(int(prompt_index.max()) if len(prompt_index) else -1, int(chosen_prompts.max()) if len(chosen_prompts) else -1) + 1
+    wanted = np.zeros(size, dtype=bool)
+    wanted[chosen_prompts] = True
+    rows = np.nonzero(wanted[prompt_index])[0]
+    order = rows[np.argsort(prompt_index[rows], kind="stable")]
+    groups = np.split(order, np.nonzero(np.diff(prompt_index[order]))[0] + 1) if len(order) else []
+    pairs = []
+    for idx in groups:
+        a, b = np.triu_indices(len(idx), k=1)
+        i, j = idx[a], idx[b]
+        keep = reference[i] != reference[j]
+        i, j = i[keep], j[keep]
+        swap = reference[i] < reference[j]
+        pairs.append(np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1))
+    out = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+    if len(out) > limit:
+        out = out[np.sort(np.random.default_rng(seed).choice(len(out), size=limit, replace=False))]
+    return out
+
+
+def evaluate_pairs(
+    pool: Pool, chosen: np.ndarray, rejected: np.ndarray, heldout: Sequence[int], seed: int = 0, features: np.ndarray | None = None,
+) -> DatasetQuality:
+    """Quality of the dataset (chosen[i] preferred to rejected[i], pool row indices),
+    scored on the held-out prompts ``heldout`` (prompt indices of ``pool``).
+
+    ``features``: the pool's features already standardised (computed once by callers that
+    evaluate many datasets on one pool)."""
+    reference_name = "oracle" if pool.oracle is not None else "score"
+    reference = np.asarray(pool.oracle if pool.oracle is not None else pool.scores, dtype=np.float64)
+    x = standardized_features(pool.features) if features is None else features
+    predict = train_reward_model(x, chosen, rejected, seed)
+    pairs = heldout_pairs(pool.prompt_index, reference, heldout, seed)
+    if len(pairs):
+        pred = predict(pairs.reshape(-1)).reshape(-1, 2)
+        right = pred[:, 0] > pred[:, 1]
+        gap = reference[pairs[:, 0]] - reference[pairs[:, 1]]
+        hard = gap <= np.quantile(gap, HARD_QUANTILE)
+        acc, acc_hard = float(right.mean()), float(right[hard].mean())
+    else:
+        acc = acc_hard = float("nan")
+    known = np.isfinite(reference[chosen]) & np.isfinite(reference[rejected]) if len(chosen) else np.zeros(0, bool)
+    rc, rr = reference[chosen][known], reference[rejected][known]
+    return DatasetQuality(
+        rm_accuracy=acc, rm_accuracy_hard=acc_hard,
+        label_accuracy=float(np.mean(rc > rr)) if len(rc) else float("nan"),
+        mean_oracle_chosen=float(rc.mean()) if len(rc) else float("nan"),
+        mean_oracle_rejected=float(rr.mean()) if len(rr) else float("nan"),
+        pairs=int(len(chosen)), prompts=int(len(np.unique(pool.prompt_index[chosen]))) if len(chosen) else 0,
+        heldout_prompts=len(set(heldout)), heldout_pairs=int(len(pairs)), reference=reference_name,
+    )
+
+
+def read_dataset_pairs(pool: Pool, dataset: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen rows, rejected rows) of the pool for each row of an exported dataset (JSONL or
+    Parquet from `activepref export`): by ``response_id_chosen``/``response_id_rejected``
+    when present, else by (prompt_id, response text). Errors name the file, row and field."""
+    path = Path(dataset)
+    if not path.exists():
+        raise PoolFormatError(str(path), "file", None, "does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        where = "row"
+    else:
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise PoolFormatError(str(path), f"line {n}", None, f"not JSON ({exc.msg})") from None
+        where = "line"
+    by_id = {r.id: i for i, r in enumerate(pool.responses)}
+    by_text: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(pool.responses):
+        by_text.setdefault((r.prompt_id, r.text), i)
+    chosen, rejected = [], []
+    for n, row in enumerate(rows, start=1):
+        pair = []
+        for side in ("chosen", "rejected"):
+            rid = row.get(f"response_id_{side}")
+            if rid is not None:
+                if rid not in by_id:
+                    raise PoolFormatError(str(path), f"{where} {n}", f"response_id_{side}", f"{rid!r} is not in the pool")
+                pair.append(by_id[rid])
+                continue
+            pid = row.get("prompt_id")
+            value = row.get(side)
+            text = value[-1]["content"] if isinstance(value, list) and value and isinstance(value[-1], dict) else value
+            if not isinstance(pid, str) or not isinstance(text, str):
+                raise PoolFormatError(str(path), f"{where} {n}", side if isinstance(pid, str) else "prompt_id",
+                                      "missing: need prompt_id and the response text (or response_id_chosen/rejected)")
+            if (pid, text) not in by_text:
+                raise PoolFormatError(str(path), f"{where} {n}", side, f"no response of prompt {pid!r} in the pool has this text")
+            pair.append(by_text[(pid, text)])
+        chosen.append(pair[0])
+        rejected.append(pair[1])
+    return np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
