@@ -79,6 +79,10 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
         assert 0 <= float(r["spearman_loss"]) <= 2
         assert r["best_of_n"] != "" and int(r["annotations"]) > 0
         assert int(r["pairs"]) <= 8 * (int(r["iteration"]) + 1)
+        # two iterations < 6 checkpoints: the dataset so far is evaluated after every iteration
+        assert int(r["prompts_consumed"]) == 8 * (int(r["iteration"]) + 1)
+        assert 0 <= float(r["rm_accuracy"]) <= 1 and 0 <= float(r["rm_accuracy_hard"]) <= 1
+        assert 0 <= float(r["label_accuracy"]) <= 1
 
     # every iteration's checkpoint was kept, and the recomputed accuracy is the loop's own
     for m in METHODS:
@@ -92,6 +96,7 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
                     row = next(r for r in rows if (r["method"], int(r["seed"]), int(r["iteration"])) == (m, s, rec.iteration))
                     assert float(row["accuracy"]) == pytest.approx(rec.metrics["heldout_accuracy"])
                     assert int(row["annotations"]) == rec.metrics["annotations"]
+                    assert float(row["label_accuracy"]) == pytest.approx(rec.metrics["pair_agreement"])  # same pairs, same oracle
             finally:
                 store.close()
 
@@ -113,3 +118,12 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
 
     with pytest.raises(ActivePrefError, match="another configuration"):
         run_bench(str(pool_path), ["random"], [0], budget=24, out=out, batch_size=8, workers=1, overrides=TINY)
+
+
+def test_dataset_checkpoints_cover_a_sixth_a_third_a_half_and_all() -> None:
+    from activepref.bench.runner import dataset_checkpoints
+
+    assert dataset_checkpoints(4) == {0, 1, 2, 3}
+    assert dataset_checkpoints(12) == {1, 3, 5, 7, 9, 11}
+    got = dataset_checkpoints(256)  # 4,096 prompts in batches of 16
+    assert {42, 85, 127, 255} <= got and len(got) == 6  # ceil(256/6)-1, ceil(256/3)-1, 128-1, 256-1

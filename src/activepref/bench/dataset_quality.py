@@ -112,7 +112,7 @@ def heldout_pairs(prompt_index: np.ndarray, reference: np.ndarray, prompts: Sequ
     for idx in groups:
         a, b = np.triu_indices(len(idx), k=1)
         i, j = idx[a], idx[b]
-        keep = reference[i] != reference[j]
+        keep = (reference[i] != reference[j]) & np.isfinite(reference[i]) & np.isfinite(reference[j])
         i, j = i[keep], j[keep]
         swap = reference[i] < reference[j]
         pairs.append(np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1))

@@ -38,9 +38,19 @@ RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spe
 EXTRA_COLUMNS = (
     "pairs", "judge_calls", "judge_tokens", "best_of_n_regret", "best_of_n_normalized",
     "oracle_best", "mean_chosen_reward", "mean_rejected_reward", "checkpoint",
+    "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy",
 )
 CACHE_NAME = "bench_metrics.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
+DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
+
+
+def dataset_checkpoints(planned: int) -> set[int]:
+    """Iterations after which the exported dataset is evaluated: the ends of 1/6, 1/3, 1/2,
+    2/3, 5/6 and all of the planned iterations (every iteration when there are fewer than 6)."""
+    if planned <= len(DATASET_FRACTIONS):
+        return set(range(planned))
+    return {max(0, math.ceil(f * planned) - 1) for f in DATASET_FRACTIONS}
 # Set by the bench for every run; a user override of these would break the comparison.
 RESERVED_KEYS = ("pool", "prompts", "method", "method_options", "seed", "batch_size", "iterations", "design_budget", "keep_checkpoints")
 
@@ -230,7 +240,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
     import torch
 
     from activepref.enn import ENNShape, EnsembleRewardModel
-    from activepref.loop import load_features
+    from activepref.loop import iteration_plan, load_features
     from activepref.runs import stored_config
     from activepref.store import STATUS_TRAINED, RunStore
 
@@ -256,6 +266,10 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             groups, ref = response_prompt[cand], reference[cand]
             e = config.enn
             shape = ENNShape(features.shape[1], e.heads, e.hidden, e.layers)
+            quality_at = dataset_checkpoints(len(iteration_plan(store, config)))
+            consumed = np.cumsum([len(r.prompt_idxs) for r in store.iterations()])
+            wanted = quality_at & {r.iteration for r in todo}
+            dataset = _DatasetView(store, reference) if wanted and np.isfinite(reference).any() else None
             for rec in todo:
                 m = rec.metrics or {}
                 row: dict[str, Any] = {
@@ -277,6 +291,12 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
                         best_of_n=bon.mean, best_of_n_regret=bon.regret, best_of_n_normalized=bon.normalized,
                         oracle_best=bon.oracle_max, checkpoint=1,
                     )
+                row["prompts_consumed"] = int(consumed[rec.iteration])
+                if dataset is not None and rec.iteration in quality_at:
+                    q = dataset.quality(rec.iteration, eval_set, seed)
+                    row.update(rm_accuracy=q.rm_accuracy, rm_accuracy_hard=q.rm_accuracy_hard, label_accuracy=q.label_accuracy)
+                else:
+                    row.update(rm_accuracy=None, rm_accuracy_hard=None, label_accuracy=None)
                 cache[str(rec.iteration)] = {k: _jsonable(v) for k, v in row.items()}
             tmp = cache_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps({"version": CACHE_VERSION, "iterations": cache}, sort_keys=True), encoding="utf-8")
@@ -289,6 +309,32 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
         row.update({k: (float("nan") if v is None else v) for k, v in cache[str(rec.iteration)].items()})
         rows.append(row)
     return rows
+
+
+class _DatasetView:
+    """The run's exported dataset (in-prompt pairs) up to an iteration, evaluated like
+    `activepref evaluate` does (activepref.bench.dataset_quality) on the run's held-out prompts."""
+
+    def __init__(self, store: Any, reference: np.ndarray) -> None:
+        from activepref.bench.dataset_quality import standardized_features
+        from activepref.data import Pool
+
+        prompts = [p for p, _, _ in store.prompts()]
+        responses, response_prompt = store.responses()
+        raw = np.asarray(store.features(), dtype=np.float32)
+        self.pool = Pool(prompts, responses, response_prompt, raw, reference, {}, reference)
+        self.features = standardized_features(raw)
+        rows = store.preference_rows()  # (iteration, prompt, chosen, rejected, ...)
+        keep = [r for r in rows if int(response_prompt[r[3]]) == r[1]]  # what `export` writes
+        self.iteration = np.asarray([r[0] for r in keep], dtype=np.int64)
+        self.chosen = np.asarray([r[2] for r in keep], dtype=np.int64)
+        self.rejected = np.asarray([r[3] for r in keep], dtype=np.int64)
+
+    def quality(self, iteration: int, heldout: set[int], seed: int) -> Any:
+        from activepref.bench.dataset_quality import evaluate_pairs
+
+        upto = self.iteration <= iteration
+        return evaluate_pairs(self.pool, self.chosen[upto], self.rejected[upto], sorted(heldout), seed, self.features)
 
 
 def _jsonable(v: Any) -> Any:
