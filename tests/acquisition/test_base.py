@@ -270,12 +270,15 @@ def test_argmax_ordered_pair_tie_order_and_small_prompts():
 NINE = {"random", "maxmin", "ultrafeedback", "delta_pair", "infomax", "dts", "maxminlcb", "drts", "deltaucb"}
 
 
-def test_registry_lists_exactly_the_nine_per_prompt_methods():
+UPSTREAM = {"deltaquantile", "infogain", "ids", "rucb"}  # the authors' code's extra selectors
+
+
+def test_registry_lists_the_nine_paper_and_four_upstream_per_prompt_methods():
     methods = [m for m in available() if m.kind == "per_prompt"]
     names = [method.name for method in methods]
-    assert sorted(names) == sorted(NINE) and len(names) == 9
-    assert {n for n, m in REGISTRY.items() if m.kind == "per_prompt"} == NINE
-    assert all(m.kind == "design" for m in available() if m.name not in NINE)
+    assert sorted(names) == sorted(NINE | UPSTREAM) and len(names) == 13
+    assert {n for n, m in REGISTRY.items() if m.kind == "per_prompt"} == NINE | UPSTREAM
+    assert all(m.kind == "design" for m in available() if m.name not in NINE | UPSTREAM)
     for method in methods:
         assert isinstance(method.description, str) and method.description.strip()
         assert callable(method.propose)

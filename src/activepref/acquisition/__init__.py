@@ -114,6 +114,7 @@ from activepref.acquisition import pairwise  # noqa: E402,F401,I001
 from activepref.acquisition import bandits  # noqa: E402,F401
 from activepref.acquisition import designs  # noqa: E402,F401
 from activepref.acquisition import bayesian  # noqa: E402,F401
+from activepref.acquisition import upstream  # noqa: E402,F401
 
 __all__ = [
     "REGISTRY",
