@@ -120,3 +120,38 @@ def test_mean_ci_matches_scipy_t_interval() -> None:
         assert mean == pytest.approx(v.mean())
         assert half == pytest.approx((hi - lo) / 2, rel=3e-3)
     assert math.isnan(M.mean_ci([1.0])[1])
+
+
+def test_mean_curve_gap_by_hand() -> None:
+    from activepref.bench.metrics import mean_curve_gap
+
+    # constant offset of 0.1 over the shared range
+    assert mean_curve_gap([0, 10, 20], [0.6, 0.7, 0.8], [0, 10, 20], [0.5, 0.6, 0.7]) == pytest.approx(0.1)
+    # the method is below by 0.2 on [0, 10] and above by 0.2 on [10, 20], linearly in between: mean 0
+    assert mean_curve_gap([0, 20], [0.4, 0.8], [0, 20], [0.6, 0.6]) == pytest.approx(0.0)
+    # only the shared range [10, 20] counts; the reference is interpolated at 15
+    assert mean_curve_gap([10, 20], [1.0, 1.0], [0, 20], [0.0, 1.0]) == pytest.approx(0.25)
+    assert math.isnan(mean_curve_gap([0, 5], [1, 1], [10, 20], [1, 1]))
+    assert mean_curve_gap([5, 9], [0.7, float("nan")], [5, 9], [0.5, 0.9]) == pytest.approx(0.2)  # one shared point
+
+
+def test_paired_efficiency_fractions_and_gap() -> None:
+    from activepref.bench.report import paired_efficiency
+
+    def curve(method, seed, ys, calls_per_prompt):
+        return [{"method": method, "seed": seed, "iteration": i, "prompts_consumed": 10.0 * (i + 1),
+                 "judge_calls": calls_per_prompt * 10.0 * (i + 1), "rm_accuracy": y} for i, y in enumerate(ys)]
+
+    rows = (curve("random", 0, [0.5, 0.6, 0.7], 2) + curve("random", 1, [0.5, 0.55, 0.6], 2)
+            + curve("fast", 0, [0.6, 0.7, 0.8], 2) + curve("fast", 1, [0.6, 0.65, 0.7], 2)
+            + curve("never", 0, [0.4, 0.4, 0.4], 30) + curve("never", 1, [0.4, 0.45, 0.5], 30))
+    pe = paired_efficiency(rows, "rm_accuracy")
+    assert pe is not None
+    # fast reaches random's final 0.7 (seed 0) at 20 of 30 prompts, 0.6 (seed 1) at 10 of 30
+    assert pe["fast"]["prompts"][0] == pytest.approx(np.mean([20 / 30, 10 / 30]))
+    assert pe["fast"]["calls"][0] == pytest.approx(np.mean([20 / 30, 10 / 30]))  # same calls per prompt as random
+    assert pe["fast"]["gap"][0] == pytest.approx(np.mean([0.1, 0.1]))
+    assert (pe["fast"]["reached"], pe["fast"]["seeds"]) == (2, 2)
+    assert pe["random"]["prompts"][0] == pytest.approx(1.0) and pe["random"]["gap"][0] == pytest.approx(0.0)
+    assert pe["never"]["reached"] == 0 and math.isnan(pe["never"]["prompts"][0]) and pe["never"]["gap"][0] < 0
+    assert paired_efficiency([r for r in rows if r["method"] != "random"], "rm_accuracy") is None

@@ -100,9 +100,12 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
             finally:
                 store.close()
 
-    for name in ("summary.md", "curves.png", "table21.png"):
+    for name in ("summary.md", "curves.png", "table21.png", "dataset_curves.png"):
         assert (out / name).stat().st_size > 0
     summary = (out / "summary.md").read_text()
+    assert "a fresh reward model trained on it (as seed 001, Table 22)" in summary
+    assert "### Efficiency on `rm_accuracy` (paired seeds" in summary and "mean curve gap" in summary
+    assert "| random | 2/2 |" in summary  # random reaches its own final value (at the latest at its end)
     assert "annotations to reach random's final accuracy" in summary
     assert all(f"| {m} |" in summary for m in METHODS)
 

@@ -264,11 +264,16 @@ def squared_distance_to(diffs: np.ndarray, norms: np.ndarray, others: np.ndarray
     return np.maximum(nearest, 0.0, out=nearest)  # the expansion can round below 0
 
 
-@register_design("coreset", "Coreset: k-center greedy on Φ differences, farthest from the selected and labelled ones.")
+@register_design("coreset", "k-center greedy on Φ differences (Sener & Savarese), farthest from the selected and labelled ones; not 002's sensitivity coreset.")
 def coreset(
     comparisons: ComparisonSet, budget: int, rng: np.random.Generator, sign_invariant: bool = True
 ) -> np.ndarray:
-    """k-center greedy (Sener & Savarese 2018; the last-layer heuristic of 002 §3.3) on ΔΦ.
+    """k-center greedy (Sener & Savarese 2018) on ΔΦ.
+
+    Deviation: 002 §3.1 names its "Coreset" strategy after Huggins et al. (2016) and Munteanu
+    et al. (2018), sensitivity-based coresets that choose a subset whose trained model
+    approximates the full-data one; this is the geometric k-center heuristic instead, kept
+    under the name ``coreset`` so configs keep working.
 
     Start from the comparison farthest from ``past_differences`` or, with no history, from
     one drawn uniformly (``rng.integers(M)``, the only draw); then repeatedly add the one

@@ -243,3 +243,28 @@ def mean_ci(values: Any) -> tuple[float, float]:
     if len(v) == 1:
         return float(v[0]), float("nan")
     return float(v.mean()), t_critical_95(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
+def mean_curve_gap(x_method: Any, y_method: Any, x_ref: Any, y_ref: Any) -> float:
+    """Area between two learning curves over their shared x range, divided by its length:
+    the mean of y_method - y_ref along x (trapezoids on the union of both curves' points,
+    each curve linearly interpolated; NaN points skipped). NaN when they share no range;
+    the difference at that point when the shared range is a single point.
+
+    x_*: [T] non-decreasing (e.g. prompts consumed); y_*: [T] the metric there."""
+    xm, ym = np.asarray(x_method, dtype=np.float64), np.asarray(y_method, dtype=np.float64)
+    xr, yr = np.asarray(x_ref, dtype=np.float64), np.asarray(y_ref, dtype=np.float64)
+    km, kr = np.isfinite(xm) & np.isfinite(ym), np.isfinite(xr) & np.isfinite(yr)
+    xm, ym, xr, yr = xm[km], ym[km], xr[kr], yr[kr]
+    if len(xm) == 0 or len(xr) == 0:
+        return float("nan")
+    lo, hi = max(xm[0], xr[0]), min(xm[-1], xr[-1])
+    if lo > hi:
+        return float("nan")
+    grid = np.unique(np.concatenate([xm, xr, [lo, hi]]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    gap = np.interp(grid, xm, ym) - np.interp(grid, xr, yr)
+    if len(grid) == 1:
+        return float(gap[0])
+    area = float(np.sum((gap[1:] + gap[:-1]) * np.diff(grid)) / 2.0)  # trapezoids (numpy >= 1.26 has no trapezoid)
+    return area / (hi - lo)

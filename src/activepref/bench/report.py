@@ -61,6 +61,53 @@ def efficiency(rows: list[dict[str, Any]], reference: str = REFERENCE_METHOD) ->
     return out
 
 
+DATASET_METRICS = ("rm_accuracy", "rm_accuracy_hard", "label_accuracy")
+EFFICIENCY_METRICS = ("rm_accuracy", "rm_accuracy_hard", "accuracy")
+
+
+def paired_efficiency(rows: list[dict[str, Any]], metric: str, reference: str = REFERENCE_METHOD) -> dict[str, dict[str, Any]] | None:
+    """001-style efficiency of every method against ``reference`` on ``metric``, seed by seed.
+
+    For each seed run by both: target = the reference's final value on that seed; the
+    fraction of the reference's consumed prompts (and of its judge calls) the method needs to
+    reach it (linear interpolation between the evaluated points); and the mean gap between the
+    method's and the reference's curves along consumed prompts (area between the curves over
+    their shared range, divided by its length: > 0 means above the reference on average).
+    Per method: mean and 95% CI over seeds of each, and how many seeds reached the target
+    (the prompt and call fractions average only those). None without the reference method.
+    """
+    by = _by_method(rows)
+    if reference not in by:
+        return None
+    out = {}
+    for method, seeds in by.items():
+        f_prompts, f_calls, gaps, reached, paired = [], [], [], 0, 0
+        for seed, curve in seeds.items():
+            ref = by[reference].get(seed)
+            if ref is None:
+                continue
+            pts = [r for r in ref if math.isfinite(r.get(metric, float("nan")))]
+            if not pts:
+                continue
+            paired += 1
+            target, ref_prompts, ref_calls = pts[-1][metric], pts[-1]["prompts_consumed"], pts[-1]["judge_calls"]
+            xs_p = [r["prompts_consumed"] for r in curve]
+            xs_c = [r["judge_calls"] for r in curve]
+            ys = [r.get(metric, float("nan")) for r in curve]
+            need_p, need_c = M.annotations_to_reach(xs_p, ys, target), M.annotations_to_reach(xs_c, ys, target)
+            if need_p is not None and ref_prompts > 0:
+                reached += 1
+                f_prompts.append(need_p / ref_prompts)
+                if need_c is not None and ref_calls > 0:
+                    f_calls.append(need_c / ref_calls)
+            gaps.append(M.mean_curve_gap(xs_p, ys, [r["prompts_consumed"] for r in ref], [r.get(metric, float("nan")) for r in ref]))
+        out[method] = {
+            "prompts": M.mean_ci(f_prompts), "calls": M.mean_ci(f_calls), "gap": M.mean_ci(gaps),
+            "reached": reached, "seeds": paired,
+        }
+    return out
+
+
 def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, M.ScoreStats]]:
     """Per method, Table-21 statistics of the acquired pairs pooled over seeds: ``judge``
     (the judge scores the pairs were built from) and ``oracle`` (the hidden reward)."""
@@ -210,6 +257,32 @@ def write_report(
             f"| {method} | {j.n} | {plus_minus(j.chosen_mean, j.chosen_std)} | {plus_minus(j.rejected_mean, j.rejected_std)} | "
             f"{plus_minus(j.diff_mean, j.diff_std)} | {plus_minus(j.overall_mean)} | {plus_minus(o.diff_mean, o.diff_std)} |"
         )
+    if any(math.isfinite(r.get("rm_accuracy", float("nan"))) for r in rows):
+        lines += ["", "## The exported dataset: a fresh reward model trained on it (as seed 001, Table 22)", "",
+                  "At the last evaluated point: a Bradley-Terry MLP trained on the dataset alone (not the ENN that "
+                  "chose it), scored on the held-out prompts (`activepref evaluate`).", "",
+                  "| method | rm_accuracy | rm_accuracy_hard | label_accuracy | prompts consumed |", "|---|---|---|---|---|"]
+        for method, seeds in by.items():
+            last = [next((r for r in reversed(c) if math.isfinite(r.get("rm_accuracy", float("nan")))), None) for c in seeds.values()]
+            last = [r for r in last if r is not None]
+            if not last:
+                continue
+            cells = [plus_minus(*M.mean_ci([r[k] for r in last])) for k in DATASET_METRICS]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean([r['prompts_consumed'] for r in last]):.0f} |")
+        for metric in EFFICIENCY_METRICS:
+            pe = paired_efficiency(rows, metric, reference)
+            if pe is None:
+                break
+            lines += ["", f"### Efficiency on `{metric}` (paired seeds, as seed 001 reports it)", "",
+                      f"Share of {reference}'s consumed prompts and of its judge calls a method needs to reach {reference}'s "
+                      f"final `{metric}` on the same seed (mean ± 95% CI over the seeds that reach it), and the mean gap "
+                      f"between its curve and {reference}'s along consumed prompts (area between the curves / range; "
+                      "> 0: above on average; every seed counts).", "",
+                      f"| method | seeds reaching {reference}'s final | share of {reference}'s prompts | share of its judge calls | mean curve gap |",
+                      "|---|---|---|---|---|"]
+            for method, e in pe.items():
+                lines.append(f"| {method} | {e['reached']}/{e['seeds']} | {plus_minus(*e['prompts'], digits=2)} | "
+                             f"{plus_minus(*e['calls'], digits=2)} | {plus_minus(*e['gap'])} |")
     costs = []
     for method, seeds in by.items():
         finals = [c[-1] for c in seeds.values()]
@@ -233,7 +306,39 @@ def write_report(
         return out
     plot_curves(by, out / "curves.png")
     plot_table21(stats, out / "table21.png")
+    if any(math.isfinite(r.get("rm_accuracy", float("nan"))) for r in rows):
+        plot_dataset_curves(by, out / "dataset_curves.png")
     return out
+
+
+def plot_dataset_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> Path:
+    """rm_accuracy and rm_accuracy_hard of the dataset so far against consumed prompts (the
+    style of 001 Fig. 7): mean over seeds, band = 95% CI."""
+    from activepref.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    colors = plt.get_cmap("tab20").colors
+    for ax, key in zip(axes, DATASET_METRICS):
+        for n, (method, curves) in enumerate(by.items()):
+            pts: dict[float, list[float]] = defaultdict(list)
+            for c in curves.values():
+                for r in c:
+                    if math.isfinite(r.get(key, float("nan"))):
+                        pts[r["prompts_consumed"]].append(r[key])
+            if not pts:
+                continue
+            xs = sorted(pts)
+            ms = [M.mean_ci(pts[x]) for x in xs]
+            y = np.asarray([m for m, _ in ms])
+            h = np.asarray([0.0 if math.isnan(w) else w for _, w in ms])
+            ax.plot(xs, y, marker="o", ms=3, label=method, color=colors[n % len(colors)])
+            if len(by) <= 6:
+                ax.fill_between(xs, y - h, y + h, color=colors[n % len(colors)], alpha=0.2, lw=0)
+        ax.set(xlabel="prompts consumed", ylabel=key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path, "The exported dataset: a fresh reward model trained on it (mean over seeds)")
 
 
 def plot_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> Path:
