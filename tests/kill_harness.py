@@ -84,6 +84,7 @@ class KillReport:
     seed: int
     delays: list[float] = field(default_factory=list)
     landed: list[str] = field(default_factory=list)  # position after each kill
+    killed_pids: list[int] = field(default_factory=list)
     restarts: int = 0
     finished_early: bool = False
 
@@ -121,6 +122,7 @@ def kill_and_restart(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
             _reap_group(proc.pid)
+            report.killed_pids.append(proc.pid)
             report.delays.append(delay)
             report.landed.append(position())
             report.restarts += 1
@@ -168,3 +170,21 @@ def assert_same_final_model(run_dir: Path, base_dir: Path) -> None:
 
 def remove_tree(path: Path) -> Callable[[], None]:
     return lambda: shutil.rmtree(path, ignore_errors=True)
+
+
+def assert_reveals_accounted_for(audit_lines: list[dict], killed_pids: list[int]) -> int:
+    """No stored score revealed twice, except the one a kill interrupted between its reveal
+    and its commit (the replay judge has no request cache): every earlier reveal of a
+    repeated response came from a killed process, at most one per kill. Returns the repeats."""
+    by_response: dict[str, list[int]] = {}
+    for e in audit_lines:
+        by_response.setdefault(e["response_id"], []).append(e["pid"])
+    repeats = 0
+    per_kill: dict[int, int] = {}
+    for rid, pids in by_response.items():
+        for pid in pids[:-1]:
+            assert pid in killed_pids, f"{rid} revealed again after a process that was not killed ({pids})"
+            per_kill[pid] = per_kill.get(pid, 0) + 1
+            repeats += 1
+    assert all(n == 1 for n in per_kill.values()), f"a kill accounts for at most one repeated reveal ({per_kill})"
+    return repeats

@@ -84,14 +84,16 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
         assert 0 <= float(r["rm_accuracy"]) <= 1 and 0 <= float(r["rm_accuracy_hard"]) <= 1
         assert 0 <= float(r["label_accuracy"]) <= 1
 
-    # every iteration's checkpoint was kept, and the recomputed accuracy is the loop's own
+    # every iteration was evaluated from its checkpoint, then only the newest was kept; the
+    # recomputed accuracy is the loop's own
     for m in METHODS:
         for s in (0, 1):
             store = RunStore.open_readonly(out / "runs" / f"{m}-seed{s}")
             try:
                 recs = [rec for rec in store.iterations() if rec.status == STATUS_TRAINED]
                 assert len(recs) == 2
-                assert all(store.checkpoint_path(rec.iteration).exists() for rec in recs)
+                assert [store.checkpoint_path(rec.iteration).exists() for rec in recs] == [False, True]
+                assert all(int(r["checkpoint"]) == 1 for r in rows)
                 for rec in recs:
                     row = next(r for r in rows if (r["method"], int(r["seed"]), int(r["iteration"])) == (m, s, rec.iteration))
                     assert float(row["accuracy"]) == pytest.approx(rec.metrics["heldout_accuracy"])

@@ -367,6 +367,12 @@ METHODS = {
 
 
 def propose(name: str, batch, rng, **options) -> RefProposal:
+    """The reference of any per-prompt method: the nine here, the four upstream ones in
+    upstream_reference (imported late: it builds on this module's helpers)."""
+    if name not in METHODS:
+        import upstream_reference
+
+        return upstream_reference.METHODS[name](batch, rng, **options)
     return METHODS[name](batch, rng, **options)
 
 

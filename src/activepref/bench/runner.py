@@ -8,8 +8,9 @@ Layout of a bench directory ``out``::
     summary.md, curves.png, table21.png        the report (activepref.bench.report)
 
 Every run is an ordinary activepref run (``activepref status`` / ``export`` work on it).
-Bench runs keep the ENN checkpoint of every iteration, so the metrics that need the
-model (Spearman loss, best-of-N) are computed per iteration from those checkpoints.
+Bench runs keep the ENN checkpoint of every iteration while they run, so the metrics that
+need the model (Spearman loss, best-of-N) are computed per iteration from those checkpoints;
+once computed (and cached in ``bench_metrics.json``) all but the newest are deleted.
 """
 
 from __future__ import annotations
@@ -301,6 +302,11 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             tmp = cache_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps({"version": CACHE_VERSION, "iterations": cache}, sort_keys=True), encoding="utf-8")
             tmp.replace(cache_path)
+        if trained:
+            # Their metrics are in the cache now: keep only the checkpoint a resume needs (the
+            # newest). A 27-run bench at d 256 otherwise keeps ~12 GB of ENN states with Adam moments.
+            for rec in trained[:-1]:
+                store.checkpoint_path(rec.iteration).unlink(missing_ok=True)
     finally:
         store.close()
     rows = []

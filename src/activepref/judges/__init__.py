@@ -75,7 +75,9 @@ def make_judge(kind: str, **kwargs: Any) -> Judge:
 
 class AuditedJudge:
     """Wraps a judge and appends one JSON line per scored request to a log file, flushed to
-    disk before the result is used, so every paid call can be accounted for after a crash."""
+    disk before the result is used, so every paid call can be accounted for after a crash.
+    Each line names the process (``pid``): a kill between a reveal and its commit to the run
+    store makes the resumed process reveal that one score again, and the pid shows which."""
 
     def __init__(self, inner: Judge, path: str) -> None:
         self.inner = inner
@@ -90,7 +92,7 @@ class AuditedJudge:
         results = self.inner.score_batch(requests)
         with open(self.path, "a", encoding="utf-8") as fh:
             for req, res in zip(requests, results):
-                entry = {"response_id": req.response.id, "judge": self.name, "ok": isinstance(res, JudgeScore)}
+                entry = {"response_id": req.response.id, "judge": self.name, "ok": isinstance(res, JudgeScore), "pid": os.getpid()}
                 fh.write(json.dumps(entry) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
