@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from kill_harness import assert_reveals_accounted_for, assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
+from kill_harness import KillReport, assert_reveals_accounted_for, assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
 
 ENN = "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 32}\n"
 KILLS = 6
@@ -49,30 +50,46 @@ def _uninterrupted(config: Path, root: Path) -> tuple[bytes, float, float, dict]
     return (root / "base.jsonl").read_bytes(), startup, max(total - startup, 0.5), status
 
 
-def _kill_resume_compare(config_text: str, root: Path, seed: int) -> None:
+def _kill_resume_compare(
+    config_text: str, root: Path, seed: int, *, share: float = 0.45, live: bool = False, audit: bool = True,
+    killed_config: Callable[[str, Path], str] | None = None, after_base: Callable[[], None] | None = None,
+) -> KillReport:
+    """An uninterrupted run in root/base, then the same config killed KILLS times at seeded
+    moments and resumed in root/killed; export, final ENN and status must match. The killed
+    config is ``killed_config(text, root)`` (default: the text with a judge audit log, when
+    ``audit``); ``after_base`` runs between the two."""
     base_cfg = root / "base.yaml"
     base_cfg.write_text(config_text)
     expected, startup, work, base_status = _uninterrupted(base_cfg, root)
-    audit = root / "killed.audit"
+    if after_base is not None:
+        after_base()
+    audit_log = root / "killed.audit"
+    text = config_text if killed_config is None else killed_config(config_text, root)
+    if audit:
+        text = (text.replace("judge: {", f"judge: {{audit_log: '{audit_log}', ") if "judge: {" in text
+                else text + f"judge: {{audit_log: '{audit_log}'}}\n")
     cfg = root / "killed.yaml"
-    cfg.write_text(config_text.replace("judge: {", f"judge: {{audit_log: '{audit}', ") if "judge: {" in config_text
-                   else config_text + f"judge: {{audit_log: '{audit}'}}\n")
+    cfg.write_text(text)
     out = root / "killed"
-    delays = seeded_delays(seed, KILLS, startup, work)
-    report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, lambda: run_position(out), seed, reset=remove_tree(out))
+    delays = seeded_delays(seed, KILLS, startup, work, share=share)
+    report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, lambda: run_position(out, live=live), seed,
+                              reset=remove_tree(out))
     print(report)
     assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
     cli("export", out, "--format", "jsonl", "-o", root / "killed.jsonl")
     got = (root / "killed.jsonl").read_bytes()
     assert got == expected, f"resumed export differs from the uninterrupted run's ({report})"
     assert_same_final_model(out, root / "base")
-    lines = _audit_lines(audit)
-    repeats = assert_reveals_accounted_for(lines, report.killed_pids)
-    print(f"{repeats} reveal(s) repeated after a kill between reveal and commit")
     status = json.loads(cli("status", out, "--json").stdout)
     assert status["iterations_done"] == base_status["iterations_done"]
-    assert status["annotations"] == base_status["annotations"] == len({e["response_id"] for e in lines})
+    assert status["annotations"] == base_status["annotations"]
     assert status["pairs"] == base_status["pairs"]
+    if audit:
+        lines = _audit_lines(audit_log)
+        repeats = assert_reveals_accounted_for(lines, report.killed_pids)
+        print(f"{repeats} reveal(s) repeated after a kill between reveal and commit")
+        assert status["annotations"] == len({e["response_id"] for e in lines})
+    return report
 
 
 def test_random_kills_of_a_per_prompt_method_resume_byte_identical(pool: Path, tmp_path: Path) -> None:
@@ -105,31 +122,15 @@ def test_random_kills_of_a_live_run_resume_byte_identical(tmp_path: Path) -> Non
             "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 16}\n"
         )
         # The kill run gets its own request cache: a cache shared with the uninterrupted run
-        # would answer every call and skip the server.
-        killed_root = tmp_path / "k"
-        killed_root.mkdir()
-        base_root = tmp_path / "b"
-        base_root.mkdir()
-        start = time.perf_counter()
-        base_cfg = base_root / "base.yaml"
-        base_cfg.write_text(config)
-        expected, startup, work, base_status = _uninterrupted(base_cfg, base_root)
-        n_base = len(srv.requests)
-        cfg = killed_root / "killed.yaml"
-        cfg.write_text(config.replace(str(tmp_path / "cache.sqlite"), str(killed_root / "cache.sqlite")))
-        out = killed_root / "killed"
-        seed = kill_seed(13)
-        # Resumes are quicker than the first run (generation answers come from the cache): shorter kills.
-        report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], seeded_delays(seed, KILLS, startup, work, share=0.25),
-                                  lambda: run_position(out, live=True), seed, reset=remove_tree(out))
-        print(report, f"({time.perf_counter() - start:.0f} s)")
-        assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
-        cli("export", out, "--format", "jsonl", "-o", killed_root / "killed.jsonl")
-        assert (killed_root / "killed.jsonl").read_bytes() == expected, f"resumed export differs ({report})"
-        assert_same_final_model(out, base_root / "base")
-        status = json.loads(cli("status", out, "--json").stdout)
-        assert (status["iterations_done"], status["pairs"], status["annotations"]) == (
-            base_status["iterations_done"], base_status["pairs"], base_status["annotations"])
+        # would answer every call and skip the server. Resumes are quicker than the first run
+        # (generation answers come from the cache): shorter kills.
+        base_requests: list[int] = []
+        report = _kill_resume_compare(
+            config, tmp_path, kill_seed(13), share=0.25, live=True, audit=False,
+            killed_config=lambda text, root: text.replace(str(tmp_path / "cache.sqlite"), str(root / "killed-cache.sqlite")),
+            after_base=lambda: base_requests.append(len(srv.requests)),
+        )
+        n_base = base_requests[0]
         # Every answer is cached as it arrives: a request is sent again only if the kill
         # cut it off in flight (at most one concurrency window per kill).
         killed_requests = len(srv.requests) - n_base

@@ -246,7 +246,7 @@ def evaluate(
     """
     import numpy as np
 
-    from activepref.bench.dataset_quality import evaluate_pairs, read_dataset_pairs
+    from activepref.bench.dataset_quality import evaluate_pool_pairs, read_dataset_pairs
     from activepref.pools import load_pool
 
     try:
@@ -258,7 +258,7 @@ def evaluate(
     heldout = [p for p in range(len(loaded.prompts)) if p not in seen]
     if not heldout:
         _fail(ActivePrefError(f"{dataset} covers every prompt of {pool}: no held-out prompt is left to score the reward model on"))
-    quality = evaluate_pairs(loaded, chosen, rejected, heldout, seed)
+    quality = evaluate_pool_pairs(loaded, chosen, rejected, heldout, seed)
     table = Table("metric", "value")
     for key, value in json.loads(quality.to_json()).items():
         table.add_row(key, "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value)))

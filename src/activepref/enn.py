@@ -144,6 +144,11 @@ class ReplayBuffer:
         self._pairs[self._size : self._size + n, 1] = rejected
         self._size += n
 
+    def extend(self, pairs: np.ndarray) -> None:
+        """Append [n, 2] (chosen row, rejected row) pairs, in order (e.g. from ``RunStore.replay_pairs``)."""
+        if len(pairs):
+            self.append(pairs[:, 0], pairs[:, 1])
+
     def pairs(self) -> np.ndarray:
         """[size, 2] view (chosen row, rejected row)."""
         return self._pairs[: self._size]

@@ -23,6 +23,7 @@ from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_metho
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatBackend, ChatResult, SamplingParams
+from activepref.bench.metrics import ordered_pairs
 from activepref.cache import RequestCache
 from activepref.config import EmbeddingConfig, RunConfig
 from activepref.data import Response, content_id
@@ -126,7 +127,7 @@ class RunContext:
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
         self.reward_reference[: len(reference)] = reference
-        self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.table, self.reward_reference)
+        self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.response_prompt, self.reward_reference)
 
 
 def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
@@ -152,16 +153,9 @@ def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
 
 
-def _eval_pairs(eval_prompts: list[int], table: CandidateTable, reward: np.ndarray) -> np.ndarray:
+def _eval_pairs(eval_prompts: list[int], response_prompt: np.ndarray, reward: np.ndarray) -> np.ndarray:
     """[n, 2] (better, worse) response pairs within held-out prompts, strictly ordered by the reference."""
-    pairs = []
-    for p in eval_prompts:
-        idx = table.slots[p][table.mask[p]]
-        r = reward[idx]
-        better = (r[:, None] > r[None, :]) & np.isfinite(r[:, None]) & np.isfinite(r[None, :])
-        a, b = np.nonzero(better)
-        pairs.append(np.stack([idx[a], idx[b]], axis=1))
-    return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+    return ordered_pairs(response_prompt, reward, eval_prompts)
 
 
 def heldout_accuracy(mean: np.ndarray, eval_pairs: np.ndarray) -> float:
@@ -343,14 +337,15 @@ def _judge(ctx: RunContext, it: int, items: list[tuple[int, int]]) -> tuple[dict
     return done, failed
 
 
-def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_json: dict[str, Any]) -> list[PreferenceRow]:
+def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_json: dict[str, Any]) -> None:
     """Judge what the proposal asks for (skipping what is already stored), then commit pairs.
 
-    Every judge result is committed as it arrives (a paid call is never repeated);
-    returns the committed rows (prompt_idx, chosen_idx, rejected_idx, scores, method[, pair index]).
+    Every judge result is committed as it arrives (a paid call is never repeated); the
+    committed rows reach the replay buffer through the store (``RunStore.replay_pairs``).
     """
     if proposal_json.get("kind") == "design":
-        return _annotate_design(ctx, it, proposal_json)
+        _annotate_design(ctx, it, proposal_json)
+        return
     proposal = _proposal_from_json(proposal_json)
     slots = ctx.table.slots[record_prompts]  # [b, m]
     rows, cols = np.nonzero(proposal.annotate)
@@ -367,10 +362,10 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
         sc, sr = done.get(c), done.get(rj)
         out.append((p, c, rj, sc, sr, ctx.config.method))
     status_counts = {s: int((pairs.status == s).sum()) for s in ("ok", "tie", "failed", "skipped")}
-    return _commit_pairs(ctx, it, out, status_counts)
+    _commit_pairs(ctx, it, out, status_counts)
 
 
-def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) -> list[PreferenceRow]:
+def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) -> None:
     """A design's comparisons: judge both sides of each, the higher score is chosen."""
     pairs = [(int(a), int(b)) for a, b in proposal_json["pairs"]]
     items = [(int(ctx.response_prompt[r]), r) for pair in pairs for r in pair]
@@ -387,14 +382,13 @@ def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) ->
             c, r = (a, b) if sa > sb else (b, a)
             out.append((int(ctx.response_prompt[c]), c, r, done[c], done[r], ctx.config.method, k))
             counts["ok"] += 1
-    return _commit_pairs(ctx, it, out, counts)
+    _commit_pairs(ctx, it, out, counts)
 
 
-def _commit_pairs(ctx: RunContext, it: int, rows: list[PreferenceRow], counts: dict[str, int]) -> list[PreferenceRow]:
+def _commit_pairs(ctx: RunContext, it: int, rows: list[PreferenceRow], counts: dict[str, int]) -> None:
     crash_point("annotate.before_commit", it)
     ctx.store.commit_preferences(it, rows, counts)
     crash_point("annotate.after_commit", it)
-    return rows
 
 
 def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: ReplayBuffer) -> dict[str, Any]:
@@ -493,12 +487,6 @@ def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
     return make_embedder(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_length=cfg.max_length)
 
 
-def append_pairs(buffer: ReplayBuffer, pairs: np.ndarray) -> None:
-    """Append [n, 2] (chosen, rejected) rows read from the store to the replay buffer."""
-    if len(pairs):
-        buffer.append(pairs[:, 0], pairs[:, 1])
-
-
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every unfinished step. Returns per-iteration metrics."""
     ctx = build_context(store, config, progress, live)
@@ -506,7 +494,7 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
     # The buffer is always filled from the store in its recorded order (here and after each
     # iteration's commit), so a resumed process trains on the buffer of an uninterrupted one.
     buffer = ReplayBuffer()
-    append_pairs(buffer, store.replay_pairs())
+    buffer.extend(store.replay_pairs())
     last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
     model: EnsembleRewardModel | None = None
 
@@ -542,7 +530,7 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
         if rec.status == STATUS_SELECTED:
             ctx.progress.on_stage(it, "annotate")
             annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
-            append_pairs(buffer, store.replay_pairs(iteration=it))
+            buffer.extend(store.replay_pairs(iteration=it))
             rec = store.iteration(it)
         assert rec is not None and rec.status == STATUS_ANNOTATED
         ctx.progress.on_stage(it, "train")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from activepref.bench.dataset_quality import HARD_QUANTILE, evaluate_pairs, heldout_pairs, read_dataset_pairs, standardized_features
+from activepref.bench.dataset_quality import HARD_QUANTILE, evaluate_pool_pairs, heldout_pairs, read_dataset_pairs, standardized_features
 from activepref.cli import app
 from activepref.data import Pool, Prompt, Response
 from activepref.errors import PoolFormatError
@@ -85,11 +85,11 @@ def _pairs(pool: Pool, prompts: range, flip: str) -> tuple[np.ndarray, np.ndarra
 def test_the_reward_model_learns_what_the_labels_say(flip: str, low: float, high: float) -> None:
     pool = _linear_pool()
     chosen, rejected = _pairs(pool, range(80), flip)
-    q = evaluate_pairs(pool, chosen, rejected, heldout=range(80, 120), seed=0)
+    q = evaluate_pool_pairs(pool, chosen, rejected, heldout=range(80, 120), seed=0)
     assert low <= q.rm_accuracy <= high, q
     assert abs(q.rm_accuracy_hard - 0.5) <= abs(q.rm_accuracy - 0.5) + 0.05  # small-gap pairs sit nearer chance
     assert q.pairs == 80 and q.prompts == 80 and q.heldout_prompts == 40 and q.reference == "oracle"
-    again = evaluate_pairs(pool, chosen, rejected, heldout=range(80, 120), seed=0)
+    again = evaluate_pool_pairs(pool, chosen, rejected, heldout=range(80, 120), seed=0)
     assert again == q  # seeded: the same numbers twice
 
 
@@ -97,7 +97,7 @@ def test_label_accuracy_and_table21_means_by_hand() -> None:
     pool = _linear_pool(n_prompts=4, m=3)
     chosen = np.array([0, 4, 6])
     rejected = np.array([1, 3, 8])
-    q = evaluate_pairs(pool, chosen, rejected, heldout=[3], seed=0)
+    q = evaluate_pool_pairs(pool, chosen, rejected, heldout=[3], seed=0)
     o = pool.oracle
     assert q.label_accuracy == pytest.approx(np.mean([o[0] > o[1], o[4] > o[3], o[6] > o[8]]))
     assert q.mean_oracle_chosen == pytest.approx((o[0] + o[4] + o[6]) / 3)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activepref.data import Pool
+from activepref.bench.metrics import ordered_pairs
+from activepref.data import Pool, _iter_rows
 from activepref.errors import PoolFormatError
 
 RM_HIDDEN = 64
@@ -101,40 +102,32 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
 def heldout_pairs(prompt_index: np.ndarray, reference: np.ndarray, prompts: Sequence[int], seed: int, limit: int = HELDOUT_PAIRS) -> np.ndarray:
     """[k, 2] (better, worse) same-prompt pairs of the given prompts with strictly ordered
     reference, a seeded uniform sample of at most ``limit`` of them."""
-    chosen_prompts = np.asarray(list(prompts), dtype=np.int64)
-    size = max(int(prompt_index.max()) if len(prompt_index) else -1, int(chosen_prompts.max()) if len(chosen_prompts) else -1) + 1
-    wanted = np.zeros(size, dtype=bool)
-    wanted[chosen_prompts] = True
-    rows = np.nonzero(wanted[prompt_index])[0]
-    order = rows[np.argsort(prompt_index[rows], kind="stable")]
-    groups = np.split(order, np.nonzero(np.diff(prompt_index[order]))[0] + 1) if len(order) else []
-    pairs = []
-    for idx in groups:
-        a, b = np.triu_indices(len(idx), k=1)
-        i, j = idx[a], idx[b]
-        keep = (reference[i] != reference[j]) & np.isfinite(reference[i]) & np.isfinite(reference[j])
-        i, j = i[keep], j[keep]
-        swap = reference[i] < reference[j]
-        pairs.append(np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1))
-    out = np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+    out = ordered_pairs(prompt_index, reference, prompts)
     if len(out) > limit:
         out = out[np.sort(np.random.default_rng(seed).choice(len(out), size=limit, replace=False))]
     return out
 
 
-def evaluate_pairs(
-    pool: Pool, chosen: np.ndarray, rejected: np.ndarray, heldout: Sequence[int], seed: int = 0, features: np.ndarray | None = None,
-) -> DatasetQuality:
-    """Quality of the dataset (chosen[i] preferred to rejected[i], pool row indices),
-    scored on the held-out prompts ``heldout`` (prompt indices of ``pool``).
+def evaluate_pool_pairs(pool: Pool, chosen: np.ndarray, rejected: np.ndarray, heldout: Sequence[int], seed: int = 0) -> DatasetQuality:
+    """:func:`evaluate_pairs` on a pool read from disk: its oracle (else its judge score) and
+    its features z-scored over the pool."""
+    reference = pool.oracle if pool.oracle is not None else pool.scores
+    return evaluate_pairs(pool.prompt_index, reference, standardized_features(pool.features), chosen, rejected, heldout, seed,
+                          "oracle" if pool.oracle is not None else "score")
 
-    ``features``: the pool's features already standardised (computed once by callers that
-    evaluate many datasets on one pool)."""
-    reference_name = "oracle" if pool.oracle is not None else "score"
-    reference = np.asarray(pool.oracle if pool.oracle is not None else pool.scores, dtype=np.float64)
-    x = standardized_features(pool.features) if features is None else features
-    predict = train_reward_model(x, chosen, rejected, seed)
-    pairs = heldout_pairs(pool.prompt_index, reference, heldout, seed)
+
+def evaluate_pairs(
+    prompt_index: np.ndarray, reference: np.ndarray, features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray,
+    heldout: Sequence[int], seed: int = 0, reference_name: str = "oracle",
+) -> DatasetQuality:
+    """Quality of the dataset (chosen[i] preferred to rejected[i], response row indices),
+    scored on the held-out prompts ``heldout``.
+
+    prompt_index: [n] prompt of each response; reference: [n] hidden reward; features: [n, d]
+    already standardised (computed once by callers that evaluate many datasets on one pool)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    predict = train_reward_model(features, chosen, rejected, seed)
+    pairs = heldout_pairs(prompt_index, reference, heldout, seed)
     if len(pairs):
         pred = predict(pairs.reshape(-1)).reshape(-1, 2)
         right = pred[:, 0] > pred[:, 1]
@@ -150,7 +143,7 @@ def evaluate_pairs(
         label_accuracy=float(np.mean(rc > rr)) if len(rc) else float("nan"),
         mean_oracle_chosen=float(rc.mean()) if len(rc) else float("nan"),
         mean_oracle_rejected=float(rr.mean()) if len(rr) else float("nan"),
-        pairs=int(len(chosen)), prompts=int(len(np.unique(pool.prompt_index[chosen]))) if len(chosen) else 0,
+        pairs=int(len(chosen)), prompts=int(len(np.unique(prompt_index[chosen]))) if len(chosen) else 0,
         heldout_prompts=len(set(heldout)), heldout_pairs=int(len(pairs)), reference=reference_name,
     )
 
@@ -162,43 +155,28 @@ def read_dataset_pairs(pool: Pool, dataset: str | Path) -> tuple[np.ndarray, np.
     path = Path(dataset)
     if not path.exists():
         raise PoolFormatError(str(path), "file", None, "does not exist")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-        where = "row"
-    else:
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise PoolFormatError(str(path), f"line {n}", None, f"not JSON ({exc.msg})") from None
-        where = "line"
     by_id = {r.id: i for i, r in enumerate(pool.responses)}
     by_text: dict[tuple[str, str], int] = {}
     for i, r in enumerate(pool.responses):
         by_text.setdefault((r.prompt_id, r.text), i)
     chosen, rejected = [], []
-    for n, row in enumerate(rows, start=1):
+    for where, row in _iter_rows(path):
         pair = []
         for side in ("chosen", "rejected"):
             rid = row.get(f"response_id_{side}")
             if rid is not None:
                 if rid not in by_id:
-                    raise PoolFormatError(str(path), f"{where} {n}", f"response_id_{side}", f"{rid!r} is not in the pool")
+                    raise PoolFormatError(str(path), where, f"response_id_{side}", f"{rid!r} is not in the pool")
                 pair.append(by_id[rid])
                 continue
             pid = row.get("prompt_id")
             value = row.get(side)
             text = value[-1]["content"] if isinstance(value, list) and value and isinstance(value[-1], dict) else value
             if not isinstance(pid, str) or not isinstance(text, str):
-                raise PoolFormatError(str(path), f"{where} {n}", side if isinstance(pid, str) else "prompt_id",
+                raise PoolFormatError(str(path), where, side if isinstance(pid, str) else "prompt_id",
                                       "missing: need prompt_id and the response text (or response_id_chosen/rejected)")
             if (pid, text) not in by_text:
-                raise PoolFormatError(str(path), f"{where} {n}", side, f"no response of prompt {pid!r} in the pool has this text")
+                raise PoolFormatError(str(path), where, side, f"no response of prompt {pid!r} in the pool has this text")
             pair.append(by_text[(pid, text)])
         chosen.append(pair[0])
         rejected.append(pair[1])

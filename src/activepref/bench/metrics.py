@@ -268,3 +268,28 @@ def mean_curve_gap(x_method: Any, y_method: Any, x_ref: Any, y_ref: Any) -> floa
         return float(gap[0])
     area = float(np.sum((gap[1:] + gap[:-1]) * np.diff(grid)) / 2.0)  # trapezoids (numpy >= 1.26 has no trapezoid)
     return area / (hi - lo)
+
+
+def ordered_pairs(prompt_index: Any, reference: Any, prompts: Any) -> np.ndarray:
+    """[k, 2] (better, worse) response rows: every same-prompt pair of the given prompts that
+    the reference orders strictly (NaN references skipped), prompt by prompt.
+
+    prompt_index: [n] prompt of each response; reference: [n]; prompts: prompt indices."""
+    prompt_index = np.asarray(prompt_index, dtype=np.int64)
+    reference = np.asarray(reference, dtype=np.float64)
+    chosen_prompts = np.asarray(list(prompts), dtype=np.int64)
+    size = max(int(prompt_index.max()) if len(prompt_index) else -1, int(chosen_prompts.max()) if len(chosen_prompts) else -1) + 1
+    wanted = np.zeros(size, dtype=bool)
+    wanted[chosen_prompts] = True
+    rows = np.nonzero(wanted[prompt_index])[0]
+    order = rows[np.argsort(prompt_index[rows], kind="stable")]
+    groups = np.split(order, np.nonzero(np.diff(prompt_index[order]))[0] + 1) if len(order) else []
+    pairs = []
+    for idx in groups:  # one small [c, c] block per prompt; c = candidates of that prompt
+        a, b = np.triu_indices(len(idx), k=1)
+        i, j = idx[a], idx[b]
+        keep = (reference[i] != reference[j]) & np.isfinite(reference[i]) & np.isfinite(reference[j])
+        i, j = i[keep], j[keep]
+        swap = reference[i] < reference[j]
+        pairs.append(np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1))
+    return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)

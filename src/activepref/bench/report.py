@@ -137,13 +137,13 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
     return out
 
 
-def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per iteration over seeds: (mean annotations [T], mean of ``key`` [T], CI half-width [T])."""
+def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str, x_key: str = "annotations") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per iteration over seeds: (mean ``x_key`` [T], mean of ``key`` [T], CI half-width [T])."""
     t = max(len(c) for c in curves.values())
     xs, ys, hs = [], [], []
     for i in range(t):
         pts = [c[i] for c in curves.values() if len(c) > i]
-        xs.append(float(np.mean([p["annotations"] for p in pts])))
+        xs.append(float(np.mean([p[x_key] for p in pts])))
         m, h = M.mean_ci([p[key] for p in pts])
         ys.append(m)
         hs.append(0.0 if math.isnan(h) else h)
@@ -311,6 +311,26 @@ def write_report(
     return out
 
 
+def _draw_curves(plt: Any, ax: Any, by: dict[str, dict[int, list[dict[str, Any]]]], key: str, x_key: str, drop_nan: bool = False) -> None:
+    """One line per method of ``key`` against ``x_key`` (mean over seeds; with ``drop_nan``,
+    iterations where the metric is NaN are left out instead of breaking the line), with 95%
+    CI bands when few methods share the panel."""
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: every registered method gets its own
+    styles = ("-", "--", ":", "-.")
+    for n, (method, curves) in enumerate(by.items()):
+        x, y, h = curve_stats(curves, key, x_key)
+        if drop_nan:
+            keep = np.isfinite(y)
+            x, y, h = x[keep], y[keep], h[keep]
+        if not len(x):
+            continue
+        color = colors[n % len(colors)]
+        ax.plot(x, y, marker="o", ms=3, label=method, color=color, ls=styles[(n // len(colors)) % len(styles)])
+        # Bands only when few methods share the panel; with many they hide each other.
+        if len(by) <= 6:
+            ax.fill_between(x, y - h, y + h, color=color, alpha=0.2, lw=0)
+
+
 def plot_dataset_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> Path:
     """rm_accuracy and rm_accuracy_hard of the dataset so far against consumed prompts (the
     style of 001 Fig. 7): mean over seeds, band = 95% CI."""
@@ -318,23 +338,8 @@ def plot_dataset_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Pa
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-    colors = plt.get_cmap("tab20").colors
     for ax, key in zip(axes, DATASET_METRICS):
-        for n, (method, curves) in enumerate(by.items()):
-            pts: dict[float, list[float]] = defaultdict(list)
-            for c in curves.values():
-                for r in c:
-                    if math.isfinite(r.get(key, float("nan"))):
-                        pts[r["prompts_consumed"]].append(r[key])
-            if not pts:
-                continue
-            xs = sorted(pts)
-            ms = [M.mean_ci(pts[x]) for x in xs]
-            y = np.asarray([m for m, _ in ms])
-            h = np.asarray([0.0 if math.isnan(w) else w for _, w in ms])
-            ax.plot(xs, y, marker="o", ms=3, label=method, color=colors[n % len(colors)])
-            if len(by) <= 6:
-                ax.fill_between(xs, y - h, y + h, color=colors[n % len(colors)], alpha=0.2, lw=0)
+        _draw_curves(plt, ax, by, key, "prompts_consumed", drop_nan=True)  # evaluated at six points
         ax.set(xlabel="prompts consumed", ylabel=key.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -349,16 +354,8 @@ def plot_curves(by: dict[str, dict[int, list[dict[str, Any]]]], path: Path) -> P
               ("spearman_loss", "1 - Spearman per prompt (lower is better)"),
               ("best_of_n", "oracle reward of best-of-N pick (higher is better)"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: every registered method gets its own
-    styles = ("-", "--", ":", "-.")
     for ax, (key, label) in zip(axes, panels):
-        for n, (method, curves) in enumerate(by.items()):
-            x, y, h = curve_stats(curves, key)
-            color = colors[n % len(colors)]
-            ax.plot(x, y, marker="o", ms=3, label=method, color=color, ls=styles[(n // len(colors)) % len(styles)])
-            # Bands only when few methods share the panel; with many they hide each other.
-            if len(by) <= 6:
-                ax.fill_between(x, y - h, y + h, color=color, alpha=0.2, lw=0)
+        _draw_curves(plt, ax, by, key, "annotations")
         ax.set(xlabel="annotations (judge calls)", ylabel=label)
         ax.grid(alpha=0.3)
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")

@@ -253,7 +253,8 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             cache = loaded.get("iterations", {})
     store = RunStore.open_readonly(run_dir)
     try:
-        trained = [r for r in store.iterations() if r.status == STATUS_TRAINED]
+        records = store.iterations()
+        trained = [r for r in records if r.status == STATUS_TRAINED]
         todo = [r for r in trained if str(r.iteration) not in cache]
         if todo:
             config = stored_config(store)
@@ -268,9 +269,9 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             e = config.enn
             shape = ENNShape(features.shape[1], e.heads, e.hidden, e.layers)
             quality_at = dataset_checkpoints(len(iteration_plan(store, config)))
-            consumed = np.cumsum([len(r.prompt_idxs) for r in store.iterations()])
+            consumed = np.cumsum([len(r.prompt_idxs) for r in records])
             wanted = quality_at & {r.iteration for r in todo}
-            dataset = _DatasetView(store, reference) if wanted and np.isfinite(reference).any() else None
+            dataset = _DatasetView(store, response_prompt, reference) if wanted and np.isfinite(reference).any() else None
             for rec in todo:
                 m = rec.metrics or {}
                 row: dict[str, Any] = {
@@ -321,15 +322,11 @@ class _DatasetView:
     """The run's exported dataset (in-prompt pairs) up to an iteration, evaluated like
     `activepref evaluate` does (activepref.bench.dataset_quality) on the run's held-out prompts."""
 
-    def __init__(self, store: Any, reference: np.ndarray) -> None:
+    def __init__(self, store: Any, response_prompt: np.ndarray, reference: np.ndarray) -> None:
         from activepref.bench.dataset_quality import standardized_features
-        from activepref.data import Pool
 
-        prompts = [p for p, _, _ in store.prompts()]
-        responses, response_prompt = store.responses()
-        raw = np.asarray(store.features(), dtype=np.float32)
-        self.pool = Pool(prompts, responses, response_prompt, raw, reference, {}, reference)
-        self.features = standardized_features(raw)
+        self.response_prompt, self.reference = response_prompt, reference
+        self.features = standardized_features(np.asarray(store.features(), dtype=np.float32))
         rows = store.preference_rows()  # (iteration, prompt, chosen, rejected, ...)
         keep = [r for r in rows if int(response_prompt[r[3]]) == r[1]]  # what `export` writes
         self.iteration = np.asarray([r[0] for r in keep], dtype=np.int64)
@@ -340,7 +337,7 @@ class _DatasetView:
         from activepref.bench.dataset_quality import evaluate_pairs
 
         upto = self.iteration <= iteration
-        return evaluate_pairs(self.pool, self.chosen[upto], self.rejected[upto], sorted(heldout), seed, self.features)
+        return evaluate_pairs(self.response_prompt, self.reference, self.features, self.chosen[upto], self.rejected[upto], sorted(heldout), seed)
 
 
 def _jsonable(v: Any) -> Any:
