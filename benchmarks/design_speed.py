@@ -3,12 +3,12 @@
 
 Problem (the issue's contract): 64 prompts x 30 candidates = 1,920 responses with d = 2560
 random N(0, 1) features through a real ``EnsembleRewardModel(ENNShape(2560))`` (K = 20 heads,
-2 hidden layers of 128, seed 0): rewards = the heads' outputs [K, n]; Φ = the mean over heads
-of the last hidden layer's activations [n, 128] (002 §3.3: features before the final linear
-layer). Candidates: every in-prompt pair (64 · 435 = 27,840 comparisons) and, separately,
+2 hidden layers of 128, seed 0): rewards = the heads' outputs [K, n]; Φ = each head's last
+hidden layer [K, n, 128] (002 §3.3: features before the final linear layer, per head as the
+loop passes it). Candidates: every in-prompt pair (64 · 435 = 27,840 comparisons) and, separately,
 cross-prompt pairs subsampled to ``max_pairs`` = 50,000 (002 §3.4). History, as in a later
 iteration: 512 labelled comparisons (random pairs of the same responses) give
-``past_differences`` and ``past_information`` (Σ p̂(1-p̂) ΔΦ ΔΦᵀ); ``prompt_features``
+per-head ``past_differences`` [K, 512, 128] and ``past_information`` [K, 128, 128] (Σ p̂(1-p̂) ΔΦ ΔΦᵀ, ``loop.labelled_information``); ``prompt_features``
 [64, 2560] and ``acquired_prompt_features`` [256, 2560] are random (used by BAL-PM).
 prior_precision = 1. Budget: 64 comparisons per batch.
 
@@ -68,6 +68,7 @@ from _timing import time_calls  # noqa: E402  (benchmarks/_timing.py, beside thi
 from activepref.acquisition import available, make_selector  # noqa: E402
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs  # noqa: E402
 from activepref.enn import ENNShape, EnsembleRewardModel  # noqa: E402
+from activepref.loop import labelled_information  # noqa: E402
 
 GOAL_MS = 1000.0
 DIM = 2560
@@ -85,19 +86,6 @@ VARIANTS: dict[str, list[dict]] = {
 }
 
 
-def last_hidden_mean(model: EnsembleRewardModel, x: torch.Tensor) -> torch.Tensor:
-    """Φ: [n, h] mean over heads of the last hidden layer (the input of each head's w_out),
-    computed with the model's own params exactly as ``enn.forward_heads`` does before its output.
-    Fallback for an ``EnsembleRewardModel`` without ``last_layer_features``."""
-    shape, params = model.shape, model.params
-    with torch.no_grad():
-        z = torch.addmm(params["b0"], x, params["w0"])  # [n, K*h]
-        a = torch.relu(z).view(x.shape[0], shape.heads, shape.hidden).transpose(0, 1)  # [K, n, h]
-        for i in range(1, shape.layers):
-            a = torch.relu(torch.baddbmm(params[f"b{i}"].unsqueeze(1), a, params[f"w{i}"]))  # [K, n, h]
-        return a.mean(0)
-
-
 def build_problem(prompts: int, per_prompt: int, seed: int = 0) -> tuple[ComparisonSet, dict[str, float]]:
     """The in-prompt ComparisonSet of the contract (see module docstring) and setup timings."""
     g = torch.Generator().manual_seed(seed)
@@ -106,10 +94,7 @@ def build_problem(prompts: int, per_prompt: int, seed: int = 0) -> tuple[Compari
     model = EnsembleRewardModel(ENNShape(DIM), seed=seed)
     t0 = time.perf_counter()
     rewards = model.rewards(x).double().numpy()  # [K, n]
-    if hasattr(model, "last_layer_features"):  # what the loop feeds the designs
-        phi = model.last_layer_features(x)  # [n, h]
-    else:
-        phi = last_hidden_mean(model, x).double().numpy()  # [n, h]
+    phi = model.last_layer_features(x)  # [K, n, h]: per-head Φ, what the loop feeds the designs
     forward_s = time.perf_counter() - t0
     prompt_of = np.repeat(np.arange(prompts), per_prompt)  # [n]
     t0 = time.perf_counter()
@@ -118,10 +103,7 @@ def build_problem(prompts: int, per_prompt: int, seed: int = 0) -> tuple[Compari
     rng = np.random.default_rng(seed)
     past = rng.integers(0, n, size=(HISTORY, 2))
     past = past[past[:, 0] != past[:, 1]]
-    past_diff = phi[past[:, 0]] - phi[past[:, 1]]  # [H, h]
-    r = rewards.mean(0)
-    p_hat = 1.0 / (1.0 + np.exp(-(r[past[:, 0]] - r[past[:, 1]])))
-    past_info = (past_diff * (p_hat * (1 - p_hat))[:, None]).T @ past_diff  # [h, h]
+    past_info, past_diff = labelled_information(model, x[torch.from_numpy(past.reshape(-1))])  # [K, h, h], [K, H, h]
     comparisons = ComparisonSet(
         phi=phi,
         rewards=rewards,
@@ -142,7 +124,7 @@ def reduced(comparisons: ComparisonSet, prompts: int) -> ComparisonSet:
     return replace(
         comparisons,
         pairs=comparisons.pairs[keep],
-        past_differences=comparisons.past_differences[:REFERENCE_HISTORY],
+        past_differences=comparisons.past_differences[:, :REFERENCE_HISTORY],
     )
 
 
@@ -209,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     m, m_cross, m_ref = len(comparisons.pairs), len(cross.pairs), len(small.pairs)
     print(
         f"problem: {prompts} prompts x {per_prompt} candidates, d = {DIM}, K = {comparisons.rewards.shape[0]}, "
-        f"p = {comparisons.phi.shape[1]}; M = {m:,} in-prompt, {m_cross:,} cross-prompt; budget {BUDGET}; "
-        f"history {len(comparisons.past_differences)}; reference: M = {m_ref:,}, budget {REFERENCE_BUDGET}"
+        f"K = {comparisons.phi.shape[0]} heads, p = {comparisons.phi.shape[-1]} per head; M = {m:,} in-prompt, {m_cross:,} cross-prompt; budget {BUDGET}; "
+        f"history {comparisons.past_differences.shape[1]}; reference: M = {m_ref:,}, budget {REFERENCE_BUDGET}"
     )
     print("setup (not counted): " + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from activepref.config import load_config
 from activepref.loop import CandidateTable, heldout_accuracy
@@ -187,3 +189,27 @@ def test_a_resumed_process_trains_on_the_buffer_of_an_uninterrupted_one(tmp_path
         assert a.preference_rows() == b.preference_rows()
         assert np.array_equal(a.replay_pairs(), b.replay_pairs())
         assert np.array_equal(a.replay_pairs(), straight[-1])
+
+
+def test_labelled_information_is_each_heads_fisher_information():
+    """Per-head history for the designs, against explicit per-head, per-pair sums."""
+    from activepref.enn import ENNShape, EnsembleRewardModel, forward_heads, last_hidden_heads
+    from activepref.loop import labelled_information
+
+    shape = ENNShape(dim=6, heads=3, hidden=5, layers=2)
+    model = EnsembleRewardModel(shape, seed=4)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32))  # 4 pairs
+    information, differences = labelled_information(model, x)
+    assert information.shape == (3, 5, 5) and differences.shape == (3, 4, 5)
+    with torch.no_grad():
+        hidden = last_hidden_heads(model.params, x, shape).double().numpy()  # [K, 8, h]
+        rewards = forward_heads(model.params, x, shape).double().numpy()  # [K, 8]
+    assert np.allclose(model.last_layer_features(x), hidden)
+    for k in range(3):
+        expected = np.zeros((5, 5))
+        for j in range(4):
+            diff = hidden[k, 2 * j] - hidden[k, 2 * j + 1]
+            p = 1.0 / (1.0 + math.exp(-(rewards[k, 2 * j] - rewards[k, 2 * j + 1])))
+            expected += p * (1 - p) * np.outer(diff, diff)
+            assert np.allclose(differences[k, j], diff)
+        assert np.allclose(information[k], expected, rtol=1e-6, atol=1e-9)

@@ -195,10 +195,14 @@ class EnsembleRewardModel:
         return torch.cat(outs, dim=1) if outs else torch.empty(self.shape.heads, 0)
 
     @torch.no_grad()
-    def last_layer_features(self, features: torch.Tensor) -> np.ndarray:
-        """Φ of 002 §3.3 for the ensemble: the heads' last hidden layers averaged over heads.
-        features [n, d] -> [n, h] float64."""
-        return last_hidden_heads(self.params, features.to(self.device), self.shape).mean(0).double().cpu().numpy()
+    @torch.no_grad()
+    def last_layer_features(self, features: torch.Tensor, chunk: int = 8192) -> np.ndarray:
+        """Φ of 002 §3.3 per head: each head's last hidden layer, in which that head's reward
+        is linear. features [n, d] -> [K, n, h] float64."""
+        out = np.empty((self.shape.heads, len(features), self.shape.hidden))
+        for i in range(0, len(features), chunk):
+            out[:, i : i + chunk] = last_hidden_heads(self.params, features[i : i + chunk].to(self.device), self.shape).double().cpu().numpy()
+        return out
 
     def predict(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """features [n, d] -> (mean [n], std [n]) over heads, float64."""

@@ -213,17 +213,11 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
         return
     feats = ctx.features[torch.from_numpy(cand)]
     rewards = model.rewards(feats).double().numpy()  # [K, n]
-    phi = model.last_layer_features(feats)  # [n, h]
+    phi = model.last_layer_features(feats)  # [K, n, h]: each head's own Φ (see acquisition.designs)
     past_information = past_differences = None
     history = buffer.pairs()
     if len(history):
-        hist_feats = ctx.features[torch.from_numpy(history.reshape(-1))]
-        hist_phi = model.last_layer_features(hist_feats).reshape(len(history), 2, -1)
-        diff = hist_phi[:, 0] - hist_phi[:, 1]  # [H, h]
-        r = model.rewards(hist_feats).double().numpy().mean(0).reshape(len(history), 2)
-        p = 1.0 / (1.0 + np.exp(-(r[:, 0] - r[:, 1])))
-        past_information = (diff * (p * (1 - p))[:, None]).T @ diff  # [h, h] Fisher information of the labelled data
-        past_differences = diff
+        past_information, past_differences = labelled_information(model, ctx.features[torch.from_numpy(history.reshape(-1))])
     comparisons = ComparisonSet(
         phi, rewards, prompt_of, pairs,
         prompt_features=_prompt_features(ctx, prompt_idxs),
@@ -236,6 +230,22 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
     crash_point("select.before_commit", it)
     ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": selected})
     crash_point("select.after_commit", it)
+
+
+def labelled_information(model: EnsembleRewardModel, pair_features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-head history of the labelled pairs for the designs.
+
+    pair_features: [2H, d] rows (chosen, rejected) of each labelled pair in turn.
+    Returns past_information [K, h, h] = Σ_j p̂_jk(1 - p̂_jk) ΔΦ_jk ΔΦ_jkᵀ (head k's Fisher
+    information, p̂_jk from its own reward gap) and past_differences [K, H, h] ΔΦ_jk.
+    """
+    heads = model.shape.heads
+    phi = model.last_layer_features(pair_features).reshape(heads, -1, 2, model.shape.hidden)
+    diff = phi[:, :, 0] - phi[:, :, 1]  # [K, H, h]
+    r = model.rewards(pair_features).double().numpy().reshape(heads, -1, 2)  # [K, H, 2]
+    p = 1.0 / (1.0 + np.exp(-(r[..., 0] - r[..., 1])))  # [K, H]
+    information = np.einsum("khi,kh,khj->kij", diff, p * (1 - p), diff, optimize=True)  # [K, h, h]
+    return information, diff
 
 
 def _prompt_features(ctx: RunContext, prompt_idxs: list[int]) -> np.ndarray:

@@ -33,16 +33,20 @@ REWARDS = (-1.0, 0.0, 1.0)
 
 
 @st.composite
-def comparison_sets(draw, max_n: int = 9, max_p: int = 4, history: bool = True) -> ComparisonSet:
-    """Random Φ [n, p], rewards [K, n], prompts, in-prompt or subsampled cross-prompt pairs
-    (M >= 1: candidates 0 and 1 share a prompt), and optional history."""
+def comparison_sets(draw, max_n: int = 9, max_p: int = 4, history: bool = True, per_head: bool | None = None) -> ComparisonSet:
+    """Random Φ [n, p] or per-head Φ [K, n, p] (with per-head history), rewards [K, n],
+    prompts, in-prompt or subsampled cross-prompt pairs (M >= 1: candidates 0 and 1 share a
+    prompt), and optional history."""
     n = draw(st.integers(2, max_n), label="n")
     p = draw(st.integers(1, max_p), label="p")
     k = draw(st.integers(2, 4), label="K")
+    if per_head is None:
+        per_head = draw(st.booleans(), label="per_head")
+    lead = (k,) if per_head else ()
     n_prompts = draw(st.integers(1, 4), label="prompts")
     prompt_of = np.array(draw(st.lists(st.integers(0, n_prompts - 1), min_size=n, max_size=n)), dtype=np.int64)
     prompt_of[1] = prompt_of[0]
-    phi = draw(arrays(np.float64, (n, p), elements=st.one_of(st.sampled_from(FEATURES), st.floats(-3, 3))), label="phi")
+    phi = draw(arrays(np.float64, (*lead, n, p), elements=st.one_of(st.sampled_from(FEATURES), st.floats(-3, 3))), label="phi")
     rewards = draw(
         arrays(np.float64, (k, n), elements=st.one_of(st.sampled_from(REWARDS), st.floats(-4, 4))), label="rewards"
     )
@@ -55,11 +59,11 @@ def comparison_sets(draw, max_n: int = 9, max_p: int = 4, history: bool = True) 
         pairs = candidate_pairs(prompt_of)
     past_information = past_differences = None
     if history and draw(st.booleans(), label="past_information"):
-        g = draw(arrays(np.float64, (p, draw(st.integers(1, 3))), elements=st.floats(-2, 2)))
-        past_information = g @ g.T
+        g = draw(arrays(np.float64, (*lead, p, draw(st.integers(1, 3))), elements=st.floats(-2, 2)))
+        past_information = g @ np.swapaxes(g, -1, -2)
     if history and draw(st.booleans(), label="past_differences"):
         elements = st.one_of(st.sampled_from(FEATURES), st.floats(-3, 3))
-        past_differences = draw(arrays(np.float64, (draw(st.integers(0, 4)), p), elements=elements))
+        past_differences = draw(arrays(np.float64, (*lead, draw(st.integers(0, 4)), p), elements=elements))
     prior = draw(st.one_of(st.sampled_from([1.0, 0.25, 4.0]), st.floats(0.1, 10)), label="prior_precision")
     return ComparisonSet(
         phi=phi,
@@ -82,7 +86,7 @@ def design_options():
 
 
 def has_history(comparisons: ComparisonSet) -> bool:
-    return comparisons.past_differences is not None and len(comparisons.past_differences) > 0
+    return comparisons.past_differences is not None and np.shape(comparisons.past_differences)[-2] > 0
 
 
 def hand_set(phi, pairs, gaps=None, **kwargs) -> ComparisonSet:
@@ -148,10 +152,10 @@ def test_designs_follow_reference(comparisons, design, seed, data):
 def test_exact_greedy_equals_greedy_by_recomputation(comparisons, name, data):
     budget = data.draw(st.integers(1, min(len(comparisons.pairs), 5)), label="budget")
     chosen = select(name, comparisons, budget, method="greedy")
-    b, diffs, a = ref.problem(name, comparisons)
+    heads = ref.problems(name, comparisons)  # one problem per head (one for a 2-D phi)
     assert_follows_reference(name, comparisons, chosen, 0, {"method": "greedy"})
-    reference = ref.greedy(b, diffs, a, budget)
-    value, ref_value = ref.criterion(b, diffs, a, chosen), ref.criterion(b, diffs, a, reference)
+    reference = ref.greedy_over_heads(heads, budget)
+    value, ref_value = ref.mean_criterion(heads, chosen), ref.mean_criterion(heads, reference)
     assert value == pytest.approx(ref_value, rel=1e-9, abs=1e-9)
 
 
@@ -194,7 +198,7 @@ def test_exact_greedy_against_the_brute_force_optimum():
 
 
 @PROPERTY
-@given(comparisons=comparison_sets(), name=st.sampled_from(DETERMINANT), data=st.data())
+@given(comparisons=comparison_sets(per_head=False), name=st.sampled_from(DETERMINANT), data=st.data())
 def test_gradient_scores_are_the_derivative_of_the_log_determinant(comparisons, name, data):
     """002 §3.2: the gradient score is ∂/∂w_i log|A(w)| at w = 1 (central differences)."""
     b, diffs, a = ref.problem(name, comparisons)
@@ -212,7 +216,62 @@ def test_gradient_scores_are_the_derivative_of_the_log_determinant(comparisons, 
         assert fd[k] >= max(rest) - 1e-5 * max(1.0, max(rest))
 
 
+@PROPERTY
+@given(comparisons=comparison_sets(per_head=True), name=st.sampled_from(DETERMINANT), data=st.data())
+def test_per_head_gradient_is_the_derivative_of_the_mean_log_determinant(comparisons, name, data):
+    """Per-head Φ: the design's order is that of ∂/∂w_i (1/K) Σ_k log|A_k(w)| (central
+    differences per head, averaged)."""
+    heads = ref.problems(name, comparisons)
+    fd = ref.mean_over([ref.finite_difference(*h) for h in heads])
+    budget = data.draw(st.integers(1, len(comparisons.pairs)), label="budget")
+    chosen = select(name, comparisons, budget)
+    for t, k in enumerate(chosen):
+        rest = [fd[i] for i in range(len(fd)) if i not in chosen[:t]]
+        assert fd[k] >= max(rest) - 1e-5 * max(1.0, max(rest))
+
+
 # ----------------------------------------------------------------- hand-checked cases
+
+
+def test_per_head_phi_sees_what_the_head_mean_cancels():
+    """Two heads whose hidden units disagree in sign: the mean over heads of Φ_1 is 0, so a
+    head-averaged Φ would call comparison (1, 0) uninformative; each head's own Φ says it
+    is the larger difference (length 1 vs 0.5 in both heads)."""
+    head_a = [[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]]
+    head_b = [[0.0, 0.0], [-1.0, 0.0], [0.5, 0.0]]
+    rewards = np.zeros((2, 3))
+    pairs = np.array([[1, 0], [2, 0]])
+    per_head = ComparisonSet(np.array([head_a, head_b]), rewards, np.zeros(3, dtype=np.int64), pairs)
+    averaged = ComparisonSet(np.mean([head_a, head_b], axis=0), rewards, np.zeros(3, dtype=np.int64), pairs)
+    for name in DETERMINANT:
+        for method in ("gradient", "greedy"):
+            assert select(name, per_head, 1, method=method) == [0], (name, method)
+            assert select(name, averaged, 1, method=method) == [1], (name, method)
+    # coreset in the concatenated layer: ΔΦ = (1, 0, -1, 0) and (0.5, 0, 0.5, 0); from a
+    # labelled (0.5, 0, 0.5, 0) the first is farther
+    past = np.array([[[0.5, 0.0]], [[0.5, 0.0]]])
+    labelled = ComparisonSet(np.array([head_a, head_b]), rewards, np.zeros(3, dtype=np.int64), pairs, past_differences=past)
+    assert select("coreset", labelled, 1) == [0]
+
+
+def test_per_head_weights_come_from_each_heads_own_gap():
+    """Head rewards (+4, -4) on candidate 1 average to 0, but each head is sure of (1, 0):
+    per-head D-opt weights it p̂(1-p̂) = s(4)s(-4) in both heads and prefers (2, 0), whose
+    gaps are 0 in both heads, at equal ΔΦ."""
+    phi = np.array([[[0.0], [1.0], [1.0]], [[0.0], [1.0], [1.0]]])
+    rewards = np.array([[0.0, 4.0, 0.0], [0.0, -4.0, 0.0]])
+    pairs = np.array([[1, 0], [2, 0]])
+    comparisons = ComparisonSet(phi, rewards, np.zeros(3, dtype=np.int64), pairs)
+    assert select("dopt", comparisons, 1) == [1]
+    assert select("xtx", comparisons, 1) == [0]  # unweighted: an exact tie, lowest index
+
+
+def test_per_head_shapes_are_checked():
+    phi = np.zeros((3, 4, 2))
+    with pytest.raises(ValueError, match="expected \\[n, p\\] or \\[K, n, p\\] with K = 2"):
+        select("dopt", ComparisonSet(phi, np.zeros((2, 4)), np.zeros(4, dtype=np.int64), np.array([[0, 1]])), 1)
+    with pytest.raises(ValueError, match="past_information has shape \\(2, 2\\)"):
+        select("pa_dopt", ComparisonSet(np.zeros((2, 4, 2)), np.zeros((2, 4)), np.zeros(4, dtype=np.int64), np.array([[0, 1]]), past_information=np.eye(2)), 1)
 
 # Φ rows whose differences are e1 (pairs (1,0), (2,0) parallel, different lengths) and e2.
 PLANE = [[0.0, 0.0], [1.0, 0.0], [1.1, 0.0], [0.0, 1.0]]

@@ -14,6 +14,14 @@ step, and ``math.dist`` for distances. Nothing here is incremental.
 * entropy: top binary entropy -p log p - (1-p) log(1-p) (002 eq. 5); maxdiff: top |r̂1 - r̂2|.
 * coreset: k-center greedy; the first pick is ``rng.integers(M)`` without history.
 
+Per-head Φ (what the loop passes): phi [K, n, p] holds each head's own last hidden layer, with
+past_information [K, p, p] and past_differences [K, H, p]. Each head is then its own problem,
+built by ``head_sets``: a 2-D comparison set with that head's Φ, history and rewards alone
+(so a_i comes from the head's own p̂). A determinant design's criterion, gradient score and
+greedy gain are the means over heads of the single-head ones; coreset measures distances in
+the concatenated layer [Φ_1, ..., Φ_K] (the space in which the ensemble-mean reward is linear);
+entropy and maxdiff use the ensemble-mean rewards as before.
+
 Exact ties go to the lowest index (``sorted`` is stable). Because the fast code evaluates the
 same quantities by other floating-point routes, the tests compare selections step by step
 with ``step_scores``: at each step the fast pick must score within a tolerance of the best
@@ -56,10 +64,46 @@ def reward_gaps(comparisons) -> list[float]:
     return [r[int(a)] - r[int(b)] for a, b in comparisons.pairs.tolist()]
 
 
-def differences(comparisons) -> list[np.ndarray]:
-    """[M] of [p] ΔΦ_i = Φ_i1 - Φ_i2, one comparison at a time."""
+def head_sets(comparisons) -> list:
+    """One 2-D comparison set per head (just ``[comparisons]`` when phi is [n, p])."""
     phi = np.asarray(comparisons.phi, dtype=np.float64)
+    if phi.ndim == 2:
+        return [comparisons]
+    out = []
+    for k in range(phi.shape[0]):
+        info = None if comparisons.past_information is None else np.asarray(comparisons.past_information)[k]
+        past = None if comparisons.past_differences is None else np.asarray(comparisons.past_differences)[k]
+        out.append(
+            type(comparisons)(
+                phi[k], np.asarray(comparisons.rewards)[k : k + 1], comparisons.prompt_of, comparisons.pairs,
+                past_information=info, past_differences=past, prior_precision=comparisons.prior_precision,
+            )
+        )
+    return out
+
+
+def concatenated(rows_per_head: list[list[float]]) -> list[float]:
+    return [v for row in rows_per_head for v in row]
+
+
+def differences(comparisons) -> list[np.ndarray]:
+    """[M] of [p] ΔΦ_i = Φ_i1 - Φ_i2, one comparison at a time (per-head Φ: the heads'
+    differences concatenated, [K p])."""
+    phi = np.asarray(comparisons.phi, dtype=np.float64)
+    if phi.ndim == 3:
+        return [np.array(concatenated([(phi[k, int(a)] - phi[k, int(b)]).tolist() for k in range(len(phi))]))
+                for a, b in comparisons.pairs.tolist()]
     return [phi[int(a)] - phi[int(b)] for a, b in comparisons.pairs.tolist()]
+
+
+def past_rows(comparisons) -> list[list[float]]:
+    """The labelled ΔΦ rows (per-head: concatenated over heads)."""
+    if comparisons.past_differences is None:
+        return []
+    past = np.asarray(comparisons.past_differences, dtype=np.float64)
+    if past.ndim == 3:
+        return [concatenated([past[k, h].tolist() for k in range(len(past))]) for h in range(past.shape[1])]
+    return past.tolist()
 
 
 def weights(comparisons, weighted: bool) -> list[float]:
@@ -81,9 +125,21 @@ def base(comparisons, past_information: bool, past_differences: bool) -> np.ndar
 
 
 def problem(name: str, comparisons) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
-    """(B [p, p], ΔΦ [M] of [p], a [M]) of a determinant design."""
+    """(B [p, p], ΔΦ [M] of [p], a [M]) of a determinant design on a 2-D comparison set."""
     weighted, past_info, past_diff = DETERMINANT[name]
     return base(comparisons, past_info, past_diff), differences(comparisons), weights(comparisons, weighted)
+
+
+def problems(name: str, comparisons) -> list[tuple[np.ndarray, list[np.ndarray], list[float]]]:
+    """One ``problem`` per head."""
+    return [problem(name, head) for head in head_sets(comparisons)]
+
+
+def mean_over(values: list) -> list | float:
+    """Elementwise mean of per-head lists (None stays None), or the mean of floats."""
+    if not isinstance(values[0], list):
+        return sum(values) / len(values)
+    return [None if column[0] is None else sum(column) / len(column) for column in zip(*values)]
 
 
 def log_det(matrix: np.ndarray) -> float:
@@ -150,6 +206,23 @@ def greedy(b, diffs, a, budget: int) -> list[int]:
     return chosen
 
 
+def mean_criterion(heads, chosen) -> float:
+    """S(C) averaged over heads: (1/K) Σ_k log|B_k + Σ_{i∈C} a_ik ΔΦ_ik ΔΦ_ikᵀ|."""
+    return mean_over([criterion(*h, chosen) for h in heads])
+
+
+def greedy_over_heads(heads, budget: int) -> list[int]:
+    """Exact greedy on the head-averaged criterion, by recomputation (first argmax)."""
+    if len(heads) == 1:
+        return greedy(*heads[0], budget)
+    chosen: list[int] = []
+    for _ in range(budget):
+        gains = mean_over([greedy_gains(*h, chosen) for h in heads])
+        best = max(g for g in gains if g is not None)
+        chosen.append(next(i for i, g in enumerate(gains) if g is not None and g == best))
+    return chosen
+
+
 def brute_force_optimum(b, diffs, a, budget: int) -> tuple[float, tuple[int, ...]]:
     """max over all subsets of size budget of S(C) (first subset in lexicographic order on ties)."""
     best_value, best_set = -math.inf, ()
@@ -189,11 +262,7 @@ def coreset_distances(comparisons, chosen: list[int], sign_invariant: bool = Tru
     """Distance of every unselected comparison to its nearest selected or labelled one
     (math.inf when there is neither; None for selected ones)."""
     diffs = [d.tolist() for d in differences(comparisons)]
-    past = (
-        []
-        if comparisons.past_differences is None
-        else np.asarray(comparisons.past_differences, dtype=np.float64).tolist()
-    )
+    past = past_rows(comparisons)
     out: list[float | None] = []
     for i, x in enumerate(diffs):
         if i in chosen:
@@ -206,7 +275,7 @@ def coreset_distances(comparisons, chosen: list[int], sign_invariant: bool = Tru
 
 def coreset(comparisons, budget: int, rng: np.random.Generator, sign_invariant: bool = True) -> list[int]:
     m = len(comparisons.pairs)
-    has_history = comparisons.past_differences is not None and len(comparisons.past_differences) > 0
+    has_history = len(past_rows(comparisons)) > 0
     chosen: list[int] = []
     for t in range(budget):
         if t == 0 and not has_history:
@@ -227,10 +296,10 @@ def design(name: str, comparisons, budget: int, rng: np.random.Generator, **opti
     if name in DETERMINANT:
         method = options.pop("method", "gradient")
         assert not options and method in OPTIMISERS, (method, options)
-        b, diffs, a = problem(name, comparisons)
+        heads = problems(name, comparisons)
         if method == "greedy":
-            return greedy(b, diffs, a, budget)
-        return top(sensitivity(b, diffs, a), budget)
+            return greedy_over_heads(heads, budget)
+        return top(mean_over([sensitivity(*h) for h in heads]), budget)
     if name == "entropy":
         return top(entropy_scores(comparisons), budget)
     if name == "maxdiff":
@@ -248,10 +317,10 @@ def step_scores(name: str, comparisons, chosen: list[int], **options) -> list[fl
     """
     if name in DETERMINANT:
         method = options.get("method", "gradient")
-        b, diffs, a = problem(name, comparisons)
+        heads = problems(name, comparisons)
         if method == "greedy":
-            return greedy_gains(b, diffs, a, chosen)
-        scores = sensitivity(b, diffs, a)
+            return mean_over([greedy_gains(*h, chosen) for h in heads])
+        scores = mean_over([sensitivity(*h) for h in heads])
     elif name == "entropy":
         scores = entropy_scores(comparisons)
     elif name == "maxdiff":

@@ -7,6 +7,21 @@ Feature-based designs work on the reward model's last hidden layer Φ (002 §3.3
 comparison differences ΔΦ_i = Φ_i1 - Φ_i2 [M, p]; nothing assumes in-prompt pairs, so
 cross-prompt candidates (002 §3.4) need only be present in ``pairs``.
 
+Per-head Φ. 002 has one reward model, linear in its last hidden layer. The ENN has K heads,
+each linear in its *own* last hidden layer (hidden units of different heads are unrelated, so
+averaging them across heads would not be a feature space of any model). The loop therefore
+passes phi [K, n, p] (``ComparisonSet.phi``), past_information [K, p, p] and
+past_differences [K, H, p], and:
+
+* the determinant designs use each head's Fisher information: head k is a logistic model
+  in its Φ_k with weights a_ik = p̂_ik(1 - p̂_ik) from its own reward gap, and the criterion
+  is the mean over heads, S(C) = (1/K) Σ_k log|B_k + Σ_{i∈C} a_ik ΔΦ_ik ΔΦ_ikᵀ| (the
+  expected information gain over the ensemble's posterior samples); its gradient score and
+  greedy gains are the head means of the single-head ones below;
+* coreset measures distances in the concatenated layer [Φ_1, ..., Φ_K], the space in which
+  the ensemble-mean reward (1/K) Σ_k w_kᵀΦ_k is linear;
+* a 2-D phi [n, p] is a single model (K = 1) weighted by the ensemble-mean gap, as before.
+
 Determinant designs (002 eqs. 4, 7 and PA D-opt). With contributions c_i = a_i ΔΦ_i ΔΦ_iᵀ,
 a_i = p̂_i(1 - p̂_i) (D-opt, PA D-opt) or a_i = 1 (det(XᵀX)), and a base information
 
@@ -83,23 +98,76 @@ def bernoulli_variance(gap: np.ndarray) -> np.ndarray:
     return e / (1.0 + e) ** 2
 
 
-def comparison_differences(comparisons: ComparisonSet) -> np.ndarray:
-    """[M, p] ΔΦ = Φ_1 - Φ_2 in float64."""
-    phi = comparisons.phi.astype(np.float64, copy=False)
+def head_count(comparisons: ComparisonSet) -> int:
+    """K' = the number of per-head Φ layers (1 for a 2-D phi); ValueError on a shape mismatch."""
+    phi = comparisons.phi
+    if phi.ndim == 2:
+        return 1
+    if phi.ndim != 3 or phi.shape[0] != comparisons.rewards.shape[0]:
+        raise ValueError(
+            f"phi has shape {phi.shape}; expected [n, p] or [K, n, p] with K = {comparisons.rewards.shape[0]} heads as in rewards"
+        )
+    for name in ("past_information", "past_differences"):
+        value = getattr(comparisons, name)
+        if value is not None and (np.ndim(value) != 3 or len(value) != phi.shape[0]):
+            raise ValueError(f"{name} has shape {np.shape(value)}; per-head phi needs one per head, [K, ...]")
+    return int(phi.shape[0])
+
+
+def head_history(value: np.ndarray | None, head: int, heads_axis: bool) -> np.ndarray | None:
+    """Head ``head``'s slice of past_information / past_differences (the whole value for 2-D phi)."""
+    if value is None:
+        return None
+    return np.asarray(value, dtype=np.float64)[head] if heads_axis else np.asarray(value, dtype=np.float64)
+
+
+def head_differences(comparisons: ComparisonSet, head: int) -> np.ndarray:
+    """[M, p] ΔΦ of head ``head`` (of the single layer for a 2-D phi), float64."""
+    phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
+    phi = phi.astype(np.float64, copy=False)
     pairs = comparisons.pairs
     return phi[pairs[:, 0]] - phi[pairs[:, 1]]
 
 
-def base_information(comparisons: ComparisonSet, past_information: bool, past_differences: bool) -> np.ndarray | None:
-    """[p, p] B = prior_precision · I + the requested history, or None when B is only the
-    prior (so callers can use the cheap diagonal path)."""
-    p = comparisons.phi.shape[1]
+def head_weights(comparisons: ComparisonSet, head: int, weighted: bool) -> np.ndarray:
+    """[M] a_i: p̂(1 - p̂) from head ``head``'s own gap (per-head phi) or the ensemble-mean
+    gap (2-D phi); all ones when not weighted."""
+    if not weighted:
+        return np.ones(len(comparisons.pairs))
+    if comparisons.phi.ndim == 2:
+        return bernoulli_variance(reward_gap(comparisons))
+    r = comparisons.rewards[head].astype(np.float64, copy=False)
+    return bernoulli_variance(r[comparisons.pairs[:, 0]] - r[comparisons.pairs[:, 1]])
+
+
+def comparison_differences(comparisons: ComparisonSet) -> np.ndarray:
+    """[M, p] ΔΦ = Φ_1 - Φ_2 in float64; per-head phi gives the concatenated layer [M, K p]."""
+    if comparisons.phi.ndim == 2:
+        return head_differences(comparisons, 0)
+    return np.concatenate([head_differences(comparisons, k) for k in range(head_count(comparisons))], axis=1)
+
+
+def concatenated_past_differences(comparisons: ComparisonSet) -> np.ndarray | None:
+    """[H, p] labelled ΔΦ (per-head [K, H, p] concatenated into [H, K p]), or None."""
+    past = comparisons.past_differences
+    if past is None:
+        return None
+    past = np.asarray(past, dtype=np.float64)
+    return past if past.ndim == 2 else np.concatenate(list(past), axis=1)
+
+
+def base_information(comparisons: ComparisonSet, past_information: bool, past_differences: bool, head: int = 0) -> np.ndarray | None:
+    """[p, p] B = prior_precision · I + the requested history (of head ``head`` for per-head
+    phi), or None when B is only the prior (so callers can use the cheap diagonal path)."""
+    heads_axis = comparisons.phi.ndim == 3
+    p = comparisons.phi.shape[-1]
     extra = []
-    if past_information and comparisons.past_information is not None:
-        extra.append(np.asarray(comparisons.past_information, dtype=np.float64))
-    if past_differences and comparisons.past_differences is not None and len(comparisons.past_differences):
-        h = np.asarray(comparisons.past_differences, dtype=np.float64)  # [H, p]
-        extra.append(h.T @ h)
+    info = head_history(comparisons.past_information, head, heads_axis)
+    if past_information and info is not None:
+        extra.append(info)
+    past = head_history(comparisons.past_differences, head, heads_axis)
+    if past_differences and past is not None and len(past):
+        extra.append(past.T @ past)  # [H, p] -> [p, p]
     if not extra:
         return None
     base = comparisons.prior_precision * np.eye(p) + sum(extra)
@@ -142,35 +210,49 @@ def log_det_sensitivity(
 
 
 def greedy_log_det(
-    diffs: np.ndarray, weights: np.ndarray, base: np.ndarray | None, prior_precision: float, budget: int, design: str
+    diffs: np.ndarray | list[np.ndarray],
+    weights: np.ndarray | list[np.ndarray],
+    base: np.ndarray | None | list[np.ndarray | None],
+    prior_precision: float,
+    budget: int,
+    design: str,
 ) -> np.ndarray:
-    """Exact greedy maximisation of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ| (module docstring).
+    """Exact greedy maximisation of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ| (module docstring), or of
+    its mean over heads when diffs, weights and base are per-head lists.
 
     diffs: [M, p]; weights: [M]; base: [p, p] B, or None for B = prior_precision · I.
     Returns [budget] indices in selection order (first argmax: ties by lowest index).
     """
-    m, p = diffs.shape
-    if base is None:
-        inv = np.eye(p) / prior_precision  # [p, p] G⁻¹
-        q = np.einsum("ij,ij->i", diffs, diffs) / prior_precision  # [M]
-    else:
-        linv = _inverse_cholesky(base, design)  # [p, p]
-        inv = linv.T @ linv
-        z = diffs @ linv.T  # [M, p]
-        q = np.einsum("ij,ij->i", z, z)
+    if not isinstance(diffs, list):
+        diffs, weights, base = [diffs], [weights], [base]
+    heads = len(diffs)
+    m, p = diffs[0].shape
+    invs, qs = [], []
+    for d, b in zip(diffs, base):
+        if b is None:
+            invs.append(np.eye(p) / prior_precision)  # [p, p] G⁻¹
+            qs.append(np.einsum("ij,ij->i", d, d) / prior_precision)  # [M]
+        else:
+            linv = _inverse_cholesky(b, design)  # [p, p]
+            invs.append(linv.T @ linv)
+            z = d @ linv.T  # [M, p]
+            qs.append(np.einsum("ij,ij->i", z, z))
     chosen = np.empty(budget, dtype=np.int64)
     taken = np.zeros(m, dtype=bool)
     for t in range(budget):  # sequential by definition: each pick changes every gain
-        # log(1 + a q) is increasing in a q, so the argmax needs no log (determinant lemma).
-        gain = weights * q
+        if heads == 1:  # log(1 + a q) is increasing in a q: the argmax needs no log
+            gain = weights[0] * qs[0]
+        else:  # mean over heads of log(1 + a_k q_k) (determinant lemma per head)
+            gain = sum(np.log1p(w * q) for w, q in zip(weights, qs)) / heads
         gain[taken] = -np.inf
         k = int(np.argmax(gain))
         chosen[t], taken[k] = k, True
-        u = inv @ diffs[k]  # [p] G⁻¹ ΔΦ_k
-        s = weights[k] / (1.0 + weights[k] * q[k])
-        q -= s * (diffs @ u) ** 2  # Sherman–Morrison on every quadratic form
-        np.maximum(q, 0.0, out=q)  # G⁻¹ stays PSD; clip rounding below zero
-        inv -= s * np.outer(u, u)
+        for d, w, q, inv in zip(diffs, weights, qs, invs):
+            u = inv @ d[k]  # [p] G⁻¹ ΔΦ_k
+            s = w[k] / (1.0 + w[k] * q[k])
+            q -= s * (d @ u) ** 2  # Sherman–Morrison on every quadratic form
+            np.maximum(q, 0.0, out=q)  # G⁻¹ stays PSD; clip rounding below zero
+            inv -= s * np.outer(u, u)
     return chosen
 
 
@@ -188,14 +270,22 @@ def _determinant_design(
         raise ConfigError(f"{design}: method must be one of {', '.join(map(repr, OPTIMISERS))} (got {method!r})")
     budget = check_budget(budget, len(comparisons.pairs), design)
     lam = _prior_precision(comparisons, design)
-    diffs = comparison_differences(comparisons)  # [M, p]
-    weights = bernoulli_variance(reward_gap(comparisons)) if weighted else np.ones(len(diffs))
-    base = base_information(comparisons, past_information, past_differences)
+    heads = head_count(comparisons)
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     if method == "greedy":
-        return greedy_log_det(diffs, weights, base, lam, budget, design)
-    return top_by_score(log_det_sensitivity(diffs, weights, base, lam, design), budget)
+        return greedy_log_det(
+            [head_differences(comparisons, k) for k in range(heads)],
+            [head_weights(comparisons, k, weighted) for k in range(heads)],
+            [base_information(comparisons, past_information, past_differences, k) for k in range(heads)],
+            lam, budget, design,
+        )
+    score = np.zeros(len(comparisons.pairs))
+    for k in range(heads):  # one head's [M, p] differences at a time bounds the memory
+        diffs = head_differences(comparisons, k)
+        base = base_information(comparisons, past_information, past_differences, k)
+        score += log_det_sensitivity(diffs, head_weights(comparisons, k, weighted), base, lam, design)
+    return top_by_score(score / heads, budget)
 
 
 # ------------------------------------------------------------------------------ designs
@@ -268,7 +358,7 @@ def squared_distance_to(diffs: np.ndarray, norms: np.ndarray, others: np.ndarray
 def coreset(
     comparisons: ComparisonSet, budget: int, rng: np.random.Generator, sign_invariant: bool = True
 ) -> np.ndarray:
-    """k-center greedy (Sener & Savarese 2018) on ΔΦ.
+    """k-center greedy (Sener & Savarese 2018) on ΔΦ (per-head phi: the concatenated layer).
 
     Deviation: 002 §3.1 names its "Coreset" strategy after Huggins et al. (2016) and Munteanu
     et al. (2018), sensitivity-based coresets that choose a subset whose trained model
@@ -284,13 +374,13 @@ def coreset(
     """
     m = len(comparisons.pairs)
     budget = check_budget(budget, m, "coreset")
-    diffs = comparison_differences(comparisons)  # [M, p]
+    head_count(comparisons)
+    diffs = comparison_differences(comparisons)  # [M, p] (per-head phi: [M, K p])
     norms = np.einsum("ij,ij->i", diffs, diffs)  # [M]
     nearest = np.full(m, np.inf)  # [M] squared distance to the selected set and the history
-    past = comparisons.past_differences
+    past = concatenated_past_differences(comparisons)
     has_history = past is not None and len(past) > 0
     if has_history:
-        past = np.asarray(past, dtype=np.float64)
         for start in range(0, len(past), HISTORY_CHUNK):  # bounded [M, chunk] memory
             block = squared_distance_to(diffs, norms, past[start : start + HISTORY_CHUNK], sign_invariant)
             np.minimum(nearest, block, out=nearest)
