@@ -270,13 +270,23 @@ def evaluate(
 
 @app.command()
 def methods() -> None:
-    """List every acquisition method with a one-line description."""
-    from activepref.acquisition import available
+    """List every acquisition method with a one-line description and its presets.
 
-    table = Table("method", "family", "options", "description")
+    The preset columns give 001 Table 16's beta / zeta-decay / rho for the method, used
+    when a run leaves those fields unset (`preset: paper-dpo`, the default, or
+    `preset: paper-rm`; `preset: none` keeps beta 1, zeta-decay 0.99, rho 1000).
+    """
+    from activepref.acquisition import available
+    from activepref.presets import PRESETS, preset_settings
+
+    table = Table("method", "family", "options", *(f"{p} (β/ζ-decay/ρ)" for p in PRESETS), "description")
     for m in available():
         opts = ", ".join(f"{k} (required)" if v is inspect.Parameter.empty else f"{k}={v}" for k, v in m.options().items())
-        table.add_row(m.name, m.family, escape(opts), escape(m.description))
+        cells = []
+        for preset in PRESETS:
+            st = preset_settings(preset, m.name)
+            cells.append("-" if st is None else f"{st.beta:g} / {st.zeta_decay:g} / {st.rho}")
+        table.add_row(m.name, m.family, escape(opts), *cells, escape(m.description))
     console.print(table)
 
 

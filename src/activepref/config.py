@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from activepref import enn
 from activepref.errors import ConfigError
+from activepref.presets import DEFAULT_PRESET, PRESET_NAMES, apply_preset
 
 BUILTIN_POOL = "builtin"
 
@@ -155,6 +156,10 @@ class RunConfig(_Strict):
     cache_path: str | None = Field(None, description="request cache file (default ~/.cache/activepref/requests.sqlite)")
     features: str | None = Field(None, description=".npy feature matrix whose rows follow the pool file")
     method: str = Field("dts", description="acquisition method (see `activepref methods`)")
+    preset: str = Field(
+        DEFAULT_PRESET,
+        description="per-method beta, enn.zeta_decay, enn.rho of 001 Table 16 where unset: paper-dpo, paper-rm or none",
+    )
     method_options: dict[str, Any] = Field(default_factory=dict, description="keyword options of the method")
     batch_size: int = Field(64, ge=1, description="prompts per iteration b (001: 64)")
     iterations: int | None = Field(None, ge=1, description="stop after this many iterations (default: whole pool)")
@@ -186,6 +191,13 @@ class RunConfig(_Strict):
     @property
     def live(self) -> bool:
         return self.prompts is not None
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {v!r}; choose one of: {', '.join(PRESET_NAMES)}")
+        return v
 
     @field_validator("method")
     @classmethod
@@ -278,6 +290,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, key, value)
+    data = apply_preset(data, RunConfig.model_fields["method"].default)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -74,19 +74,23 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
     b1 = torch.zeros(RM_HIDDEN, dtype=torch.float64)
     w2 = (torch.rand(RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(RM_HIDDEN)
     params = [p.requires_grad_(True) for p in (w1, b1, w2)]
-    x = torch.from_numpy(np.asarray(features, dtype=np.float64))
 
-    def reward(rows: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x[rows] @ w1 + b1) @ w2
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ w1 + b1) @ w2
 
-    c, r = torch.from_numpy(np.asarray(chosen, dtype=np.int64)), torch.from_numpy(np.asarray(rejected, dtype=np.int64))
-    if len(c):
+    chosen, rejected = np.asarray(chosen, dtype=np.int64), np.asarray(rejected, dtype=np.int64)
+    if len(chosen):
+        # Only the dataset's rows take part in training: gather them once, not at every evaluation.
+        rows, local = np.unique(np.concatenate([chosen, rejected]), return_inverse=True)
+        xs = torch.from_numpy(np.asarray(features[rows], dtype=np.float64))  # [u, d]
+        c, r = torch.from_numpy(local[: len(chosen)]), torch.from_numpy(local[len(chosen) :])
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=RM_MAX_ITER, tolerance_grad=1e-7, tolerance_change=1e-10,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = -torch.nn.functional.logsigmoid(reward(c) - reward(r)).mean() + RM_L2 * sum((p * p).sum() for p in params)
+            rewards = reward(xs)  # [u]
+            loss = -torch.nn.functional.logsigmoid(rewards[c] - rewards[r]).mean() + RM_L2 * sum((p * p).sum() for p in params)
             loss.backward()
             return loss
 
@@ -94,7 +98,7 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
 
     def predict(rows: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return reward(torch.from_numpy(np.asarray(rows, dtype=np.int64))).numpy()
+            return reward(torch.from_numpy(np.asarray(features[np.asarray(rows, dtype=np.int64)], dtype=np.float64))).numpy()
 
     return predict
 

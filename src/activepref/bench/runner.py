@@ -42,7 +42,7 @@ EXTRA_COLUMNS = (
     "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy",
 )
 CACHE_NAME = "bench_metrics.json"
-CACHE_VERSION = 2  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
+CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
 DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
 
 
