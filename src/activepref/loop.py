@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainCon
 from activepref.errors import ConfigError
 from activepref.generation import plan_candidates
 from activepref.judges import AuditedJudge, Judge, JudgeScore, ScoreRequest, make_judge
+from activepref.timings import StageTimes
 from activepref.store import (
     STATUS_ANNOTATED,
     STATUS_EMBEDDED,
@@ -107,6 +109,7 @@ class RunContext:
     progress: Progress = field(default_factory=Progress)
     live: LiveParts | None = None
     cache: RequestCache | None = None
+    times: StageTimes = field(default_factory=StageTimes)
 
     def __post_init__(self) -> None:
         self.selector = make_selector(self.config.method, self.config.method_options)
@@ -411,14 +414,18 @@ def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: Rep
         if step == half:
             crash_point("train.mid", it)
 
-    loss = model.fit(ctx.features, buffer, train_cfg, train_size, stage_rng(ctx.config.seed, it, STAGE_TRAIN), on_step=on_step)
+    with ctx.times.measure("enn_fit"):
+        loss = model.fit(ctx.features, buffer, train_cfg, train_size, stage_rng(ctx.config.seed, it, STAGE_TRAIN), on_step=on_step)
     model.decay_zeta(e.zeta_decay)
-    model.save(ctx.store.checkpoint_path(it))
+    with ctx.times.measure("checkpoint"):
+        model.save(ctx.store.checkpoint_path(it))
     crash_point("train.after_checkpoint", it)
-    metrics = evaluate(ctx, model)
+    with ctx.times.measure("evaluate"):
+        metrics = evaluate(ctx, model)
     metrics.update(train_loss=None if math.isnan(loss) else loss, zeta=model.zeta, buffer=len(buffer))
-    ctx.store.commit_training(it, metrics)
-    ctx.store.prune_checkpoints(it - ctx.config.keep_checkpoints + 1)
+    with ctx.times.measure("store"):
+        ctx.store.commit_training(it, metrics)
+        ctx.store.prune_checkpoints(it - ctx.config.keep_checkpoints + 1)
     crash_point("train.after_commit", it)
     return metrics
 
@@ -499,7 +506,9 @@ def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
 
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every unfinished step. Returns per-iteration metrics."""
+    started = time.perf_counter()
     ctx = build_context(store, config, progress, live)
+    ctx.times.add("load", time.perf_counter() - started)
     plan = iteration_plan(store, config)
     # The buffer is always filled from the store in its recorded order (here and after each
     # iteration's commit), so a resumed process trains on the buffer of an uninterrupted one.
@@ -534,12 +543,14 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
             if config.live:
                 ctx.refresh()
             ctx.progress.on_stage(it, "select")
-            select_step(ctx, it, prompt_idxs, current_model(), buffer)
+            with ctx.times.measure("select"):
+                select_step(ctx, it, prompt_idxs, current_model(), buffer)
             rec = store.iteration(it)
         assert rec is not None
         if rec.status == STATUS_SELECTED:
             ctx.progress.on_stage(it, "annotate")
-            annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
+            with ctx.times.measure("annotate"):
+                annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
             buffer.extend(store.replay_pairs(iteration=it))
             rec = store.iteration(it)
         assert rec is not None and rec.status == STATUS_ANNOTATED
@@ -547,4 +558,8 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
         metrics = train_step(ctx, it, current_model(), buffer)
         history.append(metrics)
         ctx.progress.on_iteration(it, len(plan), metrics)
+    try:
+        ctx.times.write(store.run_dir)
+    except OSError as exc:  # informational only: never fail a finished run over it
+        log.warning("could not write %s: %s", store.run_dir / "timings.json", exc)
     return history

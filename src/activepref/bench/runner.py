@@ -34,6 +34,7 @@ import numpy as np
 from activepref.bench import metrics as M
 from activepref.config import BUILTIN_POOL, RunConfig, load_config
 from activepref.errors import ActivePrefError, ConfigError
+from activepref.timings import StageTimes
 
 RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spearman_loss", "best_of_n")
 EXTRA_COLUMNS = (
@@ -42,6 +43,7 @@ EXTRA_COLUMNS = (
     "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy",
 )
 CACHE_NAME = "bench_metrics.json"
+BENCH_TIMINGS_FILE = "bench_timings.json"  # run = run/resume wall (incl. pool import), dataset_eval = evaluate_run
 CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
 DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
 
@@ -194,6 +196,7 @@ def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
     config = load_config(None, spec.overrides)
     run_dir = spec.run_dir
     state = "finished"
+    times = StageTimes()
     if RunStore.exists(run_dir):
         try:
             store = RunStore.open_readonly(run_dir)
@@ -214,10 +217,16 @@ def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
             if st.iterations_done == st.iterations_planned:
                 state = "skipped"
             else:
-                runs.resume(run_dir)
-    if not RunStore.exists(run_dir):
-        runs.run(config, run_dir)
-    return state, evaluate_run(run_dir, spec.method, spec.seed)
+                with times.measure("run"):
+                    runs.resume(run_dir)
+    with times.measure("run"):
+        if not RunStore.exists(run_dir):
+            runs.run(config, run_dir)
+    with times.measure("dataset_eval"):
+        rows = evaluate_run(run_dir, spec.method, spec.seed)
+    if state != "skipped":
+        times.write(run_dir, BENCH_TIMINGS_FILE)
+    return state, rows
 
 
 def _run_in_worker(spec: BenchRun) -> tuple[str, list[dict[str, Any]], str | None]:
