@@ -109,3 +109,22 @@ def test_cli_refuses_bad_auf_options(tmp_path: Path, args: list[str], message: s
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_prompt_features_are_the_prompt_part_of_the_features(tmp_path: Path) -> None:
+    """--prompt-features adds the prompt-only embedding without changing anything else."""
+    regime = AUFRegime(n_prompts=50, dim=64, seed=1)
+    plain, with_prompts = tmp_path / "plain.parquet", tmp_path / "prompts.parquet"
+    write_auf_pool(regime, plain)
+    result = runner.invoke(app, ["make-pool", "--regime", "auf", "-o", str(with_prompts), "--prompts", "50", "--dim", "64",
+                                 "--seed", "1", "--prompt-features"])
+    assert result.exit_code == 0, result.output
+    a, b = read_pool(plain), read_pool(with_prompts)
+    assert a.prompt_features is None and b.prompt_features.shape == (50, 64)
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.oracle, b.oracle)
+    # a prompt's 30 candidates share its embedding's direction more than another prompt's do
+    x = a.features.reshape(50, 30, 64).mean(axis=1)
+    own = np.einsum("pd,pd->p", x, b.prompt_features) / (np.linalg.norm(x, axis=1) * np.linalg.norm(b.prompt_features, axis=1))
+    other = np.einsum("pd,pd->p", x, np.roll(b.prompt_features, 1, axis=0)) / (
+        np.linalg.norm(x, axis=1) * np.linalg.norm(np.roll(b.prompt_features, 1, axis=0), axis=1))
+    assert own.mean() > 0.5 > other.mean()

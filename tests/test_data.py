@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,44 @@ def test_oracle_on_some_rows_only(tmp_path):
 
 def test_pool_format_error_is_an_activepref_error():
     assert issubclass(PoolFormatError, ActivePrefError)
+
+
+def _prompt_feature_rows():
+    base = {"prompt": "p", "model": "m", "response": "r", "features": [0.0, 1.0]}
+    return [
+        {**base, "prompt_id": "a", "response_id": "a1", "prompt_features": [1.0, 2.0, 3.0]},
+        {**base, "prompt_id": "a", "response_id": "a2", "prompt_features": [1.0, 2.0, 3.0]},
+        {**base, "prompt_id": "b", "prompt": "q", "response_id": "b1", "prompt_features": [4.0, 5.0, 6.0]},
+    ]
+
+
+def test_prompt_features_are_read_once_per_prompt(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _prompt_feature_rows()))
+    pool = read_pool(path)
+    assert pool.prompt_features.dtype == np.float32
+    assert pool.prompt_features.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "prompt_features"}) + "\n" for r in _prompt_feature_rows()))
+    assert read_pool(plain).prompt_features is None
+
+
+@pytest.mark.parametrize(
+    ("row", "change", "message"),
+    [
+        (1, {"prompt_features": [1.0, 2.0, 9.0]}, "line 2, field 'prompt_features': differs from an earlier row of prompt_id 'a'"),
+        (2, {"prompt_features": None}, "line 3, field 'prompt_features': present on some rows and missing on others"),
+        (2, {"prompt_features": [1.0, 2.0]}, "line 3, field 'prompt_features': length 2, expected 3"),
+        (2, {"prompt_features": [1.0, float("nan"), 2.0]}, "line 3, field 'prompt_features': contains NaN or infinity"),
+        (0, {"prompt_features": "x"}, "line 1, field 'prompt_features': Input should be a valid list"),
+    ],
+)
+def test_bad_prompt_features_are_named(tmp_path, row, change, message):
+    rows = _prompt_feature_rows()
+    rows[row] = {**rows[row], **change}
+    if change.get("prompt_features") is None:
+        del rows[row]["prompt_features"]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(PoolFormatError, match=re.escape(message)):
+        read_pool(path)

@@ -73,3 +73,54 @@ def test_cli_cross_prompt_flag_reaches_the_stored_config(tmp_path: Path, pool_pa
     assert result.exit_code == 0, result.output
     with RunStore.open_readonly(tmp_path / "r") as store:
         assert json.loads(store.meta("config") or "{}")["cross_prompt"] is True
+
+
+def _balpm_inputs(monkeypatch: pytest.MonkeyPatch, cfg, run_dir: Path) -> list:
+    """Run balpm and capture the ComparisonSet the loop hands it at every iteration."""
+    from activepref.acquisition import bayesian
+
+    seen = []
+    original = bayesian.balpm_select
+
+    def spy(*args, **kwargs):
+        seen.append((args[2].copy(), args[3].copy(), None if kwargs.get("pool_features") is None else kwargs["pool_features"].copy()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bayesian, "balpm_select", spy)
+    run(cfg, run_dir)
+    return seen
+
+
+def test_balpm_sees_the_whole_unlabelled_pool_and_candidate_means(tmp_path: Path, pool_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prompt-only features a prompt's feature is the mean of its candidates'
+    (standardised) features; the pool neighbours are the training prompts of later batches."""
+    from activepref.loop import load_features
+
+    cfg = _cfg(pool_path, "balpm", iterations=3)
+    seen = _balpm_inputs(monkeypatch, cfg, tmp_path / "run")
+    with RunStore.open_readonly(tmp_path / "run") as store:
+        order = store.train_prompt_order()
+        feats = load_features(store, True).double().numpy()
+        _, response_prompt = store.responses()
+    means = np.stack([feats[response_prompt == p].mean(axis=0) for p in range(response_prompt.max() + 1)])
+    assert len(seen) == 3
+    for it, (batch, acquired, pool) in enumerate(seen):
+        assert np.allclose(batch, means[order[it * 6 : (it + 1) * 6]])
+        assert np.allclose(pool, means[order[(it + 1) * 6 :]])  # every later training prompt
+        assert len(acquired) <= 6 * it  # prompts of earlier batches with a pair
+
+
+def test_balpm_uses_a_pools_prompt_only_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from activepref.data import read_pool
+
+    pool = synthetic_pool(n_prompts=24, candidates=4, dim=8, seed=2)
+    pool.prompt_features = np.random.default_rng(0).normal(size=(24, 3)).astype(np.float32)
+    path = write_pool(pool, tmp_path / "pool.parquet")
+    assert np.allclose(read_pool(path).prompt_features, pool.prompt_features)
+    seen = _balpm_inputs(monkeypatch, _cfg(path, "balpm"), tmp_path / "run")
+    with RunStore.open_readonly(tmp_path / "run") as store:
+        order = store.train_prompt_order()
+        assert np.allclose(store.prompt_features(), pool.prompt_features)
+    batch, _, rest = seen[0]
+    assert batch.shape == (6, 3) and np.allclose(batch, pool.prompt_features[order[:6]])
+    assert np.allclose(rest, pool.prompt_features[order[6:]])

@@ -84,7 +84,9 @@ class AUFChunk:
 
     prompt: [n] prompt number; model: [n] model number; features: [n, d] float32;
     oracle: [n]; aspects: aspect -> [n] integer scores; score: [n] their mean;
-    completion_tokens: [n]; prompt_tokens: [n]."""
+    completion_tokens: [n]; prompt_tokens: [n];
+    prompt_features: [P, d] float32 prompt-only embedding of each of the chunk's P prompts
+    ([t_p, 0, 0] @ P: what embedding the prompt alone would see; no extra random draws)."""
 
     prompt: np.ndarray
     model: np.ndarray
@@ -94,6 +96,7 @@ class AUFChunk:
     score: np.ndarray
     completion_tokens: np.ndarray
     prompt_tokens: np.ndarray
+    prompt_features: np.ndarray
 
 
 class _World:
@@ -159,12 +162,21 @@ def auf_chunks(regime: AUFRegime, chunk_prompts: int = CHUNK_PROMPTS) -> Iterato
             score=score,
             completion_tokens=np.maximum(np.rint(np.exp(log_len)), 1).reshape(-1).astype(np.int64),
             prompt_tokens=np.repeat(prompt_tokens, m).astype(np.int64),
+            prompt_features=(topic @ world.projection[:k]).astype(np.float32),
         )
 
 
-def write_auf_pool(regime: AUFRegime, output: str | Path, features_file: str | Path | None = None, features_dtype: str = "float32") -> dict[str, object]:
+def write_auf_pool(
+    regime: AUFRegime,
+    output: str | Path,
+    features_file: str | Path | None = None,
+    features_dtype: str = "float32",
+    prompt_features: bool = False,
+) -> dict[str, object]:
     """Write the pool as Parquet (``.parquet``) chunk by chunk; features in the ``features``
-    column, or in ``features_file`` (.npy, ``features_dtype`` float32 or float16) when given.
+    column, or in ``features_file`` (.npy, ``features_dtype`` float32 or float16) when given;
+    with ``prompt_features`` also a ``prompt_features`` column (the prompt-only embedding,
+    repeated on each of the prompt's rows).
     Returns a summary (rows, prompts, dim, files, tie share of the judge's scores)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -201,6 +213,9 @@ def write_auf_pool(regime: AUFRegime, output: str | Path, features_file: str | P
                 "prompt_tokens": pa.array(chunk.prompt_tokens, pa.int64()),
                 "completion_tokens": pa.array(chunk.completion_tokens, pa.int64()),
             }
+            if prompt_features:
+                per_row = np.repeat(chunk.prompt_features, m, axis=0)  # [n, d]
+                columns["prompt_features"] = pa.FixedSizeListArray.from_arrays(pa.array(per_row.reshape(-1), pa.float32()), d).cast(pa.list_(pa.float32()))
             if matrix is None:
                 columns["features"] = pa.FixedSizeListArray.from_arrays(pa.array(chunk.features.reshape(-1), pa.float32()), d).cast(pa.list_(pa.float32()))
             else:

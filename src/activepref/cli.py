@@ -546,6 +546,8 @@ def make_pool(
     features_file: Annotated[Path | None, typer.Option(help="auf: write the features to this .npy instead of a Parquet column "
                                                             "(for big pools; give it to a run as `features:`).", metavar="<path>")] = None,
     features_dtype: Annotated[str, typer.Option(help="auf: dtype of --features-file, float32 or float16.")] = "float32",
+    prompt_features: Annotated[bool, typer.Option(help="auf: add a prompt_features column (the prompt-only embedding; BAL-PM "
+                                                       "uses it instead of the mean of the prompt's candidates).")] = False,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Write a synthetic candidate pool with a hidden oracle reward (for benchmarks and tests).
@@ -560,8 +562,8 @@ def make_pool(
     if regime == "synthetic":
         from activepref.pools import synthetic_pool, write_pool
 
-        if features_file is not None:
-            _fail(ActivePrefError("--features-file is for --regime auf"))
+        if features_file is not None or prompt_features:
+            _fail(ActivePrefError("--features-file and --prompt-features are for --regime auf"))
         pool = synthetic_pool(prompts, candidates or 8, dim or 64, 0.3 if noise is None else noise, seed, min_candidates)
         write_pool(pool, output)
         console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}")
@@ -574,7 +576,7 @@ def make_pool(
         _fail(ActivePrefError(f"--regime auf has one candidate from each of its {len(AUF_MODELS)} models; leave --candidates unset"))
     try:
         spec = AUFRegime(n_prompts=prompts, dim=dim or 256, noise=0.5 if noise is None else noise, ladder_spread=ladder_spread, seed=seed)
-        summary = write_auf_pool(spec, output, features_file, features_dtype)
+        summary = write_auf_pool(spec, output, features_file, features_dtype, prompt_features)
     except ValueError as exc:
         _fail(ActivePrefError(str(exc)))
     where = f"features in {features_file}" if features_file else "features in the Parquet column"

@@ -4,7 +4,9 @@ A pool file has one row per candidate response: ``prompt_id``, ``prompt`` (a str
 list of chat messages), ``response_id``, ``model``, ``response``, optional ``principle``,
 optional ``score`` and ``score_<aspect>`` judge scores, optional hidden ``oracle`` reward
 (simulation only, never shown to the loop) and ``features`` (a list of floats), or a
-separate ``.npy`` matrix whose rows follow the file order. JSONL or Parquet.
+separate ``.npy`` matrix whose rows follow the file order. Optional ``prompt_features``: an
+embedding of the prompt alone (the same list on every row of a prompt; BAL-PM's prompt
+entropy uses it). JSONL or Parquet.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class PoolRow(BaseModel):
     score: float | None = None
     oracle: float | None = None
     features: list[float] | None = None
+    prompt_features: list[float] | None = None
 
     @field_validator("prompt_id", "response_id", "model")
     @classmethod
@@ -114,7 +117,8 @@ class Pool:
 
     prompt_index: [n] prompt of each response; features: [n, d] float32;
     scores: [n] judge score (NaN when absent); aspect_scores: aspect -> [n];
-    oracle: [n] hidden reward for evaluation (None when the pool has none).
+    oracle: [n] hidden reward for evaluation (None when the pool has none);
+    prompt_features: [n_prompts, q] float32 prompt-only embeddings, in ``prompts`` order (or None).
     """
 
     prompts: list[Prompt]
@@ -125,6 +129,7 @@ class Pool:
     aspect_scores: dict[str, np.ndarray]
     oracle: np.ndarray | None
     source: str = ""
+    prompt_features: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -190,6 +195,8 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
     aspects: dict[str, list[float]] = {a: [] for a in ASPECTS}
     seen_ids: dict[str, str] = {}
     has_features: bool | None = None
+    prompt_feats: dict[str, list[float]] = {}
+    has_prompt_features: bool | None = None
     for location, raw in _iter_rows(path):
         try:
             row = PoolRow.model_validate(raw)
@@ -221,6 +228,19 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
             if not all(math.isfinite(v) for v in row.features):
                 raise PoolFormatError(str(path), location, "features", "contains NaN or infinity")
             feats.append(row.features)
+        if has_prompt_features is None:
+            has_prompt_features = row.prompt_features is not None
+        elif has_prompt_features != (row.prompt_features is not None):
+            raise PoolFormatError(str(path), location, "prompt_features", "present on some rows and missing on others")
+        if row.prompt_features is not None:
+            first = prompt_feats.setdefault(row.prompt_id, row.prompt_features)
+            if first is not row.prompt_features and first != row.prompt_features:
+                raise PoolFormatError(str(path), location, "prompt_features", f"differs from an earlier row of prompt_id {row.prompt_id!r}")
+            reference = next(iter(prompt_feats.values()))
+            if len(row.prompt_features) != len(reference) or not row.prompt_features:
+                raise PoolFormatError(str(path), location, "prompt_features", f"length {len(row.prompt_features)}, expected {len(reference)} as on the first row (and > 0)")
+            if not all(math.isfinite(v) for v in row.prompt_features):
+                raise PoolFormatError(str(path), location, "prompt_features", "contains NaN or infinity")
         extra = row.model_extra or {}
         for a in ASPECTS:
             v = extra.get(f"score_{a}")
@@ -253,6 +273,7 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         aspect_scores={a: np.asarray(v, dtype=np.float64) for a, v in aspects.items() if not np.all(np.isnan(v))},
         oracle=np.asarray(oracle, dtype=np.float64) if n_oracle else None,
         source=str(path),
+        prompt_features=np.asarray([prompt_feats[p] for p in prompt_order], dtype=np.float32) if prompt_feats else None,
     )
 
 

@@ -110,6 +110,7 @@ class RunContext:
     live: LiveParts | None = None
     cache: RequestCache | None = None
     times: StageTimes = field(default_factory=StageTimes)
+    prompt_matrix: np.ndarray | None = None  # [n_prompts, q] BAL-PM prompt features (prompt_feature_matrix), reset by refresh
 
     def __post_init__(self) -> None:
         self.selector = make_selector(self.config.method, self.config.method_options)
@@ -123,6 +124,7 @@ class RunContext:
 
     def refresh(self) -> None:
         """(Re)load candidates and features from the store (after a live run embeds more)."""
+        self.prompt_matrix = None
         self.responses, self.response_prompt = self.store.responses()
         self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
         self.features = load_features(self.store, self.config.enn.standardize).to(self.config.enn.device)  # [n, d]
@@ -221,11 +223,14 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
     history = buffer.pairs()
     if len(history):
         past_information, past_differences = labelled_information(model, ctx.features[torch.from_numpy(history.reshape(-1))])
+    prompt_matrix = prompt_feature_matrix(ctx)  # [P, q]
+    acquired = sorted({int(ctx.response_prompt[c]) for c in history[:, 0]}) if len(history) else []
     comparisons = ComparisonSet(
         phi, rewards, prompt_of, pairs,
-        prompt_features=_prompt_features(ctx, prompt_idxs),
-        acquired_prompt_features=_prompt_features(ctx, sorted({int(ctx.response_prompt[c]) for c in history[:, 0]})) if len(history) else None,
+        prompt_features=prompt_matrix[prompt_idxs],
+        acquired_prompt_features=prompt_matrix[acquired] if acquired else None,
         past_information=past_information, past_differences=past_differences,
+        pool_prompt_features=prompt_matrix[unlabelled_prompts(ctx, it)],
     )
     budget = min(cfg.design_budget or len(prompt_idxs), len(pairs))
     chosen = np.asarray(ctx.selector(comparisons, budget, rng), dtype=np.int64)
@@ -251,14 +256,32 @@ def labelled_information(model: EnsembleRewardModel, pair_features: torch.Tensor
     return information, diff
 
 
-def _prompt_features(ctx: RunContext, prompt_idxs: list[int]) -> np.ndarray:
-    """[len(prompt_idxs), d] prompt features for BAL-PM: the mean feature of the prompt's
-    candidates (a pool supplies (prompt, response) features only; documented approximation)."""
-    out = []
-    for p in prompt_idxs:
-        idx = ctx.table.slots[p][ctx.table.mask[p]]
-        out.append(ctx.features[torch.from_numpy(idx)].double().mean(0).cpu().numpy() if len(idx) else np.zeros(ctx.features.shape[1]))
-    return np.asarray(out)
+def prompt_feature_matrix(ctx: RunContext) -> np.ndarray:
+    """[n_prompts, q] prompt features for BAL-PM, computed once per process: the pool's
+    prompt-only embeddings (``prompt_features`` column) when it has them, else the mean
+    feature of each prompt's candidates (a documented approximation: a (prompt, response)
+    pool has no prompt-only embedding). Prompts without candidates get zeros."""
+    if ctx.prompt_matrix is not None:
+        return ctx.prompt_matrix
+    own = ctx.store.prompt_features()
+    if own is not None:
+        out = np.asarray(own, dtype=np.float64)
+    else:
+        feats = ctx.features.double().cpu().numpy()  # [n, d]
+        sums = np.zeros((len(ctx.prompts), feats.shape[1]))
+        np.add.at(sums, ctx.response_prompt, feats)
+        counts = np.bincount(ctx.response_prompt, minlength=len(ctx.prompts))
+        out = sums / np.maximum(counts, 1)[:, None]
+    ctx.prompt_matrix = out
+    return out
+
+
+def unlabelled_prompts(ctx: RunContext, it: int) -> list[int]:
+    """Training prompts of the batches after iteration ``it`` that have candidates: the rest
+    of the unlabelled pool (BAL-PM's neighbours for its kNN radius)."""
+    order = ctx.store.train_prompt_order()
+    later = order[(it + 1) * ctx.config.batch_size :]
+    return [p for p in later if ctx.table.mask[p].any()] if later else []
 
 
 def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:

@@ -95,13 +95,19 @@ def write_pool(pool: Pool, path: str | Path) -> Path:
     }
     if pool.oracle is not None:
         rows["oracle"] = [float(o) for o in pool.oracle]
+    if pool.prompt_features is not None:
+        rows["prompt_features"] = [[float(v) for v in pool.prompt_features[i]] for i in pool.prompt_index]
     if path.suffix == ".parquet":
+        if "prompt_features" in rows:
+            rows["prompt_features"] = pa.array(rows["prompt_features"], type=pa.list_(pa.float32()))
         table = pa.table({**rows, "features": pa.array(list(pool.features), type=pa.list_(pa.float32()))})
         pq.write_table(table, path)
     else:
         with open(path, "w", encoding="utf-8") as fh:
             for i in range(len(pool.responses)):
                 row = {k: v[i] for k, v in rows.items()}
+                if "prompt_features" in row:
+                    row["prompt_features"] = [round(v, 6) for v in row["prompt_features"]]
                 row["features"] = [round(float(v), 6) for v in pool.features[i]]
                 fh.write(json.dumps(row) + "\n")
     return path

@@ -6,6 +6,7 @@ Layout of a run directory::
     run.sqlite              prompts, responses, hidden pool scores, scores, preferences,
                             iterations (status + metrics), judge failures, run config
     features.npy            [n_responses, d] float32, rows = response idx
+    prompt_features.npy     [n_prompts, q] float32 prompt-only embeddings (optional)
     checkpoints/enn_XXXXX.safetensors   ENN state after iteration XXXXX
     lock                    held (flock) by the one process working on the run
 """
@@ -223,6 +224,11 @@ class RunStore(LockedSqliteDir):
             with open(features_tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(pool.features, dtype=np.float32))
             features_tmp.replace(run_dir / "features.npy")
+        if pool.prompt_features is not None:  # prompt-only embeddings, rows = prompt idx
+            prompt_tmp = run_dir / "prompt_features.npy.tmp"
+            with open(prompt_tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(pool.prompt_features, dtype=np.float32))
+            prompt_tmp.replace(run_dir / "prompt_features.npy")
         conn = cls._connect(run_dir)
         store = cls(run_dir, conn, lock)
         try:
@@ -308,6 +314,12 @@ class RunStore(LockedSqliteDir):
         if [r[0] for r in rows] != list(range(len(rows))):
             raise RunStateError(f"{self.run_dir}: features missing for some responses")
         return np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+    def prompt_features(self) -> np.ndarray | None:
+        """[n_prompts, q] float32 prompt-only embeddings (rows = prompt idx) when the pool had
+        a ``prompt_features`` column, else None."""
+        path = self.run_dir / "prompt_features.npy"
+        return np.load(path, mmap_mode="r") if path.exists() else None
 
     def unembedded(self) -> list[int]:
         """Response idxs without features (live runs)."""

@@ -60,7 +60,12 @@ def comparison_sets(draw, max_n: int = 7, max_heads: int = 4, max_prompts: int =
     acquired = draw(arrays(np.float64, (a, q), elements=coords), label="acquired")
     if a and draw(st.booleans(), label="acquired duplicates a candidate"):
         acquired[0] = features[0]
-    return ComparisonSet(np.zeros((n, 1)), rewards, prompt_of, pairs, features, acquired if a else None)
+    u = draw(st.integers(0, 6), label="unlabelled pool")
+    pool = draw(arrays(np.float64, (u, q), elements=coords), label="pool")
+    if u and draw(st.booleans(), label="pool duplicates a candidate"):
+        pool[0] = features[-1]
+    return ComparisonSet(np.zeros((n, 1)), rewards, prompt_of, pairs, features, acquired if a else None,
+                         pool_prompt_features=pool if u else None)
 
 
 def head_probs(cs: ComparisonSet) -> list[list[float]]:
@@ -264,6 +269,8 @@ def test_balpm_matches_reference(cs, options, seed, budget):
     bald = ref.bald(head_probs(cs))
     pair_prompts = [tuple(pp) for pp in cs.prompt_of[cs.pairs].tolist()]
     acquired = [] if cs.acquired_prompt_features is None else cs.acquired_prompt_features.tolist()
+    pool = [] if cs.pool_prompt_features is None else cs.pool_prompt_features.tolist()
+    tables = ref.distance_tables(cs.prompt_features.tolist(), acquired, pool)
 
     def scores(prefix, with_noise=True):
         return ref.balpm_scores(
@@ -279,6 +286,7 @@ def test_balpm_matches_reference(cs, options, seed, budget):
             estimator=options["estimator"],
             normalize_entropy=options["normalize_entropy"],
             noise=noise if with_noise else None,
+            tables=tables,
         )
 
     assert_greedy(fast, scores, budget)
@@ -293,6 +301,7 @@ def test_balpm_matches_reference(cs, options, seed, budget):
         budget,
         np.random.default_rng(seed),
         **sel_options,
+        pool_features=cs.pool_prompt_features,
     )
     assert chosen.tolist() == fast.tolist()
     for t, j in enumerate(chosen.tolist()):
@@ -432,3 +441,22 @@ def test_invalid_options_and_inputs_raise_readable_errors():
         make_selector("balpm")(wrong_width, 2, rng)
     for name in ("bald", "batchbald", "balpm"):
         assert make_selector(name)(cs, 0, rng).shape == (0,)
+
+
+def test_balpm_radius_sees_the_unlabelled_pool():
+    """Two candidate prompts at 0 and 10 with equal BALD: alone they are each other's nearest
+    neighbour (a tie, lowest index). With unlabelled pool prompts crowding the first, its
+    kNN radius shrinks (0.1 vs 9.9), its entropy term drops, and BAL-PM takes the second."""
+    rewards = np.zeros((2, 4))
+    prompt_of = np.array([0, 0, 1, 1])
+    pairs = np.array([[0, 1], [2, 3]])
+    features = np.array([[0.0], [10.0]])
+    alone = ComparisonSet(np.zeros((4, 1)), rewards, prompt_of, pairs, features, None)
+    crowded = ComparisonSet(np.zeros((4, 1)), rewards, prompt_of, pairs, features, None,
+                            pool_prompt_features=np.array([[0.1], [-0.1], [0.2]]))
+    options = {"beta": 1.0, "k": 1}
+    assert make_selector("balpm", options)(alone, 1, np.random.default_rng(0)).tolist() == [0]
+    assert make_selector("balpm", options)(crowded, 1, np.random.default_rng(0)).tolist() == [1]
+    wrong = ComparisonSet(np.zeros((4, 1)), rewards, prompt_of, pairs, features, None, pool_prompt_features=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="pool_prompt_features has shape \\(2, 3\\); expected \\[u, 1\\]"):
+        make_selector("balpm", options)(wrong, 1, np.random.default_rng(0))

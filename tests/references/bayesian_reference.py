@@ -142,24 +142,26 @@ def knn_entropy(points, k: int) -> float:
     return digamma_int(n) - digamma_int(k) + log_volume + dim * log_rho / n
 
 
-def distance_tables(prompts, initial_acquired):
-    """(between [P][P], to_initial [P][a]) Euclidean distances, each computed once."""
+def distance_tables(prompts, initial_acquired, pool=()):
+    """(between [P][P], to_initial [P][a], to_pool [P][u]) Euclidean distances, each computed
+    once; ``pool``: the unlabelled prompts outside the batch (neighbours for ρ_k only)."""
     between = [[distance(u, v) for v in prompts] for u in prompts]
     to_initial = [[distance(u, a) for a in initial_acquired] for u in prompts]
-    return between, to_initial
+    to_pool = [[distance(u, w) for w in pool] for u in prompts]
+    return between, to_initial, to_pool
 
 
 def ksg_terms(
     prompts, initial_acquired, added: list[int], k: int, dimension: float, epsilon: float, tables=None
 ) -> list[float]:
     """[P] e(x) for every candidate prompt; ``added``: candidate prompts picked so far in the
-    batch (with repetition). ρ_k(x) over the other candidates and the initially acquired points;
-    n(x) counts initial acquired points and added prompts within ρ_k(x)."""
-    between, to_initial = tables or distance_tables(prompts, initial_acquired)
+    batch (with repetition). ρ_k(x) over the other candidates, the unlabelled pool and the
+    initially acquired points; n(x) counts initial acquired points and added prompts within ρ_k(x)."""
+    between, to_initial, to_pool = tables or distance_tables(prompts, initial_acquired)
     out = []
     for x in range(len(prompts)):
         others = [between[x][j] for j in range(len(prompts)) if j != x]
-        everyone = sorted(others + to_initial[x])
+        everyone = sorted(others + to_initial[x] + to_pool[x])
         k_eff = min(k, len(everyone))
         rho = everyone[k_eff - 1] if k_eff > 0 else 0.0
         n = sum(1 for d in to_initial[x] if d <= rho)
@@ -171,7 +173,7 @@ def ksg_terms(
 def kl_terms(prompts, initial_acquired, added: list[int], k: int, epsilon: float, tables=None) -> list[float]:
     """[P] log(2 ρ_k^A(x) + ε), ρ_k^A the k-th nearest point of the acquired multiset A
     (initial points, then added prompts); 0 while A is empty; k clipped to |A|."""
-    between, to_initial = tables or distance_tables(prompts, initial_acquired)
+    between, to_initial, _ = tables or distance_tables(prompts, initial_acquired)
     out = []
     for x in range(len(prompts)):
         dists = list(to_initial[x]) + [between[x][j] for j in added]
@@ -277,7 +279,8 @@ def design(name: str, comparisons, budget: int, rng, **options) -> list[int]:
         prompts = comparisons.prompt_features.tolist()
         acquired = [] if comparisons.acquired_prompt_features is None else comparisons.acquired_prompt_features.tolist()
         pair_prompts = [tuple(pp) for pp in comparisons.prompt_of[comparisons.pairs].tolist()]
-        tables = distance_tables(prompts, acquired)
+        pool = [] if comparisons.pool_prompt_features is None else comparisons.pool_prompt_features.tolist()
+        tables = distance_tables(prompts, acquired, pool)
         return greedy(
             lambda prefix: balpm_scores(
                 bald_values,

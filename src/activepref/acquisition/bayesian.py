@@ -39,8 +39,10 @@ tails. Entropies are in nats; H_b(p) = -p log p - (1 - p) log(1 - p) with 0 log 
   k-nearest-neighbour estimate in the style of Kraskov et al. 2004 of the entropy that prompt x
   adds to the acquired prompts A (acquired_prompt_features ∪ prompts picked in this batch):
 
-      ρ_k(x) = distance from x to its k-th nearest neighbour among all prompts, candidates
-               (every row of prompt_features) ∪ acquired: acquired and available points
+      ρ_k(x) = distance from x to its k-th nearest neighbour among all prompts: candidates
+               (every row of prompt_features) ∪ the rest of the unlabelled pool
+               (pool_prompt_features) ∪ acquired, i.e. acquired and available points
+               over the whole pool, as 003's code computes it
       n(x)   = number of points of A within ρ_k(x)
       e(x)   = log(2 ρ_k(x) + ε) - ψ(n(x) + 1) / d
 
@@ -458,9 +460,16 @@ class PromptEntropy:
 
 
 def prompt_entropy_state(
-    prompt_features: np.ndarray, acquired_features: np.ndarray, k: int, dimension: float, estimator: str
+    prompt_features: np.ndarray,
+    acquired_features: np.ndarray,
+    k: int,
+    dimension: float,
+    estimator: str,
+    pool_features: np.ndarray | None = None,
 ) -> PromptEntropy:
-    """The entropy term's state for candidate prompts [P, q] and acquired prompts [a, q]."""
+    """The entropy term's state for candidate prompts [P, q] and acquired prompts [a, q];
+    ``pool_features`` [u, q], the unlabelled prompts outside the batch, count as neighbours
+    for the ksg radius ρ_k only (they are neither candidates nor acquired)."""
     between = pairwise_distances(prompt_features, prompt_features)  # [P, P]
     to_acquired = pairwise_distances(prompt_features, acquired_features)  # [P, a]
     n_prompts, n_acquired = to_acquired.shape
@@ -471,8 +480,11 @@ def prompt_entropy_state(
         return PromptEntropy(estimator, k, dimension, between, nearest=nearest, size=n_acquired)
     others = between.copy()
     np.fill_diagonal(others, np.inf)  # x is not its own neighbour
-    everyone = np.concatenate([others, to_acquired], axis=1)  # [P, P + a]
-    k_eff = min(k, n_prompts - 1 + n_acquired)
+    parts = [others, to_acquired]
+    if pool_features is not None and len(pool_features):
+        parts.append(pairwise_distances(prompt_features, pool_features))  # [P, u]
+    everyone = np.concatenate(parts, axis=1)  # [P, P + a (+ u)]
+    k_eff = min(k, everyone.shape[1] - 1)
     radius = np.partition(everyone, k_eff - 1, axis=1)[:, k_eff - 1] if k_eff > 0 else np.zeros(n_prompts)
     inside = (between <= radius[:, None]).astype(np.int64)  # [P, P], x' = x included (distance 0)
     count = (to_acquired <= radius[:, None]).sum(axis=1).astype(np.int64)  # [P]
@@ -496,6 +508,7 @@ def balpm_select(
     normalize_entropy: bool = False,
     selection: str = "greedy",
     gumbel_beta: float = GUMBEL_BETA,
+    pool_features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy BAL-PM (003) over M comparisons with BALD values [M] and prompts pair_prompts
     [M, 2] (rows of prompt_features [P, q]; equal for in-prompt comparisons).
@@ -504,7 +517,7 @@ def balpm_select(
     (BALD + β · prompt term, without the Gumbel perturbation)."""
     m = len(bald_values)
     noise = rng.gumbel(size=m) / gumbel_beta if selection == "softmax" else None  # [M]
-    state = prompt_entropy_state(prompt_features, acquired_features, k, dimension, estimator)
+    state = prompt_entropy_state(prompt_features, acquired_features, k, dimension, estimator, pool_features)
     first, second = pair_prompts[:, 0], pair_prompts[:, 1]
     cross = first != second  # [M]
     taken = np.zeros(m, dtype=bool)
@@ -565,6 +578,13 @@ def balpm(
         raise ValueError(
             f"balpm: acquired_prompt_features has shape {acquired.shape}; expected [a, {prompts.shape[1]}] like prompt_features"
         )
+    pool = comparisons.pool_prompt_features
+    if pool is not None:
+        pool = np.asarray(pool, dtype=np.float64)
+        if pool.ndim != 2 or pool.shape[1] != prompts.shape[1]:
+            raise ValueError(
+                f"balpm: pool_prompt_features has shape {pool.shape}; expected [u, {prompts.shape[1]}] like prompt_features"
+            )
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     pair_prompts = np.asarray(comparisons.prompt_of)[comparisons.pairs]  # [M, 2]
@@ -586,5 +606,6 @@ def balpm(
         normalize_entropy=normalize_entropy,
         selection=selection,
         gumbel_beta=gumbel_beta,
+        pool_features=pool,
     )
     return chosen

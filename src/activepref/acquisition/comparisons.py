@@ -21,14 +21,18 @@ import numpy as np
 class ComparisonSet:
     """Everything a batch design may look at.
 
-    phi: [n, p] Φ of every candidate response.
+    phi: [n, p] Φ of every candidate response, or [K, n, p] each head's own Φ (see designs).
     rewards: [K, n] per-head rewards; r̂ = rewards.mean(0), p̂ = s(r̂_1 - r̂_2).
     prompt_of: [n] prompt index of each candidate.
     pairs: [M, 2] candidate comparisons (indices into the n candidates, never equal).
     prompt_features: [n_prompts, q] prompt embeddings (BAL-PM), or None.
     acquired_prompt_features: [a, q] embeddings of prompts acquired in earlier batches (BAL-PM), or None.
-    past_information: [p, p] Σ over labelled comparisons of p̂(1-p̂) ΔΦ ΔΦᵀ (PA D-opt), or None.
-    past_differences: [H, p] ΔΦ of labelled comparisons (coreset, det(XᵀX) with history), or None.
+    pool_prompt_features: [u, q] embeddings of the unlabelled prompts outside this batch (BAL-PM:
+        neighbours for the kNN radius, as 003's code estimates over the whole pool), or None.
+    past_information: [p, p] Σ over labelled comparisons of p̂(1-p̂) ΔΦ ΔΦᵀ (PA D-opt), or None
+        ([K, p, p] per head with a per-head phi).
+    past_differences: [H, p] ΔΦ of labelled comparisons (coreset, det(XᵀX) with history), or None
+        ([K, H, p] per head).
     prior_precision: 1/σ² of the Bayesian D-optimal criterion (the + I/σ² term).
     """
 
@@ -41,6 +45,7 @@ class ComparisonSet:
     past_information: np.ndarray | None = None
     past_differences: np.ndarray | None = None
     prior_precision: float = 1.0
+    pool_prompt_features: np.ndarray | None = None
 
     @property
     def mean_reward(self) -> np.ndarray:
