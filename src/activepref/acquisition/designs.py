@@ -122,11 +122,13 @@ def head_history(value: np.ndarray | None, head: int, heads_axis: bool) -> np.nd
 
 
 def head_differences(comparisons: ComparisonSet, head: int) -> np.ndarray:
-    """[M, p] ΔΦ of head ``head`` (of the single layer for a 2-D phi), float64."""
+    """[M, p] ΔΦ of head ``head`` (of the single layer for a 2-D phi), float64. (The gradient
+    score multiplies these directly: an [M, p] x [p, p] GEMM is faster here than routing the
+    products through the n candidates, which costs scatter-adds; greedy's per-pick updates and
+    coreset do go through the candidates.)"""
     phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
     phi = phi.astype(np.float64, copy=False)
-    pairs = comparisons.pairs
-    return phi[pairs[:, 0]] - phi[pairs[:, 1]]
+    return phi[comparisons.pairs[:, 0]] - phi[comparisons.pairs[:, 1]]
 
 
 def head_weights(comparisons: ComparisonSet, head: int, weighted: bool) -> np.ndarray:
@@ -138,13 +140,6 @@ def head_weights(comparisons: ComparisonSet, head: int, weighted: bool) -> np.nd
         return bernoulli_variance(reward_gap(comparisons))
     r = comparisons.rewards[head].astype(np.float64, copy=False)
     return bernoulli_variance(r[comparisons.pairs[:, 0]] - r[comparisons.pairs[:, 1]])
-
-
-def comparison_differences(comparisons: ComparisonSet) -> np.ndarray:
-    """[M, p] ΔΦ = Φ_1 - Φ_2 in float64; per-head phi gives the concatenated layer [M, K p]."""
-    if comparisons.phi.ndim == 2:
-        return head_differences(comparisons, 0)
-    return np.concatenate([head_differences(comparisons, k) for k in range(head_count(comparisons))], axis=1)
 
 
 def concatenated_past_differences(comparisons: ComparisonSet) -> np.ndarray | None:
@@ -209,8 +204,17 @@ def log_det_sensitivity(
     return weights * np.einsum("ij,ij->i", z, z)
 
 
+def centred_layer(comparisons: ComparisonSet, head: int) -> np.ndarray:
+    """[n, p] Φ of head ``head`` (the single layer for a 2-D phi), float64, minus its mean row
+    (every ΔΦ is unchanged; products through the candidates then lose less to cancellation)."""
+    phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
+    phi = phi.astype(np.float64)
+    return phi - phi.mean(axis=0)
+
+
 def greedy_log_det(
-    diffs: np.ndarray | list[np.ndarray],
+    layers: np.ndarray | list[np.ndarray],
+    pairs: np.ndarray,
     weights: np.ndarray | list[np.ndarray],
     base: np.ndarray | None | list[np.ndarray | None],
     prior_precision: float,
@@ -218,24 +222,29 @@ def greedy_log_det(
     design: str,
 ) -> np.ndarray:
     """Exact greedy maximisation of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ| (module docstring), or of
-    its mean over heads when diffs, weights and base are per-head lists.
+    its mean over heads when layers, weights and base are per-head lists.
 
-    diffs: [M, p]; weights: [M]; base: [p, p] B, or None for B = prior_precision · I.
-    Returns [budget] indices in selection order (first argmax: ties by lowest index).
+    layers: [n, p] candidate Φ, with ΔΦ_i = layer[a_i] - layer[b_i] for pairs [M, 2];
+    weights: [M]; base: [p, p] B, or None for B = prior_precision · I. Every quadratic form
+    goes through the candidates (ΔΦ_iᵀ u = (layer u)[a_i] - (layer u)[b_i]), so a pick costs
+    O(n p + M) per head. Returns [budget] indices in selection order (first argmax).
     """
-    if not isinstance(diffs, list):
-        diffs, weights, base = [diffs], [weights], [base]
-    heads = len(diffs)
-    m, p = diffs[0].shape
+    if not isinstance(layers, list):
+        layers, weights, base = [layers], [weights], [base]
+    heads = len(layers)
+    a, b = pairs[:, 0], pairs[:, 1]
+    m, p = len(pairs), layers[0].shape[1]
     invs, qs = [], []
-    for d, b in zip(diffs, base):
-        if b is None:
+    for layer, bk in zip(layers, base):
+        if bk is None:
             invs.append(np.eye(p) / prior_precision)  # [p, p] G⁻¹
+            d = layer[a] - layer[b]
             qs.append(np.einsum("ij,ij->i", d, d) / prior_precision)  # [M]
         else:
-            linv = _inverse_cholesky(b, design)  # [p, p]
+            linv = _inverse_cholesky(bk, design)  # [p, p]
             invs.append(linv.T @ linv)
-            z = d @ linv.T  # [M, p]
+            y = layer @ linv.T  # [n, p]
+            z = y[a] - y[b]  # [M, p]
             qs.append(np.einsum("ij,ij->i", z, z))
     chosen = np.empty(budget, dtype=np.int64)
     taken = np.zeros(m, dtype=bool)
@@ -247,10 +256,11 @@ def greedy_log_det(
         gain[taken] = -np.inf
         k = int(np.argmax(gain))
         chosen[t], taken[k] = k, True
-        for d, w, q, inv in zip(diffs, weights, qs, invs):
-            u = inv @ d[k]  # [p] G⁻¹ ΔΦ_k
+        for layer, w, q, inv in zip(layers, weights, qs, invs):
+            u = inv @ (layer[a[k]] - layer[b[k]])  # [p] G⁻¹ ΔΦ_k
+            v = layer @ u  # [n]
             s = w[k] / (1.0 + w[k] * q[k])
-            q -= s * (d @ u) ** 2  # Sherman–Morrison on every quadratic form
+            q -= s * (v[a] - v[b]) ** 2  # Sherman–Morrison on every quadratic form
             np.maximum(q, 0.0, out=q)  # G⁻¹ stays PSD; clip rounding below zero
             inv -= s * np.outer(u, u)
     return chosen
@@ -275,16 +285,16 @@ def _determinant_design(
         return np.empty(0, dtype=np.int64)
     if method == "greedy":
         return greedy_log_det(
-            [head_differences(comparisons, k) for k in range(heads)],
+            [centred_layer(comparisons, k) for k in range(heads)],
+            comparisons.pairs,
             [head_weights(comparisons, k, weighted) for k in range(heads)],
             [base_information(comparisons, past_information, past_differences, k) for k in range(heads)],
             lam, budget, design,
         )
     score = np.zeros(len(comparisons.pairs))
     for k in range(heads):  # one head's [M, p] differences at a time bounds the memory
-        diffs = head_differences(comparisons, k)
         base = base_information(comparisons, past_information, past_differences, k)
-        score += log_det_sensitivity(diffs, head_weights(comparisons, k, weighted), base, lam, design)
+        score += log_det_sensitivity(head_differences(comparisons, k), head_weights(comparisons, k, weighted), base, lam, design)
     return top_by_score(score / heads, budget)
 
 
@@ -341,17 +351,26 @@ def maxdiff(comparisons: ComparisonSet, budget: int, rng: np.random.Generator) -
     return top_by_score(np.abs(reward_gap(comparisons)), budget)
 
 
-def squared_distance_to(diffs: np.ndarray, norms: np.ndarray, others: np.ndarray, sign_invariant: bool) -> np.ndarray:
-    """[M] min over the rows o of others [r, p] of ||ΔΦ_i - o||² (or, sign-invariant, of
-    min(||ΔΦ_i - o||², ||ΔΦ_i + o||²) = ||ΔΦ_i||² + ||o||² - 2|ΔΦ_i · o|). norms: [M] ||ΔΦ_i||²."""
-    dots = diffs @ others.T  # [M, r]; updated in place below (r can be thousands)
+def nearest_from_dots(dots: np.ndarray, norms: np.ndarray, other_norms: np.ndarray, sign_invariant: bool) -> np.ndarray:
+    """[M] min over r others of ||ΔΦ_i - o||² = ||ΔΦ_i||² + ||o||² - 2 ΔΦ_i·o (sign-invariant:
+    min(||ΔΦ_i - o||², ||ΔΦ_i + o||²), i.e. -2|ΔΦ_i·o|). dots: [M, r] ΔΦ_i·o, overwritten;
+    norms: [M] ||ΔΦ_i||²; other_norms: [r] ||o||²."""
     if sign_invariant:
         np.abs(dots, out=dots)
     dots *= -2.0
-    dots += np.einsum("ij,ij->i", others, others)[None, :]  # + ||o||²
+    dots += other_norms[None, :]
     nearest = dots.min(axis=1)  # [M]
     nearest += norms
     return np.maximum(nearest, 0.0, out=nearest)  # the expansion can round below 0
+
+
+def candidate_layer(comparisons: ComparisonSet) -> np.ndarray:
+    """[n, p] the layer coreset measures in (per-head phi: the heads' layers side by side,
+    [n, K p]), float64, centred (differences are unchanged; centring keeps the Gram matrix
+    small, so its expansions lose less to cancellation)."""
+    phi = comparisons.phi
+    layer = phi.astype(np.float64) if phi.ndim == 2 else np.concatenate([h.astype(np.float64) for h in phi], axis=1)
+    return layer - layer.mean(axis=0)
 
 
 @register_design("coreset", "k-center greedy on Φ differences (Sener & Savarese), farthest from the selected and labelled ones; not 002's sensitivity coreset.")
@@ -375,14 +394,22 @@ def coreset(
     m = len(comparisons.pairs)
     budget = check_budget(budget, m, "coreset")
     head_count(comparisons)
-    diffs = comparison_differences(comparisons)  # [M, p] (per-head phi: [M, K p])
-    norms = np.einsum("ij,ij->i", diffs, diffs)  # [M]
+    # Every ΔΦ_i = φ_a - φ_b is a difference of two of the n candidates, so all the dot
+    # products come from the candidates' Gram matrix: ΔΦ_i·ΔΦ_k = G_ac - G_ad - G_bc + G_bd
+    # (O(M) per pick instead of O(M p)) and ΔΦ_i·o = (Φ o)_a - (Φ o)_b for history rows o.
+    layer = candidate_layer(comparisons)  # [n, P]
+    gram = layer @ layer.T  # [n, n]
+    a, b = comparisons.pairs[:, 0], comparisons.pairs[:, 1]
+    norms = np.maximum(gram[a, a] + gram[b, b] - 2.0 * gram[a, b], 0.0)  # [M] ||ΔΦ_i||²
     nearest = np.full(m, np.inf)  # [M] squared distance to the selected set and the history
     past = concatenated_past_differences(comparisons)
     has_history = past is not None and len(past) > 0
     if has_history:
         for start in range(0, len(past), HISTORY_CHUNK):  # bounded [M, chunk] memory
-            block = squared_distance_to(diffs, norms, past[start : start + HISTORY_CHUNK], sign_invariant)
+            chunk = past[start : start + HISTORY_CHUNK]  # [r, P]
+            projected = layer @ chunk.T  # [n, r]
+            dots = projected[a] - projected[b]  # [M, r]
+            block = nearest_from_dots(dots, norms, np.einsum("ij,ij->i", chunk, chunk), sign_invariant)
             np.minimum(nearest, block, out=nearest)
     chosen = np.empty(budget, dtype=np.int64)
     for t in range(budget):  # sequential by definition: each pick moves every distance
@@ -391,6 +418,8 @@ def coreset(
         else:
             k = int(np.argmax(nearest))
         chosen[t] = k
-        np.minimum(nearest, squared_distance_to(diffs, norms, diffs[k : k + 1], sign_invariant), out=nearest)
+        column = gram[:, a[k]] - gram[:, b[k]]  # [n] φ_j·ΔΦ_k
+        dots = (column[a] - column[b])[:, None]  # [M, 1]
+        np.minimum(nearest, nearest_from_dots(dots, norms, norms[k : k + 1], sign_invariant), out=nearest)
         nearest[k] = -np.inf  # never again, even if every other candidate duplicates a chosen one
     return chosen

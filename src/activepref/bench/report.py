@@ -150,6 +150,58 @@ def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str, x_key: str = 
     return np.asarray(xs), np.asarray(ys), np.asarray(hs)
 
 
+# Stage -> column of the time split: the loop's timings.json and the bench's bench_timings.json.
+TIME_COLUMNS = (
+    ("ENN training", ("enn_fit",)),
+    ("acquisition", ("select",)),
+    ("judge", ("annotate",)),
+    ("per-iteration eval", ("evaluate",)),
+    ("dataset eval", ("dataset_eval",)),
+    ("IO and setup", ("load", "checkpoint", "store")),
+)
+
+
+def time_split(run_dir: Path) -> dict[str, float] | None:
+    """Seconds per column of TIME_COLUMNS plus ``other`` and ``total`` for one bench run, or
+    None when the run has no timings (older benches). ``total`` = the bench's run wall +
+    dataset evaluation; ``other`` = what no stage measured (pool import into the store, ...)."""
+    from activepref.bench.runner import BENCH_TIMINGS_FILE
+    from activepref.timings import read_timings
+
+    loop, bench = read_timings(run_dir), read_timings(run_dir, BENCH_TIMINGS_FILE)
+    if not bench:
+        return None
+    both = {**loop, "dataset_eval": bench.get("dataset_eval", 0.0)}
+    out = {name: sum(both.get(k, 0.0) for k in keys) for name, keys in TIME_COLUMNS}
+    out["total"] = bench.get("run", 0.0) + bench.get("dataset_eval", 0.0)
+    out["other"] = max(out["total"] - sum(out[name] for name, _ in TIME_COLUMNS), 0.0)
+    return out
+
+
+def time_split_lines(run_dirs: dict[tuple[str, int], Path]) -> list[str]:
+    """The report's wall-time table: per method, mean seconds per run in each stage."""
+    per_method: dict[str, list[dict[str, float]]] = {}
+    for (method, _), run_dir in run_dirs.items():
+        split = time_split(run_dir)
+        if split is not None:
+            per_method.setdefault(method, []).append(split)
+    if not per_method:
+        return []
+    names = [n for n, _ in TIME_COLUMNS] + ["other", "total"]
+    lines = ["## Where the time goes (mean seconds per run; these runs only)", "",
+             "| method | runs | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    grand = dict.fromkeys(names, 0.0)
+    for method, splits in per_method.items():
+        cells = [f"{np.mean([sp[n] for sp in splits]):.1f}" for n in names]
+        for n in names:
+            grand[n] += sum(sp[n] for sp in splits)
+        lines.append(f"| {method} | {len(splits)} | " + " | ".join(cells) + " |")
+    total = grand["total"] or 1.0
+    lines += ["", "Share of all runs' time: " + ", ".join(f"{n} {100 * grand[n] / total:.0f}%" for n in names[:-1])
+              + f"; sum of run times {grand['total'] / 60:.1f} min (workers run side by side, so the bench's wall time is less).", ""]
+    return lines
+
+
 def _setup_lines(run_dirs: dict[tuple[str, int], Path], budget: int | None) -> list[str]:
     from activepref.runs import stored_config
     from activepref.store import RunStore
@@ -289,6 +341,7 @@ def write_report(
         costs.append(f"| {method} | {np.nanmean([f['judge_calls'] for f in finals]):.0f} | {np.nanmean([f['judge_tokens'] for f in finals]):.0f} |")
     lines += ["", "## Judge cost per run (mean over seeds)", "", "| method | judge calls | judge tokens |", "|---|---|---|", *costs,
               "", "(A replay judge reveals stored scores: one call per annotation, no tokens.)", ""]
+    lines += time_split_lines(run_dirs)
     lines += ["## Files", "",
               "- `results.csv`: one row per (method, seed, iteration) — method, seed, iteration, annotations, accuracy, "
               "spearman_loss, best_of_n, then extra columns.",
