@@ -414,3 +414,15 @@ def test_bad_prompt_features_are_named(tmp_path, row, change, message):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(PoolFormatError, match=re.escape(message)):
         read_pool(path)
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    good = json.dumps({"prompt_id": "a", "prompt": "p", "response_id": "r", "model": "m", "response": "x", "features": [1.0]})
+    path.write_bytes(good.encode() + b"\n" + b'{"prompt_id": "\xff"}\n')
+    with pytest.raises(PoolFormatError, match=re.escape("line 2: not valid UTF-8 (byte 16 of the line)")):
+        read_pool(path)
+    parquet_named_jsonl = tmp_path / "data.jsonl"
+    parquet_named_jsonl.write_bytes(b"PAR1\x15\x04\xf2\x34 binary")
+    with pytest.raises(PoolFormatError, match="looks like a Parquet file: name it .parquet"):
+        read_pool(parquet_named_jsonl)

@@ -315,3 +315,14 @@ def test_reward_trainer_two_steps(exports, tmp_path, torch):
     out = trainer.train()
     assert trainer.state.global_step == 2
     assert math.isfinite(out.training_loss)
+
+
+def test_cli_format_follows_the_file_name(run_dir, tmp_path):
+    """`export -o x.jsonl` writes JSON lines (it wrote Parquet bytes into a .jsonl once);
+    --format still wins when given."""
+    for name, magic in (("d.jsonl", b"{"), ("d.json", b"{"), ("d.parquet", b"PAR1"), ("d.out", b"PAR1")):
+        result = CliRunner().invoke(app, ["export", str(run_dir), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--format", "parquet", "-o", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0 and (tmp_path / "p.jsonl").read_bytes().startswith(b"PAR1")

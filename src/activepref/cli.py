@@ -211,12 +211,14 @@ def status(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet or jsonl (default: from the file name, .jsonl/.json -> jsonl, else parquet).")] = None,
     standard: Annotated[bool, typer.Option("--standard", help="Plain strings instead of chat messages.")] = False,
 ) -> None:
     """Write the run's preferences as a TRL preference dataset (prompt, chosen, rejected, ...)."""
     from activepref.export import export_run
 
+    if fmt is None:
+        fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "parquet"
     if fmt not in ("parquet", "jsonl"):
         _fail(ActivePrefError(f"--format must be parquet or jsonl, not {fmt!r}"))
     try:

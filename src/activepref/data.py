@@ -147,8 +147,13 @@ def _iter_rows(path: Path) -> Any:
         import gzip
 
         opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-            for lineno, line in enumerate(fh, start=1):
+        with opener(path, "rb") as fh:  # type: ignore[operator]
+            for lineno, raw_line in enumerate(fh, start=1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    hint = " (this looks like a Parquet file: name it .parquet)" if lineno == 1 and raw_line.startswith(b"PAR1") else ""
+                    raise PoolFormatError(str(path), f"line {lineno}", None, f"not valid UTF-8 (byte {exc.start + 1} of the line){hint}") from None
                 if not line.strip():
                     continue
                 try:
