@@ -238,7 +238,7 @@ def evaluate(
     """Train a fresh reward model on a dataset alone and score it on the pool's other prompts.
 
     Independent of the ensemble that chose the pairs: a Bradley-Terry MLP on the pool's
-    features (L-BFGS to convergence) is scored against the hidden oracle on every prompt of the
+    features (full-batch L-BFGS, at most 500 iterations) is scored against the hidden oracle on every prompt of the
     pool the dataset never saw. Prints a table, then one JSON line with rm_accuracy,
     rm_accuracy_hard (the held-out pairs with the smallest quarter of oracle gaps),
     label_accuracy (share of the dataset's pairs whose chosen has the higher oracle),

@@ -2,7 +2,8 @@
 
 A fresh Bradley-Terry reward model is trained on the dataset's pairs alone (the pool's
 features, z-scored over the pool; its own seed; full-batch L-BFGS on the L2-regularised
-BT loss until the gradient vanishes), then scored against the pool's hidden reward on
+BT loss, at most RM_MAX_ITER iterations: on 4,096-prompt datasets it uses them all and stops
+with a largest gradient entry near 2e-4, so "converged" is approximate), then scored against the pool's hidden reward on
 prompts the dataset never saw:
 
 - ``rm_accuracy``: share of held-out same-prompt pairs (a fixed, seeded sample) it orders
