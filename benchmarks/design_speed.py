@@ -24,7 +24,8 @@ Reference: ``tests/references/<family>_reference.py`` must define ``design(name,
 budget, rng, **options)``; families without one are shown with no reference. The references
 are plain loops recomputing everything (slogdet per candidate and step, math.dist), far too
 slow for the full problem, so they run on a reduced problem: the first ``--reference-prompts``
-prompts' in-prompt pairs (default 2: 870 comparisons), the first 32 history rows and budget 8.
+prompts' in-prompt pairs (default 2: 870 comparisons), the first 2 heads, the first 32 history
+rows and budget 8.
 The table gives the measured reference time with its size, the fast time on that same
 reduced problem (like-for-like speedup), whether the selections agree there, and a labelled
 scaled estimate ``reference_ms x (M / M_ref) x (64 / 8)`` (linear in M · budget: a lower bound
@@ -36,7 +37,7 @@ Goal (reported, not asserted): each design selects 64 of 27,840 in-prompt compar
 Output: tables, then as the last stdout line one JSON object ``{design: {"fast_ms",
 "fast_median_ms", "reference_ms", "reference_scaled_ms", "reference_size", "fast_same_size_ms", "agree",
 "cross_prompt_ms", "variants": {"method=greedy": {...}}}}``. ``--quick`` shrinks the problem
-(16 prompts, cross-prompt 12,000 pairs, 3 repeats, a 1-prompt reference) for a smoke run.
+(16 prompts, 4 heads, cross-prompt 12,000 pairs, 3 repeats, a 1-prompt reference) for a smoke run.
 
     python benchmarks/design_speed.py [--quick] [--repeats N] [--reference-prompts P] [--only dopt,xtx]
                                       [--blas-threads N]
@@ -75,6 +76,7 @@ DIM = 2560
 BUDGET = 64
 REFERENCE_BUDGET = 8
 REFERENCE_HISTORY = 32
+REFERENCE_HEADS = 2
 HISTORY = 512
 ACQUIRED_PROMPTS = 256
 CROSS_MAX_PAIRS = 50_000
@@ -86,12 +88,12 @@ VARIANTS: dict[str, list[dict]] = {
 }
 
 
-def build_problem(prompts: int, per_prompt: int, seed: int = 0) -> tuple[ComparisonSet, dict[str, float]]:
+def build_problem(prompts: int, per_prompt: int, seed: int = 0, heads: int = 20) -> tuple[ComparisonSet, dict[str, float]]:
     """The in-prompt ComparisonSet of the contract (see module docstring) and setup timings."""
     g = torch.Generator().manual_seed(seed)
     n = prompts * per_prompt
     x = torch.randn(n, DIM, generator=g)  # [n, d]
-    model = EnsembleRewardModel(ENNShape(DIM), seed=seed)
+    model = EnsembleRewardModel(ENNShape(DIM, heads=heads), seed=seed)
     t0 = time.perf_counter()
     rewards = model.rewards(x).double().numpy()  # [K, n]
     phi = model.last_layer_features(x)  # [K, n, h]: per-head Φ, what the loop feeds the designs
@@ -119,12 +121,18 @@ def build_problem(prompts: int, per_prompt: int, seed: int = 0) -> tuple[Compari
 
 
 def reduced(comparisons: ComparisonSet, prompts: int) -> ComparisonSet:
-    """The in-prompt pairs of the first ``prompts`` prompts (same responses, Φ and history)."""
+    """The in-prompt pairs of the first ``prompts`` prompts and the first REFERENCE_HEADS heads
+    (same responses; per-head Φ, rewards and history cut to those heads): the references
+    recompute every head's determinants from scratch, so all 20 would not fit the time."""
     keep = comparisons.prompt_of[comparisons.pairs[:, 0]] < prompts
+    h = REFERENCE_HEADS
     return replace(
         comparisons,
         pairs=comparisons.pairs[keep],
-        past_differences=comparisons.past_differences[:, :REFERENCE_HISTORY],
+        phi=comparisons.phi[:h],
+        rewards=comparisons.rewards[:h],
+        past_information=comparisons.past_information[:h],
+        past_differences=comparisons.past_differences[:h, :REFERENCE_HISTORY],
     )
 
 
@@ -160,7 +168,7 @@ def label(name: str, options: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="16 prompts, 12,000 cross-prompt pairs, 3 repeats (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="16 prompts, 4 heads, 12,000 cross-prompt pairs, 3 repeats (smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="fast repeats (default 5, quick 3)")
     ap.add_argument(
         "--blas-threads",
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     limiter = blas_limits(args.blas_threads)
     wall0 = time.perf_counter()
-    comparisons, setup = build_problem(prompts, per_prompt)
+    comparisons, setup = build_problem(prompts, per_prompt, heads=4 if args.quick else 20)
     t0 = time.perf_counter()
     cross_pairs = candidate_pairs(
         comparisons.prompt_of, cross_prompt=True, rng=np.random.default_rng(0), max_pairs=cross_max
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"problem: {prompts} prompts x {per_prompt} candidates, d = {DIM}, K = {comparisons.rewards.shape[0]}, "
         f"K = {comparisons.phi.shape[0]} heads, p = {comparisons.phi.shape[-1]} per head; M = {m:,} in-prompt, {m_cross:,} cross-prompt; budget {BUDGET}; "
-        f"history {comparisons.past_differences.shape[1]}; reference: M = {m_ref:,}, budget {REFERENCE_BUDGET}"
+        f"history {comparisons.past_differences.shape[1]}; reference: M = {m_ref:,}, K = {REFERENCE_HEADS}, budget {REFERENCE_BUDGET}"
     )
     print("setup (not counted): " + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()))
 

@@ -11,6 +11,7 @@ ACTIVEPREF_KILL_SEED to replay or vary a schedule.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -156,10 +157,15 @@ def test_random_kills_of_a_bench_rerun_to_the_same_results(pool: Path, tmp_path:
     args = _bench_args(pool, out, settings)
     # A rerun starts its workers and writes the report again, so its fixed cost is a large
     # share of this small bench: kill between a fifth and three quarters of the way through.
-    report = kill_and_restart(args, args, seeded_delays(seed, 3, 0.2 * total, total, share=0.55),
-                              lambda: ",".join(f"{d.name}={run_position(d)}" for d in sorted((out / "runs").glob("*"))) or "no run yet",
-                              seed)
-    print(report)
+    position = lambda: ",".join(f"{d.name}={run_position(d)}" for d in sorted((out / "runs").glob("*"))) or "no run yet"  # noqa: E731
+    # On a loaded machine the baseline's duration can overstate the next run's; if every delay
+    # fell after the bench finished, start again with the delays halved (twice at most).
+    for scale in (1.0, 0.5, 0.25):
+        report = kill_and_restart(args, args, seeded_delays(seed, 3, 0.2 * total * scale, total * scale, share=0.55), position, seed)
+        print(report)
+        if report.restarts:
+            break
+        shutil.rmtree(out)
     assert report.restarts >= 1
     assert (out / "results.csv").read_bytes() == (base / "results.csv").read_bytes()
 
