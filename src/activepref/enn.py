@@ -195,7 +195,6 @@ class EnsembleRewardModel:
         return torch.cat(outs, dim=1) if outs else torch.empty(self.shape.heads, 0)
 
     @torch.no_grad()
-    @torch.no_grad()
     def last_layer_features(self, features: torch.Tensor, chunk: int = 8192) -> np.ndarray:
         """Φ of 002 §3.3 per head: each head's last hidden layer, in which that head's reward
         is linear. features [n, d] -> [K, n, h] float64."""

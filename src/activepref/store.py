@@ -73,6 +73,14 @@ STATUS_ANNOTATED = "annotated"
 STATUS_TRAINED = "trained"
 
 
+def _save_float32(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a float32 .npy at ``path``, atomically (via a .tmp beside it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class IterationRecord:
     iteration: int
@@ -220,15 +228,9 @@ class RunStore(LockedSqliteDir):
             raise RunStateError(f"{run_dir} already holds a run; use `activepref resume {run_dir}` or choose another --out")
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         if pool.responses:  # a pool run; live runs embed as they go (features table)
-            features_tmp = run_dir / "features.npy.tmp"
-            with open(features_tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(pool.features, dtype=np.float32))
-            features_tmp.replace(run_dir / "features.npy")
+            _save_float32(run_dir / "features.npy", pool.features)
         if pool.prompt_features is not None:  # prompt-only embeddings, rows = prompt idx
-            prompt_tmp = run_dir / "prompt_features.npy.tmp"
-            with open(prompt_tmp, "wb") as fh:
-                np.save(fh, np.ascontiguousarray(pool.prompt_features, dtype=np.float32))
-            prompt_tmp.replace(run_dir / "prompt_features.npy")
+            _save_float32(run_dir / "prompt_features.npy", pool.prompt_features)
         conn = cls._connect(run_dir)
         store = cls(run_dir, conn, lock)
         try:

@@ -121,13 +121,18 @@ def head_history(value: np.ndarray | None, head: int, heads_axis: bool) -> np.nd
     return np.asarray(value, dtype=np.float64)[head] if heads_axis else np.asarray(value, dtype=np.float64)
 
 
+def head_layer(comparisons: ComparisonSet, head: int) -> np.ndarray:
+    """[n, p] Φ of head ``head`` (the single layer for a 2-D phi), float64."""
+    phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
+    return phi.astype(np.float64, copy=False)
+
+
 def head_differences(comparisons: ComparisonSet, head: int) -> np.ndarray:
     """[M, p] ΔΦ of head ``head`` (of the single layer for a 2-D phi), float64. (The gradient
     score multiplies these directly: an [M, p] x [p, p] GEMM is faster here than routing the
     products through the n candidates, which costs scatter-adds; greedy's per-pick updates and
     coreset do go through the candidates.)"""
-    phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
-    phi = phi.astype(np.float64, copy=False)
+    phi = head_layer(comparisons, head)
     return phi[comparisons.pairs[:, 0]] - phi[comparisons.pairs[:, 1]]
 
 
@@ -207,30 +212,27 @@ def log_det_sensitivity(
 def centred_layer(comparisons: ComparisonSet, head: int) -> np.ndarray:
     """[n, p] Φ of head ``head`` (the single layer for a 2-D phi), float64, minus its mean row
     (every ΔΦ is unchanged; products through the candidates then lose less to cancellation)."""
-    phi = comparisons.phi if comparisons.phi.ndim == 2 else comparisons.phi[head]
-    phi = phi.astype(np.float64)
+    phi = head_layer(comparisons, head)
     return phi - phi.mean(axis=0)
 
 
 def greedy_log_det(
-    layers: np.ndarray | list[np.ndarray],
+    layers: list[np.ndarray],
     pairs: np.ndarray,
-    weights: np.ndarray | list[np.ndarray],
-    base: np.ndarray | None | list[np.ndarray | None],
+    weights: list[np.ndarray],
+    base: list[np.ndarray | None],
     prior_precision: float,
     budget: int,
     design: str,
 ) -> np.ndarray:
-    """Exact greedy maximisation of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ| (module docstring), or of
-    its mean over heads when layers, weights and base are per-head lists.
+    """Exact greedy maximisation of the mean over heads of log|B + Σ_{i∈C} a_i ΔΦ_i ΔΦ_iᵀ|
+    (module docstring; one head: the single-model criterion). Per head, one entry of each list:
 
     layers: [n, p] candidate Φ, with ΔΦ_i = layer[a_i] - layer[b_i] for pairs [M, 2];
     weights: [M]; base: [p, p] B, or None for B = prior_precision · I. Every quadratic form
     goes through the candidates (ΔΦ_iᵀ u = (layer u)[a_i] - (layer u)[b_i]), so a pick costs
     O(n p + M) per head. Returns [budget] indices in selection order (first argmax).
     """
-    if not isinstance(layers, list):
-        layers, weights, base = [layers], [weights], [base]
     heads = len(layers)
     a, b = pairs[:, 0], pairs[:, 1]
     m, p = len(pairs), layers[0].shape[1]
@@ -368,8 +370,8 @@ def candidate_layer(comparisons: ComparisonSet) -> np.ndarray:
     """[n, p] the layer coreset measures in (per-head phi: the heads' layers side by side,
     [n, K p]), float64, centred (differences are unchanged; centring keeps the Gram matrix
     small, so its expansions lose less to cancellation)."""
-    phi = comparisons.phi
-    layer = phi.astype(np.float64) if phi.ndim == 2 else np.concatenate([h.astype(np.float64) for h in phi], axis=1)
+    heads = 1 if comparisons.phi.ndim == 2 else len(comparisons.phi)
+    layer = np.concatenate([head_layer(comparisons, k) for k in range(heads)], axis=1)
     return layer - layer.mean(axis=0)
 
 
