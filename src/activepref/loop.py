@@ -24,7 +24,7 @@ from activepref.acquisition import CandidateBatch, PairRule, Proposal, get_metho
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatBackend, ChatResult, SamplingParams
-from activepref.bench.metrics import ordered_pairs
+from activepref.bench.metrics import best_of_n_stats, ordered_pairs, spearman_loss
 from activepref.cache import RequestCache
 from activepref.config import EmbeddingConfig, RunConfig
 from activepref.data import Response, content_id
@@ -133,6 +133,10 @@ class RunContext:
         self.reward_reference = np.full(len(self.responses), np.nan)
         self.reward_reference[: len(reference)] = reference
         self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.response_prompt, self.reward_reference)
+        held_out = np.zeros(len(self.prompts), dtype=bool)
+        held_out[np.asarray(self.store.eval_prompts(), dtype=np.int64)] = True
+        # Held-out candidates with a known reference: what `evaluate` predicts each iteration.
+        self.eval_rows = np.nonzero(held_out[self.response_prompt] & np.isfinite(self.reward_reference))[0]
 
 
 def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
@@ -454,14 +458,25 @@ def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: Rep
 
 
 def evaluate(ctx: RunContext, model: EnsembleRewardModel) -> dict[str, Any]:
-    """Held-out accuracy and dataset statistics against the hidden reference reward."""
+    """Held-out metrics of the ENN and dataset statistics against the hidden reference reward.
+
+    On the held-out candidates (one ENN forward): ``heldout_accuracy``, and the bench's
+    model metrics ``heldout_spearman_loss``, ``heldout_best_of_n`` (+ ``_regret``,
+    ``_normalized``, ``heldout_oracle_best``), so that `activepref bench` need not predict
+    them again from the checkpoints."""
     metrics: dict[str, Any] = {}
-    if len(ctx.eval_pairs):
-        needed = np.unique(ctx.eval_pairs)
+    if len(ctx.eval_pairs) and len(ctx.eval_rows):
+        rows = ctx.eval_rows
         mean = np.full(len(ctx.responses), np.nan)
-        mu, _ = model.predict(ctx.features[torch.from_numpy(needed)])
-        mean[needed] = mu
+        mu, _ = model.predict(ctx.features[torch.from_numpy(rows)])
+        mean[rows] = mu
         metrics["heldout_accuracy"] = heldout_accuracy(mean, ctx.eval_pairs)
+        ref, groups = ctx.reward_reference[rows], ctx.response_prompt[rows]
+        bon = best_of_n_stats(mu, ref, groups)
+        metrics.update(
+            heldout_spearman_loss=spearman_loss(mu, ref, groups), heldout_best_of_n=bon.mean,
+            heldout_best_of_n_regret=bon.regret, heldout_best_of_n_normalized=bon.normalized, heldout_oracle_best=bon.oracle_max,
+        )
     prefs = ctx.store.preference_rows()
     metrics["pairs"] = len(prefs)
     metrics["annotations"] = ctx.store.count("scores") + ctx.store.count("judge_failures")

@@ -132,3 +132,33 @@ def test_dataset_checkpoints_cover_a_sixth_a_third_a_half_and_all() -> None:
     assert dataset_checkpoints(12) == {1, 3, 5, 7, 9, 11}
     got = dataset_checkpoints(256)  # 4,096 prompts in batches of 16
     assert {42, 85, 127, 255} <= got and len(got) == 6  # ceil(256/6)-1, ceil(256/3)-1, 128-1, 256-1
+
+
+def test_model_metrics_the_loop_stores_match_the_checkpoints_prediction(pool_path: Path, tmp_path: Path) -> None:
+    """The bench reads spearman/best-of-N from the loop's iteration metrics; for runs without
+    them (older runs) it predicts from the checkpoints. Both paths give the same numbers."""
+    import json
+    import shutil
+
+    from activepref.bench.runner import evaluate_run
+    from activepref.config import RunConfig
+    from activepref.runs import run
+
+    config = RunConfig(pool=str(pool_path), method="dts", seed=3, batch_size=8, iterations=3, keep_checkpoints=3,
+                       eval_fraction=0.25, enn={"heads": 4, "hidden": 8, "steps": 5, "lr": 1e-2})
+    run(config, tmp_path / "new")
+    shutil.copytree(tmp_path / "new", tmp_path / "old")  # before evaluate_run prunes checkpoints
+    store = RunStore.open(tmp_path / "old")
+    try:
+        for it, text in store.conn.execute("SELECT iteration, metrics FROM iterations").fetchall():
+            m = {k: v for k, v in json.loads(text).items() if not k.startswith("heldout_") or k == "heldout_accuracy"}
+            store.conn.execute("UPDATE iterations SET metrics = ? WHERE iteration = ?", (json.dumps(m), it))
+        store.conn.commit()
+    finally:
+        store.close()
+    stored, predicted = evaluate_run(tmp_path / "new", "dts", 3), evaluate_run(tmp_path / "old", "dts", 3)
+    assert len(stored) == len(predicted) == 3
+    for a, b in zip(stored, predicted):
+        assert a["checkpoint"] == b["checkpoint"] == 1
+        for key in ("accuracy", "spearman_loss", "best_of_n", "best_of_n_regret", "best_of_n_normalized", "oracle_best"):
+            assert a[key] is not None and a[key] == pytest.approx(b[key], rel=1e-6), key

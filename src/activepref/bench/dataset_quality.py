@@ -1,10 +1,10 @@
 """Reward-model quality of an exported preference dataset, independent of the ENN that chose it.
 
 A fresh Bradley-Terry reward model is trained on the dataset's pairs alone (the pool's
-features, z-scored over the pool; its own seed; full-batch L-BFGS on the L2-regularised
-BT loss, at most RM_MAX_ITER iterations: on 4,096-prompt datasets it uses them all and stops
-with a largest gradient entry near 2e-4, so "converged" is approximate), then scored against the pool's hidden reward on
-prompts the dataset never saw:
+features, z-scored over the pool; its own seed; full-batch L-BFGS in float32 on the
+L2-regularised BT loss until an iteration changes the loss by less than RM_TOLERANCE, at most
+RM_MAX_ITER iterations), then scored against the pool's hidden reward on prompts the dataset
+never saw:
 
 - ``rm_accuracy``: share of held-out same-prompt pairs (a fixed, seeded sample) it orders
   like the oracle;
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +35,12 @@ from activepref.errors import PoolFormatError
 RM_HIDDEN = 64
 RM_L2 = 1e-3  # weight of ||theta||^2 next to the mean BT loss
 RM_MAX_ITER = 500
+# Stop when an L-BFGS iteration moves the loss by less than this (absolute; the final losses of
+# 4,096-prompt datasets are 0.01-0.1). Measured on the 001 regime (benchmarks/results/
+# rm-convergence/, benchmarks/rm_convergence.py):
+# 30-190 iterations, rm_accuracy within 0.002 (hard subset 0.004) of 500 float64
+# iterations, 7-30x faster.
+RM_TOLERANCE = 1e-5
 HELDOUT_PAIRS = 20_000  # sampled held-out pairs (all of them when fewer)
 HARD_QUANTILE = 0.25
 
@@ -64,16 +70,19 @@ def standardized_features(features: np.ndarray) -> np.ndarray:
     return ((x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)).astype(np.float32)
 
 
-def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, seed: int = 0):
+def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, seed: int = 0,
+                       tolerance: float = RM_TOLERANCE, max_iter: int = RM_MAX_ITER, double: bool = False):
     """Fit the BT reward model. features: [n, d] float32; chosen, rejected: [N] row indices.
-    Returns a function rows -> rewards [len(rows)] (float64)."""
+    ``tolerance``/``max_iter``/``double`` (float64) exist for the convergence benchmark.
+    Returns the fitted model (``.predict(rows)`` -> rewards [len(rows)] float64, ``.iterations``)."""
     import torch
 
+    dtype = torch.float64 if double else torch.float32
     g = torch.Generator().manual_seed(seed)
     d = features.shape[1]
-    w1 = (torch.rand(d, RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(d)
-    b1 = torch.zeros(RM_HIDDEN, dtype=torch.float64)
-    w2 = (torch.rand(RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(RM_HIDDEN)
+    w1 = ((torch.rand(d, RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(d)).to(dtype)
+    b1 = torch.zeros(RM_HIDDEN, dtype=dtype)
+    w2 = ((torch.rand(RM_HIDDEN, generator=g, dtype=torch.float64) * 2 - 1) / math.sqrt(RM_HIDDEN)).to(dtype)
     params = [p.requires_grad_(True) for p in (w1, b1, w2)]
 
     def reward(x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +92,9 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
     if len(chosen):
         # Only the dataset's rows take part in training: gather them once, not at every evaluation.
         rows, local = np.unique(np.concatenate([chosen, rejected]), return_inverse=True)
-        xs = torch.from_numpy(np.asarray(features[rows], dtype=np.float64))  # [u, d]
+        xs = torch.from_numpy(np.asarray(features[rows])).to(dtype)  # [u, d]
         c, r = torch.from_numpy(local[: len(chosen)]), torch.from_numpy(local[len(chosen) :])
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=RM_MAX_ITER, tolerance_grad=1e-7, tolerance_change=1e-10,
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=tolerance,
                                 history_size=20, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
@@ -96,12 +105,21 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
             return loss
 
         opt.step(closure)
+        iterations = int(opt.state[params[0]].get("n_iter", 0))
+    else:
+        iterations = 0
 
     def predict(rows: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return reward(torch.from_numpy(np.asarray(features[np.asarray(rows, dtype=np.int64)], dtype=np.float64))).numpy()
+            return reward(torch.from_numpy(np.asarray(features[np.asarray(rows, dtype=np.int64)])).to(dtype)).double().numpy()
 
-    return predict
+    return FittedRewardModel(predict=predict, iterations=iterations)
+
+
+@dataclass(frozen=True)
+class FittedRewardModel:
+    predict: Callable[[np.ndarray], np.ndarray]  # response rows [n] -> rewards [n] float64
+    iterations: int  # L-BFGS iterations used
 
 
 def heldout_pairs(prompt_index: np.ndarray, reference: np.ndarray, prompts: Sequence[int], seed: int, limit: int = HELDOUT_PAIRS) -> np.ndarray:
@@ -131,7 +149,7 @@ def evaluate_pairs(
     prompt_index: [n] prompt of each response; reference: [n] hidden reward; features: [n, d]
     already standardised (computed once by callers that evaluate many datasets on one pool)."""
     reference = np.asarray(reference, dtype=np.float64)
-    predict = train_reward_model(features, chosen, rejected, seed)
+    predict = train_reward_model(features, chosen, rejected, seed).predict
     pairs = heldout_pairs(prompt_index, reference, heldout, seed)
     if len(pairs):
         pred = predict(pairs.reshape(-1)).reshape(-1, 2)

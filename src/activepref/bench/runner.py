@@ -242,10 +242,12 @@ def _run_in_worker(spec: BenchRun) -> tuple[str, list[dict[str, Any]], str | Non
 def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
     """Rows of results.csv for one finished (or partly finished) run.
 
-    Held-out prompts only: the ENN of each trained iteration (its checkpoint) predicts the
-    held-out candidates, compared with the hidden reference reward (oracle, else the pool
-    score). Iterations computed before are read from ``bench_metrics.json``; an iteration
-    whose checkpoint was pruned gets the stored accuracy and NaN model metrics.
+    Held-out prompts only: the ENN of each trained iteration predicts the held-out candidates,
+    compared with the hidden reference reward (oracle, else the pool score). The loop stores
+    those model metrics with each iteration (``loop.evaluate``); runs written before it did
+    are predicted again from their checkpoints. Iterations computed before are read from
+    ``bench_metrics.json``; an older run's iteration whose checkpoint was pruned gets the
+    stored accuracy and NaN model metrics.
     """
     import torch
 
@@ -267,7 +269,9 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
         todo = [r for r in trained if str(r.iteration) not in cache]
         if todo:
             config = stored_config(store)
-            features = load_features(store, config.enn.standardize)
+            # Runs since the loop stores its held-out model metrics need no ENN forward here.
+            needs_model = any("heldout_spearman_loss" not in (r.metrics or {}) for r in todo)
+            features = load_features(store, config.enn.standardize) if needs_model else None
             _, response_prompt = store.responses()
             reference = np.full(len(response_prompt), np.nan)
             oracle = store.oracle()
@@ -276,7 +280,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             cand = np.asarray([i for i, p in enumerate(response_prompt) if int(p) in eval_set], dtype=np.int64)
             groups, ref = response_prompt[cand], reference[cand]
             e = config.enn
-            shape = ENNShape(features.shape[1], e.heads, e.hidden, e.layers)
+            shape = ENNShape(features.shape[1], e.heads, e.hidden, e.layers) if features is not None else None
             quality_at = dataset_checkpoints(len(iteration_plan(store, config)))
             consumed = np.cumsum([len(r.prompt_idxs) for r in records])
             wanted = quality_at & {r.iteration for r in todo}
@@ -292,7 +296,14 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
                 }
                 row.update(_judge_costs(store, rec.iteration, m.get("annotations")))
                 path = store.checkpoint_path(rec.iteration)
-                if path.exists() and len(cand):
+                if "heldout_spearman_loss" in m:
+                    # The loop computed them on the same held-out candidates (loop.evaluate).
+                    row.update(
+                        spearman_loss=m["heldout_spearman_loss"], best_of_n=m.get("heldout_best_of_n"),
+                        best_of_n_regret=m.get("heldout_best_of_n_regret"), best_of_n_normalized=m.get("heldout_best_of_n_normalized"),
+                        oracle_best=m.get("heldout_oracle_best"), checkpoint=1,
+                    )
+                elif features is not None and path.exists() and len(cand):
                     model = EnsembleRewardModel(shape, seed=0)
                     model.load(path)
                     pred, _ = model.predict(features[torch.from_numpy(cand)])
