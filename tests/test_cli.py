@@ -370,7 +370,7 @@ def test_delta_pair_uses_no_annotations(work, tmp_path):
 
 
 def test_simulate_random_on_the_builtin_pool(tmp_path):
-    result = invoke("simulate", "--method", "random", "--iterations", "1", "--out", tmp_path)
+    result = invoke("simulate", "--pool", "builtin", "--method", "random", "--seeds", "1", "--iterations", "1", "--out", tmp_path)
     assert_ok(result)
     out = result.stdout
     assert "simulation on the built-in pool" in out
@@ -381,8 +381,70 @@ def test_simulate_random_on_the_builtin_pool(tmp_path):
     assert cells[1] == "8"  # the preset's batch of 8 prompts, one pair each
     assert cells[2] == "16"  # random judges two candidates per prompt
     assert 0.0 <= float(cells[3]) <= 1.0
+    assert "minus Random" not in out  # nothing to compare with
     assert f"run directories: {tmp_path}" in out
     assert status_json(tmp_path / "random-seed0")["iterations_done"] == 1
+
+
+def _simulate_cells(out: str, title: str) -> dict[str, list[list[str]]]:
+    """Rows of the table under ``title``: method -> its lines' cells (a row spans two lines)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line)
+    rows: dict[str, list[list[str]]] = {}
+    current = None
+    for line in lines[start:]:
+        if line.startswith("└"):
+            break
+        if not line.startswith("│"):
+            continue
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if cells[0]:
+            current = cells[0]
+        rows.setdefault(current, []).append(cells)
+    return rows
+
+
+def test_simulate_default_pool_reports_seed_spread_and_paired_differences(tmp_path):
+    result = invoke("simulate", "--method", "random,drts", "--seeds", "2", "--prompts", "160", "--iterations", "2",
+                    "--no-plot", "--out", tmp_path)
+    assert_ok(result)
+    out = result.stdout
+    assert "simulation on seed 001's regime (160 prompts x 30 models, d 64, judge noise 0.5)" in out
+    pools = list(tmp_path.glob("auf-160x30-d64-noise0.5-seed0.parquet"))
+    assert len(pools) == 1
+    written = read_pool(pools[0])
+    assert (len(written.prompts), len(written.responses), written.dim) == (160, 160 * 30, 64)
+
+    finals = {}
+    for method in ("random", "drts"):
+        for s in (0, 1):
+            st = status_json(tmp_path / f"{method}-seed{s}")
+            assert st["iterations_done"] == 2
+            finals[method, s] = st
+    table = _simulate_cells(out, "simulation on")
+    for method in ("random", "drts"):
+        first, second = table[method]
+        accs = [finals[method, s]["last_metrics"]["heldout_accuracy"] for s in (0, 1)]
+        mean, sd = first[3].split(" ± ")
+        assert float(mean) == pytest.approx(sum(accs) / 2, abs=6e-4)
+        assert float(sd) == pytest.approx(abs(accs[0] - accs[1]) / 2, abs=6e-4)  # population sd of two values
+        low, high = second[3].split(" to ")
+        assert (float(low), float(high)) == pytest.approx((min(accs), max(accs)), abs=6e-4)
+        assert first[2] == "256"  # 2 iterations x 64 prompts x 2 judge calls
+        rm_mean = float(first[5].split(" ± ")[0])
+        assert 0.0 <= rm_mean <= 1.0
+
+    diff = _simulate_cells(out, "minus Random on the same seed")
+    first, second = diff["drts"]
+    deltas = [finals["drts", s]["last_metrics"]["heldout_accuracy"] - finals["random", s]["last_metrics"]["heldout_accuracy"] for s in (0, 1)]
+    assert float(first[1].split(" ± ")[0]) == pytest.approx(sum(deltas) / 2, abs=6e-4)
+    star = second[1].endswith("*")
+    assert star == (min(deltas) > 0 or max(deltas) < 0)
+
+
+def test_simulate_bad_demo_pool_parameters_fail_cleanly(tmp_path):
+    msg = assert_clean_failure(invoke("simulate", "--method", "nosuch", "--seeds", "1", "--prompts", "8", "--out", tmp_path))
+    assert "nosuch" in msg
 
 
 # -- the installed console script ---------------------------------------------------------------

@@ -30,17 +30,30 @@ def _save(fig: Any, path: str | Path, title: str) -> Path:
     return path
 
 
-def plot_learning_curves(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+def plot_learning_curves(histories: dict[str, list[list[dict[str, Any]]]], path: str | Path, title: str = "") -> Path:
     """Held-out accuracy (left) and chosen-minus-rejected oracle reward (right) against
-    annotations used, one line per method."""
+    annotations used: per method the mean over its seeds' runs (histories[method] holds one
+    history per seed), the seeds' range shaded. Seeds are aligned by iteration."""
     plt = _pyplot()
+    import numpy as np
+
+    def series(history: list[dict[str, Any]], key: str) -> list[float]:
+        if key == "gap":
+            return [h.get("mean_chosen_reward", float("nan")) - h.get("mean_rejected_reward", float("nan")) for h in history]
+        return [h.get(key, float("nan")) for h in history]
 
     fig, (ax_acc, ax_gap) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for name, history in histories.items():
-        ann = [h.get("annotations", 0) for h in history]
-        ax_acc.plot(ann, [h.get("heldout_accuracy", float("nan")) for h in history], marker="o", ms=3, label=name)
-        gap = [h.get("mean_chosen_reward", float("nan")) - h.get("mean_rejected_reward", float("nan")) for h in history]
-        ax_gap.plot(ann, gap, marker="o", ms=3, label=name)
+    for name, runs in histories.items():
+        runs = [h for h in runs if h]
+        if not runs:
+            continue
+        n = min(len(h) for h in runs)
+        ann = np.mean([[h[i].get("annotations", 0) for i in range(n)] for h in runs], axis=0)
+        for ax, key in ((ax_acc, "heldout_accuracy"), (ax_gap, "gap")):
+            values = np.asarray([series(h[:n], key) for h in runs], dtype=np.float64)  # [seeds, n]
+            (line,) = ax.plot(ann, np.nanmean(values, axis=0), marker="o", ms=3, label=name)
+            if len(runs) > 1:
+                ax.fill_between(ann, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(), alpha=0.2)
     ax_acc.set(xlabel="annotations (judge calls)", ylabel="held-out pairwise accuracy", title="reward model quality")
     ax_acc.axhline(0.5, color="grey", lw=0.8, ls="--")
     ax_gap.set(xlabel="annotations (judge calls)", ylabel="mean oracle(chosen) - oracle(rejected)", title="dataset margin")

@@ -360,6 +360,28 @@ class _DatasetView:
         return evaluate_pairs(self.response_prompt, self.reference, self.features, self.chosen[upto], self.rejected[upto], sorted(heldout), seed)
 
 
+def run_dataset_quality(run_dir: Path, seed: int, iteration: int | None = None) -> Any:
+    """`activepref evaluate`'s numbers for a run's exported dataset up to ``iteration`` (default:
+    the last trained one) on the run's held-out prompts; None without held-out prompts or a
+    hidden reference reward."""
+    from activepref.store import STATUS_TRAINED, RunStore
+
+    store = RunStore.open_readonly(run_dir)
+    try:
+        trained = [r.iteration for r in store.iterations() if r.status == STATUS_TRAINED]
+        eval_set = set(store.eval_prompts())
+        _, response_prompt = store.responses()
+        reference = np.full(len(response_prompt), np.nan)
+        oracle = store.oracle()
+        reference[: len(oracle)] = oracle
+        if not trained or not eval_set or not np.isfinite(reference).any():
+            return None
+        view = _DatasetView(store, response_prompt, reference)
+        return view.quality(trained[-1] if iteration is None else iteration, eval_set, seed)
+    finally:
+        store.close()
+
+
 def _jsonable(v: Any) -> Any:
     if v is None:
         return None
