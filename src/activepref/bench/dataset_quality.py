@@ -71,9 +71,10 @@ def standardized_features(features: np.ndarray) -> np.ndarray:
 
 
 def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.ndarray, seed: int = 0,
-                       tolerance: float = RM_TOLERANCE, max_iter: int = RM_MAX_ITER, double: bool = False):
+                       tolerance: float = RM_TOLERANCE, max_iter: int = RM_MAX_ITER, double: bool = False, l2: float = RM_L2):
     """Fit the BT reward model. features: [n, d] float32; chosen, rejected: [N] row indices.
-    ``tolerance``/``max_iter``/``double`` (float64) exist for the convergence benchmark.
+    ``tolerance``/``max_iter``/``double`` (float64)/``l2`` exist for the convergence and
+    regularisation benchmarks.
     Returns the fitted model (``.predict(rows)`` -> rewards [len(rows)] float64, ``.iterations``)."""
     import torch
 
@@ -100,7 +101,7 @@ def train_reward_model(features: np.ndarray, chosen: np.ndarray, rejected: np.nd
         def closure() -> torch.Tensor:
             opt.zero_grad()
             rewards = reward(xs)  # [u]
-            loss = -torch.nn.functional.logsigmoid(rewards[c] - rewards[r]).mean() + RM_L2 * sum((p * p).sum() for p in params)
+            loss = -torch.nn.functional.logsigmoid(rewards[c] - rewards[r]).mean() + l2 * sum((p * p).sum() for p in params)
             loss.backward()
             return loss
 
