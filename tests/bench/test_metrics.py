@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from activepref.bench import metrics as M
@@ -154,3 +156,38 @@ def test_paired_efficiency_fractions_and_gap() -> None:
     assert pe["random"]["prompts"][0] == pytest.approx(1.0) and pe["random"]["gap"][0] == pytest.approx(0.0)
     assert pe["never"]["reached"] == 0 and math.isnan(pe["never"]["prompts"][0]) and pe["never"]["gap"][0] < 0
     assert paired_efficiency([r for r in rows if r["method"] != "random"], "rm_accuracy") is None
+
+
+# -- model-pair coverage --------------------------------------------------------------------------
+
+def _coverage_reference(chosen, rejected):
+    counts: dict[frozenset, int] = {}
+    for x, y in zip(chosen, rejected):
+        key = frozenset((x, y))
+        counts[key] = counts.get(key, 0) + 1
+    n = len(chosen)
+    entropy = -sum(c / n * math.log2(c / n) for c in counts.values())
+    top = sum(sorted(counts.values(), reverse=True)[:10]) / n
+    return len(counts), entropy, top
+
+
+def test_model_pair_coverage_by_hand():
+    cov = M.model_pair_coverage(["a", "b", "a", "c"], ["b", "a", "a", "a"])
+    # {a,b} twice (order ignored), {a,a} once, {a,c} once
+    assert (cov.distinct, cov.pairs) == (3, 4)
+    assert cov.entropy_bits == pytest.approx(1.5)
+    assert cov.top10_share == 1.0
+    empty = M.model_pair_coverage([], [])
+    assert empty.distinct == 0 and math.isnan(empty.entropy_bits)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 14), st.integers(0, 14)), min_size=1, max_size=200))
+def test_model_pair_coverage_matches_a_loop(pairs):
+    chosen = [f"m{a}" for a, _ in pairs]
+    rejected = [f"m{b}" for _, b in pairs]
+    cov = M.model_pair_coverage(chosen, rejected)
+    distinct, entropy, top = _coverage_reference(chosen, rejected)
+    assert cov.distinct == distinct
+    assert cov.entropy_bits == pytest.approx(entropy, abs=1e-9)
+    assert cov.top10_share == pytest.approx(top, abs=1e-12)

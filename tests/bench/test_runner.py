@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,29 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
     assert "| random | 2/2 |" in summary  # random reaches its own final value (at the latest at its end)
     assert "annotations to reach random's final accuracy" in summary
     assert all(f"| {m} |" in summary for m in METHODS)
+
+    # model-pair coverage: recomputed from the run stores by hand
+    assert "### Which models the pairs compare" in summary
+    for m in METHODS:
+        distinct, entropy = [], []
+        for s in (0, 1):
+            store = RunStore.open_readonly(out / "runs" / f"{m}-seed{s}")
+            try:
+                responses, rp = store.responses()
+                counts: dict[frozenset, int] = {}
+                for _, prompt, c, r, *_ in store.preference_rows():
+                    if rp[r] == prompt:
+                        key = frozenset((responses[c].model, responses[r].model))
+                        counts[key] = counts.get(key, 0) + 1
+            finally:
+                store.close()
+            n = sum(counts.values())
+            distinct.append(len(counts))
+            entropy.append(-sum(v / n * math.log2(v / n) for v in counts.values()))
+        row = next(line for line in summary.splitlines() if line.startswith(f"| {m} | ") and line.count("|") == 5)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[1]) == pytest.approx(sum(distinct) / 2, abs=0.51)
+        assert float(cells[2]) == pytest.approx(sum(entropy) / 2, abs=0.006)
 
     before_files, before_csv = _snapshot(out), (out / "results.csv").read_bytes()
     events.clear()

@@ -293,3 +293,29 @@ def ordered_pairs(prompt_index: Any, reference: Any, prompts: Any) -> np.ndarray
         swap = reference[i] < reference[j]
         pairs.append(np.stack([np.where(swap, j, i), np.where(swap, i, j)], axis=1))
     return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PairCoverage:
+    """How widely a dataset's pairs spread over pairs of generating models."""
+
+    distinct: int  # unordered model pairs that occur
+    entropy_bits: float  # entropy of the unordered model-pair distribution
+    top10_share: float  # share of pairs taken by the 10 most frequent model pairs
+    pairs: int
+
+
+def model_pair_coverage(chosen_models: Any, rejected_models: Any) -> PairCoverage:
+    """chosen_models, rejected_models: [N] model labels of each pair's two responses.
+
+    The pair {a, b} is unordered (who won does not matter); a pair of two responses of the
+    same model counts as {a, a}. Empty input: zeros and NaN."""
+    a = np.asarray(chosen_models, dtype=object)
+    b = np.asarray(rejected_models, dtype=object)
+    if len(a) == 0:
+        return PairCoverage(0, float("nan"), float("nan"), 0)
+    keys = np.asarray([f"{x}\x00{y}" if str(x) <= str(y) else f"{y}\x00{x}" for x, y in zip(a, b)], dtype=object)
+    _, counts = np.unique(keys, return_counts=True)
+    p = counts / counts.sum()
+    top = np.sort(counts)[::-1][:10].sum() / counts.sum()
+    return PairCoverage(int(len(counts)), float(-(p * np.log2(p)).sum()), float(top), int(len(a)))

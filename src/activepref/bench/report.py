@@ -137,6 +137,23 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
     return out
 
 
+def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.PairCoverage]]:
+    """Per method, each seed's model-pair coverage of its exported (in-prompt) pairs."""
+    from activepref.store import RunStore
+
+    out: dict[str, list[M.PairCoverage]] = defaultdict(list)
+    for (method, _seed), run_dir in sorted(run_dirs.items()):
+        store = RunStore.open_readonly(run_dir)
+        try:
+            prefs = store.preference_rows()
+            responses, response_prompt = store.responses()
+        finally:
+            store.close()
+        keep = [r for r in prefs if int(response_prompt[r[3]]) == r[1]]  # what `export` writes
+        out[method].append(M.model_pair_coverage([responses[r[2]].model for r in keep], [responses[r[3]].model for r in keep]))
+    return out
+
+
 def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str, x_key: str = "annotations") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per iteration over seeds: (mean ``x_key`` [T], mean of ``key`` [T], CI half-width [T])."""
     t = max(len(c) for c in curves.values())
@@ -309,6 +326,22 @@ def write_report(
             f"| {method} | {j.n} | {plus_minus(j.chosen_mean, j.chosen_std)} | {plus_minus(j.rejected_mean, j.rejected_std)} | "
             f"{plus_minus(j.diff_mean, j.diff_std)} | {plus_minus(j.overall_mean)} | {plus_minus(o.diff_mean, o.diff_std)} |"
         )
+    coverage = pair_coverage(run_dirs)
+    if any(c.pairs for cs in coverage.values() for c in cs):
+        lines += ["", "### Which models the pairs compare", "",
+                  "The exported pairs grouped by the unordered pair of models that wrote the two responses, "
+                  "per seed, mean over seeds: how many distinct model pairs occur, the entropy of their "
+                  "distribution (uniform over all pairs of M models: log2(M(M-1)/2) bits) and the share "
+                  "taken by the 10 most frequent. A method that keeps comparing the same few models "
+                  "gives a reward model little to learn about the rest.", "",
+                  "| method | distinct model pairs | entropy (bits) | share of the top-10 model pairs |", "|---|---|---|---|"]
+        for method in by:
+            cs = [c for c in coverage.get(method, []) if c.pairs]
+            if not cs:
+                lines.append(f"| {method} | 0 | n/a | n/a |")
+                continue
+            lines.append(f"| {method} | {np.mean([c.distinct for c in cs]):.0f} | {np.mean([c.entropy_bits for c in cs]):.2f} | "
+                         f"{np.mean([c.top10_share for c in cs]):.2f} |")
     if any(math.isfinite(r.get("rm_accuracy", float("nan"))) for r in rows):
         lines += ["", "## The exported dataset: a fresh reward model trained on it (as seed 001, Table 22)", "",
                   "At the last evaluated point: a Bradley-Terry MLP trained on the dataset alone (not the ENN that "
