@@ -375,12 +375,14 @@ def test_simulate_random_on_the_builtin_pool(tmp_path):
     out = result.stdout
     assert "simulation on the built-in pool" in out
     assert "held-out" in out
-    row = next(line for line in out.splitlines() if line.startswith("│ random"))
-    cells = [c.strip() for c in row.strip("│").split("│")]
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("│ random"))
+    cells = [c.strip() for c in lines[at].strip("│").split("│")]
+    under = [c.strip() for c in lines[at + 1].strip("│").split("│")]
     assert cells[0] == "random"
-    assert cells[1] == "8"  # the preset's batch of 8 prompts, one pair each
-    assert cells[2] == "16"  # random judges two candidates per prompt
-    assert 0.0 <= float(cells[3]) <= 1.0
+    assert under[0] == "8 pairs"  # the preset's batch of 8 prompts, one pair each
+    assert cells[1] == "16"  # random judges two candidates per prompt
+    assert 0.0 <= float(cells[2]) <= 1.0
     assert "minus Random" not in out  # nothing to compare with
     assert f"run directories: {tmp_path}" in out
     assert status_json(tmp_path / "random-seed0")["iterations_done"] == 1
@@ -395,10 +397,13 @@ def _simulate_cells(out: str, title: str) -> dict[str, list[list[str]]]:
     for line in lines[start:]:
         if line.startswith("└"):
             break
-        if not line.startswith("│"):
+        if line.startswith(("├", "┡")):  # a row ends (rows are separated by rules)
+            current = None
+            continue
+        if not line.startswith("│") or "method" in line:
             continue
         cells = [c.strip() for c in line.strip("│").split("│")]
-        if cells[0]:
+        if current is None:
             current = cells[0]
         rows.setdefault(current, []).append(cells)
     return rows
@@ -425,13 +430,14 @@ def test_simulate_default_pool_reports_seed_spread_and_paired_differences(tmp_pa
     for method in ("random", "drts"):
         first, second = table[method]
         accs = [finals[method, s]["last_metrics"]["heldout_accuracy"] for s in (0, 1)]
-        mean, sd = first[3].split(" ± ")
+        assert second[0] == f"{(finals[method, 0]['pairs'] + finals[method, 1]['pairs']) / 2:.0f} pairs"
+        mean, sd = first[2].split(" ± ")
         assert float(mean) == pytest.approx(sum(accs) / 2, abs=6e-4)
         assert float(sd) == pytest.approx(abs(accs[0] - accs[1]) / 2, abs=6e-4)  # population sd of two values
-        low, high = second[3].split(" to ")
+        low, high = second[2].split(" to ")
         assert (float(low), float(high)) == pytest.approx((min(accs), max(accs)), abs=6e-4)
-        assert first[2] == "256"  # 2 iterations x 64 prompts x 2 judge calls
-        rm_mean = float(first[5].split(" ± ")[0])
+        assert first[1] == "256"  # 2 iterations x 64 prompts x 2 judge calls
+        rm_mean = float(first[4].split(" ± ")[0])
         assert 0.0 <= rm_mean <= 1.0
 
     diff = _simulate_cells(out, "minus Random on the same seed")
