@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from activepref.auf_pool import AUFRegime, auf_chunks
-from activepref.bench.dataset_quality import HARD_QUANTILE, heldout_pairs, standardized_features, train_reward_model
+from activepref.bench.dataset_quality import heldout_pairs, pair_accuracies, standardized_features, train_reward_model
 
 
 def main() -> None:
@@ -45,8 +45,6 @@ def main() -> None:
     prompt_index = np.repeat(np.arange(n_prompts), m)
     n_train = n_prompts - n_prompts // 10
     pairs = heldout_pairs(prompt_index, oracle, list(range(n_train, n_prompts)), seed=0)
-    gap = oracle[pairs[:, 0]] - oracle[pairs[:, 1]]
-    hard = gap <= np.quantile(gap, HARD_QUANTILE)
     rng = np.random.default_rng(1)
     out: dict[str, dict[str, float]] = {}
     print(f"pool {n_prompts} x {m}, d {args.dim}, noise {args.noise}; {len(pairs)} held-out pairs", flush=True)
@@ -68,9 +66,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model = train_reward_model(features, chosen, rejected, seed=0, **kw)
                 seconds = time.perf_counter() - t0
-                pred = model.predict(pairs.reshape(-1)).reshape(-1, 2)
-                right = pred[:, 0] > pred[:, 1]
-                acc, acc_hard = float(right.mean()), float(right[hard].mean())
+                acc, acc_hard = pair_accuracies(model.predict, pairs, oracle)
                 row.update({f"{rule}_iterations": model.iterations, f"{rule}_rm_accuracy": acc, f"{rule}_rm_accuracy_hard": acc_hard, f"{rule}_s": seconds})
                 print(f"{case:<16} {rule:<8} {model.iterations:>5} {acc:>7.4f} {acc_hard:>7.4f} {seconds:>8.2f}", flush=True)
             row["rm_accuracy_diff"] = row["shipped_rm_accuracy"] - row["strict_rm_accuracy"]

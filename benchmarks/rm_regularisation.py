@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from activepref.bench.dataset_quality import HARD_QUANTILE, RM_L2, RM_MAX_ITER, heldout_pairs, train_reward_model
-from activepref.bench.runner import _DatasetView
+from activepref.bench.dataset_quality import RM_L2, RM_MAX_ITER, heldout_pairs, pair_accuracies, train_reward_model
+from activepref.bench.runner import _DatasetView, hidden_reference
 from activepref.store import STATUS_TRAINED, RunStore
 
 SETTINGS = (  # (name, l2, max_iter)
@@ -46,24 +46,17 @@ def run_case(run_dir: Path, seed: int) -> dict[str, tuple[float, float]]:
     try:
         last = [r.iteration for r in store.iterations() if r.status == STATUS_TRAINED][-1]
         heldout = sorted(store.eval_prompts())
-        _, response_prompt = store.responses()
-        reference = np.full(len(response_prompt), np.nan)
-        oracle = store.oracle()
-        reference[: len(oracle)] = oracle
+        response_prompt, reference = hidden_reference(store)
         view = _DatasetView(store, response_prompt, reference)
     finally:
         store.close()
     upto = view.iteration <= last
     chosen, rejected = view.chosen[upto], view.rejected[upto]
-    pairs = heldout_pairs(response_prompt, reference, heldout, seed)
-    gap = reference[pairs[:, 0]] - reference[pairs[:, 1]]
-    hard = gap <= np.quantile(gap, HARD_QUANTILE)
+    pairs = heldout_pairs(response_prompt, reference, heldout, seed)  # the bench's held-out pairs
     out = {}
     for name, l2, max_iter in SETTINGS:
         model = train_reward_model(view.features, chosen, rejected, seed, max_iter=max_iter, l2=l2)
-        pred = model.predict(pairs.reshape(-1)).reshape(-1, 2)
-        right = pred[:, 0] > pred[:, 1]
-        out[name] = (float(right.mean()), float(right[hard].mean()))
+        out[name] = pair_accuracies(model.predict, pairs, reference)
     return out
 
 

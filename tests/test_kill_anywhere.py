@@ -25,7 +25,7 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from kill_harness import KillReport, assert_reveals_accounted_for, assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, run_position, seeded_delays, timed  # noqa: E402
+from kill_harness import KillReport, assert_reveals_accounted_for, assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, retry_with_shorter_delays, run_position, seeded_delays, timed  # noqa: E402
 
 ENN = "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 32}\n"
 KILLS = 6
@@ -75,15 +75,16 @@ def _kill_resume_compare(
     # On a loaded machine the uninterrupted run's duration can overstate the next run's; if the
     # run finished before its second kill, start again from nothing with the work part of the
     # delays halved (twice at most), as the bench kill test does.
-    for scale in (1.0, 0.5, 0.25):
+    def attempt(scale: float) -> KillReport:
         delays = seeded_delays(seed, KILLS, startup, work * scale, share=share)
-        report = kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, lambda: run_position(out, live=live), seed,
-                                  reset=remove_tree(out))
-        print(report)
-        if report.restarts >= 2:
-            break
+        return kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, lambda: run_position(out, live=live), seed,
+                                reset=remove_tree(out))
+
+    def reset() -> None:
         shutil.rmtree(out, ignore_errors=True)
         audit_log.unlink(missing_ok=True)
+
+    report = retry_with_shorter_delays(attempt, 2, reset)
     assert report.restarts >= 2, f"the run finished before it could be killed twice ({report})"
     cli("export", out, "--format", "jsonl", "-o", root / "killed.jsonl")
     got = (root / "killed.jsonl").read_bytes()
@@ -168,12 +169,9 @@ def test_random_kills_of_a_bench_rerun_to_the_same_results(pool: Path, tmp_path:
     position = lambda: ",".join(f"{d.name}={run_position(d)}" for d in sorted((out / "runs").glob("*"))) or "no run yet"  # noqa: E731
     # On a loaded machine the baseline's duration can overstate the next run's; if every delay
     # fell after the bench finished, start again with the delays halved (twice at most).
-    for scale in (1.0, 0.5, 0.25):
-        report = kill_and_restart(args, args, seeded_delays(seed, 3, 0.2 * total * scale, total * scale, share=0.55), position, seed)
-        print(report)
-        if report.restarts:
-            break
-        shutil.rmtree(out)
+    report = retry_with_shorter_delays(
+        lambda scale: kill_and_restart(args, args, seeded_delays(seed, 3, 0.2 * total * scale, total * scale, share=0.55), position, seed),
+        1, lambda: shutil.rmtree(out))
     assert report.restarts >= 1
     assert (out / "results.csv").read_bytes() == (base / "results.csv").read_bytes()
 

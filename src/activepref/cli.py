@@ -324,7 +324,7 @@ def simulate(
     """
     from activepref import runs
     from activepref.config import BUILTIN_POOL, SIMULATE_BUILTIN_PRESET, SIMULATE_DEMO_PRESET
-    from activepref.simulate import DemoPool, method_spreads, paired_differences, pool_path, pool_title, seed_result
+    from activepref.simulate import METRICS, DemoPool, method_spreads, paired_differences, pool_path, pool_title, seed_result
 
     names = [m.strip() for m in method.split(",") if m.strip()]
     base = out or Path(tempfile.mkdtemp(prefix="activepref-sim-"))
@@ -350,20 +350,18 @@ def simulate(
     title = pool_title(pool, demo)
     spreads = method_spreads(results)
     # Fits 80 columns (output to a file or pipe): the pairs go under the method's name.
-    table = Table(Column("method", no_wrap=True), Column("calls", no_wrap=True),
-                  *[Column(h, no_wrap=True) for h in ("held-out acc", "oracle gap", "rm_accuracy")])
+    table = Table(Column("method", no_wrap=True), Column("calls", no_wrap=True), *[Column(h, no_wrap=True) for h in METRICS.values()])
     for name, sp in spreads.items():
         mine = [r for r in results if r.method == name]
         table.add_row(f"{name}\n{sum(r.pairs for r in mine) / len(mine):.0f} pairs", _same_or_range([r.annotations for r in mine]),
-                      sp["heldout_accuracy"].text(), sp["oracle_gap"].text(), sp["rm_accuracy"].text(), end_section=True)
+                      *[sp[k].text() for k in METRICS], end_section=True)
     console.print(f"simulation on {escape(title)}: mean ± sd, then min to max over {seeds} seed(s)")
     console.print(table)
     diffs = paired_differences(results)
     if diffs:
-        dt = Table(Column("method", no_wrap=True), *[Column(h, no_wrap=True) for h in ("held-out acc", "oracle gap", "rm_accuracy")])
+        dt = Table(Column("method", no_wrap=True), *[Column(h, no_wrap=True) for h in METRICS.values()])
         for name, d in diffs.items():
-            dt.add_row(name, *[d[k].text(signed=True) + (" *" if d[k].one_sided else "") for k in ("heldout_accuracy", "oracle_gap", "rm_accuracy")],
-                       end_section=True)
+            dt.add_row(name, *[d[k].text(signed=True) + (" *" if d[k].one_sided else "") for k in METRICS], end_section=True)
         console.print("minus Random on the same seed (* = every seed has the same sign)")
         console.print(dt)
     if plot:

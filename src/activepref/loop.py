@@ -132,9 +132,10 @@ class RunContext:
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
         self.reward_reference[: len(reference)] = reference
-        self.eval_pairs = _eval_pairs(self.store.eval_prompts(), self.response_prompt, self.reward_reference)
+        eval_prompts = self.store.eval_prompts()
+        self.eval_pairs = _eval_pairs(eval_prompts, self.response_prompt, self.reward_reference)
         held_out = np.zeros(len(self.prompts), dtype=bool)
-        held_out[np.asarray(self.store.eval_prompts(), dtype=np.int64)] = True
+        held_out[np.asarray(eval_prompts, dtype=np.int64)] = True
         # Held-out candidates with a known reference: what `evaluate` predicts each iteration.
         self.eval_rows = np.nonzero(held_out[self.response_prompt] & np.isfinite(self.reward_reference))[0]
 

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from activepref.bench.report import REFERENCE_METHOD
 from activepref.config import BUILTIN_POOL
 
 AUF_DEMO_POOL = "auf"
-DEMO_POOL_FILE = "pool.parquet"
-METRICS = ("heldout_accuracy", "oracle_gap", "rm_accuracy")
+# metric -> column header, in the order `activepref simulate` prints them
+METRICS = {"heldout_accuracy": "held-out acc", "oracle_gap": "oracle gap", "rm_accuracy": "rm_accuracy"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def method_spreads(results: Sequence[SeedResult]) -> dict[str, dict[str, Spread]
     return out
 
 
-def paired_differences(results: Sequence[SeedResult], reference: str = "random") -> dict[str, dict[str, Spread]]:
+def paired_differences(results: Sequence[SeedResult], reference: str = REFERENCE_METHOD) -> dict[str, dict[str, Spread]]:
     """method -> metric -> spread over seeds of (method - reference) on the same seed.
 
     Seeds the reference did not run are left out; empty when the reference is absent."""

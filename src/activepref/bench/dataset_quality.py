@@ -132,6 +132,19 @@ def heldout_pairs(prompt_index: np.ndarray, reference: np.ndarray, prompts: Sequ
     return out
 
 
+def pair_accuracies(predict: Callable[[np.ndarray], np.ndarray], pairs: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(rm_accuracy, rm_accuracy_hard) of a reward model on (better, worse) pairs [k, 2]: the
+    share it orders like ``reference`` [n], on all pairs and on those whose reference gap is in
+    the lowest HARD_QUANTILE. NaN for no pairs."""
+    if not len(pairs):
+        return float("nan"), float("nan")
+    pred = predict(pairs.reshape(-1)).reshape(-1, 2)
+    right = pred[:, 0] > pred[:, 1]
+    gap = reference[pairs[:, 0]] - reference[pairs[:, 1]]
+    hard = gap <= np.quantile(gap, HARD_QUANTILE)
+    return float(right.mean()), float(right[hard].mean())
+
+
 def evaluate_pool_pairs(pool: Pool, chosen: np.ndarray, rejected: np.ndarray, heldout: Sequence[int], seed: int = 0) -> DatasetQuality:
     """:func:`evaluate_pairs` on a pool read from disk: its oracle (else its judge score) and
     its features z-scored over the pool."""
@@ -152,14 +165,7 @@ def evaluate_pairs(
     reference = np.asarray(reference, dtype=np.float64)
     predict = train_reward_model(features, chosen, rejected, seed).predict
     pairs = heldout_pairs(prompt_index, reference, heldout, seed)
-    if len(pairs):
-        pred = predict(pairs.reshape(-1)).reshape(-1, 2)
-        right = pred[:, 0] > pred[:, 1]
-        gap = reference[pairs[:, 0]] - reference[pairs[:, 1]]
-        hard = gap <= np.quantile(gap, HARD_QUANTILE)
-        acc, acc_hard = float(right.mean()), float(right[hard].mean())
-    else:
-        acc = acc_hard = float("nan")
+    acc, acc_hard = pair_accuracies(predict, pairs, reference)
     known = np.isfinite(reference[chosen]) & np.isfinite(reference[rejected]) if len(chosen) else np.zeros(0, bool)
     rc, rr = reference[chosen][known], reference[rejected][known]
     return DatasetQuality(

@@ -139,6 +139,7 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
 
 def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.PairCoverage]]:
     """Per method, each seed's model-pair coverage of its exported (in-prompt) pairs."""
+    from activepref.bench.runner import exported_preferences
     from activepref.store import RunStore
 
     out: dict[str, list[M.PairCoverage]] = defaultdict(list)
@@ -149,7 +150,7 @@ def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.Pai
             responses, response_prompt = store.responses()
         finally:
             store.close()
-        keep = [r for r in prefs if int(response_prompt[r[3]]) == r[1]]  # what `export` writes
+        keep = exported_preferences(prefs, response_prompt)
         out[method].append(M.model_pair_coverage([responses[r[2]].model for r in keep], [responses[r[3]].model for r in keep]))
     return out
 

@@ -272,10 +272,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
             # Runs since the loop stores its held-out model metrics need no ENN forward here.
             needs_model = any("heldout_spearman_loss" not in (r.metrics or {}) for r in todo)
             features = load_features(store, config.enn.standardize) if needs_model else None
-            _, response_prompt = store.responses()
-            reference = np.full(len(response_prompt), np.nan)
-            oracle = store.oracle()
-            reference[: len(oracle)] = oracle
+            response_prompt, reference = hidden_reference(store)
             eval_set = set(store.eval_prompts())
             cand = np.asarray([i for i, p in enumerate(response_prompt) if int(p) in eval_set], dtype=np.int64)
             groups, ref = response_prompt[cand], reference[cand]
@@ -338,6 +335,22 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def hidden_reference(store: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(response_prompt [n], reference [n]) of a run: each response's prompt and its hidden
+    reference reward (the pool's oracle; NaN for responses without one, e.g. live ones)."""
+    _, response_prompt = store.responses()
+    reference = np.full(len(response_prompt), np.nan)
+    oracle = store.oracle()
+    reference[: len(oracle)] = oracle
+    return response_prompt, reference
+
+
+def exported_preferences(rows: list[tuple], response_prompt: np.ndarray) -> list[tuple]:
+    """The store's preference rows (iteration, prompt, chosen, rejected, ...) that `export`
+    writes: both responses answer the row's prompt (cross-prompt comparisons are left out)."""
+    return [r for r in rows if int(response_prompt[r[3]]) == r[1]]
+
+
 class _DatasetView:
     """The run's exported dataset (in-prompt pairs) up to an iteration, evaluated like
     `activepref evaluate` does (activepref.bench.dataset_quality) on the run's held-out prompts."""
@@ -347,8 +360,7 @@ class _DatasetView:
 
         self.response_prompt, self.reference = response_prompt, reference
         self.features = standardized_features(np.asarray(store.features(), dtype=np.float32))
-        rows = store.preference_rows()  # (iteration, prompt, chosen, rejected, ...)
-        keep = [r for r in rows if int(response_prompt[r[3]]) == r[1]]  # what `export` writes
+        keep = exported_preferences(store.preference_rows(), response_prompt)
         self.iteration = np.asarray([r[0] for r in keep], dtype=np.int64)
         self.chosen = np.asarray([r[2] for r in keep], dtype=np.int64)
         self.rejected = np.asarray([r[3] for r in keep], dtype=np.int64)
@@ -370,10 +382,7 @@ def run_dataset_quality(run_dir: Path, seed: int, iteration: int | None = None) 
     try:
         trained = [r.iteration for r in store.iterations() if r.status == STATUS_TRAINED]
         eval_set = set(store.eval_prompts())
-        _, response_prompt = store.responses()
-        reference = np.full(len(response_prompt), np.nan)
-        oracle = store.oracle()
-        reference[: len(oracle)] = oracle
+        response_prompt, reference = hidden_reference(store)
         if not trained or not eval_set or not np.isfinite(reference).any():
             return None
         view = _DatasetView(store, response_prompt, reference)
