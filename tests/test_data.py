@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from activepref.data import read_pool
 from activepref.errors import ActivePrefError, PoolFormatError
@@ -426,3 +428,71 @@ def test_invalid_utf8_names_the_line(tmp_path):
     parquet_named_jsonl.write_bytes(b"PAR1\x15\x04\xf2\x34 binary")
     with pytest.raises(PoolFormatError, match="looks like a Parquet file: name it .parquet"):
         read_pool(parquet_named_jsonl)
+
+
+# -- the Parquet features column, read in one go ----------------------------------------
+
+_FEATURE_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from([0.0, -1.5, 3.0]),
+)
+_FEATURE_TYPES = {
+    "float32": pa.list_(pa.float32()),
+    "float64": pa.list_(pa.float64()),
+    "int64": pa.list_(pa.int64()),
+    "large": pa.large_list(pa.float32()),
+}
+
+
+def _outcome(path: Path):
+    """(features, scores, prompt ids) or the error text: what a caller of read_pool sees."""
+    try:
+        pool = read_pool(path)
+    except PoolFormatError as exc:
+        return str(exc)
+    return pool.features.tobytes(), pool.features.shape, pool.scores.tolist(), [p.id for p in pool.prompts]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_parquet_feature_column_reads_like_the_row_by_row_check(tmp_path_factory, data, monkeypatch):
+    """On random feature columns (missing rows, wrong lengths, NaN/inf, ints, float64, large
+    lists, fixed-size lists) the one-pass reader gives the same pool or the same error, row
+    and message as validating every row's list on its own."""
+    import activepref.data as data_module
+
+    n = data.draw(st.integers(1, 7), label="rows")
+    kind = data.draw(st.sampled_from([*_FEATURE_TYPES, "fixed"]), label="type")
+    d = data.draw(st.integers(1 if kind == "fixed" else 0, 4), label="dim")  # arrow has no 0-wide fixed lists
+    feats = []
+    for i in range(n):
+        shape = data.draw(st.sampled_from(["ok", "ok", "ok", "none", "short"]), label=f"row {i}")
+        if shape == "none":
+            feats.append(None)
+            continue
+        length = d if shape == "ok" or kind == "fixed" else data.draw(st.integers(0, 5).filter(lambda k: k != d))
+        values = [data.draw(_FEATURE_VALUES) for _ in range(length)]
+        if kind == "int64":
+            values = [int(v) if math.isfinite(v) and abs(v) < 2**62 else 7 for v in values]
+        feats.append(values)
+    if kind == "fixed":
+        flat = [v for f in feats for v in (f if f is not None else [0.0] * d)]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), d, mask=pa.array([f is None for f in feats]))
+    else:
+        column = pa.array(feats, _FEATURE_TYPES[kind])
+    rows = [without(row(i), "features") for i in range(n)]
+    table = pa.Table.from_pylist(rows).append_column("features", column)
+    path = tmp_path_factory.mktemp("pool") / "pool.parquet"
+    pq.write_table(table, path)
+    fast = _outcome(path)
+    with monkeypatch.context() as m:
+        m.setattr(data_module, "_feature_column", lambda t: (t, None))
+        slow = _outcome(path)
+    assert fast == slow
+
+
+def test_parquet_feature_column_of_strings_keeps_the_row_check(tmp_path):
+    """A features column of another type (strings) is still checked row by row."""
+    rows = [row(i, features=["a", "b", "c"]) for i in range(2)]
+    err = pool_error(write_parquet(tmp_path / "pool.parquet", rows))
+    assert "row 0" in str(err) and "features" in str(err)

@@ -140,8 +140,74 @@ class Pool:
         return self.oracle if self.oracle is not None else self.scores
 
 
-def _iter_rows(path: Path) -> Any:
-    """Yield (location, raw dict) for JSONL or Parquet, naming lines/rows as a user counts them."""
+@dataclass
+class FeatureColumn:
+    """A Parquet ``features`` column of numeric lists, read as one array instead of row by row.
+
+    present: [n] bool; lengths: [n] list lengths; finite: [n] no NaN or infinity; matrix:
+    [n, d] float32 when every row has d features (else None: some row then fails
+    ``problem`` or the presence check, so the pool is refused before it is needed).
+    ``problem(i)`` gives the message the row-wise check gives for row i, so errors stay the
+    same, row for row."""
+
+    matrix: np.ndarray | None
+    present: np.ndarray
+    lengths: np.ndarray
+    finite: np.ndarray
+    expected: int | None
+
+    def problem(self, i: int) -> str | None:
+        if not self.present[i]:
+            return None
+        if self.lengths[i] != self.expected:
+            return f"length {int(self.lengths[i])}, expected {self.expected} as on the first row"
+        if not self.finite[i]:
+            return "contains NaN or infinity"
+        return None
+
+
+def _feature_column(table: Any) -> tuple[Any, FeatureColumn | None]:
+    """Split a numeric list ``features`` column off a Parquet table (a column of any other
+    type stays in the rows, for the row-wise checks and their messages)."""
+    import pyarrow as pa
+
+    if "features" not in table.column_names:
+        return table, None
+    column = table.column("features")
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        return table, None
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        return table, None
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(array)
+    present = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(kind):
+        lengths = np.where(present, kind.list_size, 0).astype(np.int64)
+    else:
+        lengths = np.asarray(array.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    first = np.flatnonzero(present)
+    expected = int(lengths[first[0]]) if len(first) else None
+    values = array.flatten().to_numpy(zero_copy_only=False)  # the present rows' values, in order
+    finite = np.ones(n, dtype=bool)
+    matrix = None
+    if expected is not None and present.all() and (lengths == expected).all():
+        matrix = values.reshape(n, expected).astype(np.float32)  # float64 columns round as np.asarray(rows) does
+        finite = np.isfinite(values.reshape(n, expected)).all(axis=1) if expected else finite
+    elif len(first):
+        ok = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), dtype=bool)
+        rows = first[lengths[first] > 0]  # reduceat needs non-empty segments
+        if len(rows):
+            starts = (np.cumsum(lengths[first]) - lengths[first])[lengths[first] > 0]
+            finite[rows] = np.logical_and.reduceat(ok, starts)
+    return table.drop_columns(["features"]), FeatureColumn(matrix, present, lengths, finite, expected)
+
+
+def _iter_rows(path: Path, apart: dict[str, Any] | None = None) -> Any:
+    """Yield (location, raw dict) for JSONL or Parquet, naming lines/rows as a user counts them.
+
+    With ``apart`` (a dict), a Parquet file's numeric ``features`` column is not put into
+    the rows but read in one go into ``apart["features"]`` (a :class:`FeatureColumn`)."""
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     if suffix in (".jsonl", ".json", ".jsonl.gz"):
         import gzip
@@ -170,6 +236,10 @@ def _iter_rows(path: Path) -> Any:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a corrupt file
             raise PoolFormatError(str(path), "file", None, f"not a readable Parquet file ({exc})") from None
+        if apart is not None:
+            table, column = _feature_column(table)
+            if column is not None:
+                apart["features"] = column
         for batch_start, batch in _parquet_batches(table):
             for i, raw in enumerate(batch.to_pylist()):
                 yield f"row {batch_start + i}", raw
@@ -202,7 +272,8 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
     has_features: bool | None = None
     prompt_feats: dict[str, list[float]] = {}
     has_prompt_features: bool | None = None
-    for location, raw in _iter_rows(path):
+    apart: dict[str, Any] = {}
+    for index, (location, raw) in enumerate(_iter_rows(path, apart)):
         try:
             row = PoolRow.model_validate(raw)
         except ValidationError as exc:
@@ -222,12 +293,17 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
             prompt_order.append(row.prompt_id)
         elif existing.text != text or existing.messages != messages:
             raise PoolFormatError(str(path), location, "prompt", f"prompt_id {row.prompt_id!r} already has a different prompt text")
-        row_has = row.features is not None
+        bulk = apart.get("features")
+        row_has = bool(bulk.present[index]) if bulk is not None else row.features is not None
         if has_features is None:
             has_features = row_has
         elif has_features != row_has:
             raise PoolFormatError(str(path), location, "features", "present on some rows and missing on others")
-        if row.features is not None:
+        if bulk is not None:
+            problem = bulk.problem(index)
+            if problem:
+                raise PoolFormatError(str(path), location, "features", problem)
+        elif row.features is not None:
             if feats and len(row.features) != len(feats[0]):
                 raise PoolFormatError(str(path), location, "features", f"length {len(row.features)}, expected {len(feats[0])} as on the first row")
             if not all(math.isfinite(v) for v in row.features):
@@ -264,6 +340,9 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         prompt_index.append(prompt_pos.setdefault(row.prompt_id, len(prompt_pos)))
     if not responses:
         raise PoolFormatError(str(path), "file", None, "no rows")
+    bulk = apart.get("features")
+    if bulk is not None and has_features:
+        feats = bulk.matrix  # type: ignore[assignment]
     features = _load_features(path, features_path, feats, len(responses))
     n_oracle = sum(o is not None for o in oracle)
     if 0 < n_oracle < len(oracle):
@@ -288,10 +367,10 @@ def _last_user(messages: list[_Message], path: Path, location: str) -> str:
     return messages[-1].content
 
 
-def _load_features(path: Path, features_path: str | Path | None, rows: list[list[float]], n: int) -> np.ndarray:
+def _load_features(path: Path, features_path: str | Path | None, rows: list[list[float]] | np.ndarray, n: int) -> np.ndarray:
     if features_path is not None:
         fpath = Path(features_path)
-        if rows:
+        if len(rows):
             raise PoolFormatError(str(path), "file", "features", f"has a features column and a features file {fpath} was also given; use one")
         if not fpath.exists():
             raise PoolFormatError(str(fpath), "file", None, "does not exist")
@@ -306,7 +385,7 @@ def _load_features(path: Path, features_path: str | Path | None, rows: list[list
         if len(bad):
             raise PoolFormatError(str(fpath), f"row {int(bad[0])}", "features", "contains NaN or infinity")
         return out
-    if not rows:
+    if not len(rows):
         raise PoolFormatError(str(path), "file", "features", "no features: add a 'features' column or pass a .npy file (--features)")
     return np.asarray(rows, dtype=np.float32)
 

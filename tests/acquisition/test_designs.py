@@ -16,7 +16,7 @@ from hypothesis.extra.numpy import arrays
 
 from activepref.acquisition import available, get_method, make_selector
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs
-from activepref.acquisition.designs import bernoulli_variance, log_det_sensitivity
+from activepref.acquisition.designs import bernoulli_variance, log_det_sensitivity, pair_information
 from activepref.errors import ConfigError
 
 DESIGNS = ("dopt", "pa_dopt", "xtx", "entropy", "maxdiff", "coreset")
@@ -204,7 +204,7 @@ def test_gradient_scores_are_the_derivative_of_the_log_determinant(comparisons, 
     b, diffs, a = ref.problem(name, comparisons)
     weighted, past_info, past_diff = ref.DETERMINANT[name]
     fast_a = bernoulli_variance(np.asarray(ref.reward_gaps(comparisons))) if weighted else np.ones(len(diffs))
-    fast = log_det_sensitivity(np.array(diffs), fast_a, b, comparisons.prior_precision, name)
+    fast = log_det_sensitivity(np.asarray(comparisons.phi, dtype=float), comparisons.pairs, fast_a, b, comparisons.prior_precision, name)
     fd = ref.finite_difference(b, diffs, a)
     assert fast == pytest.approx(fd, rel=1e-5, abs=1e-8)
     assert fast == pytest.approx(ref.sensitivity(b, diffs, a), rel=1e-9, abs=1e-12)
@@ -228,6 +228,32 @@ def test_per_head_gradient_is_the_derivative_of_the_mean_log_determinant(compari
     for t, k in enumerate(chosen):
         rest = [fd[i] for i in range(len(fd)) if i not in chosen[:t]]
         assert fd[k] >= max(rest) - 1e-5 * max(1.0, max(rest))
+
+
+@PROPERTY
+@given(comparisons=comparison_sets(per_head=False), data=st.data())
+def test_pair_information_is_the_sum_of_outer_products(comparisons, data):
+    """The Laplacian route Φᵀ L Φ equals Σ_i a_i ΔΦ_i ΔΦ_iᵀ summed pair by pair, for any
+    pairs (repeated candidates, cross-prompt, the same pair twice) and weights."""
+    layer = np.asarray(comparisons.phi, dtype=float)
+    pairs = comparisons.pairs
+    weights = data.draw(arrays(np.float64, len(pairs), elements=st.floats(0, 5)), label="weights")
+    slow = np.zeros((layer.shape[1], layer.shape[1]))
+    for (i, j), w in zip(pairs, weights):
+        d = layer[i] - layer[j]
+        slow += w * np.outer(d, d)
+    assert pair_information(layer, pairs, weights) == pytest.approx(slow, rel=1e-9, abs=1e-9)
+    shifted = pair_information(layer + 7.0, pairs, weights)  # a constant row changes no difference
+    assert shifted == pytest.approx(slow, rel=1e-7, abs=1e-7)
+
+
+def test_pair_information_by_hand():
+    """Φ rows (0,0), (1,0), (0,2); pairs (1,0) with a = 1 and (2,1) twice with a = 0.5:
+    (1,0)(1,0)ᵀ + 2 · 0.5 · (-1,2)(-1,2)ᵀ = [[1,0],[0,0]] + [[1,-2],[-2,4]]."""
+    layer = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    pairs = np.array([[1, 0], [2, 1], [2, 1]])
+    got = pair_information(layer, pairs, np.array([1.0, 0.5, 0.5]))
+    assert got == pytest.approx(np.array([[2.0, -2.0], [-2.0, 4.0]]))
 
 
 # ----------------------------------------------------------------- hand-checked cases

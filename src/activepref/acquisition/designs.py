@@ -35,7 +35,7 @@ determinant: same maximiser). Two optimisers (option ``method``):
   A(w) = B + Σ_i w_i c_i, and take the top ``budget`` of the sensitivity
   ∂S/∂w_i |_{w=1} = tr(A⁻¹ c_i) = a_i ΔΦ_iᵀ A⁻¹ ΔΦ_i (A = A(1) holds *all* candidates).
   Ranking by ∂|A|/∂w_i = |A| · ∂S/∂w_i, the paper's literal score, gives the same order.
-  Cost O(M p²).
+  Cost O(M p + n p²) through the n candidates (``pair_information``).
 * ``greedy``: exact greedy maximisation of S, one comparison at a time. By the matrix
   determinant lemma the gain of adding i to the current information G is
   log(1 + a_i q_i) with q_i = ΔΦ_iᵀ G⁻¹ ΔΦ_i; after adding k (u = G⁻¹ ΔΦ_k,
@@ -127,15 +127,6 @@ def head_layer(comparisons: ComparisonSet, head: int) -> np.ndarray:
     return phi.astype(np.float64, copy=False)
 
 
-def head_differences(comparisons: ComparisonSet, head: int) -> np.ndarray:
-    """[M, p] ΔΦ of head ``head`` (of the single layer for a 2-D phi), float64. (The gradient
-    score multiplies these directly: an [M, p] x [p, p] GEMM is faster here than routing the
-    products through the n candidates, which costs scatter-adds; greedy's per-pick updates and
-    coreset do go through the candidates.)"""
-    phi = head_layer(comparisons, head)
-    return phi[comparisons.pairs[:, 0]] - phi[comparisons.pairs[:, 1]]
-
-
 def head_weights(comparisons: ComparisonSet, head: int, weighted: bool) -> np.ndarray:
     """[M] a_i: p̂(1 - p̂) from head ``head``'s own gap (per-head phi) or the ensemble-mean
     gap (2-D phi); all ones when not weighted."""
@@ -193,19 +184,41 @@ def _prior_precision(comparisons: ComparisonSet, design: str) -> float:
     return lam
 
 
+def pair_information(layer: np.ndarray, pairs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[p, p] Σ_i a_i ΔΦ_i ΔΦ_iᵀ with ΔΦ_i = layer[a_i] - layer[b_i], through the candidates.
+
+    layer: [n, p]; pairs: [M, 2]; weights: [M] a_i. The sum is Φᵀ L Φ with L = Σ_i a_i
+    (e_a - e_b)(e_a - e_b)ᵀ the [n, n] weighted Laplacian of the comparison graph (sparse:
+    4 M entries), so it costs O(M p + n p²) instead of the O(M p²) of summing the M outer
+    products (M = 435 n/30 in-prompt pairs of 30 candidates: ~15x fewer flops). Adding a
+    constant row to the layer changes nothing (L 1 = 0); centre it for less cancellation."""
+    from scipy import sparse
+
+    n = len(layer)
+    a, b = pairs[:, 0], pairs[:, 1]
+    rows = np.concatenate([a, b, a, b])
+    cols = np.concatenate([a, b, b, a])
+    vals = np.concatenate([weights, weights, -weights, -weights])
+    laplacian = sparse.csr_matrix((vals, (rows, cols)), shape=(n, n))  # duplicates summed
+    return layer.T @ np.asarray(laplacian @ layer)
+
+
 def log_det_sensitivity(
-    diffs: np.ndarray, weights: np.ndarray, base: np.ndarray | None, prior_precision: float, design: str
+    layer: np.ndarray, pairs: np.ndarray, weights: np.ndarray, base: np.ndarray | None, prior_precision: float, design: str
 ) -> np.ndarray:
     """∂/∂w_i log|A(w)| at w = 1 (002 §3.2, eq. 8-10).
 
-    diffs: [M, p] ΔΦ; weights: [M] a_i; base: [p, p] B, or None for B = prior_precision · I.
-    A = B + Σ_i a_i ΔΦ_i ΔΦ_iᵀ; returns [M] a_i ΔΦ_iᵀ A⁻¹ ΔΦ_i = a_i ||L⁻¹ ΔΦ_i||² (A = L Lᵀ).
+    layer: [n, p] candidate Φ with ΔΦ_i = layer[a_i] - layer[b_i] for pairs [M, 2];
+    weights: [M] a_i; base: [p, p] B, or None for B = prior_precision · I.
+    A = B + Σ_i a_i ΔΦ_i ΔΦ_iᵀ (``pair_information``); returns [M] a_i ΔΦ_iᵀ A⁻¹ ΔΦ_i =
+    a_i ||L⁻¹ ΔΦ_i||² (A = L Lᵀ), with L⁻¹ ΔΦ_i = y_a - y_b for y = layer L⁻ᵀ [n, p].
     """
-    p = diffs.shape[1]
-    info = (diffs * weights[:, None]).T @ diffs  # [p, p] Σ a_i ΔΦ_i ΔΦ_iᵀ
+    p = layer.shape[1]
+    info = pair_information(layer, pairs, weights)  # [p, p]
     info += prior_precision * np.eye(p) if base is None else base
     info = 0.5 * (info + info.T)
-    z = diffs @ _inverse_cholesky(info, design).T  # [M, p] rows L⁻¹ ΔΦ_i
+    y = layer @ _inverse_cholesky(info, design).T  # [n, p] rows L⁻¹ φ_j
+    z = y[pairs[:, 0]] - y[pairs[:, 1]]  # [M, p] rows L⁻¹ ΔΦ_i
     return weights * np.einsum("ij,ij->i", z, z)
 
 
@@ -296,7 +309,9 @@ def _determinant_design(
     score = np.zeros(len(comparisons.pairs))
     for k in range(heads):  # one head's [M, p] differences at a time bounds the memory
         base = base_information(comparisons, past_information, past_differences, k)
-        score += log_det_sensitivity(head_differences(comparisons, k), head_weights(comparisons, k, weighted), base, lam, design)
+        score += log_det_sensitivity(
+            centred_layer(comparisons, k), comparisons.pairs, head_weights(comparisons, k, weighted), base, lam, design
+        )
     return top_by_score(score / heads, budget)
 
 

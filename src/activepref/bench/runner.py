@@ -157,11 +157,16 @@ def plan_runs(
 # -- one run (runs in a worker process) -------------------------------------------------------
 def _worker_init() -> None:
     import torch
+    from threadpoolctl import threadpool_limits
 
     from activepref.numerics import flush_denormals_in_every_thread
 
     flush_denormals_in_every_thread()  # as the CLI does, so a worker computes like a resumed run
     torch.set_num_threads(1)
+    # numpy's BLAS as well: with its default of one thread per core, two workers on two cores
+    # run four BLAS threads that spin against each other (the designs' GEMMs measured 2.7x
+    # slower side by side than with one thread each).
+    threadpool_limits(limits=1)
     _die_with_parent()
 
 
