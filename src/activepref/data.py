@@ -159,11 +159,17 @@ class FeatureColumn:
     def problem(self, i: int) -> str | None:
         if not self.present[i]:
             return None
-        if self.lengths[i] != self.expected:
-            return f"length {int(self.lengths[i])}, expected {self.expected} as on the first row"
-        if not self.finite[i]:
-            return "contains NaN or infinity"
-        return None
+        return feature_problem(int(self.lengths[i]), self.expected, bool(self.finite[i]))
+
+
+def feature_problem(length: int, expected: int | None, finite: bool) -> str | None:
+    """What is wrong with one row's feature list (None: nothing); ``expected`` is the first
+    row's length (None on the first row). One wording for the row-wise and one-pass checks."""
+    if expected is not None and length != expected:
+        return f"length {length}, expected {expected} as on the first row"
+    if not finite:
+        return "contains NaN or infinity"
+    return None
 
 
 def _feature_column(table: Any) -> tuple[Any, FeatureColumn | None]:
@@ -193,13 +199,14 @@ def _feature_column(table: Any) -> tuple[Any, FeatureColumn | None]:
     matrix = None
     if expected is not None and present.all() and (lengths == expected).all():
         matrix = values.reshape(n, expected).astype(np.float32)  # float64 columns round as np.asarray(rows) does
-        finite = np.isfinite(values.reshape(n, expected)).all(axis=1) if expected else finite
+        finite = np.isfinite(values.reshape(n, expected)).all(axis=1)
     elif len(first):
         ok = np.isfinite(values) if values.dtype.kind == "f" else np.ones(len(values), dtype=bool)
-        rows = first[lengths[first] > 0]  # reduceat needs non-empty segments
-        if len(rows):
-            starts = (np.cumsum(lengths[first]) - lengths[first])[lengths[first] > 0]
-            finite[rows] = np.logical_and.reduceat(ok, starts)
+        lens = lengths[first]
+        starts = np.cumsum(lens) - lens  # offset of each present row's values
+        nonempty = lens > 0  # reduceat needs non-empty segments; an empty list is finite
+        if nonempty.any():
+            finite[first[nonempty]] = np.logical_and.reduceat(ok, starts[nonempty])
     return table.drop_columns(["features"]), FeatureColumn(matrix, present, lengths, finite, expected)
 
 
@@ -304,10 +311,9 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
             if problem:
                 raise PoolFormatError(str(path), location, "features", problem)
         elif row.features is not None:
-            if feats and len(row.features) != len(feats[0]):
-                raise PoolFormatError(str(path), location, "features", f"length {len(row.features)}, expected {len(feats[0])} as on the first row")
-            if not all(math.isfinite(v) for v in row.features):
-                raise PoolFormatError(str(path), location, "features", "contains NaN or infinity")
+            problem = feature_problem(len(row.features), len(feats[0]) if feats else None, all(math.isfinite(v) for v in row.features))
+            if problem:
+                raise PoolFormatError(str(path), location, "features", problem)
             feats.append(row.features)
         if has_prompt_features is None:
             has_prompt_features = row.prompt_features is not None
