@@ -496,3 +496,26 @@ def test_parquet_feature_column_of_strings_keeps_the_row_check(tmp_path):
     rows = [row(i, features=["a", "b", "c"]) for i in range(2)]
     err = pool_error(write_parquet(tmp_path / "pool.parquet", rows))
     assert "row 0" in str(err) and "features" in str(err)
+
+
+def test_reuse_last_pool_hands_back_the_pool_until_its_file_changes(tmp_path):
+    import os
+
+    from activepref.pools import load_pool, reuse_last_pool, synthetic_pool, write_pool
+
+    path = write_pool(synthetic_pool(n_prompts=6, candidates=3, dim=4, seed=1), tmp_path / "pool.parquet")
+    assert load_pool(str(path)) is not load_pool(str(path))  # off by default
+    reuse_last_pool()
+    try:
+        first = load_pool(str(path))
+        assert load_pool(str(path)) is first
+        with pytest.raises(ValueError):
+            first.features[0, 0] = 1.0  # shared: read-only
+        write_pool(synthetic_pool(n_prompts=7, candidates=3, dim=4, seed=2), path)
+        os.utime(path, ns=(1, 1))  # a changed file (mtime and size) is read again
+        second = load_pool(str(path))
+        assert second is not first and len(second.prompts) == 7
+        with pytest.raises(Exception, match="does not exist|not found|No such"):
+            load_pool(str(tmp_path / "missing.parquet"))
+    finally:
+        reuse_last_pool(False)

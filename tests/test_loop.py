@@ -213,3 +213,14 @@ def test_labelled_information_is_each_heads_fisher_information():
             expected += p * (1 - p) * np.outer(diff, diff)
             assert np.allclose(differences[k, j], diff)
         assert np.allclose(information[k], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_monitored_prompts_are_a_seeded_sample_of_the_held_out_ones():
+    from activepref.loop import monitored_prompts
+
+    held_out = list(range(3, 400, 3))  # 133 prompts
+    sample = monitored_prompts(held_out, 50, seed=7)
+    assert len(sample) == 50 == len(set(sample)) and set(sample) <= set(held_out) and sample == sorted(sample)
+    assert monitored_prompts(held_out, 50, seed=7) == sample  # resumable: same draw every time
+    assert monitored_prompts(held_out, 50, seed=8) != sample
+    assert monitored_prompts(held_out, None, seed=7) == held_out == monitored_prompts(held_out, 500, seed=7)

@@ -175,6 +175,11 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="seed of every random draw in the run")
     beta: float = Field(1.0, ge=0, description="bounds = mean +/- beta * std (001 Table 16: 1 or 2)")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of prompts held out for accuracy, never annotated")
+    eval_monitor_prompts: int | None = Field(
+        128, ge=1,
+        description="held-out prompts the ENN is scored on after every iteration (a seeded sample of them; null: all). "
+        "Dataset quality (`evaluate`, the bench's rm_accuracy) always uses every held-out prompt",
+    )
     design_budget: int | None = Field(None, ge=1, description="comparisons a batch design acquires per iteration (default: batch_size)")
     cross_prompt: bool = Field(False, description="batch designs may compare responses to different prompts (002 §3.4)")
     cross_prompt_max_pairs: int = Field(50_000, ge=1, description="cross-prompt candidate comparisons are subsampled to this many")

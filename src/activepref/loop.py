@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE_SELECT, STAGE_RESOLVE, STAGE_TRAIN, STAGE_INIT, STAGE_GENERATE = 1, 2, 3, 4, 6  # 5: prompt split (runs.py)
+STAGE_MONITOR = 7  # the held-out prompts the ENN is scored on every iteration
 CRASH_ENV = "ACTIVEPREF_CRASH_AT"  # test hook: "<point>" or "<point>@<iteration>" -> SIGKILL self
 
 
@@ -132,12 +133,23 @@ class RunContext:
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
         self.reward_reference[: len(reference)] = reference
-        eval_prompts = self.store.eval_prompts()
+        eval_prompts = monitored_prompts(self.store.eval_prompts(), self.config.eval_monitor_prompts, self.config.seed)
         self.eval_pairs = _eval_pairs(eval_prompts, self.response_prompt, self.reward_reference)
         held_out = np.zeros(len(self.prompts), dtype=bool)
         held_out[np.asarray(eval_prompts, dtype=np.int64)] = True
         # Held-out candidates with a known reference: what `evaluate` predicts each iteration.
         self.eval_rows = np.nonzero(held_out[self.response_prompt] & np.isfinite(self.reward_reference))[0]
+
+
+def monitored_prompts(eval_prompts: list[int], limit: int | None, seed: int) -> list[int]:
+    """The held-out prompts the ENN is scored on after every iteration: all of them, or a
+    sample of ``limit`` drawn once from (seed, STAGE_MONITOR), sorted. The per-iteration
+    forward over every held-out candidate (12,300 rows at 410 prompts x 30) cost as much as
+    a third of the ENN's training; the dataset evaluator still uses every held-out prompt."""
+    if limit is None or len(eval_prompts) <= limit:
+        return list(eval_prompts)
+    picked = stage_rng(seed, 0, STAGE_MONITOR).choice(len(eval_prompts), size=limit, replace=False)
+    return sorted(int(eval_prompts[i]) for i in picked)
 
 
 def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
@@ -221,21 +233,32 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
     if len(pairs) == 0:
         ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": []})
         return
+    inputs = get_method(cfg.method).inputs  # only what the design reads is built
     feats = ctx.features[torch.from_numpy(cand)]
     rewards = model.rewards(feats).double().numpy()  # [K, n]
-    phi = model.last_layer_features(feats)  # [K, n, h]: each head's own Φ (see acquisition.designs)
+    if "phi" in inputs:
+        phi = model.last_layer_features(feats)  # [K, n, h]: each head's own Φ (see acquisition.designs)
+    else:
+        phi = np.empty((model.shape.heads, len(cand), 0))
     past_information = past_differences = None
     history = buffer.pairs()
-    if len(history):
-        past_information, past_differences = labelled_information(model, ctx.features[torch.from_numpy(history.reshape(-1))])
-    prompt_matrix = prompt_feature_matrix(ctx)  # [P, q]
-    acquired = sorted({int(ctx.response_prompt[c]) for c in history[:, 0]}) if len(history) else []
+    wants_information, wants_differences = "past_information" in inputs, "past_differences" in inputs
+    if len(history) and (wants_information or wants_differences):
+        past_information, past_differences = labelled_information(
+            model, ctx.features[torch.from_numpy(history.reshape(-1))], information=wants_information
+        )
+        past_differences = past_differences if wants_differences else None
+    prompt_parts: dict[str, Any] = {}
+    if "prompt_features" in inputs:
+        prompt_matrix = prompt_feature_matrix(ctx)  # [P, q]
+        acquired = sorted({int(ctx.response_prompt[c]) for c in history[:, 0]}) if len(history) else []
+        prompt_parts = {
+            "prompt_features": prompt_matrix[prompt_idxs],
+            "acquired_prompt_features": prompt_matrix[acquired] if acquired else None,
+            "pool_prompt_features": prompt_matrix[unlabelled_prompts(ctx, it)],
+        }
     comparisons = ComparisonSet(
-        phi, rewards, prompt_of, pairs,
-        prompt_features=prompt_matrix[prompt_idxs],
-        acquired_prompt_features=prompt_matrix[acquired] if acquired else None,
-        past_information=past_information, past_differences=past_differences,
-        pool_prompt_features=prompt_matrix[unlabelled_prompts(ctx, it)],
+        phi, rewards, prompt_of, pairs, past_information=past_information, past_differences=past_differences, **prompt_parts
     )
     budget = min(cfg.design_budget or len(prompt_idxs), len(pairs))
     chosen = np.asarray(ctx.selector(comparisons, budget, rng), dtype=np.int64)
@@ -245,16 +268,21 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
     crash_point("select.after_commit", it)
 
 
-def labelled_information(model: EnsembleRewardModel, pair_features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def labelled_information(
+    model: EnsembleRewardModel, pair_features: torch.Tensor, information: bool = True
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Per-head history of the labelled pairs for the designs.
 
     pair_features: [2H, d] rows (chosen, rejected) of each labelled pair in turn.
     Returns past_information [K, h, h] = Σ_j p̂_jk(1 - p̂_jk) ΔΦ_jk ΔΦ_jkᵀ (head k's Fisher
-    information, p̂_jk from its own reward gap) and past_differences [K, H, h] ΔΦ_jk.
+    information, p̂_jk from its own reward gap; None unless ``information``) and
+    past_differences [K, H, h] ΔΦ_jk.
     """
     heads = model.shape.heads
     phi = model.last_layer_features(pair_features).reshape(heads, -1, 2, model.shape.hidden)
     diff = phi[:, :, 0] - phi[:, :, 1]  # [K, H, h]
+    if not information:
+        return None, diff
     r = model.rewards(pair_features).double().numpy().reshape(heads, -1, 2)  # [K, H, 2]
     p = 1.0 / (1.0 + np.exp(-(r[..., 0] - r[..., 1])))  # [K, H]
     information = np.einsum("khi,kh,khj->kij", diff, p * (1 - p), diff, optimize=True)  # [K, h, h]

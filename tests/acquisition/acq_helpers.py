@@ -147,3 +147,21 @@ def repeated(batch: CandidateBatch, times: int) -> CandidateBatch:
         beta=batch.beta,
         models=models,
     )
+
+
+def with_declared_inputs_only(comparisons, name: str):
+    """The ComparisonSet the loop builds for design ``name``: the optional inputs it does not
+    declare (``Method.inputs``) left out as the loop leaves them (Φ with 0 columns, None)."""
+    import dataclasses
+
+    from activepref.acquisition import get_method
+
+    inputs = get_method(name).inputs
+    phi = comparisons.phi if "phi" in inputs else np.empty((*comparisons.phi.shape[:-1], 0))
+    changes = {"phi": phi}
+    for field in ("past_information", "past_differences"):
+        if field not in inputs:
+            changes[field] = None
+    if "prompt_features" not in inputs:
+        changes.update(prompt_features=None, acquired_prompt_features=None, pool_prompt_features=None)
+    return dataclasses.replace(comparisons, **changes)

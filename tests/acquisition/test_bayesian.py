@@ -8,7 +8,7 @@ import math
 import bayesian_reference as ref
 import numpy as np
 import pytest
-from acq_helpers import PROPERTY, seeds
+from acq_helpers import PROPERTY, seeds, with_declared_inputs_only
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -373,6 +373,16 @@ def test_balpm_cross_prompt_comparisons_use_and_acquire_both_prompts():
 
 
 # ------------------------------------------------------------------ options and errors
+
+
+@PROPERTY
+@given(cs=comparison_sets(), name=st.sampled_from(["bald", "batchbald", "balpm"]), seed=seeds, data=st.data())
+def test_declared_inputs_are_all_a_design_reads(cs, name, seed, data):
+    """The loop builds only the inputs a design declares: leaving the others out changes no pick."""
+    budget = data.draw(st.integers(0, len(cs.pairs)), label="budget")
+    select = make_selector(name)
+    full = select(cs, budget, np.random.default_rng(seed))
+    assert full.tolist() == select(with_declared_inputs_only(cs, name), budget, np.random.default_rng(seed)).tolist()
 
 
 def test_registered_options_and_defaults():

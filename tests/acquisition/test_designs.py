@@ -9,7 +9,7 @@ from collections import Counter
 import designs_reference as ref
 import numpy as np
 import pytest
-from acq_helpers import PROPERTY, assert_same_stream_position, seeds
+from acq_helpers import PROPERTY, assert_same_stream_position, seeds, with_declared_inputs_only
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -424,6 +424,17 @@ def test_bad_options_and_singular_information():
     for method in ("gradient", "greedy"):
         with pytest.raises(ValueError, match="prior_precision must be > 0"):
             select("xtx", flat, 1, method=method)
+
+
+@PROPERTY
+@given(comparisons=comparison_sets(), design=design_options(), seed=seeds, data=st.data())
+def test_declared_inputs_are_all_a_design_reads(comparisons, design, seed, data):
+    """The loop builds only the inputs a design declares: leaving the others out changes no pick."""
+    name, options = design
+    budget = data.draw(st.integers(0, min(len(comparisons.pairs), 5)), label="budget")
+    full = make_selector(name, options)(comparisons, budget, np.random.default_rng(seed))
+    reduced = make_selector(name, options)(with_declared_inputs_only(comparisons, name), budget, np.random.default_rng(seed))
+    assert full.tolist() == reduced.tolist()
 
 
 def test_registry_holds_the_six_designs():

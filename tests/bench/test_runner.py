@@ -46,7 +46,7 @@ def test_plan_rejects_reserved_overrides_and_unknown_methods(pool_path: Path, tm
         plan_runs(str(pool_path), ["nope"], 1, 8, tmp_path)
     runs = plan_runs(str(pool_path), ["random", "maxdiff"], [3, 5], 20, tmp_path, batch_size=8, overrides=TINY)
     assert [r.name for r in runs] == ["random-seed3", "random-seed5", "maxdiff-seed3", "maxdiff-seed5"]
-    assert all(r.overrides["iterations"] == 3 and r.overrides["keep_checkpoints"] >= 3 for r in runs)
+    assert all(r.overrides["iterations"] == 3 and r.overrides["keep_checkpoints"] == 1 for r in runs)
     assert runs[2].overrides["design_budget"] == 8 and "design_budget" not in runs[0].overrides
 
 
@@ -102,6 +102,10 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
                     assert float(row["label_accuracy"]) == pytest.approx(rec.metrics["pair_agreement"])  # same pairs, same oracle
             finally:
                 store.close()
+
+    # one features file for the whole bench, hard-linked into every run
+    run_features = [out / "runs" / f"{m}-seed{s}" / "features.npy" for m in METHODS for s in (0, 1)]
+    assert len({f.stat().st_ino for f in run_features}) == 1 and len(list((out / "features").iterdir())) == 1
 
     for name in ("summary.md", "curves.png", "table21.png", "dataset_curves.png"):
         assert (out / name).stat().st_size > 0
@@ -186,3 +190,43 @@ def test_model_metrics_the_loop_stores_match_the_checkpoints_prediction(pool_pat
         assert a["checkpoint"] == b["checkpoint"] == 1
         for key in ("accuracy", "spearman_loss", "best_of_n", "best_of_n_regret", "best_of_n_normalized", "oracle_best"):
             assert a[key] is not None and a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+def test_share_features_links_equal_bytes_and_keeps_different_ones(tmp_path: Path) -> None:
+    import numpy as np
+
+    from activepref.bench.runner import share_features
+
+    a, b = np.arange(12, dtype=np.float32).reshape(4, 3), np.ones((4, 3), dtype=np.float32)
+    dirs = {}
+    for name, values in (("one", a), ("two", a), ("three", b)):
+        dirs[name] = tmp_path / name
+        dirs[name].mkdir()
+        np.save(dirs[name] / "features.npy", values)
+    shared = tmp_path / "features"
+    assert all(share_features(d, shared) for d in dirs.values())
+    assert share_features(dirs["one"], shared)  # again: already the shared file
+    assert len(list(shared.iterdir())) == 2
+    assert (dirs["one"] / "features.npy").samefile(dirs["two"] / "features.npy")
+    assert not (dirs["one"] / "features.npy").samefile(dirs["three"] / "features.npy")
+    assert np.array_equal(np.load(dirs["two"] / "features.npy"), a) and np.array_equal(np.load(dirs["three"] / "features.npy"), b)
+    assert not share_features(tmp_path / "missing", shared)
+
+
+def test_a_run_of_an_older_bench_that_kept_every_checkpoint_is_resumed(pool_path: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "bench"
+    run_bench(str(pool_path), ["random"], 1, budget=16, out=out, batch_size=8, workers=1, overrides=TINY)
+    store = RunStore.open(out / "runs" / "random-seed0")
+    try:
+        (text,) = store.conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        config = json.loads(text)
+        config["keep_checkpoints"] = 3  # what the bench used to set (iterations + 1)
+        store.conn.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(config),))
+        store.conn.commit()
+    finally:
+        store.close()
+    events = []
+    run_bench(str(pool_path), ["random"], 1, budget=16, out=out, batch_size=8, workers=1, overrides=TINY, progress=events.append)
+    assert [e.state for e in events] == ["skipped"]

@@ -28,6 +28,12 @@ from activepref.errors import ConfigError
 
 ProposeFn = Callable[..., Proposal]
 
+# What a batch design may ask the loop for beyond the per-head rewards, the candidates'
+# prompts and the candidate pairs (see comparisons.ComparisonSet): the loop builds only the
+# inputs a design declares, since Φ and the labelled history cost an ENN pass and an
+# einsum over every labelled pair per iteration.
+DESIGN_INPUTS = frozenset({"phi", "past_information", "past_differences", "prompt_features"})
+
 
 @dataclass(frozen=True)
 class Method:
@@ -41,6 +47,7 @@ class Method:
     family: str
     uses_reward_model: bool
     kind: str = "per_prompt"
+    inputs: frozenset[str] = frozenset()  # designs: the DESIGN_INPUTS it reads
 
     def options(self) -> dict[str, Any]:
         """Keyword options and their defaults."""
@@ -69,14 +76,23 @@ def register(name: str, description: str, *, uses_reward_model: bool = True) -> 
     return wrap
 
 
-def register_design(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
-    """Decorator adding a batch design (see ``comparisons.ComparisonSet``) to the registry."""
+def register_design(
+    name: str, description: str, *, uses_reward_model: bool = True, inputs: frozenset[str] | set[str] = DESIGN_INPUTS
+) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator adding a batch design (see ``comparisons.ComparisonSet``) to the registry.
+
+    ``inputs``: the optional parts of the ComparisonSet it reads (``DESIGN_INPUTS``; default
+    all of them). The loop leaves the others out: ``phi`` then has p = 0 columns, the
+    history and prompt features are None."""
+    unknown = sorted(set(inputs) - DESIGN_INPUTS)
+    if unknown:
+        raise ValueError(f"design {name!r}: unknown inputs {unknown}; choose from {sorted(DESIGN_INPUTS)}")
 
     def wrap(fn: ProposeFn) -> ProposeFn:
         if name in REGISTRY:
             raise ValueError(f"acquisition method {name!r} registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model, kind="design")
+        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs))
         return fn
 
     return wrap
@@ -117,6 +133,7 @@ from activepref.acquisition import bayesian  # noqa: E402,F401
 from activepref.acquisition import upstream  # noqa: E402,F401
 
 __all__ = [
+    "DESIGN_INPUTS",
     "REGISTRY",
     "CandidateBatch",
     "Method",

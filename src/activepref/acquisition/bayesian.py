@@ -172,7 +172,7 @@ def _choice(value: str, allowed: tuple[str, ...], option: str, design: str) -> s
 # ----------------------------------------------------------------------------- BALD
 
 
-@register_design("bald", "BALD: top comparisons by the ensemble's mutual information between outcome and reward model.")
+@register_design("bald", "BALD: top comparisons by the ensemble's mutual information between outcome and reward model.", inputs=set())
 def bald(comparisons: ComparisonSet, budget: int, rng: np.random.Generator) -> np.ndarray:
     """[budget] indices of the largest BALD scores (Houlsby et al. 2011), best first."""
     budget = check_budget(budget, len(comparisons.pairs), "bald")
@@ -357,6 +357,7 @@ def batchbald_select(
 @register_design(
     "batchbald",
     "BatchBALD: greedy joint mutual information of the batch's outcomes with the reward model (ensemble as posterior).",
+    inputs=set(),
 )
 def batchbald(
     comparisons: ComparisonSet,
@@ -545,6 +546,7 @@ def balpm_select(
 @register_design(
     "balpm",
     "BAL-PM: BALD plus beta x the entropy gain of the acquired prompt features (kNN estimator), greedy per batch.",
+    inputs={"prompt_features"},
 )
 def balpm(
     comparisons: ComparisonSet,

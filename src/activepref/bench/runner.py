@@ -8,9 +8,10 @@ Layout of a bench directory ``out``::
     summary.md, curves.png, table21.png        the report (activepref.bench.report)
 
 Every run is an ordinary activepref run (``activepref status`` / ``export`` work on it).
-Bench runs keep the ENN checkpoint of every iteration while they run, so the metrics that
-need the model (Spearman loss, best-of-N) are computed per iteration from those checkpoints;
-once computed (and cached in ``bench_metrics.json``) all but the newest are deleted.
+The loop stores the ENN's held-out metrics (accuracy, Spearman loss, best-of-N) with each
+iteration, so a bench run keeps only its newest ENN checkpoint (what a resume needs); runs
+written before the loop stored them are scored from their checkpoints. Pool runs of one
+bench share one features file (``features/<sha256>.npy``, hard-linked into each run).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class BenchRun:
     seed: int
     run_dir: Path
     overrides: dict[str, Any]
+    shared_features: Path | None = None  # where the bench keeps one copy of the pool's features
 
     @property
     def name(self) -> str:
@@ -143,14 +145,14 @@ def plan_runs(
         for seed in seed_list:
             ov = {
                 **user, "pool": pool_ref, "method": method, "seed": seed, "batch_size": batch_size,
-                "iterations": iterations, "keep_checkpoints": iterations + 1,
+                "iterations": iterations, "keep_checkpoints": 1,
             }
             if design:
                 ov["design_budget"] = batch_size
             if options.get(method):
                 ov["method_options"] = dict(options[method])
             load_config(None, ov)  # validate now, before any process starts
-            runs.append(BenchRun(method, seed, Path(out) / "runs" / f"{method}-seed{seed}", ov))
+            runs.append(BenchRun(method, seed, Path(out) / "runs" / f"{method}-seed{seed}", ov, Path(out) / "features"))
     return runs
 
 
@@ -161,7 +163,10 @@ def _worker_init() -> None:
 
     from activepref.numerics import flush_denormals_in_every_thread
 
+    from activepref.pools import reuse_last_pool
+
     flush_denormals_in_every_thread()  # as the CLI does, so a worker computes like a resumed run
+    reuse_last_pool()  # a worker creates many runs from one pool: read and validate it once
     torch.set_num_threads(1)
     # numpy's BLAS as well: with its default of one thread per core, two workers on two cores
     # run four BLAS threads that spin against each other (the designs' GEMMs measured 2.7x
@@ -187,8 +192,51 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+# Settings that change no selection, annotation or metric: a run made with other values of
+# them (e.g. by an older bench that kept every checkpoint) is resumed as the same run.
+RESULT_NEUTRAL_KEYS = ("keep_checkpoints",)
+
+
 def _same_config(a: RunConfig, b: RunConfig) -> bool:
-    return a.model_dump() == b.model_dump()
+    def relevant(c: RunConfig) -> dict[str, Any]:
+        return {k: v for k, v in c.model_dump().items() if k not in RESULT_NEUTRAL_KEYS}
+
+    return relevant(a) == relevant(b)
+
+
+def share_features(run_dir: Path, shared_dir: Path) -> bool:
+    """Replace a pool run's ``features.npy`` by a hard link to the bench's copy of the same
+    bytes (``shared_dir/<sha256>.npy``, created from the first run that has them), so a
+    bench of 66 runs on a 4,096 x 30, d 256 pool keeps one 126 MB matrix instead of 66.
+    The features of a pool run are never written after it is created. Returns True when the
+    run's file is (now) the shared one; False without features or where the filesystem
+    refuses hard links (the run keeps its own copy)."""
+    import hashlib
+
+    own = Path(run_dir) / "features.npy"
+    if not own.exists():
+        return False
+    digest = hashlib.sha256()
+    with open(own, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    shared = Path(shared_dir) / f"{digest.hexdigest()}.npy"
+    try:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(own, shared)  # the first run with these bytes provides the shared copy
+            return True
+        except FileExistsError:
+            pass
+        if os.path.samefile(own, shared):
+            return True
+        tmp = own.with_suffix(".npy.link")
+        tmp.unlink(missing_ok=True)
+        os.link(shared, tmp)
+        tmp.replace(own)
+        return True
+    except OSError:
+        return False
 
 
 def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
@@ -229,6 +277,8 @@ def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
             runs.run(config, run_dir)
     with times.measure("dataset_eval"):
         rows = evaluate_run(run_dir, spec.method, spec.seed)
+    if spec.shared_features is not None:
+        share_features(run_dir, spec.shared_features)
     if state != "skipped":
         times.write(run_dir, BENCH_TIMINGS_FILE)
     return state, rows
