@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, run_bench
+from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, read_calls, run_bench
 from activepref.errors import ConfigError
 from activepref.pools import synthetic_pool, write_pool
 from activepref.store import STATUS_TRAINED, RunStore
@@ -112,6 +112,7 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
     summary = (out / "summary.md").read_text()
     assert "a fresh reward model trained on it (as seed 001, Table 22)" in summary
     assert "### Efficiency on `rm_accuracy` (paired seeds" in summary and "mean curve gap" in summary
+    assert "the ENN's held-out metrics each iteration on" in summary
     assert "| random | 2/2 |" in summary  # random reaches its own final value (at the latest at its end)
     assert "annotations to reach random's final accuracy" in summary
     assert all(f"| {m} |" in summary for m in METHODS)
@@ -144,6 +145,11 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
     run_bench(str(pool_path), METHODS, 2, budget=16, out=out, batch_size=8, workers=2, overrides=TINY, progress=events.append)
     assert sorted(e.state for e in events) == ["skipped"] * 6
     assert _snapshot(out) == before_files
+    first, second = read_calls(out)  # one record per call; the report lists the call that ran
+    assert (first["finished"], first["skipped"], first["workers"]) == (6, 0, 2) and first["wall_s"] > 0
+    assert (second["finished"], second["skipped"]) == (0, 6)
+    walls = [line for line in (out / "summary.md").read_text().splitlines() if "min wall, 2 workers" in line]
+    assert len(walls) == 1 and "6 runs ran or resumed" in walls[0]
     assert (out / "results.csv").read_bytes() == before_csv
 
     # a different budget on the same directory is refused rather than silently mixed

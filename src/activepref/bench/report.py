@@ -196,7 +196,7 @@ def time_split(run_dir: Path) -> dict[str, float] | None:
     return out
 
 
-def time_split_lines(run_dirs: dict[tuple[str, int], Path]) -> list[str]:
+def time_split_lines(run_dirs: dict[tuple[str, int], Path], out: Path | None = None) -> list[str]:
     """The report's wall-time table: per method, mean seconds per run in each stage."""
     per_method: dict[str, list[dict[str, float]]] = {}
     for (method, _), run_dir in run_dirs.items():
@@ -217,7 +217,23 @@ def time_split_lines(run_dirs: dict[tuple[str, int], Path]) -> list[str]:
     total = grand["total"] or 1.0
     lines += ["", "Share of all runs' time: " + ", ".join(f"{n} {100 * grand[n] / total:.0f}%" for n in names[:-1])
               + f"; sum of run times {grand['total'] / 60:.1f} min (workers run side by side, so the bench's wall time is less).", ""]
-    return lines
+    return lines + wall_lines(out) if out is not None else lines
+
+
+def wall_lines(out: Path) -> list[str]:
+    """The wall time of each `bench` call on this directory that ran or resumed runs."""
+    from activepref.bench.runner import read_calls
+
+    calls = [c for c in read_calls(out) if c.get("finished") or c.get("failed")]
+    if not calls:
+        return []
+    lines = ["Wall time of the bench calls that ran or resumed runs (a finished run a later call finds is skipped):", ""]
+    for c in calls:
+        lines.append(
+            f"- {c.get('started', '?')}: {float(c.get('wall_s', 0)) / 60:.1f} min wall, {c.get('workers', '?')} workers on "
+            f"{c.get('cpus', '?')} CPUs; {c.get('finished', 0)} runs ran or resumed, {c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed"
+        )
+    return [*lines, ""]
 
 
 def _setup_lines(run_dirs: dict[tuple[str, int], Path], budget: int | None) -> list[str]:
@@ -236,7 +252,9 @@ def _setup_lines(run_dirs: dict[tuple[str, int], Path], budget: int | None) -> l
     methods = list(dict.fromkeys(m for m, _ in run_dirs))
     seeds = sorted({s for _, s in run_dirs})
     return [
-        f"- pool: `{cfg.pool}` ({n_prompts} prompts, {n_resp} candidate responses; {n_eval} prompts held out per run, never annotated)",
+        f"- pool: `{cfg.pool}` ({n_prompts} prompts, {n_resp} candidate responses; {n_eval} prompts held out per run, never annotated; "
+        f"the ENN's held-out metrics each iteration on {n_eval if cfg.eval_monitor_prompts is None else min(n_eval, cfg.eval_monitor_prompts)} of them, "
+        "the exported dataset's on all)",
         f"- methods: {', '.join(methods)}; seeds: {', '.join(map(str, seeds))} (the seed also changes the held-out split)",
         f"- budget: {budget if budget is not None else '?'} preference pairs per run = {cfg.iterations} iterations of "
         f"{cfg.batch_size} prompts (per-prompt methods: one pair per prompt; batch designs: {cfg.batch_size} comparisons per iteration)",
@@ -375,7 +393,7 @@ def write_report(
         costs.append(f"| {method} | {np.nanmean([f['judge_calls'] for f in finals]):.0f} | {np.nanmean([f['judge_tokens'] for f in finals]):.0f} |")
     lines += ["", "## Judge cost per run (mean over seeds)", "", "| method | judge calls | judge tokens |", "|---|---|---|", *costs,
               "", "(A replay judge reveals stored scores: one call per annotation, no tokens.)", ""]
-    lines += time_split_lines(run_dirs)
+    lines += time_split_lines(run_dirs, out)
     lines += ["## Files", "",
               "- `results.csv`: one row per (method, seed, iteration) — method, seed, iteration, annotations, accuracy, "
               "spearman_loss, best_of_n, then extra columns.",

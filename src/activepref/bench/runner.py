@@ -24,9 +24,11 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ EXTRA_COLUMNS = (
 )
 CACHE_NAME = "bench_metrics.json"
 BENCH_TIMINGS_FILE = "bench_timings.json"  # run = run/resume wall (incl. pool import), dataset_eval = evaluate_run
+CALLS_FILE = "bench_calls.json"  # one record per `bench` call: wall time, workers, runs ran and skipped
 CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
 DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
 
@@ -502,6 +505,28 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 # -- the bench ------------------------------------------------------------------------------
+def record_call(out: Path, record: dict[str, Any]) -> None:
+    """Append one call's record to ``out/bench_calls.json`` (atomic rewrite)."""
+    path = Path(out) / CALLS_FILE
+    calls = read_calls(out)
+    calls.append(record)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(calls, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_calls(out: Path) -> list[dict[str, Any]]:
+    """The records of every `bench` call on ``out`` so far (oldest first); [] without any."""
+    path = Path(out) / CALLS_FILE
+    if not path.exists():
+        return []
+    try:
+        calls = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+
+
 def run_bench(
     pool: str,
     methods: list[str],
@@ -547,18 +572,25 @@ def run_bench(
     (out / "runs").mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {}
     errors: list[str] = []
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    states: list[str] = []
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
     with ProcessPoolExecutor(max_workers=max(1, min(workers, len(specs))), mp_context=ctx, initializer=_worker_init) as pool_ex:
         futures = {pool_ex.submit(_run_in_worker, s): s for s in specs}
         for done, fut in enumerate(as_completed(futures), start=1):
             spec = futures[fut]
             state, rows, error = fut.result()
+            states.append(state)
             if error:
                 errors.append(f"{spec.name}: {error}")
             else:
                 results[spec.name] = rows
             if progress is not None:
                 progress(BenchEvent(spec.name, spec.method, spec.seed, state, done, len(specs), error))
+    record_call(out, {
+        "started": started_at, "wall_s": round(time.perf_counter() - started, 1), "workers": max(1, min(workers, len(specs))),
+        "cpus": os.cpu_count(), **{state: states.count(state) for state in ("finished", "skipped", "failed")},
+    })
     if errors:
         raise ActivePrefError(f"{len(errors)} of {len(specs)} bench runs failed: " + "; ".join(errors))
     rows = [row for s in specs for row in results[s.name]]  # method-major, seed, iteration
