@@ -196,7 +196,7 @@ def time_split(run_dir: Path) -> dict[str, float] | None:
     return out
 
 
-def time_split_lines(run_dirs: dict[tuple[str, int], Path], out: Path | None = None) -> list[str]:
+def time_split_lines(run_dirs: dict[tuple[str, int], Path]) -> list[str]:
     """The report's wall-time table: per method, mean seconds per run in each stage."""
     per_method: dict[str, list[dict[str, float]]] = {}
     for (method, _), run_dir in run_dirs.items():
@@ -217,7 +217,7 @@ def time_split_lines(run_dirs: dict[tuple[str, int], Path], out: Path | None = N
     total = grand["total"] or 1.0
     lines += ["", "Share of all runs' time: " + ", ".join(f"{n} {100 * grand[n] / total:.0f}%" for n in names[:-1])
               + f"; sum of run times {grand['total'] / 60:.1f} min (workers run side by side, so the bench's wall time is less).", ""]
-    return lines + wall_lines(out) if out is not None else lines
+    return lines
 
 
 def wall_lines(out: Path) -> list[str]:
@@ -393,7 +393,8 @@ def write_report(
         costs.append(f"| {method} | {np.nanmean([f['judge_calls'] for f in finals]):.0f} | {np.nanmean([f['judge_tokens'] for f in finals]):.0f} |")
     lines += ["", "## Judge cost per run (mean over seeds)", "", "| method | judge calls | judge tokens |", "|---|---|---|", *costs,
               "", "(A replay judge reveals stored scores: one call per annotation, no tokens.)", ""]
-    lines += time_split_lines(run_dirs, out)
+    lines += time_split_lines(run_dirs)
+    lines += wall_lines(out)
     lines += ["## Files", "",
               "- `results.csv`: one row per (method, seed, iteration) — method, seed, iteration, annotations, accuracy, "
               "spearman_loss, best_of_n, then extra columns.",

@@ -574,8 +574,9 @@ def run_bench(
     errors: list[str] = []
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     states: list[str] = []
+    processes = max(1, min(workers, len(specs)))
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(specs))), mp_context=ctx, initializer=_worker_init) as pool_ex:
+    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_worker_init) as pool_ex:
         futures = {pool_ex.submit(_run_in_worker, s): s for s in specs}
         for done, fut in enumerate(as_completed(futures), start=1):
             spec = futures[fut]
@@ -588,7 +589,7 @@ def run_bench(
             if progress is not None:
                 progress(BenchEvent(spec.name, spec.method, spec.seed, state, done, len(specs), error))
     record_call(out, {
-        "started": started_at, "wall_s": round(time.perf_counter() - started, 1), "workers": max(1, min(workers, len(specs))),
+        "started": started_at, "wall_s": round(time.perf_counter() - started, 1), "workers": processes,
         "cpus": os.cpu_count(), **{state: states.count(state) for state in ("finished", "skipped", "failed")},
     })
     if errors:
