@@ -12,6 +12,12 @@ with phi~_k the head's own random initialisation. The anchor term's gradient
 the constant -(2 zeta / K) phi~ is folded into the weight-gradient GEMM of the first layer
 (and added directly for the small deeper layers), so the prior costs no extra pass over
 the big matrix.
+
+Training does not go through autograd: ``train_step`` writes every gradient with explicit
+GEMMs into buffers allocated once per ``fit`` (``TrainWorkspace``), in a head-major,
+transposed layout ([K, h, n]) in which no layer needs a transposing copy. Autograd's version of
+the same step spent about a third of its time allocating, copying and transposing
+(``benchmarks/enn_speed.py``); ``tests/test_enn.py`` checks the gradients against autograd.
 """
 
 from __future__ import annotations
@@ -74,41 +80,19 @@ def init_params(shape: ENNShape, seed: int) -> dict[str, torch.Tensor]:
     return params
 
 
-class _FirstLayer(torch.autograd.Function):
-    """x @ W + b whose weight gradient starts from a constant offset: grad_W = offset + x^T g.
-
-    The offset carries -(2 zeta / K) phi~ of the anchor term, so the GEMM that computes the
-    weight gradient applies it while it writes the output (no separate pass).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad_offset: torch.Tensor):  # type: ignore[override]
-        ctx.save_for_backward(x, grad_offset)
-        return torch.addmm(bias, x, weight)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        x, grad_offset = ctx.saved_tensors
-        grad_w = torch.addmm(grad_offset, x.t(), grad_out)
-        return None, grad_w, grad_out.sum(0), None
-
-
-def last_hidden_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
+def last_hidden_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape) -> torch.Tensor:
     """Every head's last hidden layer (the features before its output layer). x: [n, d] -> [K, n, h]."""
     k, h = shape.heads, shape.hidden
-    if grad_offset is None:
-        z = torch.addmm(params["b0"], x, params["w0"])  # [n, K*h]
-    else:
-        z = _FirstLayer.apply(x, params["w0"], params["b0"], grad_offset)
+    z = torch.addmm(params["b0"], x, params["w0"])  # [n, K*h]
     a = torch.relu(z).view(x.shape[0], k, h).transpose(0, 1)  # [K, n, h]
     for i in range(1, shape.layers):
         a = torch.relu(torch.baddbmm(params[f"b{i}"].unsqueeze(1), a, params[f"w{i}"]))  # [K, n, h]
     return a
 
 
-def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape, grad_offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Rewards of every head. x: [n, d] -> [K, n]."""
-    a = last_hidden_heads(params, x, shape, grad_offset)  # [K, n, h]
+def forward_heads(params: dict[str, torch.Tensor], x: torch.Tensor, shape: ENNShape) -> torch.Tensor:
+    """Rewards of every head (prediction; training uses ``train_step``). x: [n, d] -> [K, n]."""
+    a = last_hidden_heads(params, x, shape)  # [K, n, h]
     return torch.baddbmm(params["b_out"].view(shape.heads, 1, 1), a, params["w_out"].unsqueeze(2)).squeeze(2)  # [K, n]
 
 
@@ -117,6 +101,105 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, gamma: 
     nll = -torch.nn.functional.logsigmoid(r_chosen - r_rejected).mean(dim=1)  # [K]
     centering = gamma * (r_chosen + r_rejected).pow(2).mean(dim=1)  # [K]
     return (nll + centering).mean()
+
+
+@dataclass
+class TrainWorkspace:
+    """Buffers of one training step for n = 2B rows, reused by every step of a ``fit``.
+
+    hidden[i]: [K, h, n] every head's activations of hidden layer i (transposed: rows are
+    units, columns are the minibatch rows), grad and grad_spare: [K, h, n] the
+    back-propagated gradient (two, so that a layer's GEMM never writes its own input),
+    reward: [K, 1, n], grads: one gradient buffer per parameter (the optimiser reads them),
+    drift: one buffer per parameter but w0 for the anchor term's phi - phi~.
+    """
+
+    hidden: list[torch.Tensor]
+    grad: torch.Tensor
+    grad_spare: torch.Tensor
+    reward: torch.Tensor
+    grads: dict[str, torch.Tensor]
+    drift: dict[str, torch.Tensor]
+
+    @staticmethod
+    def allocate(params: dict[str, torch.Tensor], shape: ENNShape, rows: int) -> TrainWorkspace:
+        k, h = shape.heads, shape.hidden
+        ref = params["w0"]
+
+        def empty(*size: int) -> torch.Tensor:
+            return torch.empty(size, dtype=ref.dtype, device=ref.device)
+
+        return TrainWorkspace(
+            hidden=[empty(k, h, rows) for _ in range(shape.layers)],
+            grad=empty(k, h, rows),
+            grad_spare=empty(k, h, rows),
+            reward=empty(k, 1, rows),
+            grads={n: torch.empty_like(p) for n, p in params.items()},
+            drift={n: torch.empty_like(p) for n, p in params.items() if n != "w0"},
+        )
+
+
+def train_step(
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    shape: ENNShape,
+    gamma: float,
+    w0_grad_offset: torch.Tensor,
+    work: TrainWorkspace,
+) -> float:
+    """Forward and backward of 001 eq. 5's data part (``bradley_terry_loss``) on one minibatch.
+
+    x: [2B, d], the B chosen rows then the B rejected rows. Writes d loss / d param into
+    ``work.grads`` (w0's starts from ``w0_grad_offset`` [d, K*h], which carries the anchor
+    term's constant part; the other anchor terms are the caller's) and returns the loss.
+
+    Layout: hidden layer i is kept as hT_i [K, h, n] = W_iᵀ hT_{i-1} + b_i, so the first
+    layer is one GEMM W0ᵀ xᵀ giving [K*h, n] = [K, h, n] directly, deeper layers are batched
+    GEMMs over heads, and every gradient GEMM reads its operands in place (BLAS transposes).
+    """
+    k, h, n = shape.heads, shape.hidden, x.shape[0]
+    batch = n // 2
+    hidden, g, spare, grads = work.hidden, work.grad, work.grad_spare, work.grads
+    # Forward. hT_0 = relu(W0ᵀ xᵀ + b0): [K*h, d] @ [d, n] -> [K*h, n]
+    torch.addmm(params["b0"].unsqueeze(1), params["w0"].t(), x.t(), out=hidden[0].view(k * h, n))
+    torch.relu_(hidden[0])
+    for i in range(1, shape.layers):
+        # hT_i = W_iᵀ hT_{i-1} + b_i: [K, h, h] @ [K, h, n] -> [K, h, n]
+        torch.baddbmm(params[f"b{i}"].unsqueeze(2), params[f"w{i}"].transpose(1, 2), hidden[i - 1], out=hidden[i])
+        torch.relu_(hidden[i])
+    top = hidden[-1]
+    # r = w_outᵀ hT_L + b_out: [K, 1, h] @ [K, h, n] -> [K, 1, n]
+    torch.baddbmm(params["b_out"].view(k, 1, 1), params["w_out"].unsqueeze(1), top, out=work.reward)
+    r = work.reward.view(k, n)
+    r_chosen, r_rejected = r[:, :batch], r[:, batch:]  # [K, B]
+    margin = r_chosen - r_rejected  # [K, B]
+    total = r_chosen + r_rejected  # [K, B]
+    loss = float((-torch.nn.functional.logsigmoid(margin).mean(1) + gamma * total.pow(2).mean(1)).mean())
+    # d loss / d r, averaged over heads and pairs: -s(-m) + 2 gamma t for the chosen row,
+    # +s(-m) + 2 gamma t for the rejected row.
+    scale = 1.0 / (k * batch)
+    push = torch.sigmoid(-margin).mul_(scale)  # [K, B]
+    centre = total.mul(2.0 * gamma * scale)  # [K, B]
+    dr = torch.cat([centre - push, centre + push], dim=1).view(k, 1, n)  # [K, 1, n]
+    # Output layer: d w_out = hT_L dr^T [K, h, 1]; d b_out = sum over rows.
+    torch.bmm(top, dr.transpose(1, 2), out=grads["w_out"].view(k, h, 1))
+    torch.sum(dr.view(k, n), dim=1, out=grads["b_out"])
+    torch.mul(params["w_out"].unsqueeze(2), dr, out=g)  # [K, h, 1] * [K, 1, n] -> [K, h, n]
+    torch.ops.aten.threshold_backward.grad_input(g, top, 0.0, grad_input=g)
+    for i in range(shape.layers - 1, 0, -1):
+        below = hidden[i - 1]
+        # d W_i = hT_{i-1} gᵀ: [K, h, n] @ [K, n, h]; d b_i = row sums of g.
+        torch.bmm(below, g.transpose(1, 2), out=grads[f"w{i}"])
+        torch.sum(g, dim=2, out=grads[f"b{i}"])
+        # gradient of hT_{i-1} = W_i g, masked by its ReLU, into the other buffer.
+        torch.bmm(params[f"w{i}"], g, out=spare)
+        torch.ops.aten.threshold_backward.grad_input(spare, below, 0.0, grad_input=spare)
+        g, spare = spare, g
+    flat = g.view(k * h, n)
+    # d W0 = offset + xᵀ gᵀ: [d, n] @ [n, K*h]; d b0 = row sums of g.
+    torch.addmm(w0_grad_offset, x.t(), flat.t(), out=grads["w0"])
+    torch.sum(flat, dim=1, out=grads["b0"])
+    return loss
 
 
 class ReplayBuffer:
@@ -254,30 +337,37 @@ class EnsembleRewardModel:
         self.optimizer.param_groups[0]["weight_decay"] = c
         w0_offset = self.anchors["w0"].mul(-c)
         small = [n for n in self.params if n != "w0"]
-        small_params = [self.params[n] for n in small]
+        small_params = [self.params[n].detach() for n in small]
         small_anchors = [self.anchors[n] for n in small]
         batch = min(config.batch_size, len(train))
+        work = TrainWorkspace.allocate(self.params, self.shape, 2 * batch)
+        small_grads = [work.grads[n] for n in small]
+        drift = [work.drift[n] for n in small]
+        for n, p in self.params.items():
+            p.grad = work.grads[n]  # the optimiser reads the buffers train_step writes
         order = rng.permutation(len(train))
         cursor, total = 0, 0.0
-        for step in range(config.steps):
-            if cursor + batch > len(order):
-                order, cursor = rng.permutation(len(train)), 0
-            idx = train[order[cursor : cursor + batch]]  # [B, 2]
-            cursor += batch
-            rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(features.device)
-            x = features.index_select(0, rows).to(self.device, non_blocking=True)  # [2B, d]
-            r = forward_heads(self.params, x, self.shape, grad_offset=w0_offset)  # [K, 2B]
-            loss = bradley_terry_loss(r[:, :batch], r[:, batch:], config.gamma)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Exact c * (phi - phi~): a parameter the data leaves alone stays exactly put,
-            # where split terms would leave a rounding residue that Adam rescales to a step.
-            drift = torch._foreach_sub([p.detach() for p in small_params], small_anchors)
-            torch._foreach_add_([p.grad for p in small_params], drift, alpha=c)
-            self.optimizer.step()
-            total += float(loss.detach())
-            if on_step is not None:
-                on_step(step)
+        try:
+            with torch.no_grad():
+                for step in range(config.steps):
+                    if cursor + batch > len(order):
+                        order, cursor = rng.permutation(len(train)), 0
+                    idx = train[order[cursor : cursor + batch]]  # [B, 2]
+                    cursor += batch
+                    rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(features.device)
+                    x = features.index_select(0, rows).to(self.device, non_blocking=True)  # [2B, d]
+                    total += train_step(self.params, x, self.shape, config.gamma, w0_offset, work)
+                    # Exact c * (phi - phi~): a parameter the data leaves alone stays exactly put,
+                    # where split terms would leave a rounding residue that Adam rescales to a step.
+                    for out, p, a in zip(drift, small_params, small_anchors):  # a handful of tensors
+                        torch.sub(p, a, out=out)
+                    torch._foreach_add_(small_grads, drift, alpha=c)
+                    self.optimizer.step()
+                    if on_step is not None:
+                        on_step(step)
+        finally:
+            for p in self.params.values():
+                p.grad = None
         return total / config.steps
 
     def decay_zeta(self, decay: float) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, read_calls, run_bench
+from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, read_calls, run_bench, submission_order
 from activepref.errors import ConfigError
 from activepref.pools import synthetic_pool, write_pool
 from activepref.store import STATUS_TRAINED, RunStore
@@ -48,6 +48,17 @@ def test_plan_rejects_reserved_overrides_and_unknown_methods(pool_path: Path, tm
     assert [r.name for r in runs] == ["random-seed3", "random-seed5", "maxdiff-seed3", "maxdiff-seed5"]
     assert all(r.overrides["iterations"] == 3 and r.overrides["keep_checkpoints"] == 1 for r in runs)
     assert runs[2].overrides["design_budget"] == 8 and "design_budget" not in runs[0].overrides
+
+
+def test_the_designs_that_read_phi_are_handed_out_first(pool_path: Path, tmp_path: Path) -> None:
+    """Longest runs first: coreset and dopt read Φ, entropy is a design that does not."""
+    runs = plan_runs(str(pool_path), ["random", "entropy", "coreset", "dts", "dopt"], [0, 1], 8, tmp_path, overrides=TINY)
+    order = [r.name for r in submission_order(runs)]
+    assert order == [
+        "coreset-seed0", "coreset-seed1", "dopt-seed0", "dopt-seed1",
+        "random-seed0", "random-seed1", "entropy-seed0", "entropy-seed1", "dts-seed0", "dts-seed1",
+    ]
+    assert sorted(order) == sorted(r.name for r in runs)
 
 
 def test_plan_passes_each_method_its_own_options(pool_path: Path, tmp_path: Path) -> None:
