@@ -147,7 +147,7 @@ def build(args: argparse.Namespace) -> dict:
 
     from activepref.backends import make_backend
     from activepref.backends.base import BackendError, ChatResult, SamplingParams
-    from activepref.cache import RequestCache
+    from activepref.cache import CachedBackend, RequestCache
     from activepref.config import ModelConfig
     from activepref.data import Prompt, Response, content_id
     from activepref.embedders import make_embedder
@@ -179,7 +179,7 @@ def build(args: argparse.Namespace) -> dict:
         prompts, items = prompts[: args.keep], items[: args.keep]
         log.info("keeping the first %d prompts", len(prompts))
     results: dict[int, ChatResult | BackendError] = {}
-    cache.complete(gen, [s.request for s in specs], "generate", results.__setitem__)
+    CachedBackend(gen, cache, "generate").complete([s.request for s in specs], results.__setitem__)
     t_gen = time.time()
     log.info("generated %d responses (%.1fs)", len(specs), t_gen - t0)
 
@@ -218,7 +218,7 @@ def build(args: argparse.Namespace) -> dict:
             batch_size=8,
         )
     )
-    judge = LikertJudge(judge_backend, cache)
+    judge = LikertJudge(CachedBackend(judge_backend, cache, "judge"))
     scores = judge.score_batch([ScoreRequest(i, by_id[r.prompt_id], r) for i, r in enumerate(responses)])
     t_judge = time.time()
     kept = [(r, s) for r, s in zip(responses, scores) if isinstance(s, JudgeScore)]

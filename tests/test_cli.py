@@ -478,3 +478,69 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path} is not an activepref run directory (no run.sqlite)"
     assert proc.stdout == ""
+
+
+def test_error_text_with_brackets_is_printed_as_is(tmp_path):
+    """Issue 13: rich read `[local]` in "pip install 'activepref[local]'" as markup and dropped it."""
+    odd = tmp_path / "run[local]"
+    odd.mkdir()
+    proc = subprocess.run([_script(), "status", str(odd)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "1000"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {odd} is not an activepref run directory (no run.sqlite)"
+
+
+def test_a_run_writing_to_a_file_prints_a_line_per_stage_and_iteration(work, tmp_path):
+    """Issue 13: with its output redirected, a long run printed nothing until it ended (rich
+    draws bars only on a terminal). Not on a terminal, each stage and iteration is a line."""
+    cfg = work / "tiny.yaml"
+    cfg.write_text(TINY)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as fh:
+        proc = subprocess.run([_script(), "run", "--out", str(tmp_path / "r"), "-c", str(cfg), *RUN_FLAGS],
+                              stdout=fh, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    progress = [line for line in lines if line.startswith("dts [")]
+    assert [line.split("] ", 1)[1] for line in progress if "done" not in line] == [
+        "iteration 1: select", "iteration 1: annotate", "iteration 1: train",
+        "iteration 2: select", "iteration 2: annotate", "iteration 2: train",
+    ]
+    done = [line for line in progress if "done" in line]
+    assert len(done) == 2 and "iteration 1/2 done: pairs " in done[0] and "iteration 2/2 done: pairs " in done[1]
+
+
+def test_the_command_line_silences_tqdm_before_a_model_library_imports_it():
+    """Issue 13: transformers' GGUF conversion bar (tqdm) leaked into quickstart/apl output:
+    tqdm reads TQDM_DISABLE when first imported, which happened before the CLI set it."""
+    code = (
+        "import sys, activepref.cli as cli\n"
+        "def fake_app():\n"
+        "    from tqdm.auto import tqdm\n"
+        "    for _ in tqdm(range(3), desc='Converting and de-quantizing GGUF tensors...'): pass\n"
+        "cli.app = fake_app\n"
+        "cli.main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "GGUF" not in proc.stderr and proc.stdout == ""
+
+
+COMMANDS = ("run", "resume", "status", "export", "evaluate", "methods", "plugins", "simulate", "quickstart", "apl", "bench", "make-pool")
+
+
+def test_help_paragraphs_wrap_once_at_the_terminal_width():
+    """Issue 13: the docstrings' own line breaks were kept, so rich wrapped them again at 80
+    columns and left half-empty lines mid-sentence. A paragraph's lines must be filled: only a
+    paragraph's last line (before a blank line or a list) may be short."""
+    for command in COMMANDS:
+        result = runner.invoke(app, [command, "--help"], terminal_width=80, env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.output.splitlines()) <= 80
+        body = result.output.split("Usage:", 1)[1].split("╭", 1)[0].splitlines()[1:]
+        lines = [line.rstrip() for line in body]
+        for here, after in zip(lines, lines[1:]):
+            continues = after.strip() and not after.strip().startswith(("•", "-"))
+            if here.strip() and continues and not here.strip().startswith("•"):
+                assert len(here) >= 55, f"{command} --help wraps early: {here!r} / {after!r}"

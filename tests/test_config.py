@@ -208,3 +208,57 @@ def test_error_source_does_not_mention_flags_when_none_were_given(tmp_path):
     path = write(tmp_path / "c.yaml", "bogus: 1\n")
     msg = config_error(path, {"pool": None, "batch_size": None})
     assert msg == f"{path}: bogus: unknown field"
+
+
+# -- judges, backends and embedders are checked against their registries (issue 13) --------
+
+
+def test_the_flat_judge_form_still_loads_with_a_warning_and_equals_the_nested_one(tmp_path):
+    flat = write(tmp_path / "flat.yaml", "judge: {kind: likert, backend: openai, base_url: 'http://h:1/v1', model: j, dtype: float16}\n")
+    nested = write(
+        tmp_path / "nested.yaml",
+        "judge: {kind: likert, model: {name: judge, backend: openai, base_url: 'http://h:1/v1', model: j, dtype: float16,"
+        " max_retries: 2, max_concurrency: 16}}\n",
+    )
+    with pytest.warns(FutureWarning, match="judge: the flat fields backend, base_url, dtype, model are deprecated"):
+        old = load_config(flat)
+    new = load_config(nested)
+    assert old.judge == new.judge
+    assert old.judge.model.backend == "openai" and old.judge.model.max_concurrency == 16  # the flat form's default
+
+
+def test_a_judge_model_given_both_ways_is_refused(tmp_path):
+    path = write(tmp_path / "c.yaml", "judge: {kind: likert, backend: openai, model: {backend: openai, model: j}}\n")
+    assert "nested under judge.model, not also as flat fields (backend)" in config_error(path)
+
+
+def test_unknown_names_are_checked_against_the_registries(tmp_path):
+    msg = config_error(write(tmp_path / "j.yaml", "judge: {kind: oracle}\n"))
+    assert "judge.kind: unknown judge 'oracle'; choose one of: likert, replay, reward_model" in msg
+    msg = config_error(write(tmp_path / "b.yaml", "judge: {kind: likert, model: {backend: ollama, model: m}}\n"))
+    assert "judge.model.backend: unknown backend 'ollama'; choose one of: openai, transformers, vllm" in msg
+    live = (
+        "prompts: p.jsonl\ngeneration: {models: [{backend: openai, model: m}]}\n"
+        "embedding: {backend: clip, model: m}\njudge: {kind: likert, model: {backend: openai, model: j}}\n"
+    )
+    msg = config_error(write(tmp_path / "e.yaml", live))
+    assert "embedding.backend: unknown embedder 'clip'; choose one of: transformers, sentence_transformers" in msg
+
+
+def test_a_model_judge_without_its_model_names_the_field(tmp_path):
+    assert "judge kind 'likert' needs `model`" in config_error(write(tmp_path / "c.yaml", "judge: {kind: likert}\n"))
+
+
+def test_loading_a_config_imports_neither_torch_nor_an_extra(tmp_path):
+    """Issue 13: `activepref.config` imported torch (through the ENN's defaults)."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "c.yaml", "method: dopt\njudge: {kind: likert, model: {backend: transformers, model: m}}\n")
+    code = (
+        "import sys; from activepref.config import load_config; load_config(sys.argv[1]); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers', 'openai', 'vllm') if m in sys.modules); "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -44,7 +44,7 @@ def test_design_acquires_its_budget_of_comparisons(tmp_path: Path, pool_path: Pa
         rows = store.preference_rows()
     st = status(tmp_path / "run")
     assert st.annotations == len(judged) <= 2 * 10  # a response shared by two comparisons is judged once
-    assert 0 < len(rows) <= 10 and all(r[4] > r[5] for r in rows)
+    assert 0 < len(rows) <= 10 and all(p.score_chosen > p.score_rejected for p in rows)
 
 
 def test_cross_prompt_comparisons_train_but_are_not_exported(tmp_path: Path, pool_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_cross_prompt_comparisons_train_but_are_not_exported(tmp_path: Path, poo
     with RunStore.open_readonly(tmp_path / "run") as store:
         _, response_prompt = store.responses()
         rows = store.preference_rows()
-        cross = [r for r in rows if response_prompt[r[3]] != r[1]]
+        cross = [p for p in rows if response_prompt[p.rejected_idx] != p.prompt_idx]
         assert cross, "maxdiff over cross-prompt pairs should pick some cross-prompt comparisons"
         exported = preference_records(store)
     assert len(exported) == len(rows) - len(cross)

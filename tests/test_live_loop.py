@@ -111,7 +111,7 @@ def test_live_run_judges_only_selected_and_records_everything(setup) -> None:
         counts = [json.loads(s) for (s,) in store.conn.execute("SELECT pair_status FROM iterations")]
         assert sum(c["ok"] for c in counts) == len(rows) and sum(c["ok"] + c["tie"] for c in counts) == 12
         assert len(rows) >= 10
-        assert all(r[4] > r[5] for r in rows)
+        assert all(p.score_chosen > p.score_rejected for p in rows)
     st = status(tmp_path / "run")
     assert st.annotations == 24 and st.pairs == len(rows)
 

@@ -538,8 +538,9 @@ def test_faults_during_a_live_run_are_retried_or_recorded_and_nothing_is_lost(tm
 
     # no preference uses a failed response; every processed prompt has a pair or a reason
     assert sorted(processed) == list(range(len(FAULT_PROMPTS)))
-    paired = {p for _, p, _, _, _, _, _ in prefs}
-    for _, _p, c, rj, sc, sr, _ in prefs:
+    paired = {pref.prompt_idx for pref in prefs}
+    for pref in prefs:
+        c, rj, sc, sr = pref.chosen_idx, pref.rejected_idx, pref.score_chosen, pref.score_rejected
         assert c not in failures and rj not in failures
         assert sc == scores[c] and sr == scores[rj] and sc > sr
     assert persist not in paired and nogen not in paired and flaky in paired

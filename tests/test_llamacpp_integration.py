@@ -252,13 +252,13 @@ def test_generation_through_openai_backend(server: LlamaServer, make_backend_for
 
 
 def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_path: Path) -> None:
-    from activepref.cache import RequestCache
+    from activepref.cache import CachedBackend, RequestCache
     from activepref.data import ASPECTS, Prompt, Response
     from activepref.judges import JudgeScore, ScoreRequest
     from activepref.judges.likert import DIGITS, TOP_LOGPROBS, LikertJudge
 
     recording = Recording(make_backend_for())
-    judge = LikertJudge(recording, RequestCache(tmp_path / "cache.sqlite"))  # type: ignore[arg-type]
+    judge = LikertJudge(CachedBackend(recording, RequestCache(tmp_path / "cache.sqlite"), "judge"))  # type: ignore[arg-type]
     requests = [ScoreRequest(i, Prompt(f"p{i}", prompt), Response(f"r{i}", f"p{i}", "test", response))
                 for i, (prompt, response) in enumerate(PAIRS)]
     before = server.metrics()

@@ -50,12 +50,12 @@ def test_judge_is_called_only_for_what_the_method_asks(tmp_path: Path, method: s
     with RunStore.open_readonly(tmp_path / "run") as store:
         rows = store.preference_rows()
         oracle = store.oracle()
-    assert all(r[6] == method for r in rows)
+    assert all(p.method == method for p in rows)
     if method != "delta_pair":
         assert len(rows) == 8  # continuous scores never tie
-        assert all(r[4] > r[5] for r in rows)  # chosen scored higher
+        assert all(p.score_chosen > p.score_rejected for p in rows)  # chosen scored higher
     if method == "maxmin":  # best vs worst of every candidate
-        assert all(r[4] > r[5] for r in rows)
+        assert all(p.score_chosen > p.score_rejected for p in rows)
     del oracle
 
 
@@ -68,7 +68,7 @@ def test_held_out_prompts_are_never_annotated(tmp_path: Path) -> None:
         scored = store.scores("replay")
         assert len(held) == 4
         assert not any(int(response_prompt[r]) in held for r in scored)
-        assert {r[1] for r in store.preference_rows()}.isdisjoint(held)
+        assert {p.prompt_idx for p in store.preference_rows()}.isdisjoint(held)
 
 
 def test_missing_scores_are_recorded_failures_never_scored(tmp_path: Path) -> None:
@@ -84,9 +84,9 @@ def test_missing_scores_are_recorded_failures_never_scored(tmp_path: Path) -> No
         failed = store.failures("replay")
         assert set(failed) == set(range(0, 48, 3))
         assert "no stored score" in next(iter(failed.values()))
-        for _, _, c, r, sc, sr, _ in store.preference_rows():
-            assert c not in failed and r not in failed
-            assert sc is not None and sr is not None
+        for p in store.preference_rows():
+            assert p.chosen_idx not in failed and p.rejected_idx not in failed
+            assert p.score_chosen is not None and p.score_rejected is not None
 
 
 def test_random_pairs_with_a_failed_candidate_are_dropped_not_guessed(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_random_pairs_with_a_failed_candidate_are_dropped_not_guessed(tmp_path: 
     run(_config(path, method="random", eval_fraction=0.0, batch_size=8, iterations=1), tmp_path / "run")
     with RunStore.open_readonly(tmp_path / "run") as store:
         assert len(store.preference_rows()) == 7
-        assert 0 not in {r[1] for r in store.preference_rows()}
+        assert 0 not in {p.prompt_idx for p in store.preference_rows()}
         rec = store.iteration(0)
         assert rec is not None
         pair_status = store.conn.execute("SELECT pair_status FROM iterations").fetchone()[0]

@@ -34,7 +34,7 @@ def test_quickstart_prompts_are_two_per_mtbench_category(tmp_path: Path) -> None
 def test_quickstart_config_is_a_live_dts_run_on_two_local_configurations(tmp_path: Path) -> None:
     cfg = quickstart_config(tmp_path, use_qwen=False)
     assert cfg.live and cfg.method == "dts" and cfg.judge.kind == "likert"
-    assert cfg.judge.backend == "transformers" and cfg.embedding is not None and cfg.embedding.backend == "transformers"
+    assert cfg.judge.model.backend == "transformers" and cfg.embedding is not None and cfg.embedding.backend == "transformers"
     assert cfg.generation is not None and len(cfg.generation.models) == 2
     assert {m.label() for m in cfg.generation.models} == {"smollm2-135m-t0.6", "smollm2-135m-t1.1"}
     assert cfg.cache_path == str(tmp_path / "requests.sqlite")

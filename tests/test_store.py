@@ -16,7 +16,7 @@ import pytest
 from activepref.config import load_config
 from activepref.errors import ActivePrefError, RunLockedError, RunStateError
 from activepref.pools import synthetic_pool
-from activepref.store import SCHEMA_VERSION, RunStore
+from activepref.store import SCHEMA_VERSION, PreferenceRecord, RunStore
 
 N_PROMPTS = 6
 
@@ -228,8 +228,9 @@ def test_failed_create_releases_the_lock(tmp_path, pool):
 
 # -- replay-buffer order ----------------------------------------------------------------------
 def _select_and_commit(store: RunStore, it: int, prompts: list[int], rows: list[tuple]) -> None:
+    """rows: (prompt, chosen, rejected, score_chosen, score_rejected, method)."""
     store.commit_selection(it, prompts, {"kind": "design", "pairs": []})
-    store.commit_preferences(it, rows, {"ok": len(rows)})
+    store.commit_preferences(it, [PreferenceRecord(it, *r) for r in rows], {"ok": len(rows)})
 
 
 def test_replay_pairs_keep_the_commit_order_not_the_prompt_order(run_dir):
@@ -241,7 +242,7 @@ def test_replay_pairs_keep_the_commit_order_not_the_prompt_order(run_dir):
         assert store.replay_pairs().tolist() == [[12, 13], [6, 7], [15, 14], [3, 2], [9, 8]]
         assert store.replay_pairs(iteration=1).tolist() == [[15, 14], [3, 2], [9, 8]]
         assert store.replay_pairs(iteration=7).shape == (0, 2)
-        assert [r[1] for r in store.preference_rows()] == [2, 4, 1, 3, 5]
+        assert [p.prompt_idx for p in store.preference_rows()] == [2, 4, 1, 3, 5]
     with RunStore.open(run_dir) as store:  # a new process reads the same order
         assert store.replay_pairs().tolist() == [[12, 13], [6, 7], [15, 14], [3, 2], [9, 8]]
 

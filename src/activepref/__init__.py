@@ -1,13 +1,63 @@
 """activepref: build LLM preference datasets with active learning.
 
-The public surface is small: the data records, the run config, the acquisition
-registry and the loop entry points. Everything else lives in modules named after
-what they hold (see the README's tour).
+The public surface is small:
+
+- records: ``Prompt``, ``Response`` (``activepref.data``), ``PreferenceRecord`` (``activepref.store``);
+- the run config: ``RunConfig``, ``load_config`` (``activepref.config``);
+- the loop's entry points: ``run``, ``resume``, ``status`` (``activepref.runs``) and
+  ``export_run`` (``activepref.export``);
+- the extension points, one ``Registry`` each: ``register`` / ``register_design`` /
+  ``get_method`` / ``available`` (acquisition methods), ``register_judge``,
+  ``register_backend``, ``register_embedder`` (see the README, "Extending activepref");
+- the errors (``activepref.errors``).
+
+Everything else lives in modules named after what they hold. Names load on first use, so
+``import activepref`` imports neither torch nor a model library.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from activepref.errors import ActivePrefError, ConfigError, JudgeError, PoolFormatError, RunLockedError
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_LAZY = {
+    "Prompt": "activepref.data",
+    "Response": "activepref.data",
+    "PreferenceRecord": "activepref.store",
+    "RunConfig": "activepref.config",
+    "load_config": "activepref.config",
+    "run": "activepref.runs",
+    "resume": "activepref.runs",
+    "status": "activepref.runs",
+    "export_run": "activepref.export",
+    "Registry": "activepref.registry",
+    "register": "activepref.acquisition",
+    "register_design": "activepref.acquisition",
+    "get_method": "activepref.acquisition",
+    "available": "activepref.acquisition",
+    "register_judge": "activepref.judges",
+    "register_backend": "activepref.backends",
+    "register_embedder": "activepref.embedders",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'activepref' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ActivePrefError",
@@ -16,4 +66,5 @@ __all__ = [
     "PoolFormatError",
     "RunLockedError",
     "__version__",
+    *_LAZY,
 ]

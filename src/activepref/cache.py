@@ -4,6 +4,10 @@ sampling parameters, seed), stored in SQLite and committed the moment its answer
 One cache file can serve many runs (default ``~/.cache/activepref/requests.sqlite``, or
 ``$ACTIVEPREF_CACHE``, or the config's ``cache_path``), so ``resume`` and re-running the
 same config both make zero repeated calls. Failed calls are not cached: they are retried.
+
+Callers see the cache as a backend: :class:`CachedBackend` wraps any ``ChatBackend`` (as an
+httpx transport wraps another) and sends only the misses to it, so judges and generation
+take one ``ChatBackend`` and never talk to the cache themselves.
 """
 
 from __future__ import annotations
@@ -137,3 +141,22 @@ class RequestCache:
         with self._lock:
             n, p, c = self._conn.execute(sql, args).fetchone()
         return int(n), int(p), int(c)
+
+
+class CachedBackend:
+    """A ``ChatBackend`` that answers from ``cache`` and sends only the misses (deduplicated)
+    to ``inner``; every answer is stored before it is passed on. ``stage`` labels the calls
+    (generation, judge, ...) in the cache's statistics and file. ``endpoint`` is the inner
+    backend's, so the cache keys are the same with or without the wrapper."""
+
+    def __init__(self, inner: ChatBackend, cache: RequestCache, stage: str) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.stage = stage
+
+    @property
+    def endpoint(self) -> str:
+        return self.inner.endpoint
+
+    def complete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
+        self.cache.complete(self.inner, requests, self.stage, on_result)

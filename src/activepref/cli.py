@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from activepref.errors import ActivePrefError
 
@@ -28,6 +30,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Docstrings are hard-wrapped for the source; markdown mode joins a paragraph's lines so
+    # rich wraps them once, at the terminal's width.
+    rich_markup_mode="markdown",
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -56,19 +61,42 @@ def _quiet_model_loading() -> None:
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    # The message is plain text: "pip install 'activepref[local]'" must not be read as markup.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 class _Bars:
-    """Rich progress bars fed by the loop's callbacks."""
+    """Progress fed by the loop's callbacks: rich bars on a terminal; one plain line per stage
+    and per iteration otherwise (a log file or a pipe, where rich would print nothing until the
+    end)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, plain: bool | None = None) -> None:
+        self.label = label
+        self.plain = (not err_console.is_terminal) if plain is None else plain
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err_console, transient=False,
         )
-        self.task = self.progress.add_task(label, total=None, info="")
+        self.task = self.progress.add_task(escape(label), total=None, info="")
+        self.started = time.monotonic()
+
+    def _line(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        err_console.print(f"{self.label} [{elapsed:6.0f} s] {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def update(self, info: str, completed: int | None = None, total: int | None = None) -> None:
+        """One progress report: a bar update on a terminal, else a line (with k/total if known)."""
+        if self.plain:
+            count = f"{completed}/{total} " if completed is not None and total is not None else ""
+            self._line(count + info)
+            return
+        fields: dict[str, Any] = {"info": escape(info)}
+        if completed is not None:
+            fields["completed"] = completed
+        if total is not None:
+            fields["total"] = total
+        self.progress.update(self.task, **fields)
 
     def callbacks(self) -> Any:
         from activepref.loop import Progress as LoopProgress
@@ -78,19 +106,27 @@ class _Bars:
             info = f"pairs {metrics.get('pairs', 0)}  annotations {metrics.get('annotations', 0)}"
             if acc is not None:
                 info += f"  held-out acc {acc:.3f}"
-            self.progress.update(self.task, total=total, completed=it + 1, info=info)
+            if self.plain:
+                self._line(f"iteration {it + 1}/{total} done: {info}")
+            else:
+                self.progress.update(self.task, total=total, completed=it + 1, info=escape(info))
 
         def on_stage(it: int, stage: str) -> None:
-            self.progress.update(self.task, info=f"iteration {it}: {stage}")
+            if self.plain:
+                self._line(f"iteration {it + 1}: {stage}")
+            else:
+                self.progress.update(self.task, info=escape(f"iteration {it}: {stage}"))
 
         return LoopProgress(on_iteration=on_iteration, on_stage=on_stage)
 
     def __enter__(self) -> _Bars:
-        self.progress.__enter__()
+        if not self.plain:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+        if not self.plain:
+            self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
 
 def _config(config: Path | None, **flags: Any):  # type: ignore[no-untyped-def]
@@ -225,7 +261,7 @@ def export(
         n = export_run(run_dir, output, fmt, standard)  # type: ignore[arg-type]
     except ActivePrefError as exc:
         _fail(exc)
-    console.print(f"wrote {n} preference rows to {output}")
+    console.print(f"wrote {n} preference rows to {output}", markup=False, highlight=False)
 
 
 @app.command()
@@ -244,7 +280,10 @@ def evaluate(
     label_accuracy (share of the dataset's pairs whose chosen has the higher oracle),
     mean_oracle_chosen, mean_oracle_rejected, pairs, prompts, heldout_prompts, heldout_pairs.
 
-    Example: `activepref export runs/x -o x.jsonl --format jsonl && activepref evaluate --pool pool.parquet --dataset x.jsonl`
+    Example:
+
+    - `activepref export runs/x -o x.jsonl --format jsonl`
+    - `activepref evaluate --pool pool.parquet --dataset x.jsonl`
     """
     import numpy as np
 
@@ -293,6 +332,43 @@ def methods() -> None:
 
 
 @app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: registrations and failures.")] = False,
+) -> None:
+    """List every registered method, judge, backend and embedder with its origin.
+
+    Origin is `built-in` or the package that registered the name: an installed package adds
+    entries through the entry-point group `activepref.plugins` (see the README, "Extending
+    activepref"). A plugin that failed to load is listed with its error; the rest still work.
+    Exits with 1 when a plugin failed to load.
+    """
+    from dataclasses import asdict
+
+    from activepref.plugins import plugin_failures, registrations
+
+    rows = registrations()
+    failures = plugin_failures()
+    if as_json:
+        print(json.dumps({
+            "registrations": [asdict(r) for r in rows],
+            "failures": [{"plugin": f.plugin.name, "module": f.plugin.module, "package": f.plugin.package, "error": f.error} for f in failures],
+        }))
+    else:
+        table = Table("kind", "name", "origin", "description")
+        for r in rows:
+            table.add_row(r.kind, escape(r.name), escape(r.origin), escape(r.description))
+        console.print(table)
+        for f in failures:
+            err_console.print(
+                f"[bold red]plugin failed to load:[/] {escape(f.plugin.name)} ({escape(f.plugin.module)}, "
+                f"package {escape(f.plugin.package)}): {escape(f.error)}",
+                highlight=False, soft_wrap=True,
+            )
+    if failures:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def simulate(
     method: Annotated[str, typer.Option(help="Method, or a comma-separated list to compare; random is the reference.")] = "random,drts,ultrafeedback",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method (seed, seed+1, ...); the table shows their spread.")] = 3,
@@ -318,9 +394,9 @@ def simulate(
     batch 64, every prompt once, a lighter ensemble (10 heads, 50 steps); --pool builtin uses
     batch 8, lr 1e-3. Examples:
 
-    `activepref simulate`;
-    `activepref simulate --method random,dts,deltaucb --seeds 5 --noise 1.0`;
-    `activepref simulate --pool builtin --method random,dts`.
+    - `activepref simulate`
+    - `activepref simulate --method random,dts,deltaucb --seeds 5 --noise 1.0`
+    - `activepref simulate --pool builtin --method random,dts`
     """
     from activepref import runs
     from activepref.config import BUILTIN_POOL, SIMULATE_BUILTIN_PRESET, SIMULATE_DEMO_PRESET
@@ -355,7 +431,7 @@ def simulate(
         mine = [r for r in results if r.method == name]
         table.add_row(f"{name}\n{sum(r.pairs for r in mine) / len(mine):.0f} pairs", _same_or_range([r.annotations for r in mine]),
                       *[sp[k].text() for k in METRICS], end_section=True)
-    console.print(f"simulation on {escape(title)}: mean ± sd, then min to max over {seeds} seed(s)")
+    console.print(f"simulation on {escape(title)}: mean ± sd, then min to max over {seeds} seed(s)", markup=False, highlight=False)
     console.print(table)
     diffs = paired_differences(results)
     if diffs:
@@ -370,10 +446,10 @@ def simulate(
 
         try:
             png = plot_learning_curves(histories, base / "simulate.png", f"activepref simulate: {title}")
-            console.print(f"plot: {png}")
+            console.print(f"plot: {png}", markup=False, highlight=False)
         except MissingExtraError as exc:
-            console.print(f"no plot ({exc})")
-    console.print(f"run directories: {base}")
+            console.print(f"no plot ({exc})", markup=False, highlight=False)
+    console.print(f"run directories: {base}", markup=False, highlight=False)
 
 
 def _same_or_range(values: list[int]) -> str:
@@ -431,10 +507,10 @@ def quickstart(
         from activepref.plots import plot_run
 
         png = plot_run(records, summary, out / "quickstart.png", "activepref quickstart")
-        console.print(f"plot: {png}")
+        console.print(f"plot: {png}", markup=False, highlight=False)
     except ActivePrefError as exc:
-        console.print(f"no plot ({exc})")
-    console.print(f"dataset: {out / 'dataset.parquet'} ({len(records)} pairs, TRL preference format)")
+        console.print(f"no plot ({exc})", markup=False, highlight=False)
+    console.print(f"dataset: {out / 'dataset.parquet'} ({len(records)} pairs, TRL preference format)", markup=False, highlight=False)
 
 
 @app.command()
@@ -484,26 +560,26 @@ def apl(
             cfg = load_apl_config(config, overrides)
         total = len(cfg.acquisitions) * len(cfg.seeds) * cfg.rounds
         with _Bars("apl") as bars:
-            bars.progress.update(bars.task, total=total, completed=0)
             done = {"n": 0}
+            bars.update(f"{total} rounds to run", completed=0, total=total)
 
             def on_stage(acq: str, seed: int, round_: int, stage: str) -> None:
-                bars.progress.update(bars.task, info=f"{acq} seed {seed} round {round_}: {stage}")
+                bars.update(f"{acq} seed {seed} round {round_}: {stage}")
 
             def on_run_done(results: list[Any]) -> None:
                 done["n"] += len(results)
                 last = results[-1]
                 rate = "n/a" if last.win_rate is None else f"{last.win_rate:.2f}"
-                bars.progress.update(bars.task, completed=done["n"], info=f"{last.acquisition} seed {last.seed}: win rate {rate}")
+                bars.update(f"{last.acquisition} seed {last.seed}: win rate {rate}", completed=done["n"], total=total)
 
             written = run_apl(cfg, out, on_stage=on_stage, on_run_done=on_run_done,
                               title="activepref apl --quickstart" if quickstart else "activepref apl")
     except ActivePrefError as exc:
         _fail(exc)
     console.print(Path(written["summary"]).read_text(encoding="utf-8"), markup=False, highlight=False)
-    console.print(f"results: {written['results']}")
+    console.print(f"results: {written['results']}", markup=False, highlight=False)
     if written.get("plot"):
-        console.print(f"plot: {written['plot']}")
+        console.print(f"plot: {written['plot']}", markup=False, highlight=False)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -557,14 +633,21 @@ def bench(
 
     def progress(event: Any) -> None:
         done["n"] += 1
-        console.print(f"[{event.done}/{event.total}] {event.method} seed {event.seed}: {event.state}" + (f" ({event.error})" if event.error else ""))
+        console.print(f"[{event.done}/{event.total}] {event.method} seed {event.seed}: {event.state}" + (f" ({event.error})" if event.error else ""), markup=False, highlight=False)
 
     try:
         report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress,
                            method_options=method_options)
     except ActivePrefError as exc:
         _fail(exc)
-    console.print(f"report: {report / 'summary.md'}, {report / 'results.csv'}, {report / 'curves.png'}, {report / 'table21.png'}")
+    from activepref.plots import plots_unavailable
+
+    names = ("summary.md", "results.csv", "curves.png", "table21.png", "dataset_curves.png")
+    written = ", ".join(str(report / n) for n in names if (report / n).exists())
+    console.print(f"report: {written}", markup=False, highlight=False)
+    missing = plots_unavailable()
+    if missing is not None:
+        err_console.print(f"no plots: {missing}", markup=False, highlight=False)
 
 
 @app.command("make-pool")
@@ -589,9 +672,11 @@ def make_pool(
 ) -> None:
     """Write a synthetic candidate pool with a hidden oracle reward (for benchmarks and tests).
 
-    Examples: `activepref make-pool -o pool.parquet --prompts 1024`;
-    `activepref make-pool --regime auf -o auf.parquet --prompts 4096 --noise 0.5`;
-    `activepref make-pool --regime auf -o big.parquet --prompts 60000 --features-file big.npy --features-dtype float16`.
+    Examples:
+
+    - `activepref make-pool -o pool.parquet --prompts 1024`
+    - `activepref make-pool --regime auf -o auf.parquet --prompts 4096 --noise 0.5`
+    - `activepref make-pool --regime auf -o big.parquet --prompts 60000 --features-file big.npy --features-dtype float16`
     """
     import time
 
@@ -603,7 +688,7 @@ def make_pool(
             _fail(ActivePrefError("--features-file and --prompt-features are for --regime auf"))
         pool = synthetic_pool(prompts, candidates or 8, dim or 64, 0.3 if noise is None else noise, seed, min_candidates)
         write_pool(pool, output)
-        console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}")
+        console.print(f"wrote {len(pool.responses)} candidates for {len(pool.prompts)} prompts to {output}", markup=False, highlight=False)
         return
     if regime != "auf":
         _fail(ActivePrefError(f"--regime must be 'synthetic' or 'auf' (got {regime!r})"))
@@ -620,15 +705,19 @@ def make_pool(
     console.print(
         f"wrote {summary['rows']} candidates ({prompts} prompts x {summary['candidates']} models, d {summary['dim']}) to {output}; "
         f"{where}; {100 * float(summary['tie_share']):.1f}% of same-prompt pairs tie on the judge score; "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{time.perf_counter() - started:.1f} s",
+        markup=False, highlight=False,
     )
 
 
 def main() -> None:  # pragma: no cover
     import os
 
-    # The CLI draws its own progress bars; keep the model loaders' bars out of the way.
+    # The CLI draws its own progress bars; keep the model loaders' bars out of the way. tqdm
+    # reads TQDM_DISABLE once, when it is first imported (transformers' GGUF conversion bar),
+    # so it is set here, before any command imports a model library.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from activepref.numerics import flush_denormals_in_every_thread
 

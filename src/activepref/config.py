@@ -1,18 +1,20 @@
 """The run configuration: pydantic models, the only place defaults live.
 
 Defaults follow 001 (Tables 14-16) except where noted. A YAML file is optional;
-command-line flags override it field by field.
+command-line flags override it field by field. Loading a config imports neither torch nor any
+optional extra: the names of methods, judges, backends and embedders are checked against their
+registries (``activepref.registry``), whose heavy modules load only when a run uses them.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from activepref import enn
 from activepref.errors import ConfigError
 from activepref.presets import DEFAULT_PRESET, PRESET_NAMES, apply_preset
 
@@ -43,18 +45,22 @@ class _Strict(BaseModel):
 
 
 class ENNConfig(_Strict):
-    """Ensemble reward model and its training (001 App. B, Tables 14-16)."""
+    """Ensemble reward model and its training (001 App. B, Tables 14-16). These defaults are the
+    ENN's everywhere (``activepref.enn`` reads them from here)."""
 
-    heads: int = Field(enn.DEFAULT_HEADS, ge=2, description="number of MLP heads K")
-    hidden: int = Field(enn.DEFAULT_HIDDEN, ge=1, description="hidden width of each head")
-    layers: int = Field(enn.DEFAULT_LAYERS, ge=1, description="hidden layers per head")
-    lr: float = Field(enn.DEFAULT_LR, gt=0, description="Adam learning rate")
-    steps: int = Field(enn.DEFAULT_STEPS, ge=0, description="optimisation steps per iteration")
-    batch_size: int = Field(enn.DEFAULT_TRAIN_BATCH, ge=1, description="pairs per optimisation step")
-    gamma: float = Field(enn.DEFAULT_GAMMA, ge=0, description="reward-centering coefficient")
-    zeta: float = Field(enn.DEFAULT_ZETA, ge=0, description="initial anchor regularisation")
-    zeta_decay: float = Field(enn.DEFAULT_ZETA_DECAY, gt=0, le=1, description="zeta multiplier per iteration")
-    rho: int = Field(enn.DEFAULT_RHO, ge=1, description="|D_train| = min(|B|, batch_size * rho)")
+    # 001 Table 14 (architecture): 20 heads, 2 hidden layers of 128.
+    heads: int = Field(20, ge=2, description="number of MLP heads K")
+    hidden: int = Field(128, ge=1, description="hidden width of each head")
+    layers: int = Field(2, ge=1, description="hidden layers per head")
+    # 001 Table 15 (training): Adam lr 5e-5, 100 steps of 64 pairs per iteration, gamma 0.01,
+    # zeta 1 decaying by 0.99 per iteration, |D_train| = b * rho with rho = 1000.
+    lr: float = Field(5e-5, gt=0, description="Adam learning rate")
+    steps: int = Field(100, ge=0, description="optimisation steps per iteration")
+    batch_size: int = Field(64, ge=1, description="pairs per optimisation step")
+    gamma: float = Field(0.01, ge=0, description="reward-centering coefficient")
+    zeta: float = Field(1.0, ge=0, description="initial anchor regularisation")
+    zeta_decay: float = Field(0.99, gt=0, le=1, description="zeta multiplier per iteration")
+    rho: int = Field(1000, ge=1, description="|D_train| = min(|B|, batch_size * rho)")
     device: str = Field("cpu", description="torch device of the heads (e.g. cuda); features move there once")
     standardize: bool = Field(
         True, description="z-score each feature dimension over the pool (label-free) before the heads"
@@ -69,7 +75,7 @@ class ModelConfig(_Strict):
     """
 
     name: str = Field("", description="label used in outputs (defaults to `model`)")
-    backend: Literal["openai", "transformers", "vllm"] = Field(..., description="which backend serves it")
+    backend: str = Field(..., description="which backend serves it (see `activepref plugins`: openai, transformers, vllm, ...)")
     model: str = Field(..., description="model id on the server, hub id or local path")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
@@ -86,6 +92,13 @@ class ModelConfig(_Strict):
 
     def label(self) -> str:
         return self.name or self.model
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from activepref.backends import BACKENDS
+
+        return BACKENDS.check_name(v)
 
 
 class GenerationConfig(_Strict):
@@ -117,7 +130,7 @@ class GenerationConfig(_Strict):
 class EmbeddingConfig(_Strict):
     """The frozen backbone that turns (prompt, response) into features."""
 
-    backend: Literal["transformers", "sentence_transformers"] = Field(..., description="embedder kind")
+    backend: str = Field(..., description="embedder kind (transformers, sentence_transformers, or a plugin's)")
     model: str = Field(..., description="hub id or local path ('builtin-minilm' for the shipped MiniLM)")
     gguf_file: str | None = Field(None, description="GGUF file inside `model`")
     sequence_classification: bool = Field(False, description="backbone is a reward model's base (AutoModelForSequenceClassification)")
@@ -126,35 +139,88 @@ class EmbeddingConfig(_Strict):
     dtype: str = Field("float32", description="torch dtype")
     device: str = Field("cpu", description="torch device")
 
+    @field_validator("backend")
+    @classmethod
+    def _known_embedder(cls, v: str) -> str:
+        from activepref.embedders import EMBEDDERS
+
+        return EMBEDDERS.check_name(v)
+
+
+# The flat judge fields of earlier releases (judge: {kind, backend, model, base_url, ...}),
+# now the nested judge.model; accepted with a FutureWarning for one release.
+FLAT_JUDGE_MODEL_FIELDS = (
+    "backend", "base_url", "api_key_env", "gguf_file", "dtype", "device", "batch_size", "max_concurrency", "timeout_s",
+)
+FLAT_JUDGE_MAX_CONCURRENCY = 16  # the flat form's default, kept so old configs behave as before
+
 
 class JudgeConfig(_Strict):
-    """Who annotates. ``replay`` reveals the pool's stored scores, counting each reveal;
-    ``likert`` asks a model (any backend) for 1-5 digits per aspect and takes the expected score;
-    ``reward_model`` scores with a local sequence-classification reward model (backend transformers)."""
+    """Who annotates: ``kind`` names a registered judge (``activepref plugins``). ``replay``
+    reveals the pool's stored scores, counting each reveal; ``likert`` asks a model (any
+    backend) for 1-5 digits per aspect and takes the expected score; ``reward_model`` scores
+    with a local sequence-classification reward model (backend transformers). A model judge's
+    model is ``model:``, a model config like a generator's (backend, model, base_url, device,
+    dtype, ...)."""
 
-    kind: Literal["replay", "likert", "reward_model"] = "replay"
+    kind: str = Field("replay", description="judge kind (replay, likert, reward_model, or a plugin's)")
     max_retries: int = Field(2, ge=0, description="retries before a call is recorded as a failure")
     audit_log: str | None = Field(None, description="append one JSON line per judge call to this file (audit of paid calls)")
-    backend: Literal["openai", "transformers", "vllm"] | None = Field(None, description="backend of a model judge")
-    model: str | None = Field(None, description="judge model id or path")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL")
-    api_key_env: str | None = Field(None, description="environment variable holding the judge's API key")
-    gguf_file: str | None = Field(None, description="GGUF file inside `model` (transformers backend)")
-    dtype: str = Field("float32", description="torch dtype of a local judge")
-    batch_size: int = Field(8, ge=1, description="prompts per forward pass (local backends)")
-    max_concurrency: int = Field(16, ge=1, description="requests in flight (openai backend)")
-    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+    model: ModelConfig | None = Field(None, description="the judge's model (model judges)")
 
-    def as_model_config(self) -> ModelConfig:
-        """The judge's model as a ModelConfig (backend and model required for model judges)."""
-        if self.backend is None or self.model is None:
-            raise ValueError(f"judge kind {self.kind!r} needs `backend` and `model`")
-        return ModelConfig(
-            name="judge", backend=self.backend, model=self.model, base_url=self.base_url,
-            api_key_env=self.api_key_env, gguf_file=self.gguf_file, dtype=self.dtype,
-            batch_size=self.batch_size, max_concurrency=self.max_concurrency, timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_model_fields(cls, data: Any) -> Any:
+        """judge: {backend: openai, model: gpt-4o, ...} -> judge: {model: {backend: ..., model: ...}}."""
+        if not isinstance(data, dict):
+            return data
+        flat = [k for k in FLAT_JUDGE_MODEL_FIELDS if k in data]
+        if not flat and not isinstance(data.get("model"), str):
+            return data
+        if flat and isinstance(data.get("model"), dict):
+            raise ValueError(f"give the judge's model nested under judge.model, not also as flat fields ({', '.join(flat)})")
+        data = dict(data)
+        model: dict[str, Any] = {"name": "judge", "max_retries": data.get("max_retries", 2)}
+        model["max_concurrency"] = FLAT_JUDGE_MAX_CONCURRENCY
+        for key in flat:
+            model[key] = data.pop(key)
+        if "model" in data:
+            model["model"] = data.pop("model")
+        data["model"] = model
+        warnings.warn(
+            f"judge: the flat fields {', '.join(flat + ['model'])} are deprecated and will be refused in the next "
+            "release; nest them under judge.model (judge: {kind: likert, model: {backend: openai, model: ..., base_url: ...}})",
+            FutureWarning,
+            stacklevel=2,
         )
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _known_judge(cls, v: str) -> str:
+        from activepref.judges import JUDGES
+
+        return JUDGES.check_name(v)
+
+    @model_validator(mode="after")
+    def _model_fits_kind(self) -> JudgeConfig:
+        from activepref.judges import JUDGES
+
+        entry = JUDGES.get(self.kind)
+        if entry.needs_model and self.model is None:
+            raise ValueError(f"judge kind {self.kind!r} needs `model` (judge.model: {{backend: ..., model: ...}})")
+        if self.model is not None and entry.backends is not None and self.model.backend not in entry.backends:
+            raise ValueError(
+                f"judge kind {self.kind!r} runs on backend {' or '.join(sorted(entry.backends))}, "
+                f"not {self.model.backend!r} (set judge.model.backend)"
+            )
+        return self
+
+    def require_model(self) -> ModelConfig:
+        """The judge's model config (ConfigError if the kind has none)."""
+        if self.model is None:
+            raise ConfigError(f"judge kind {self.kind!r} has no `model`")
+        return self.model
 
 
 class RunConfig(_Strict):
@@ -194,12 +260,15 @@ class RunConfig(_Strict):
                 raise ValueError("give either `pool` (pre-generated candidates) or `prompts` (live generation), not both")
             if self.generation is None or self.embedding is None:
                 raise ValueError("`prompts` needs `generation` (models) and `embedding` (backbone) sections")
-            if self.judge.kind == "replay":
-                raise ValueError("live generation needs a model judge (judge.kind: likert); replay only reads stored scores")
+            from activepref.judges import JUDGES
+
+            if JUDGES.get(self.judge.kind).pool_scores:
+                raise ValueError(
+                    f"live generation needs a judge of new responses (e.g. judge.kind: likert); "
+                    f"{self.judge.kind} only reads a pool's stored scores"
+                )
         elif self.pool is None:
             self.pool = BUILTIN_POOL
-        if self.judge.kind != "replay":
-            self.judge.as_model_config()
         return self
 
     @property
@@ -218,9 +287,7 @@ class RunConfig(_Strict):
     def _known_method(cls, v: str) -> str:
         from activepref.acquisition import REGISTRY
 
-        if v not in REGISTRY:
-            raise ValueError(f"unknown method {v!r}; choose one of: {', '.join(REGISTRY)}")
-        return v
+        return REGISTRY.check_name(v)
 
 
 def _check_method_options(config: RunConfig) -> None:

@@ -35,13 +35,18 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from activepref.errors import ConfigError
 from activepref.extras import MissingExtraError, require
+from activepref.registry import Registry
+
+if TYPE_CHECKING:
+    from activepref.config import EmbeddingConfig
 
 Conversation = Sequence[dict[str, str]]
 
@@ -56,24 +61,51 @@ class Embedder(Protocol):
         ...
 
 
-EmbedderFactory = Callable[..., Embedder]
-EMBEDDERS: dict[str, EmbedderFactory] = {}
+EmbedderFactory = Callable[..., Embedder]  # (model, **options) -> Embedder
+ConfigOptions = Callable[["EmbeddingConfig"], dict[str, Any]]
 
 
-def register_embedder(kind: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
+def common_options(cfg: EmbeddingConfig) -> dict[str, Any]:
+    """The options every embedder takes from the ``embedding:`` config."""
+    return {"batch_size": cfg.batch_size, "device": cfg.device, "max_length": cfg.max_length}
+
+
+@dataclass(frozen=True)
+class EmbedderEntry:
+    """A registered embedder kind: ``factory(model, **options)`` and ``config_options``, which
+    maps the run's ``embedding:`` section to those options."""
+
+    name: str
+    description: str
+    factory: EmbedderFactory
+    config_options: ConfigOptions = common_options
+
+
+EMBEDDERS: Registry[EmbedderEntry] = Registry("embedder")
+
+
+def register_embedder(
+    kind: str, description: str, *, config_options: ConfigOptions = common_options
+) -> Callable[[EmbedderFactory], EmbedderFactory]:
+    """Decorator registering ``factory(model: str, **options) -> Embedder`` under ``kind``."""
+
     def wrap(factory: EmbedderFactory) -> EmbedderFactory:
-        EMBEDDERS[kind] = factory
+        EMBEDDERS.add(EmbedderEntry(kind, description, factory, config_options))
         return factory
 
     return wrap
 
 
 def make_embedder(kind: str, model: str, **options: Any) -> Embedder:
-    if kind not in EMBEDDERS:
-        raise ConfigError(f"embedder {kind!r} unknown; choose one of: {', '.join(EMBEDDERS)}")
+    entry = EMBEDDERS.get(kind)
     if model in ("builtin", "builtin-minilm"):
         model = builtin_minilm()
-    return EMBEDDERS[kind](model, **options)
+    return entry.factory(model, **options)
+
+
+def embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
+    """The embedder the run's ``embedding:`` section names (one call for every kind)."""
+    return make_embedder(cfg.backend, cfg.model, **EMBEDDERS.get(cfg.backend).config_options(cfg))
 
 
 def builtin_minilm() -> str:
@@ -186,7 +218,17 @@ class TransformersLastTokenEmbedder:
         return out
 
 
-@register_embedder("transformers")
+def transformers_options(cfg: EmbeddingConfig) -> dict[str, Any]:
+    return {
+        **common_options(cfg), "gguf_file": cfg.gguf_file, "dtype": cfg.dtype,
+        "model_class": "seq_cls" if cfg.sequence_classification else "causal_lm",
+    }
+
+
+@register_embedder(
+    "transformers", "a frozen transformer backbone: last hidden state at the conversation's last token",
+    config_options=transformers_options,
+)
 def _transformers_embedder(model: str, **options: Any) -> Embedder:
     return TransformersLastTokenEmbedder(model, **options)
 
@@ -246,7 +288,7 @@ class MeanPoolingEmbedder:
         return out
 
 
-@register_embedder("sentence_transformers")
+@register_embedder("sentence_transformers", "a SentenceTransformer (or its mean-pooling equivalent): L2-normalised text embedding")
 def _sentence_embedder(model: str, **options: Any) -> Embedder:
     try:
         return SentenceTransformerEmbedder(model, **options)

@@ -31,19 +31,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from activepref.config import ENNConfig
 from activepref.numerics import flush_denormal_enabled
 
-# 001 Tables 14-15 (hyperparameters of the ENN and its training).
-DEFAULT_HEADS = 20
-DEFAULT_HIDDEN = 128
-DEFAULT_LAYERS = 2
-DEFAULT_LR = 5e-5
-DEFAULT_STEPS = 100
-DEFAULT_TRAIN_BATCH = 64
-DEFAULT_GAMMA = 0.01
-DEFAULT_ZETA = 1.0
-DEFAULT_ZETA_DECAY = 0.99
-DEFAULT_RHO = 1000
+# 001 Tables 14-15 (hyperparameters of the ENN and its training): defined once, in ENNConfig.
+_DEFAULTS = ENNConfig()
+DEFAULT_HEADS = _DEFAULTS.heads
+DEFAULT_HIDDEN = _DEFAULTS.hidden
+DEFAULT_LAYERS = _DEFAULTS.layers
+DEFAULT_LR = _DEFAULTS.lr
+DEFAULT_STEPS = _DEFAULTS.steps
+DEFAULT_TRAIN_BATCH = _DEFAULTS.batch_size
+DEFAULT_GAMMA = _DEFAULTS.gamma
+DEFAULT_ZETA = _DEFAULTS.zeta
+DEFAULT_ZETA_DECAY = _DEFAULTS.zeta_decay
+DEFAULT_RHO = _DEFAULTS.rho
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ def preference_records(store: RunStore, standard: bool = False) -> list[dict[str
     prompts = [p for p, _, _ in store.prompts()]
     responses, response_prompt = store.responses()
     out = []
-    for it, p_idx, c_idx, r_idx, s_c, s_r, method in store.preference_rows():
-        if int(response_prompt[r_idx]) != p_idx:
+    for pref in store.preference_rows():
+        if int(response_prompt[pref.rejected_idx]) != pref.prompt_idx:
             continue
-        prompt, chosen, rejected = prompts[p_idx], responses[c_idx], responses[r_idx]
+        prompt, chosen, rejected = prompts[pref.prompt_idx], responses[pref.chosen_idx], responses[pref.rejected_idx]
         if standard:
             p_val: Any = prompt.text
             c_val: Any = chosen.text
@@ -42,9 +42,9 @@ def preference_records(store: RunStore, standard: bool = False) -> list[dict[str
             r_val = [{"role": "assistant", "content": rejected.text}]
         out.append({
             "prompt": p_val, "chosen": c_val, "rejected": r_val, "prompt_id": prompt.id,
-            "score_chosen": s_c, "score_rejected": s_r,
+            "score_chosen": pref.score_chosen, "score_rejected": pref.score_rejected,
             "model_chosen": chosen.model, "model_rejected": rejected.model,
-            "method": method, "iteration": it, "response_id_chosen": chosen.id, "response_id_rejected": rejected.id,
+            "method": pref.method, "iteration": pref.iteration, "response_id_chosen": chosen.id, "response_id_rejected": rejected.id,
         })
     return out
 

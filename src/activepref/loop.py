@@ -25,13 +25,12 @@ from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatBackend, ChatResult, SamplingParams
 from activepref.bench.metrics import best_of_n_stats, ordered_pairs, spearman_loss
-from activepref.cache import RequestCache
-from activepref.config import EmbeddingConfig, RunConfig
+from activepref.cache import CachedBackend, RequestCache
+from activepref.config import RunConfig
 from activepref.data import Response, content_id
 from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
-from activepref.errors import ConfigError
 from activepref.generation import plan_candidates
-from activepref.judges import AuditedJudge, Judge, JudgeScore, ScoreRequest, make_judge
+from activepref.judges import AuditedJudge, Judge, JudgeResources, JudgeScore, ScoreRequest, make_judge
 from activepref.timings import StageTimes
 from activepref.store import (
     STATUS_ANNOTATED,
@@ -39,6 +38,7 @@ from activepref.store import (
     STATUS_GENERATED,
     STATUS_SELECTED,
     STATUS_TRAINED,
+    PreferenceRecord,
     RunStore,
 )
 
@@ -337,7 +337,8 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
         label = m.label()
         mine = [k for k, s in enumerate(specs) if s.model == label]
         ctx.progress.on_stage(it, f"generate ({label}, {len(mine)} responses)")
-        ctx.live.cache.complete(ctx.live.backends[label], [specs[k].request for k in mine], "generation", lambda j, r, mine=mine: results.__setitem__(mine[j], r))
+        generator = CachedBackend(ctx.live.backends[label], ctx.live.cache, "generation")
+        generator.complete([specs[k].request for k in mine], lambda j, r, mine=mine: results.__setitem__(mine[j], r))
     crash_point("generate.before_commit", it)
     new, failures = [], []
     for k, spec in enumerate(specs):
@@ -369,9 +370,6 @@ def embed_step(ctx: RunContext, it: int) -> None:
     vectors = ctx.live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
     crash_point("embed.before_commit", it)
     ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)})
-
-
-PreferenceRow = tuple[Any, ...]  # (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index])
 
 
 def _judge(ctx: RunContext, it: int, items: list[tuple[int, int]]) -> tuple[dict[int, float], dict[int, str]]:
@@ -423,13 +421,13 @@ def annotate_step(ctx: RunContext, it: int, record_prompts: list[int], proposal_
     for i, j in zip(rows, cols):
         scores[i, j] = done.get(int(slots[i, j]), np.nan)
     pairs = resolve_pairs(proposal, scores, stage_rng(ctx.config.seed, it, STAGE_RESOLVE))
-    out: list[PreferenceRow] = []
+    out: list[PreferenceRecord] = []
     for i, p in enumerate(record_prompts):
         if pairs.status[i] != "ok":
             continue
         c, rj = int(slots[i, pairs.chosen[i]]), int(slots[i, pairs.rejected[i]])
         sc, sr = done.get(c), done.get(rj)
-        out.append((p, c, rj, sc, sr, ctx.config.method))
+        out.append(PreferenceRecord(it, p, c, rj, sc, sr, ctx.config.method))
     status_counts = {s: int((pairs.status == s).sum()) for s in ("ok", "tie", "failed", "skipped")}
     _commit_pairs(ctx, it, out, status_counts)
 
@@ -439,7 +437,7 @@ def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) ->
     pairs = [(int(a), int(b)) for a, b in proposal_json["pairs"]]
     items = [(int(ctx.response_prompt[r]), r) for pair in pairs for r in pair]
     done, _ = _judge(ctx, it, items)
-    out: list[PreferenceRow] = []
+    out: list[PreferenceRecord] = []
     counts = {"ok": 0, "tie": 0, "failed": 0, "skipped": 0}
     for k, (a, b) in enumerate(pairs):
         sa, sb = done.get(a), done.get(b)
@@ -449,14 +447,14 @@ def _annotate_design(ctx: RunContext, it: int, proposal_json: dict[str, Any]) ->
             counts["tie"] += 1
         else:
             c, r = (a, b) if sa > sb else (b, a)
-            out.append((int(ctx.response_prompt[c]), c, r, done[c], done[r], ctx.config.method, k))
+            out.append(PreferenceRecord(it, int(ctx.response_prompt[c]), c, r, done[c], done[r], ctx.config.method, k))
             counts["ok"] += 1
     _commit_pairs(ctx, it, out, counts)
 
 
-def _commit_pairs(ctx: RunContext, it: int, rows: list[PreferenceRow], counts: dict[str, int]) -> None:
+def _commit_pairs(ctx: RunContext, it: int, prefs: list[PreferenceRecord], counts: dict[str, int]) -> None:
     crash_point("annotate.before_commit", it)
-    ctx.store.commit_preferences(it, rows, counts)
+    ctx.store.commit_preferences(it, prefs, counts)
     crash_point("annotate.after_commit", it)
 
 
@@ -509,14 +507,14 @@ def evaluate(ctx: RunContext, model: EnsembleRewardModel) -> dict[str, Any]:
     prefs = ctx.store.preference_rows()
     metrics["pairs"] = len(prefs)
     metrics["annotations"] = ctx.store.count("scores") + ctx.store.count("judge_failures")
-    chosen = ctx.reward_reference[[r[2] for r in prefs]]
-    rejected = ctx.reward_reference[[r[3] for r in prefs]]
+    chosen = ctx.reward_reference[[p.chosen_idx for p in prefs]]
+    rejected = ctx.reward_reference[[p.rejected_idx for p in prefs]]
     known = np.isfinite(chosen) & np.isfinite(rejected)  # live runs have no hidden reference
     if known.any():
         metrics["mean_chosen_reward"] = float(chosen[known].mean())
         metrics["mean_rejected_reward"] = float(rejected[known].mean())
         metrics["pair_agreement"] = float(np.mean(chosen[known] > rejected[known]))
-    judged = [(r[4], r[5]) for r in prefs if r[4] is not None and r[5] is not None]
+    judged = [(p.score_chosen, p.score_rejected) for p in prefs if p.score_chosen is not None and p.score_rejected is not None]
     if judged:
         metrics["mean_chosen_score"] = float(np.mean([c for c, _ in judged]))
         metrics["mean_rejected_score"] = float(np.mean([r for _, r in judged]))
@@ -534,41 +532,26 @@ def _proposal_from_json(d: dict[str, Any]) -> Proposal:
 
 def build_context(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> RunContext:
     """Wire the run's collaborators from its config (tests may pass ``live`` parts directly)."""
+    from activepref.embedders import embedder_from_config
+
     cache = live.cache if live else None
     if config.live and live is None:
         cache = RequestCache(config.cache_path)
         live = LiveParts(
             backends={m.label(): make_backend(m) for m in config.generation.models},  # type: ignore[union-attr]
-            embedder=make_embedder_from_config(config.embedding),  # type: ignore[arg-type]
+            embedder=embedder_from_config(config.embedding),  # type: ignore[arg-type]
             cache=cache,
         )
-    judge: Judge
-    if config.judge.kind == "replay":
-        judge = make_judge("replay", stored_score=store.pool_score)
-    elif config.judge.kind == "reward_model":
-        j = config.judge
-        if j.backend != "transformers":
-            raise ConfigError("judge.kind reward_model runs locally: set judge.backend: transformers")
-        judge = make_judge("reward_model", model=j.model, gguf_file=j.gguf_file, dtype=j.dtype)
-    else:
-        cache = cache or RequestCache(config.cache_path)
-        backend = live.judge_backend if live and live.judge_backend else make_backend(config.judge.as_model_config())
-        judge = make_judge(config.judge.kind, backend=backend, cache=cache, max_retries=config.judge.max_retries)
+    resources = JudgeResources(
+        stored_score=store.pool_score,
+        request_cache=lambda: cache if cache is not None else RequestCache(config.cache_path),
+        backend=live.judge_backend if live else None,
+    )
+    judge: Judge = make_judge(config.judge, resources)
+    cache = resources.opened_cache or cache
     if config.judge.audit_log:
         judge = AuditedJudge(judge, config.judge.audit_log)
     return RunContext(store, config, judge, progress or Progress(), live, cache)
-
-
-def make_embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
-    from activepref.embedders import make_embedder
-
-    if cfg.backend == "transformers":
-        return make_embedder(
-            "transformers", cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype, device=cfg.device,
-            model_class="seq_cls" if cfg.sequence_classification else "causal_lm",
-            batch_size=cfg.batch_size, max_length=cfg.max_length,
-        )
-    return make_embedder(cfg.backend, cfg.model, batch_size=cfg.batch_size, device=cfg.device, max_length=cfg.max_length)
 
 
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:

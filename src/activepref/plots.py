@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from activepref.extras import require
+from activepref.extras import MissingExtraError, require
 
 
 def _pyplot() -> Any:
@@ -17,6 +17,15 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plots_unavailable() -> str | None:
+    """Why plots cannot be drawn here (the missing extra, as an install hint), or None."""
+    try:
+        _pyplot()
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
 
 
 def _save(fig: Any, path: str | Path, title: str) -> Path:

@@ -73,7 +73,7 @@ def quickstart_config(
         "batch_size": QUICKSTART_BATCH,
         "generation": {"models": models, "samples_per_model": 2, "max_tokens": max_tokens, "temperature": 1.0},
         "embedding": {"backend": "transformers", "model": smol_dir, "gguf_file": smol_file, "batch_size": 8, "max_length": 512},
-        "judge": {"kind": "likert", **judge},
+        "judge": {"kind": "likert", "model": {"name": "judge", **judge}},
         "cache_path": str(out / "requests.sqlite"),
         # 16 prompts: a faster learner than the paper's lr 5e-5 (see the README).
         "enn": {"lr": 1e-3, "zeta_decay": 0.9},

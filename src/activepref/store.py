@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -81,6 +81,23 @@ def _save_float32(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
+class PreferenceRecord(NamedTuple):
+    """One preference pair as the run keeps it: rows into the run's prompts and responses.
+
+    prompt_idx is the chosen response's prompt (a cross-prompt comparison's rejected response
+    belongs to another prompt); pair_index orders the pairs of one prompt (a batch design may
+    pick several); scores are the judge's, None where a rule decided without one."""
+
+    iteration: int
+    prompt_idx: int
+    chosen_idx: int
+    rejected_idx: int
+    score_chosen: float | None
+    score_rejected: float | None
+    method: str
+    pair_index: int = 0
+
+
 @dataclass(frozen=True)
 class IterationRecord:
     iteration: int
@@ -88,7 +105,6 @@ class IterationRecord:
     prompt_idxs: list[int]
     proposal: dict[str, Any] | None
     metrics: dict[str, Any] | None
-
 
 
 def lock_run_dir(run_dir: Path) -> Any:
@@ -380,7 +396,7 @@ class RunStore(LockedSqliteDir):
         return {r[0]: r[1] for r in self.conn.execute("SELECT response_idx, error FROM judge_failures WHERE judge = ?", (judge,))}
 
     def count(self, table: str) -> int:
-        assert table in {"scores", "judge_failures", "preferences", "prompts", "responses"}
+        assert table in {"scores", "judge_failures", "generation_failures", "preferences", "prompts", "responses"}
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def replay_pairs(self, iteration: int | None = None) -> np.ndarray:
@@ -398,15 +414,13 @@ class RunStore(LockedSqliteDir):
         rows = self.conn.execute(sql + " ORDER BY buffer_position", args).fetchall()
         return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
-    def preference_rows(self) -> list[tuple[int, int, int, int, float | None, float | None, str]]:
-        """(iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method) in order.
-
-        prompt_idx is the chosen response's prompt (a cross-prompt comparison's rejected
-        response belongs to another prompt)."""
-        return self.conn.execute(
-            "SELECT iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method "
+    def preference_rows(self) -> list[PreferenceRecord]:
+        """Every preference, ordered by iteration, prompt and pair index (the export's order)."""
+        rows = self.conn.execute(
+            "SELECT iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, pair_index "
             "FROM preferences ORDER BY iteration, prompt_idx, pair_index"
         ).fetchall()
+        return [PreferenceRecord(*r) for r in rows]
 
     # -- writing (each call is one transaction) ------------------------------------------
     def commit_generation(
@@ -463,6 +477,19 @@ class RunStore(LockedSqliteDir):
             out[row[0]] = dict(zip(("calls", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"), map(int, row[1:])))
         return out
 
+    def stage_totals(self, stage: str, up_to_iteration: int | None = None) -> tuple[int, int]:
+        """(requests answered, by the server or the cache; prompt + completion tokens) of one
+        stage over the run, or up to and including an iteration."""
+        sql = (
+            "SELECT COALESCE(SUM(calls + cache_hits), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
+            "FROM call_stats WHERE stage = ?"
+        )
+        args: tuple[Any, ...] = (stage,)
+        if up_to_iteration is not None:
+            sql, args = sql + " AND iteration <= ?", (stage, up_to_iteration)
+        calls, tokens = self.conn.execute(sql, args).fetchone()
+        return int(calls), int(tokens)
+
     def commit_selection(self, it: int, prompt_idxs: list[int], proposal: dict[str, Any]) -> None:
         with self.transaction() as cur:
             cur.execute(
@@ -494,15 +521,18 @@ class RunStore(LockedSqliteDir):
                 [(r, judge, it, e) for r, e in failed],
             )
 
-    def commit_preferences(self, it: int, rows: list[tuple[Any, ...]], pair_status: dict[str, int]) -> None:
-        """rows: (prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method[, pair_index]),
-        in the order they enter the replay buffer (recorded as ``buffer_position``)."""
+    def commit_preferences(self, it: int, prefs: list[PreferenceRecord], pair_status: dict[str, int]) -> None:
+        """Iteration ``it``'s preferences, in the order they enter the replay buffer (recorded
+        as ``buffer_position``), and its pair-status counts; one transaction."""
+        stray = [p for p in prefs if p.iteration != it]
+        if stray:
+            raise ValueError(f"commit_preferences({it}): a record of iteration {stray[0].iteration}")
         with self.transaction() as cur:
             start = cur.execute("SELECT COALESCE(MAX(buffer_position) + 1, 0) FROM preferences").fetchone()[0]
             cur.executemany(
                 "INSERT INTO preferences (iteration, prompt_idx, chosen_idx, rejected_idx, score_chosen, score_rejected, method, "
                 "pair_index, buffer_position) VALUES (?,?,?,?,?,?,?,?,?)",
-                [(it, *r[:6], r[6] if len(r) > 6 else 0, start + k) for k, r in enumerate(rows)],
+                [(*p, start + k) for k, p in enumerate(prefs)],
             )
             cur.execute(
                 "UPDATE iterations SET status = ?, pair_status = ? WHERE iteration = ? AND status = ?",

@@ -29,7 +29,7 @@ def run_summary(store: RunStore) -> dict[str, Any]:
         "judge_requests_per_pair": (judge_requests or judged) / pairs if pairs else None,
         "judge_requests_per_pair_if_all_judged": candidates * per_response / pairs if pairs else None,
         "stages": stats,
-        "generation_failures": int(store.conn.execute("SELECT COUNT(*) FROM generation_failures").fetchone()[0]),
+        "generation_failures": store.count("generation_failures"),
         "judge_failures": store.count("judge_failures"),
     }
     return out

@@ -28,3 +28,25 @@ def test_bench_command_writes_the_report(tmp_path: Path) -> None:
         assert (tmp_path / "b" / name).exists()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("skipped") == 4
+
+
+def test_bench_without_matplotlib_says_there_are_no_plots_and_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    """Issue 13: the report skipped its plots silently and the CLI still listed curves.png."""
+    import activepref.plots as plots
+    from activepref.extras import MissingExtraError
+
+    def no_matplotlib(module: str):
+        raise MissingExtraError(f"this needs {module}: pip install 'activepref[plots]'")
+
+    monkeypatch.setattr(plots, "require", no_matplotlib)
+    pool = write_pool(synthetic_pool(n_prompts=20, candidates=4, dim=8, seed=2), tmp_path / "pool.parquet")
+    cfg = tmp_path / "shared.yaml"
+    cfg.write_text("enn: {heads: 2, hidden: 4, steps: 2}\n")
+    args = ["bench", "--pool", str(pool), "--methods", "random", "--seeds", "1", "--budget", "6",
+            "--out", str(tmp_path / "b"), "--batch-size", "6", "--workers", "1", "-c", str(cfg)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "curves.png").exists()
+    text = " ".join(result.output.split())
+    assert "curves.png" not in text.split("no plots:")[0]
+    assert "no plots: this needs matplotlib: pip install 'activepref[plots]'" in text

@@ -137,9 +137,9 @@ def test_bench_end_to_end_and_rerun_is_a_no_op(pool_path: Path, tmp_path: Path) 
             try:
                 responses, rp = store.responses()
                 counts: dict[frozenset, int] = {}
-                for _, prompt, c, r, *_ in store.preference_rows():
-                    if rp[r] == prompt:
-                        key = frozenset((responses[c].model, responses[r].model))
+                for p in store.preference_rows():
+                    if rp[p.rejected_idx] == p.prompt_idx:
+                        key = frozenset((responses[p.chosen_idx].model, responses[p.rejected_idx].model))
                         counts[key] = counts.get(key, 0) + 1
             finally:
                 store.close()

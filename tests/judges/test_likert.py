@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from activepref.backends.base import BackendError, ChatRequest, ChatResult
-from activepref.cache import RequestCache
+from activepref.cache import CachedBackend, RequestCache
 from activepref.data import Prompt, Response
 from activepref.errors import JudgeError
 from activepref.judges import JudgeScore, ScoreRequest
@@ -74,7 +74,7 @@ def test_judge_scores_four_aspects_and_averages(tmp_path: Path) -> None:
         return ChatResult("5", 100, 1, first_token_logprobs=_lp(probs))
 
     backend = ScriptedBackend(answer)
-    judge = LikertJudge(backend, RequestCache(tmp_path / "c.sqlite"))
+    judge = LikertJudge(CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"), "judge"))
     [score] = judge.score_batch(_requests(1))
     assert isinstance(score, JudgeScore)
     assert score.aspects is not None and score.aspects["helpfulness"] == pytest.approx(5.0)
@@ -90,7 +90,7 @@ def test_judge_scores_four_aspects_and_averages(tmp_path: Path) -> None:
 
 def test_garbage_is_retried_then_recorded_as_failure_never_scored(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda r: ChatResult("The answer", 10, 1, first_token_logprobs=_lp({"The": 1.0})))
-    judge = LikertJudge(backend, RequestCache(tmp_path / "c.sqlite"), max_retries=2)
+    judge = LikertJudge(CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"), "judge"), max_retries=2)
     [res] = judge.score_batch(_requests(1))
     assert isinstance(res, JudgeError)
     assert "no digit" in str(res) and "'The'" in str(res)
@@ -105,7 +105,7 @@ def test_only_failed_aspects_are_retried_and_recovered(tmp_path: Path) -> None:
         return ChatResult("4", 1, 1, first_token_logprobs=_lp({"4": 1.0}))
 
     backend = ScriptedBackend(answer)
-    [res] = LikertJudge(backend, RequestCache(tmp_path / "c.sqlite")).score_batch(_requests(1))
+    [res] = LikertJudge(CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"), "judge")).score_batch(_requests(1))
     assert isinstance(res, JudgeScore) and res.value == pytest.approx(4.0)
     assert len(backend.calls) == 5  # 4 + one retry of instruction_following
 
@@ -113,8 +113,8 @@ def test_only_failed_aspects_are_retried_and_recovered(tmp_path: Path) -> None:
 def test_cache_makes_a_second_judge_call_free(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda r: ChatResult("2", 7, 1, first_token_logprobs=_lp({"2": 1.0})))
     cache = RequestCache(tmp_path / "c.sqlite")
-    first = LikertJudge(backend, cache).score_batch(_requests(3))
-    again = LikertJudge(backend, RequestCache(tmp_path / "c.sqlite")).score_batch(_requests(3))
+    first = LikertJudge(CachedBackend(backend, cache, "judge")).score_batch(_requests(3))
+    again = LikertJudge(CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"), "judge")).score_batch(_requests(3))
     assert [r.value for r in first] == [r.value for r in again] == [2.0] * 3  # type: ignore[union-attr]
     assert len(backend.calls) == 12
     assert cache.stats.stage("judge").calls == 12 and cache.stats.stage("judge").prompt_tokens == 84
@@ -129,7 +129,7 @@ def test_pairwise_judge_randomises_order_and_reports_consistency(tmp_path: Path)
         return ChatResult("A", 1, 1, first_token_logprobs=_lp({"A": p_a, "B": 1 - p_a}))
 
     backend = ScriptedBackend(answer)
-    judge = PairwiseJudge(backend, RequestCache(tmp_path / "c.sqlite"), both_orders=True, seed=1)
+    judge = PairwiseJudge(CachedBackend(backend, RequestCache(tmp_path / "c.sqlite"), "judge"), both_orders=True, seed=1)
     pairs = [("short", "a much longer answer"), ("a much longer answer", "short")] * 5
     assert judge.judge(["q"] * 10, pairs) == [1, 0] * 5
     assert judge.last_position_consistency == pytest.approx(1.0)

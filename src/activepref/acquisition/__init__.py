@@ -1,8 +1,10 @@
 """The acquisition registry: method name -> proposal function, plus ``available()``.
 
 Add a method by writing ``propose(batch, rng, **options) -> Proposal`` in the module of
-its family and decorating it with ``@register("name", "one-line description")``.
+its family (or in a plugin, see ``activepref.plugins``) and decorating it with
+``@register("name", "one-line description")``; a batch design uses ``@register_design``.
 Options are keyword arguments with defaults; the config's ``method_options`` fills them.
+``REGISTRY`` is an ``activepref.registry.Registry`` of :class:`Method` entries.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from activepref.acquisition.base import (
     ucb_preference_prob,
 )
 from activepref.errors import ConfigError
+from activepref.registry import Registry
 
 ProposeFn = Callable[..., Proposal]
 
@@ -60,17 +63,15 @@ class Method:
         }
 
 
-REGISTRY: dict[str, Method] = {}
+REGISTRY: Registry[Method] = Registry("method")
 
 
 def register(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
     """Decorator adding a proposal function to the registry under ``name``."""
 
     def wrap(fn: ProposeFn) -> ProposeFn:
-        if name in REGISTRY:
-            raise ValueError(f"acquisition method {name!r} registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model)
+        REGISTRY.add(Method(name, description, fn, family, uses_reward_model))
         return fn
 
     return wrap
@@ -89,25 +90,21 @@ def register_design(
         raise ValueError(f"design {name!r}: unknown inputs {unknown}; choose from {sorted(DESIGN_INPUTS)}")
 
     def wrap(fn: ProposeFn) -> ProposeFn:
-        if name in REGISTRY:
-            raise ValueError(f"acquisition method {name!r} registered twice")
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY[name] = Method(name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs))
+        REGISTRY.add(Method(name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs)))
         return fn
 
     return wrap
 
 
 def available() -> list[Method]:
-    """Every registered method, in registration order."""
-    return list(REGISTRY.values())
+    """Every registered method (built-in, then plugins'), in registration order."""
+    return REGISTRY.available()
 
 
 def get_method(name: str) -> Method:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+    """The registered method, or ConfigError listing the known names."""
+    return REGISTRY.get(name)
 
 
 def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[[CandidateBatch, np.random.Generator], Proposal]:

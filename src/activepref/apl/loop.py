@@ -48,7 +48,7 @@ from activepref.apl.store import APLStore
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
 from activepref.backends.transformers_local import TransformersBackend, load_model, model_endpoint
-from activepref.cache import RequestCache
+from activepref.cache import CachedBackend, RequestCache
 from activepref.data import Prompt
 from activepref.errors import ActivePrefError
 from activepref.loop import crash_point
@@ -158,7 +158,7 @@ class APLRun:
     def _generate(self, policy: Any, endpoint: str, requests: list[ChatRequest], stage: str) -> list[ChatResult]:
         backend = TransformersBackend(policy, self.parts.tokenizer, endpoint=endpoint, batch_size=self.config.policy.batch_size)
         results: dict[int, ChatResult | BackendError] = {}
-        self.parts.cache.complete(backend, requests, stage, results.__setitem__)
+        CachedBackend(backend, self.parts.cache, stage).complete(requests, results.__setitem__)
         out = []
         for i in range(len(requests)):
             res = results.get(i)

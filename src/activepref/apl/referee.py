@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from activepref.apl.config import APLJudgeConfig
 from activepref.backends.base import ChatBackend
-from activepref.cache import RequestCache
+from activepref.cache import CachedBackend, RequestCache
 from activepref.data import Prompt, Response
 from activepref.errors import JudgeError
 from activepref.judges import ScoreRequest
@@ -35,8 +35,7 @@ class Verdict:
 class Referee:
     def __init__(self, config: APLJudgeConfig, backend: ChatBackend, cache: RequestCache) -> None:
         self.config = config
-        self.backend = backend
-        self.cache = cache
+        self.backend = CachedBackend(backend, cache, "judge")  # every verdict's calls go through the cache
 
     @property
     def name(self) -> str:
@@ -57,7 +56,7 @@ class Referee:
         return [v for v in verdicts if v is not None]
 
     def _pairwise(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]], seed: int) -> list[Verdict]:
-        judge = PairwiseJudge(self.backend, self.cache, both_orders=self.config.both_orders, seed=seed, max_retries=self.config.max_retries)
+        judge = PairwiseJudge(self.backend, both_orders=self.config.both_orders, seed=seed, max_retries=self.config.max_retries)
         picked = judge.judge([p.text for p in prompts], list(pairs), shuffle_order=True)
         out = []
         for w, p in zip(picked, judge.last_probabilities):
@@ -70,7 +69,7 @@ class Referee:
         return out
 
     def _likert(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        judge = LikertJudge(self.backend, self.cache, max_retries=self.config.max_retries)
+        judge = LikertJudge(self.backend, max_retries=self.config.max_retries)
         requests = []
         for i, (prompt, pair) in enumerate(zip(prompts, pairs)):
             for k, text in enumerate(pair):

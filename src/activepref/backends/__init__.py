@@ -1,18 +1,19 @@
 """Backend registry: kind -> factory(ModelConfig) -> ChatBackend (see ``base``).
 
-Each backend module registers itself with ``@register_backend("kind", "description")``
-and imports its heavy dependencies lazily, so a missing extra gives a one-line hint.
+Each backend module registers itself with ``@register_backend("kind", "description")`` and
+imports its heavy dependencies lazily, so a missing extra gives a one-line hint. The
+built-in modules are imported on first use (``BACKEND_MODULES``); a plugin's module is
+imported when the plugin loads (``activepref.plugins``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
-from activepref.errors import ConfigError
+from activepref.registry import Registry
 
 if TYPE_CHECKING:
     from activepref.config import ModelConfig
@@ -22,39 +23,42 @@ BackendFactory = Callable[["ModelConfig"], ChatBackend]
 
 @dataclass(frozen=True)
 class BackendEntry:
-    kind: str
+    name: str
     description: str
     factory: BackendFactory
 
+    @property
+    def kind(self) -> str:
+        return self.name
 
-BACKENDS: dict[str, BackendEntry] = {}
+
 # kind -> module that registers it; imported on first use so heavy libraries load lazily.
 BACKEND_MODULES = {
     "openai": "activepref.backends.openai_compat",
     "transformers": "activepref.backends.transformers_local",
     "vllm": "activepref.backends.vllm_offline",
 }
+BACKENDS: Registry[BackendEntry] = Registry("backend", lazy=BACKEND_MODULES)
 
 
 def register_backend(kind: str, description: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Decorator registering ``factory(config: ModelConfig) -> ChatBackend`` under ``kind``."""
+
     def wrap(factory: BackendFactory) -> BackendFactory:
-        BACKENDS[kind] = BackendEntry(kind, description, factory)
+        BACKENDS.add(BackendEntry(kind, description, factory))
         return factory
 
     return wrap
 
 
 def make_backend(config: ModelConfig) -> ChatBackend:
-    if config.backend not in BACKENDS:
-        module = BACKEND_MODULES.get(config.backend)
-        if module is None:
-            raise ConfigError(f"backend {config.backend!r} unknown; choose one of: {', '.join(BACKEND_MODULES)}")
-        importlib.import_module(module)
-    return BACKENDS[config.backend].factory(config)
+    """The backend ``config.backend`` names, built from the model's config."""
+    return BACKENDS.get(config.backend).factory(config)
 
 
 __all__ = [
     "BACKENDS",
+    "BackendEntry",
     "BackendError",
     "ChatBackend",
     "ChatRequest",

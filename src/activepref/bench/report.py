@@ -117,14 +117,14 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
     for (method, _seed), run_dir in run_dirs.items():
         store = RunStore.open_readonly(run_dir)
         try:
-            prefs = store.preference_rows()  # (iteration, prompt, chosen, rejected, score_c, score_r, method)
+            prefs = store.preference_rows()
             oracle = store.oracle()
         finally:
             store.close()
-        chosen = np.asarray([r[2] for r in prefs], dtype=np.int64)
-        rejected = np.asarray([r[3] for r in prefs], dtype=np.int64)
-        pooled[method]["judge_c"].append(np.asarray([np.nan if r[4] is None else r[4] for r in prefs], dtype=np.float64))
-        pooled[method]["judge_r"].append(np.asarray([np.nan if r[5] is None else r[5] for r in prefs], dtype=np.float64))
+        chosen = np.asarray([p.chosen_idx for p in prefs], dtype=np.int64)
+        rejected = np.asarray([p.rejected_idx for p in prefs], dtype=np.int64)
+        pooled[method]["judge_c"].append(np.asarray([np.nan if p.score_chosen is None else p.score_chosen for p in prefs], dtype=np.float64))
+        pooled[method]["judge_r"].append(np.asarray([np.nan if p.score_rejected is None else p.score_rejected for p in prefs], dtype=np.float64))
         pooled[method]["oracle_c"].append(oracle[chosen] if len(chosen) else np.empty(0))
         pooled[method]["oracle_r"].append(oracle[rejected] if len(rejected) else np.empty(0))
     out = {}
@@ -151,7 +151,7 @@ def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.Pai
         finally:
             store.close()
         keep = exported_preferences(prefs, response_prompt)
-        out[method].append(M.model_pair_coverage([responses[r[2]].model for r in keep], [responses[r[3]].model for r in keep]))
+        out[method].append(M.model_pair_coverage([responses[p.chosen_idx].model for p in keep], [responses[p.rejected_idx].model for p in keep]))
     return out
 
 
@@ -404,11 +404,9 @@ def write_report(
               GLOSSARY]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
 
-    try:
-        from activepref.plots import _pyplot
+    from activepref.plots import plots_unavailable
 
-        _pyplot()
-    except Exception:  # noqa: BLE001 - plots are optional (the `plots` extra)
+    if plots_unavailable() is not None:  # plots are optional (the `plots` extra); the CLI says so
         return out
     plot_curves(by, out / "curves.png")
     plot_table21(stats, out / "table21.png")

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from activepref.bench import metrics as M
 from activepref.config import BUILTIN_POOL, RunConfig, load_config
 from activepref.errors import ActivePrefError, ConfigError
 from activepref.timings import StageTimes
+
+if TYPE_CHECKING:
+    from activepref.store import PreferenceRecord
 
 RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spearman_loss", "best_of_n")
 EXTRA_COLUMNS = (
@@ -420,10 +423,10 @@ def hidden_reference(store: Any) -> tuple[np.ndarray, np.ndarray]:
     return response_prompt, reference
 
 
-def exported_preferences(rows: list[tuple], response_prompt: np.ndarray) -> list[tuple]:
-    """The store's preference rows (iteration, prompt, chosen, rejected, ...) that `export`
-    writes: both responses answer the row's prompt (cross-prompt comparisons are left out)."""
-    return [r for r in rows if int(response_prompt[r[3]]) == r[1]]
+def exported_preferences(prefs: list[PreferenceRecord], response_prompt: np.ndarray) -> list[PreferenceRecord]:
+    """The preferences `export` writes: both responses answer the record's prompt
+    (cross-prompt comparisons are left out)."""
+    return [p for p in prefs if int(response_prompt[p.rejected_idx]) == p.prompt_idx]
 
 
 class _DatasetView:
@@ -436,9 +439,9 @@ class _DatasetView:
         self.response_prompt, self.reference = response_prompt, reference
         self.features = standardized_features(np.asarray(store.features(), dtype=np.float32))
         keep = exported_preferences(store.preference_rows(), response_prompt)
-        self.iteration = np.asarray([r[0] for r in keep], dtype=np.int64)
-        self.chosen = np.asarray([r[2] for r in keep], dtype=np.int64)
-        self.rejected = np.asarray([r[3] for r in keep], dtype=np.int64)
+        self.iteration = np.asarray([p.iteration for p in keep], dtype=np.int64)
+        self.chosen = np.asarray([p.chosen_idx for p in keep], dtype=np.int64)
+        self.rejected = np.asarray([p.rejected_idx for p in keep], dtype=np.int64)
 
     def quality(self, iteration: int, heldout: set[int], seed: int) -> Any:
         from activepref.bench.dataset_quality import evaluate_pairs
@@ -478,11 +481,7 @@ def _jsonable(v: Any) -> Any:
 def _judge_costs(store: Any, iteration: int, annotations: int | None) -> dict[str, Any]:
     """Judge requests and tokens up to and including ``iteration``. A replay judge records
     no call statistics: each annotation then counts as one call with zero tokens."""
-    calls, tokens = store.conn.execute(
-        "SELECT COALESCE(SUM(calls + cache_hits), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
-        "FROM call_stats WHERE stage = 'judge' AND iteration <= ?",
-        (iteration,),
-    ).fetchone()
+    calls, tokens = store.stage_totals("judge", up_to_iteration=iteration)
     return {"judge_calls": int(calls) if calls else (annotations or 0), "judge_tokens": int(tokens)}
 
 

@@ -1,18 +1,33 @@
 """Judges score responses. Registry: kind -> factory, filled by ``@register_judge``.
 
-A judge implements :class:`Judge`: ``score(request) -> JudgeScore`` or raises
-:class:`~activepref.errors.JudgeError`. :func:`score_with_retries` retries a failing
-judge and then reports the failure, so garbage is never silently scored.
+A judge implements :class:`Judge`: ``score_batch(requests)`` gives a ``JudgeScore`` or a
+:class:`~activepref.errors.JudgeError` per request; each judge retries a failing call on its
+own and then reports the failure, so garbage is never silently scored.
+
+Add a judge kind (in-tree or in a plugin) with one factory::
+
+    @register_judge("my_judge", "one line on what it does", needs_model=True)
+    def make_my_judge(config: JudgeConfig, resources: JudgeResources) -> Judge: ...
+
+``config`` is the run's ``judge:`` section (``config.model`` the judge's model, when it has
+one); ``resources`` gives what the run provides (its request cache, a backend for the model,
+the pool's stored scores). :func:`make_judge` builds the judge a config names in one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from activepref.data import Prompt, Response
 from activepref.errors import ConfigError, JudgeError
+from activepref.registry import Registry
+
+if TYPE_CHECKING:
+    from activepref.backends.base import ChatBackend
+    from activepref.cache import RequestCache
+    from activepref.config import JudgeConfig
 
 
 @dataclass(frozen=True)
@@ -44,33 +59,88 @@ class Judge(Protocol):
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]: ...
 
 
-JudgeFactory = Callable[..., Judge]
+StoredScore = Callable[[int], tuple[float | None, dict[str, float]]]
+
+
+@dataclass
+class JudgeResources:
+    """What the run lends a judge beyond its config.
+
+    stored_score: the pool's stored score of a response row (the replay judge's source).
+    request_cache: opens the run's request cache (every model call goes through it).
+    backend: a ready backend for the judge's model (live runs and tests pass one); otherwise
+    :meth:`chat_backend` builds it from ``config.model``.
+    """
+
+    stored_score: StoredScore | None = None
+    request_cache: Callable[[], RequestCache] | None = None
+    backend: ChatBackend | None = None
+    _cache: RequestCache | None = field(default=None, repr=False)
+
+    @property
+    def opened_cache(self) -> RequestCache | None:
+        """The cache :meth:`cache` opened, if a judge asked for one."""
+        return self._cache
+
+    def cache(self) -> RequestCache:
+        if self._cache is None:
+            if self.request_cache is None:
+                raise ConfigError("this judge calls a model and needs a request cache; the run provides none")
+            self._cache = self.request_cache()
+        return self._cache
+
+    def chat_backend(self, config: JudgeConfig) -> ChatBackend:
+        if self.backend is not None:
+            return self.backend
+        from activepref.backends import make_backend
+
+        return make_backend(config.require_model())
+
+
+JudgeFactory = Callable[["JudgeConfig", JudgeResources], Judge]
 
 
 @dataclass(frozen=True)
 class JudgeEntry:
-    kind: str
+    """A registered judge kind. needs_model: the config must give ``judge.model``;
+    backends: the model backends it runs on (None: any); pool_scores: it only reads the
+    pool's stored scores (so it cannot judge freshly generated responses)."""
+
+    name: str
     description: str
     factory: JudgeFactory
+    needs_model: bool = True
+    backends: frozenset[str] | None = None
+    pool_scores: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.name
 
 
-JUDGES: dict[str, JudgeEntry] = {}
+JUDGES: Registry[JudgeEntry] = Registry("judge")
 
 
-def register_judge(kind: str, description: str) -> Callable[[JudgeFactory], JudgeFactory]:
+def register_judge(
+    kind: str,
+    description: str,
+    *,
+    needs_model: bool = True,
+    backends: Sequence[str] | None = None,
+    pool_scores: bool = False,
+) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Decorator registering ``factory(config: JudgeConfig, resources: JudgeResources) -> Judge``."""
+
     def wrap(factory: JudgeFactory) -> JudgeFactory:
-        JUDGES[kind] = JudgeEntry(kind, description, factory)
+        JUDGES.add(JudgeEntry(kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores))
         return factory
 
     return wrap
 
 
-def make_judge(kind: str, **kwargs: Any) -> Judge:
-    try:
-        entry = JUDGES[kind]
-    except KeyError:
-        raise ConfigError(f"judge.kind: unknown judge {kind!r}; choose one of: {', '.join(JUDGES)}") from None
-    return entry.factory(**kwargs)
+def make_judge(config: JudgeConfig, resources: JudgeResources) -> Judge:
+    """The judge ``config.kind`` names, built from its config (one call for every kind)."""
+    return JUDGES.get(config.kind).factory(config, resources)
 
 
 class AuditedJudge:
@@ -101,4 +171,14 @@ class AuditedJudge:
 
 from activepref.judges import likert, replay, reward_model  # noqa: E402,F401
 
-__all__ = ["JUDGES", "AuditedJudge", "Judge", "JudgeScore", "ScoreRequest", "make_judge", "register_judge"]
+__all__ = [
+    "JUDGES",
+    "AuditedJudge",
+    "Judge",
+    "JudgeEntry",
+    "JudgeResources",
+    "JudgeScore",
+    "ScoreRequest",
+    "make_judge",
+    "register_judge",
+]

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
-from activepref.cache import RequestCache
+from activepref.cache import CachedBackend
 from activepref.data import ASPECTS
 from activepref.errors import JudgeError
-from activepref.judges import JudgeScore, ScoreRequest, register_judge
+from activepref.judges import JudgeResources, JudgeScore, ScoreRequest, register_judge
 from activepref.judges.rubrics import likert_messages
+
+if TYPE_CHECKING:
+    from activepref.config import JudgeConfig
 
 DIGITS = ("1", "2", "3", "4", "5")
 TOP_LOGPROBS = 20  # what OpenAI-compatible servers allow at most
@@ -50,13 +54,11 @@ class LikertJudge:
     def __init__(
         self,
         backend: ChatBackend,
-        cache: RequestCache,
         aspects: Sequence[str] = ASPECTS,
         max_retries: int = 2,
         top_logprobs: int = TOP_LOGPROBS,
     ) -> None:
-        self.backend = backend
-        self.cache = cache
+        self.backend = backend  # a CachedBackend in a run: each answer is committed as it arrives
         self.aspects = tuple(aspects)
         self.max_retries = max_retries
         self.top_logprobs = top_logprobs
@@ -80,7 +82,7 @@ class LikertJudge:
                 break
             calls = [self._request(requests[i], a, attempt) for i, a in todo]
             results: dict[int, ChatResult | BackendError] = {}
-            self.cache.complete(self.backend, calls, "judge", results.__setitem__)
+            self.backend.complete(calls, results.__setitem__)
             retry = []
             for j, key in enumerate(todo):
                 res = results.get(j)
@@ -108,5 +110,5 @@ class LikertJudge:
 
 
 @register_judge("likert", "Probabilistic Likert judge: expected 1-5 score per aspect from digit log-probabilities.")
-def make_likert_judge(backend: ChatBackend, cache: RequestCache, max_retries: int = 2, **_: object) -> LikertJudge:
-    return LikertJudge(backend, cache, max_retries=max_retries)
+def make_likert_judge(config: JudgeConfig, resources: JudgeResources) -> LikertJudge:
+    return LikertJudge(CachedBackend(resources.chat_backend(config), resources.cache(), "judge"), max_retries=config.max_retries)

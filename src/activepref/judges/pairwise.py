@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
-from activepref.cache import RequestCache
 from activepref.judges.rubrics import pairwise_messages
 
 LETTERS = ("A", "B")
@@ -35,10 +34,9 @@ def first_wins_probability(result: ChatResult) -> float | None:
 
 class PairwiseJudge:
     def __init__(
-        self, backend: ChatBackend, cache: RequestCache, both_orders: bool = False, seed: int = 0, max_retries: int = 0
+        self, backend: ChatBackend, both_orders: bool = False, seed: int = 0, max_retries: int = 0
     ) -> None:
-        self.backend = backend
-        self.cache = cache
+        self.backend = backend  # a CachedBackend in a run: each answer is committed as it arrives
         self.both_orders = both_orders
         self.seed = seed
         self.max_retries = max_retries
@@ -71,7 +69,7 @@ class PairwiseJudge:
                     calls.append(self._request(prompt, first, second, attempt))
                     owners.append((i, swapped))
             results: dict[int, ChatResult | BackendError] = {}
-            self.cache.complete(self.backend, calls, "judge", results.__setitem__)
+            self.backend.complete(calls, results.__setitem__)
             for j, (i, swapped) in enumerate(owners):
                 res = results.get(j)
                 if isinstance(res, ChatResult):

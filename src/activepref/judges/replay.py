@@ -7,12 +7,14 @@ annotation cost of a method is the number of scores it had revealed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from activepref.errors import JudgeError
-from activepref.judges import JudgeScore, ScoreRequest, register_judge
+from activepref.errors import ConfigError, JudgeError
+from activepref.judges import JudgeResources, JudgeScore, ScoreRequest, StoredScore, register_judge
 
-StoredScore = Callable[[int], tuple[float | None, dict[str, float]]]
+if TYPE_CHECKING:
+    from activepref.config import JudgeConfig
 
 
 class ReplayJudge:
@@ -34,6 +36,11 @@ class ReplayJudge:
         return JudgeScore(float(value), aspects or None)
 
 
-@register_judge("replay", "Reveal the pool's stored scores on request (simulation; each reveal is one annotation).")
-def make_replay_judge(stored_score: StoredScore, **_: object) -> ReplayJudge:
-    return ReplayJudge(stored_score)
+@register_judge(
+    "replay", "Reveal the pool's stored scores on request (simulation; each reveal is one annotation).",
+    needs_model=False, pool_scores=True,
+)
+def make_replay_judge(config: JudgeConfig, resources: JudgeResources) -> ReplayJudge:
+    if resources.stored_score is None:
+        raise ConfigError("judge.kind replay reads the pool's stored scores, and this run has no pool")
+    return ReplayJudge(resources.stored_score)

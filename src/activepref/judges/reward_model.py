@@ -8,9 +8,13 @@ unpadded, so the result never depends on batch composition or on the model's pad
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from activepref.errors import JudgeError
-from activepref.judges import JudgeScore, ScoreRequest, register_judge
+from activepref.judges import JudgeResources, JudgeScore, ScoreRequest, register_judge
+
+if TYPE_CHECKING:
+    from activepref.config import JudgeConfig
 
 
 class RewardModelJudge:
@@ -52,6 +56,10 @@ class RewardModelJudge:
         return out
 
 
-@register_judge("reward_model", "Sequence-classification reward model: the scalar score of (prompt, response).")
-def make_reward_model_judge(model: str, gguf_file: str | None = None, dtype: str = "float32", device: str = "cpu", **_: object) -> RewardModelJudge:
-    return RewardModelJudge(model, gguf_file, dtype, device)
+@register_judge(
+    "reward_model", "Sequence-classification reward model: the scalar score of (prompt, response).",
+    backends=["transformers"],
+)
+def make_reward_model_judge(config: JudgeConfig, resources: JudgeResources) -> RewardModelJudge:
+    m = config.require_model()
+    return RewardModelJudge(m.model, m.gguf_file, m.dtype, m.device)
