@@ -527,7 +527,7 @@ def test_the_command_line_silences_tqdm_before_a_model_library_imports_it():
     assert "GGUF" not in proc.stderr and proc.stdout == ""
 
 
-COMMANDS = ("run", "resume", "status", "export", "evaluate", "methods", "plugins", "simulate", "quickstart", "apl", "bench", "make-pool")
+COMMANDS = ("run", "resume", "status", "export", "evaluate", "methods", "plugins", "check", "simulate", "quickstart", "apl", "bench", "make-pool")
 
 
 def test_help_paragraphs_wrap_once_at_the_terminal_width():
@@ -544,3 +544,52 @@ def test_help_paragraphs_wrap_once_at_the_terminal_width():
             continues = after.strip() and not after.strip().startswith(("•", "-"))
             if here.strip() and continues and not here.strip().startswith("•"):
                 assert len(here) >= 55, f"{command} --help wraps early: {here!r} / {after!r}"
+
+
+def test_check_validates_a_config_and_reads_its_pool_without_a_model(work, tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text(f"pool: {work / 'pool.parquet'}\nmethod: dts\n" + TINY)
+    result = invoke("check", "-c", cfg)
+    assert_ok(result)
+    assert f"pool {work / 'pool.parquet'}: 24 prompts" in result.output and result.output.rstrip().endswith("ok")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pool: missing.parquet\n", "pool: file {dir}/missing.parquet does not exist"),
+        ("features: nope.npy\n", "features: file {dir}/nope.npy does not exist"),
+        ("judge: {kind: likert, model: {backend: ollama, model: m}}\n", "judge.model.backend: unknown backend 'ollama'"),
+        ("method: dopt\nmethod_options: {method: magic}\n", "dopt: method must be one of"),
+        ("judge: {kind: replay, audit_log: /no/such/dir/audit.jsonl}\n", "judge.audit_log: folder /no/such/dir does not exist"),
+    ],
+)
+def test_check_names_the_field_and_value_and_exits_2(tmp_path, text, expected):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    result = invoke("check", "-c", cfg)
+    assert result.exit_code == 2, result.output
+    assert expected.format(dir=tmp_path) in " ".join(result.output.split())
+
+
+def test_check_reads_the_pool_as_a_run_would_and_names_the_bad_line(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"prompt_id": "p", "prompt": "x", "response_id": "r", "response": "y", "model": "m", "features": [1.0, "a"]}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pool: pool.jsonl\n")
+    result = invoke("check", "-c", cfg)
+    assert result.exit_code == 2
+    assert f"{pool}, line 1, field 'features.1': Input should be a valid number" in " ".join(result.output.split())
+
+
+def test_the_flat_judge_config_warns_in_one_line(tmp_path):
+    cfg = tmp_path / "flat.yaml"
+    cfg.write_text("judge: {kind: likert, backend: openai, model: j}\n")
+    proc = subprocess.run([_script(), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "1000"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "warning: judge: the flat fields backend, model are deprecated and will be refused in the next release; "
+        "nest them under judge.model (judge: {kind: likert, model: {backend: openai, model: ..., base_url: ...}})"
+    ]
+    assert "judge: likert with j (openai)" in proc.stdout

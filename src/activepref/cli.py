@@ -332,6 +332,31 @@ def methods() -> None:
 
 
 @app.command()
+def check(
+    config: ConfigOpt = None,
+    pool: PoolOpt = None,
+    features: FeaturesOpt = None,
+    method: MethodOpt = None,
+) -> None:
+    """Validate a run config completely, without loading a model or calling a server.
+
+    Checks every field, the method and its options, the judge kind, every backend and the
+    embedder against the registries (`activepref plugins`), and reads every file the run would
+    read (pool or prompts, features) as the run would. Prints what the run would start from;
+    on the first problem prints one line naming the file, field and value, and exits with 2.
+    """
+    from activepref.preflight import check_config
+
+    try:
+        report = check_config(_config(config, pool=pool, features=features, method=method))
+    except ActivePrefError as exc:
+        _fail(exc)
+    for line in report.lines:
+        console.print(line, markup=False, highlight=False)
+    console.print("ok", markup=False, highlight=False)
+
+
+@app.command()
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: registrations and failures.")] = False,
 ) -> None:
@@ -718,6 +743,10 @@ def main() -> None:  # pragma: no cover
     # so it is set here, before any command imports a model library.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    import warnings
+
+    # A deprecation aimed at the user (e.g. the flat judge config) is one line, not a source excerpt.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from activepref.numerics import flush_denormals_in_every_thread
 
