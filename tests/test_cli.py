@@ -560,7 +560,7 @@ def test_check_validates_a_config_and_reads_its_pool_without_a_model(work, tmp_p
         ("pool: missing.parquet\n", "pool: file {dir}/missing.parquet does not exist"),
         ("features: nope.npy\n", "features: file {dir}/nope.npy does not exist"),
         ("judge: {kind: likert, model: {backend: ollama, model: m}}\n", "judge.model.backend: unknown backend 'ollama'"),
-        ("method: dopt\nmethod_options: {method: magic}\n", "dopt: method must be one of"),
+        ("method: dopt\nmethod_options: {method: magic}\n", "method_options.method: Input should be 'gradient' or 'greedy' (got 'magic') (method 'dopt')"),
         ("judge: {kind: replay, audit_log: /no/such/dir/audit.jsonl}\n", "judge.audit_log: folder /no/such/dir does not exist"),
     ],
 )
@@ -593,3 +593,14 @@ def test_the_flat_judge_config_warns_in_one_line(tmp_path):
         "nest them under judge.model (judge: {kind: likert, model: {backend: openai, model: ..., base_url: ...}})"
     ]
     assert "judge: likert with j (openai)" in proc.stdout
+
+
+def test_methods_verbose_lists_every_option_with_type_default_bounds_and_help():
+    result = invoke("methods", "--verbose")
+    assert_ok(result)
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines() if line.startswith("│")]
+    by_key = {(r[0], r[1]): r for r in rows if len(r) == 6 and r[0]}
+    assert by_key[("deltaquantile", "quantile")][2:5] == ["float", "0.05", ">= 0, <= 1"]
+    assert by_key[("dopt", "method")][2:4] == ["'gradient' | 'greedy'", "'gradient'"]
+    assert by_key[("delta_pair", "strong")][3] == "required"
+    assert by_key[("balpm", "k")][5].startswith("neighbours of the kNN")

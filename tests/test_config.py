@@ -262,3 +262,31 @@ def test_loading_a_config_imports_neither_torch_nor_an_extra(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- method options are typed by the method's signature (issue 13) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "expected"),
+    [
+        ("deltaquantile", "{quantile: 1.5}", "method_options.quantile: Input should be less than or equal to 1 (got 1.5) (method 'deltaquantile')"),
+        ("ultrafeedback", "{sample_size: many}", "method_options.sample_size: Input should be a valid integer"),
+        ("balpm", "{estimator: knn}", "method_options.estimator: Input should be 'ksg' or 'kl' (got 'knn')"),
+        ("batchbald", "{pool_size: 0}", "method_options.pool_size: Input should be greater than or equal to 1"),
+    ],
+)
+def test_method_options_are_checked_by_their_types_and_bounds(tmp_path, method, options, expected):
+    path = write(tmp_path / "c.yaml", f"method: {method}\nmethod_options: {options}\n")
+    assert expected in config_error(path)
+
+
+def test_typed_options_reach_the_method_as_declared(tmp_path):
+    """YAML's 0.1 for a float option and null for an optional int pass through unchanged."""
+    from activepref.acquisition import get_method, make_selector
+
+    assert get_method("batchbald").options_model.model_validate({"pool_size": None}).pool_size is None
+    bound = make_selector("deltaquantile", {"quantile": 0.1, "half_width": 0.02})
+    assert bound.keywords == {"quantile": 0.1, "half_width": 0.02}
+    cfg = load_config(write(tmp_path / "c.yaml", "method: dopt\nmethod_options: {method: greedy}\n"))
+    assert cfg.method_options == {"method": "greedy"}

@@ -310,12 +310,15 @@ def evaluate(
 
 
 @app.command()
-def methods() -> None:
+def methods(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every method option: type, default, constraints and help.")] = False,
+) -> None:
     """List every acquisition method with a one-line description and its presets.
 
     The preset columns give 001 Table 16's beta / zeta-decay / rho for the method, used
     when a run leaves those fields unset (`preset: paper-dpo`, the default, or
-    `preset: paper-rm`; `preset: none` keeps beta 1, zeta-decay 0.99, rho 1000).
+    `preset: paper-rm`; `preset: none` keeps beta 1, zeta-decay 0.99, rho 1000). Options go
+    under `method_options:` in the config and are checked against these types.
     """
     from activepref.acquisition import available
     from activepref.presets import PRESETS, preset_settings
@@ -329,6 +332,13 @@ def methods() -> None:
             cells.append("-" if st is None else f"{st.beta:g} / {st.zeta_decay:g} / {st.rho}")
         table.add_row(m.name, m.family, escape(opts), *cells, escape(m.description))
     console.print(table)
+    if verbose:
+        from activepref.acquisition import option_rows
+
+        detail = Table("method", "option", "type", "default", "constraints", "help", title="method_options")
+        for row in option_rows():
+            detail.add_row(*(escape(cell) for cell in (row.method, row.option, row.type, row.default, row.constraints, row.help)))
+        console.print(detail)
 
 
 @app.command()

@@ -416,8 +416,11 @@ def test_budget_bounds(name):
 
 def test_bad_options_and_singular_information():
     comparisons = hand_set(PLANE, PLANE_PAIRS)
-    with pytest.raises(ConfigError, match="dopt: method must be one of 'gradient', 'greedy' \\(got 'exact'\\)"):
+    # The typed options refuse it before the design runs; called directly, the design still checks.
+    with pytest.raises(ConfigError, match="method_options.method: Input should be 'gradient' or 'greedy' \\(got 'exact'\\)"):
         select("dopt", comparisons, 1, method="exact")
+    with pytest.raises(ConfigError, match="dopt: method must be one of 'gradient', 'greedy' \\(got 'exact'\\)"):
+        get_method("dopt").propose(comparisons, 1, np.random.default_rng(0), method="exact")
     with pytest.raises(ConfigError, match="not an option of 'entropy'"):
         make_selector("entropy", {"method": "greedy"})
     flat = hand_set(PLANE, PLANE_PAIRS, prior_precision=0.0)

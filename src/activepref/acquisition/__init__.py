@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from activepref.acquisition.base import (
     CandidateBatch,
@@ -51,6 +53,7 @@ class Method:
     uses_reward_model: bool
     kind: str = "per_prompt"
     inputs: frozenset[str] = frozenset()  # designs: the DESIGN_INPUTS it reads
+    options_model: type[BaseModel] = field(default=BaseModel, compare=False)  # typed method_options
 
     def options(self) -> dict[str, Any]:
         """Keyword options and their defaults."""
@@ -66,12 +69,27 @@ class Method:
 REGISTRY: Registry[Method] = Registry("method")
 
 
+def options_model(fn: ProposeFn, positional: int, name: str) -> type[BaseModel]:
+    """A pydantic model of ``fn``'s keyword options, built from its signature: each option's
+    annotation is its type (``Annotated[int, Field(ge=1, description=...)]`` adds a constraint
+    and the help ``activepref methods --verbose`` prints) and its default the default, so the
+    function stays the one place an option is declared."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    fields: dict[str, Any] = {}
+    for p in list(inspect.signature(fn).parameters.values())[positional:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+
+
 def register(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
     """Decorator adding a proposal function to the registry under ``name``."""
 
     def wrap(fn: ProposeFn) -> ProposeFn:
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY.add(Method(name, description, fn, family, uses_reward_model))
+        REGISTRY.add(Method(name, description, fn, family, uses_reward_model, options_model=options_model(fn, 2, name)))
         return fn
 
     return wrap
@@ -91,7 +109,10 @@ def register_design(
 
     def wrap(fn: ProposeFn) -> ProposeFn:
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY.add(Method(name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs)))
+        REGISTRY.add(Method(
+            name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs),
+            options_model=options_model(fn, 3, name),
+        ))
         return fn
 
     return wrap
@@ -107,6 +128,49 @@ def get_method(name: str) -> Method:
     return REGISTRY.get(name)
 
 
+@dataclass(frozen=True)
+class OptionRow:
+    """One method option as ``activepref methods --verbose`` prints it."""
+
+    method: str
+    option: str
+    type: str
+    default: str
+    constraints: str
+    help: str
+
+
+def option_rows() -> list[OptionRow]:
+    """Every option of every registered method, from its typed options model."""
+    rows = []
+    for m in available():
+        for name, info in m.options_model.model_fields.items():
+            default = "required" if info.is_required() else repr(info.default)
+            rows.append(OptionRow(m.name, name, _type_text(info.annotation), default, _limits_text(info.metadata), info.description or ""))
+    return rows
+
+
+def _type_text(annotation: Any) -> str:
+    """int, float | None, 'gradient' | 'greedy' ..."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(v) for v in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="), ("max_length", "length <="))
+
+
+def _limits_text(metadata: list[Any]) -> str:
+    """Field constraints (annotated_types objects) as '>= 1', '> 0', ..."""
+    parts = []
+    for item in metadata:
+        for attr, sign in _BOUNDS:
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
+    return ", ".join(parts)
+
+
 def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[[CandidateBatch, np.random.Generator], Proposal]:
     """Bind a method's options, rejecting unknown ones with the list of valid names."""
     method = get_method(name)
@@ -119,7 +183,15 @@ def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[
     missing = [k for k, v in known.items() if v is inspect.Parameter.empty and k not in options]
     if missing:
         raise ConfigError(f"method_options: {name!r} needs {', '.join(repr(m) for m in missing)}")
-    return functools.partial(method.propose, **options)
+    try:
+        typed = method.options_model.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"method_options.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r:.60})"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{problems} (method {name!r})") from None
+    return functools.partial(method.propose, **{k: getattr(typed, k) for k in options})
 
 
 # Families register themselves on import; keep this list in sync with the modules.
@@ -141,6 +213,7 @@ __all__ = [
     "get_method",
     "lcb_preference_prob",
     "make_selector",
+    "option_rows",
     "register",
     "resolve_pairs",
     "ucb_preference_prob",

@@ -7,7 +7,10 @@ probability bounds are the sigmoids of 001 eqs. 3-4, so every method depends on 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
 
 from activepref.acquisition import register
 from activepref.acquisition.base import (
@@ -118,13 +121,16 @@ def _thompson_pair(
     return _proposal(pair, m, fallbacks=fallbacks)
 
 
+MaxIter = Annotated[int, Field(ge=0, description="redraws of the second sample until it differs from the first")]
+
+
 @register("dts", "Double Thompson sampling: two independent draws in [lower, upper], distinct argmaxes.")
-def dts(batch: CandidateBatch, rng: np.random.Generator, maxiter: int = THOMPSON_MAXITER) -> Proposal:
+def dts(batch: CandidateBatch, rng: np.random.Generator, maxiter: MaxIter = THOMPSON_MAXITER) -> Proposal:
     return _thompson_pair(batch, rng, maxiter, reverse_second=False)
 
 
 @register("drts", "Double reverse Thompson sampling: sampled best vs sampled worst (active delta learning).")
-def drts(batch: CandidateBatch, rng: np.random.Generator, maxiter: int = THOMPSON_MAXITER) -> Proposal:
+def drts(batch: CandidateBatch, rng: np.random.Generator, maxiter: MaxIter = THOMPSON_MAXITER) -> Proposal:
     return _thompson_pair(batch, rng, maxiter, reverse_second=True)
 
 
@@ -134,7 +140,10 @@ def _tie_break(candidates: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 @register("maxminlcb", "MaxMinLCB: j1 maximises its worst-case LCB preference prob; j2 is j1's weakest opponent.")
-def maxminlcb(batch: CandidateBatch, rng: np.random.Generator, epsilon: float = MAXMIN_EPSILON) -> Proposal:
+def maxminlcb(
+    batch: CandidateBatch, rng: np.random.Generator,
+    epsilon: Annotated[float, Field(ge=0, description="tie tolerance of the LCB comparisons (001 Alg. 3)")] = MAXMIN_EPSILON,
+) -> Proposal:
     """Random stream, in order: tie-break keys for j1 [b, m], then for j2 [b, m]."""
     mask = batch.mask
     b, m = mask.shape

@@ -82,8 +82,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
 from activepref.acquisition import register_design
 from activepref.acquisition.comparisons import ComparisonSet
@@ -106,8 +108,10 @@ BALPM_BETA = 1e-2  # β, weight of the entropy term (the released β-robustness 
 BALPM_K = 13  # k of the kNN entropy estimator
 BALPM_DIMENSION = 1.0  # d in log(2ρ + ε) - ψ(n + 1)/d (a free scale in 003's code, not dim x)
 BALPM_DISTANCE_EPSILON = 1e-4  # ε in log(2ρ + ε): 003's code; keeps duplicate prompts finite
-ESTIMATORS = ("ksg", "kl")  # 003's estimator; its App. D ablation (Kozachenko–Leonenko)
-SELECTIONS = ("greedy", "softmax")  # 003's argmax; Gumbel-perturbed (Kirsch et al. 2023)
+Estimator = Literal["ksg", "kl"]  # 003's estimator; its App. D ablation (Kozachenko–Leonenko)
+Selection = Literal["greedy", "softmax"]  # 003's argmax; Gumbel-perturbed (Kirsch et al. 2023)
+ESTIMATORS = get_args(Estimator)
+SELECTIONS = get_args(Selection)
 GUMBEL_BETA = 1.0  # inverse temperature of the softmax selection (Kirsch et al. 2023)
 NORMALIZE_FLAT = 1e-12  # normalize_entropy: a relative spread below this is no spread (all 0)
 
@@ -363,9 +367,9 @@ def batchbald(
     comparisons: ComparisonSet,
     budget: int,
     rng: np.random.Generator,
-    pool_size: int | None = POOL_SIZE,
-    max_exact_configurations: int = MAX_EXACT_CONFIGURATIONS,
-    num_samples: int = NUM_SAMPLES,
+    pool_size: Annotated[int | None, Field(ge=1, description="candidates: the top comparisons by BALD (null: all)")] = POOL_SIZE,
+    max_exact_configurations: Annotated[int, Field(ge=1, description="exact enumeration of joint outcomes while 2^|S| <= this")] = MAX_EXACT_CONFIGURATIONS,
+    num_samples: Annotated[int, Field(ge=1, description="Monte-Carlo joint outcomes beyond it (rounded up to a multiple of K)")] = NUM_SAMPLES,
 ) -> np.ndarray:
     """[budget] indices, greedy in I(y_S; θ) (Kirsch et al. 2019). Candidates: the
     max(pool_size, budget) comparisons of highest BALD (all when pool_size is None), kept in
@@ -552,13 +556,13 @@ def balpm(
     comparisons: ComparisonSet,
     budget: int,
     rng: np.random.Generator,
-    beta: float = BALPM_BETA,
-    k: int = BALPM_K,
-    dimension: float = BALPM_DIMENSION,
-    estimator: str = "ksg",
-    normalize_entropy: bool = False,
-    selection: str = "greedy",
-    gumbel_beta: float = GUMBEL_BETA,
+    beta: Annotated[float, Field(description="weight of the prompt-entropy term (003: 0.01)")] = BALPM_BETA,
+    k: Annotated[int, Field(ge=1, description="neighbours of the kNN entropy estimate")] = BALPM_K,
+    dimension: Annotated[float, Field(gt=0, description="d in log(2 rho + eps) - psi(n + 1) / d of the entropy estimate (a free scale in 003's code)")] = BALPM_DIMENSION,
+    estimator: Annotated[Estimator, Field(description="ksg (003) or kl (Kozachenko-Leonenko)")] = "ksg",
+    normalize_entropy: Annotated[bool, Field(description="z-score the entropy term over the comparisons still available (003's code)")] = False,
+    selection: Annotated[Selection, Field(description="greedy argmax or Gumbel-perturbed softmax")] = "greedy",
+    gumbel_beta: Annotated[float, Field(gt=0, description="inverse temperature of the softmax selection (Kirsch et al. 2023)")] = GUMBEL_BETA,
 ) -> np.ndarray:
     """[budget] indices by BAL-PM (003): BALD_i + β · prompt-entropy term, greedy, the term of
     every prompt updated after each pick. Needs comparisons.prompt_features; the acquired set

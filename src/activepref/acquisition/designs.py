@@ -52,13 +52,20 @@ silently returns fewer comparisons than asked).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal, get_args
+
 import numpy as np
+from pydantic import Field
 
 from activepref.acquisition import register_design
 from activepref.acquisition.comparisons import ComparisonSet
 from activepref.errors import ConfigError
 
-OPTIMISERS = ("gradient", "greedy")  # 002 §3.2 sensitivity approximation; exact greedy
+Optimiser = Annotated[
+    Literal["gradient", "greedy"],  # 002 §3.2 sensitivity approximation; exact greedy
+    Field(description="gradient: 002 §3.2's first-order score, top budget; greedy: exact greedy log-det"),
+]
+OPTIMISERS = get_args(get_args(Optimiser)[0])
 DEFAULT_OPTIMISER = "gradient"  # what 002 §3.2 uses for D-opt, PA D-opt and det(XᵀX)
 HISTORY_CHUNK = 2048  # rows of past_differences per distance block in coreset
 COMPARISON_BLOCK = 256  # comparisons per block of coreset's history distances: [block, chunk] stays in cache
@@ -321,7 +328,7 @@ def _determinant_design(
 
 @register_design("dopt", "D-optimal: top comparisons by ∂ log|Fisher information + I/σ²| (002 eq. 4, §3.2).", inputs={"phi"})
 def dopt(
-    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: Optimiser = DEFAULT_OPTIMISER
 ) -> np.ndarray:
     """Bayesian D-optimal design (002 eq. 4 with the + I/σ² prior): information of the new
     batch only, a_i = p̂_i(1 - p̂_i); ``method`` "gradient" (002 §3.2) or "greedy" (exact)."""
@@ -332,7 +339,7 @@ def dopt(
 
 @register_design("pa_dopt", "Past-aware D-optimal: D-opt with the labelled comparisons' information added (002 §3.1).", inputs={"phi", "past_information"})
 def pa_dopt(
-    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: Optimiser = DEFAULT_OPTIMISER
 ) -> np.ndarray:
     """PA D-opt (002 §3.1): maximise log|I_past + I + I/σ²|; ``past_information`` None counts
     as no history (then identical to ``dopt``)."""
@@ -343,7 +350,7 @@ def pa_dopt(
 
 @register_design("xtx", "det(XᵀX): D-optimal on the design matrix of Φ differences, no p̂(1-p̂) weights (002 eq. 7).", inputs={"phi", "past_differences"})
 def xtx(
-    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: str = DEFAULT_OPTIMISER
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, method: Optimiser = DEFAULT_OPTIMISER
 ) -> np.ndarray:
     """det(XᵀX) (002 eq. 7, Mukherjee et al. 2024): a_i = 1; the labelled ``past_differences``
     join XᵀX when given; prior_precision · I is kept as a ridge so the determinant is
@@ -397,7 +404,8 @@ def candidate_layer(comparisons: ComparisonSet) -> np.ndarray:
     inputs={"phi", "past_differences"},
 )
 def coreset(
-    comparisons: ComparisonSet, budget: int, rng: np.random.Generator, sign_invariant: bool = True
+    comparisons: ComparisonSet, budget: int, rng: np.random.Generator,
+    sign_invariant: Annotated[bool, Field(description="a comparison and its reverse are the same point")] = True,
 ) -> np.ndarray:
     """k-center greedy (Sener & Savarese 2018) on ΔΦ (per-head phi: the concatenated layer).
 

@@ -3,7 +3,10 @@ ultrafeedback and the DeltaQwen-style fixed model pair."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
 
 from activepref.acquisition import register
 from activepref.acquisition.base import (
@@ -51,7 +54,10 @@ def maxmin(batch: CandidateBatch, rng: np.random.Generator) -> Proposal:
     "UltraFeedback: judge 4 random candidates; best vs a random one of the other 3.",
     uses_reward_model=False,
 )
-def ultrafeedback(batch: CandidateBatch, rng: np.random.Generator, sample_size: int = ULTRAFEEDBACK_SAMPLE) -> Proposal:
+def ultrafeedback(
+    batch: CandidateBatch, rng: np.random.Generator,
+    sample_size: Annotated[int, Field(ge=1, description="candidates judged per prompt (001: 4)")] = ULTRAFEEDBACK_SAMPLE,
+) -> Proposal:
     mask = batch.mask
     b, m = mask.shape
     order = _random_order(mask, rng)[:, : min(sample_size, m)]  # [b, s]
@@ -69,7 +75,9 @@ def ultrafeedback(batch: CandidateBatch, rng: np.random.Generator, sample_size: 
     uses_reward_model=False,
 )
 def delta_pair(
-    batch: CandidateBatch, rng: np.random.Generator, *, strong: str, weak: str
+    batch: CandidateBatch, rng: np.random.Generator, *,
+    strong: Annotated[str, Field(min_length=1, description="model whose response is always chosen")],
+    weak: Annotated[str, Field(min_length=1, description="model whose response is always rejected")],
 ) -> Proposal:
     if batch.models is None:
         raise ValueError("delta_pair needs the model name of every candidate (batch.models)")

@@ -16,9 +16,13 @@ u_coin = rng.random(b); deltaquantile draws nothing.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
+from pydantic import Field
 
 from activepref.acquisition import register
+from activepref.acquisition.bandits import log_preference_width
 from activepref.acquisition.base import (
     NO_CANDIDATE,
     CandidateBatch,
@@ -28,7 +32,6 @@ from activepref.acquisition.base import (
     random_valid_index,
     valid_pair_mask,
 )
-from activepref.acquisition.bandits import log_preference_width
 
 # Upstream defaults (UPSTREAM_METHODS.md).
 DELTAQUANTILE_Q = 0.05
@@ -45,7 +48,11 @@ def _proposal(pair: np.ndarray, m: int, **info: float) -> Proposal:
 
 
 @register("deltaquantile", "DeltaQuantile (upstream default): among pairs at the q-quantile of optimistic gaps u_j - l_k, the one whose first response has the highest upper bound.")
-def deltaquantile(batch: CandidateBatch, rng: np.random.Generator, quantile: float = DELTAQUANTILE_Q, half_width: float = DELTAQUANTILE_HALF_WIDTH) -> Proposal:
+def deltaquantile(
+    batch: CandidateBatch, rng: np.random.Generator,
+    quantile: Annotated[float, Field(ge=0, le=1, description="q: the pairs at the q-quantile of the optimistic gaps u_j - l_k are the candidates")] = DELTAQUANTILE_Q,
+    half_width: Annotated[float, Field(ge=0, description="the candidates are the pairs between the q - half_width and q + half_width quantiles")] = DELTAQUANTILE_HALF_WIDTH,
+) -> Proposal:
     """Optimistic gaps G[j, k] = u_j - l_k over the N = c(c-1) ordered pairs of the prompt's c
     candidates, ranked in descending order (ties in row-major (j, k) order). The window of
     ranks [floor(N max(0, q - eps)), floor(N min(1, q + eps))) (at least one rank; eps =
@@ -122,8 +129,12 @@ def _near_best(values: np.ndarray, allowed: np.ndarray, tolerance: float, u: np.
     return random_valid_index(near, u)
 
 
+Tolerance = Annotated[float, Field(ge=0, description="values within this of the best are ties, broken at random")]
+Buffer = Annotated[float, Field(description="candidates need an upper bound u_j > 0.5 - buffer")]
+
+
 @register("rucb", "RUCB (upstream): a random plausible response (u_k > 0.5) against the highest upper bound among the others.")
-def rucb(batch: CandidateBatch, rng: np.random.Generator, tolerance: float = TIE_TOLERANCE, buffer: float = DECISION_BUFFER) -> Proposal:
+def rucb(batch: CandidateBatch, rng: np.random.Generator, tolerance: Tolerance = TIE_TOLERANCE, buffer: Buffer = DECISION_BUFFER) -> Proposal:
     """Candidates C: real responses with u_j > 0.5 - buffer (all real ones when none passes).
     k uniform in C; j = argmax_{j != k} u_j over all real responses (uniform among those
     within ``tolerance`` of the best). A prompt with |C| = 1 is a self-pair upstream: skipped.
@@ -147,8 +158,9 @@ def rucb(batch: CandidateBatch, rng: np.random.Generator, tolerance: float = TIE
 
 @register("ids", "IDS (upstream): information-directed sampling between the greedy response and the one minimising regret^2 / information.")
 def ids(
-    batch: CandidateBatch, rng: np.random.Generator, tolerance: float = TIE_TOLERANCE, buffer: float = DECISION_BUFFER,
-    grid: int = IDS_GRID, rho2: float = IDS_RHO2,
+    batch: CandidateBatch, rng: np.random.Generator, tolerance: Tolerance = TIE_TOLERANCE, buffer: Buffer = DECISION_BUFFER,
+    grid: Annotated[int, Field(ge=1, description="points of the probability grid (0, 1] searched for the mixing probability")] = IDS_GRID,
+    rho2: Annotated[float, Field(gt=0, description="rho^2 in the information term log(1 + sigma_j / rho^2)")] = IDS_RHO2,
 ) -> Proposal:
     """Information-directed sampling as upstream writes it (per prompt, vectorised here):
 
