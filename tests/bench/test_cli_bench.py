@@ -50,3 +50,5 @@ def test_bench_without_matplotlib_says_there_are_no_plots_and_names_the_extra(tm
     text = " ".join(result.output.split())
     assert "curves.png" not in text.split("no plots:")[0]
     assert "no plots: this needs matplotlib: pip install 'activepref[plots]'" in text
+    summary = (tmp_path / "b" / "summary.md").read_text()
+    assert "`curves.png`" not in summary and "- no plots: this needs matplotlib: pip install 'activepref[plots]'" in summary

@@ -395,18 +395,22 @@ def write_report(
               "", "(A replay judge reveals stored scores: one call per annotation, no tokens.)", ""]
     lines += time_split_lines(run_dirs)
     lines += wall_lines(out)
+    from activepref.plots import plots_unavailable
+
+    no_plots = plots_unavailable()  # plots are optional (the `plots` extra)
+    plot_lines = [
+        "- `curves.png`: accuracy, Spearman loss and best-of-N against annotations (mean over seeds, band = 95% CI).",
+        "- `table21.png`: the chosen/rejected statistics above as a chart.",
+    ] if no_plots is None else [f"- no plots: {no_plots}"]
     lines += ["## Files", "",
               "- `results.csv`: one row per (method, seed, iteration) — method, seed, iteration, annotations, accuracy, "
               "spearman_loss, best_of_n, then extra columns.",
-              "- `curves.png`: accuracy, Spearman loss and best-of-N against annotations (mean over seeds, band = 95% CI).",
-              "- `table21.png`: the chosen/rejected statistics above as a chart.",
+              *plot_lines,
               "- `runs/<method>-seed<k>/`: each run's directory (`activepref status` / `activepref export` work on it).", "",
               GLOSSARY]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
 
-    from activepref.plots import plots_unavailable
-
-    if plots_unavailable() is not None:  # plots are optional (the `plots` extra); the CLI says so
+    if no_plots is not None:
         return out
     plot_curves(by, out / "curves.png")
     plot_table21(stats, out / "table21.png")
