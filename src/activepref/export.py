@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from activepref.store import RunStore
+import numpy as np
+
+from activepref.store import PreferenceRecord, RunStore
 
 ExportFormat = Literal["jsonl", "parquet"]
 COLUMNS = (
@@ -22,15 +24,19 @@ COLUMNS = (
 )
 
 
+def exported_preferences(prefs: list[PreferenceRecord], response_prompt: np.ndarray) -> list[PreferenceRecord]:
+    """The preferences `export` writes: both responses answer the record's prompt
+    (cross-prompt comparisons are left out)."""
+    return [p for p in prefs if int(response_prompt[p.rejected_idx]) == p.prompt_idx]
+
+
 def preference_records(store: RunStore, standard: bool = False) -> list[dict[str, Any]]:
     """In-prompt preferences as TRL rows. Cross-prompt comparisons (002 §3.4) have no shared
     prompt, so they train the reward model inside the run but are not exported here."""
     prompts = [p for p, _, _ in store.prompts()]
     responses, response_prompt = store.responses()
     out = []
-    for pref in store.preference_rows():
-        if int(response_prompt[pref.rejected_idx]) != pref.prompt_idx:
-            continue
+    for pref in exported_preferences(store.preference_rows(), response_prompt):
         prompt, chosen, rejected = prompts[pref.prompt_idx], responses[pref.chosen_idx], responses[pref.rejected_idx]
         if standard:
             p_val: Any = prompt.text

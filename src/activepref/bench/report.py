@@ -139,7 +139,7 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
 
 def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.PairCoverage]]:
     """Per method, each seed's model-pair coverage of its exported (in-prompt) pairs."""
-    from activepref.bench.runner import exported_preferences
+    from activepref.export import exported_preferences
     from activepref.store import RunStore
 
     out: dict[str, list[M.PairCoverage]] = defaultdict(list)
@@ -183,7 +183,7 @@ def time_split(run_dir: Path) -> dict[str, float] | None:
     """Seconds per column of TIME_COLUMNS plus ``other`` and ``total`` for one bench run, or
     None when the run has no timings (older benches). ``total`` = the bench's run wall +
     dataset evaluation; ``other`` = what no stage measured (pool import into the store, ...)."""
-    from activepref.bench.runner import BENCH_TIMINGS_FILE
+    from activepref.bench.files import BENCH_TIMINGS_FILE
     from activepref.timings import read_timings
 
     loop, bench = read_timings(run_dir), read_timings(run_dir, BENCH_TIMINGS_FILE)
@@ -222,7 +222,7 @@ def time_split_lines(run_dirs: dict[tuple[str, int], Path]) -> list[str]:
 
 def wall_lines(out: Path) -> list[str]:
     """The wall time of each `bench` call on this directory that ran or resumed runs."""
-    from activepref.bench.runner import read_calls
+    from activepref.bench.files import read_calls
 
     calls = [c for c in read_calls(out) if c.get("finished") or c.get("failed")]
     if not calls:
@@ -290,7 +290,7 @@ def write_report(
     """Write summary.md, curves.png and table21.png into ``out`` from ``results.csv``
     (default ``out/results.csv``) and the run stores ``run_dirs[(method, seed)]``; returns out.
     The plots need matplotlib (the `plots` extra); without it only summary.md is written."""
-    from activepref.bench.runner import read_results
+    from activepref.bench.files import read_results
 
     out = Path(out)
     rows = read_results(results_csv or out / "results.csv")

@@ -16,7 +16,6 @@ bench share one features file (``features/<sha256>.npy``, hard-linked into each 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import multiprocessing
@@ -30,27 +29,27 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from activepref.bench import metrics as M
+from activepref.bench.files import (  # noqa: F401  (RESULT_COLUMNS, read_calls, ... stay importable from here)
+    BENCH_TIMINGS_FILE,
+    CALLS_FILE,
+    EXTRA_COLUMNS,
+    RESULT_COLUMNS,
+    read_calls,
+    read_results,
+    record_call,
+    write_results,
+)
 from activepref.config import BUILTIN_POOL, RunConfig, load_config
 from activepref.errors import ActivePrefError, ConfigError
+from activepref.export import exported_preferences
 from activepref.timings import StageTimes
 
-if TYPE_CHECKING:
-    from activepref.store import PreferenceRecord
-
-RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spearman_loss", "best_of_n")
-EXTRA_COLUMNS = (
-    "pairs", "judge_calls", "judge_tokens", "best_of_n_regret", "best_of_n_normalized",
-    "oracle_best", "mean_chosen_reward", "mean_rejected_reward", "checkpoint",
-    "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy",
-)
 CACHE_NAME = "bench_metrics.json"
-BENCH_TIMINGS_FILE = "bench_timings.json"  # run = run/resume wall (incl. pool import), dataset_eval = evaluate_run
-CALLS_FILE = "bench_calls.json"  # one record per `bench` call: wall time, workers, runs ran and skipped
 CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
 DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
 
@@ -168,7 +167,6 @@ def _worker_init() -> None:
     from threadpoolctl import threadpool_limits
 
     from activepref.numerics import flush_denormals_in_every_thread
-
     from activepref.pools import reuse_last_pool
 
     flush_denormals_in_every_thread()  # as the CLI does, so a worker computes like a resumed run
@@ -423,12 +421,6 @@ def hidden_reference(store: Any) -> tuple[np.ndarray, np.ndarray]:
     return response_prompt, reference
 
 
-def exported_preferences(prefs: list[PreferenceRecord], response_prompt: np.ndarray) -> list[PreferenceRecord]:
-    """The preferences `export` writes: both responses answer the record's prompt
-    (cross-prompt comparisons are left out)."""
-    return [p for p in prefs if int(response_prompt[p.rejected_idx]) == p.prompt_idx]
-
-
 class _DatasetView:
     """The run's exported dataset (in-prompt pairs) up to an iteration, evaluated like
     `activepref evaluate` does (activepref.bench.dataset_quality) on the run's held-out prompts."""
@@ -485,64 +477,7 @@ def _judge_costs(store: Any, iteration: int, annotations: int | None) -> dict[st
     return {"judge_calls": int(calls) if calls else (annotations or 0), "judge_tokens": int(tokens)}
 
 
-# -- results.csv ------------------------------------------------------------------------------
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
-
-
-def write_results(rows: list[dict[str, Any]], path: Path) -> Path:
-    """results.csv: RESULT_COLUMNS then EXTRA_COLUMNS; NaN/None as empty cells."""
-    path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow([*RESULT_COLUMNS, *EXTRA_COLUMNS])
-        for row in rows:
-            w.writerow([_fmt(row.get(c)) for c in (*RESULT_COLUMNS, *EXTRA_COLUMNS)])
-    tmp.replace(path)
-    return path
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """results.csv back as dicts: method str, seed/iteration int, the rest float (NaN if empty)."""
-    out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for raw in csv.DictReader(fh):
-            row: dict[str, Any] = {"method": raw["method"], "seed": int(raw["seed"]), "iteration": int(raw["iteration"])}
-            for k, v in raw.items():
-                if k not in row:
-                    row[k] = float(v) if v not in ("", None) else float("nan")
-            out.append(row)
-    return out
-
-
 # -- the bench ------------------------------------------------------------------------------
-def record_call(out: Path, record: dict[str, Any]) -> None:
-    """Append one call's record to ``out/bench_calls.json`` (atomic rewrite)."""
-    path = Path(out) / CALLS_FILE
-    calls = read_calls(out)
-    calls.append(record)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(calls, indent=1), encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_calls(out: Path) -> list[dict[str, Any]]:
-    """The records of every `bench` call on ``out`` so far (oldest first); [] without any."""
-    path = Path(out) / CALLS_FILE
-    if not path.exists():
-        return []
-    try:
-        calls = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-
-
 def run_bench(
     pool: str,
     methods: list[str],
