@@ -112,10 +112,7 @@ class _Bars:
                 self.progress.update(self.task, total=total, completed=it + 1, info=escape(info))
 
         def on_stage(it: int, stage: str) -> None:
-            if self.plain:
-                self._line(f"iteration {it + 1}: {stage}")
-            else:
-                self.progress.update(self.task, info=escape(f"iteration {it}: {stage}"))
+            self.update(f"iteration {it + 1}: {stage}")  # 1-based, like the bar's count
 
         return LoopProgress(on_iteration=on_iteration, on_stage=on_stage)
 

@@ -45,7 +45,7 @@ class PluginFailure:
 
 
 _lock = threading.RLock()
-_loaded: list[Plugin] | None = None
+_loaded = False
 _failures: list[PluginFailure] = []
 
 
@@ -58,9 +58,9 @@ def load_plugins() -> list[PluginFailure]:
     """Import every installed plugin module once per process; returns the failures."""
     global _loaded
     with _lock:
-        if _loaded is not None:
+        if _loaded:
             return list(_failures)
-        _loaded = []  # set first: a plugin's own imports may consult the registries
+        _loaded = True  # set first: a plugin's own imports may consult the registries
         for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (_package_of(e), e.name)):
             plugin = Plugin(ep.name, ep.value, _package_of(ep))
             try:
@@ -70,14 +70,7 @@ def load_plugins() -> list[PluginFailure]:
                 failure = PluginFailure(plugin, f"{type(exc).__name__}: {exc}")
                 _failures.append(failure)
                 log.warning("activepref plugin %r (%s, package %s) failed to load: %s", plugin.name, plugin.module, plugin.package, failure.error)
-                continue
-            _loaded.append(plugin)
         return list(_failures)
-
-
-def loaded_plugins() -> list[Plugin]:
-    load_plugins()
-    return list(_loaded or [])
 
 
 def plugin_failures() -> list[PluginFailure]:

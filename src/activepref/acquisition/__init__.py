@@ -56,13 +56,11 @@ class Method:
     options_model: type[BaseModel] = field(default=BaseModel, compare=False)  # typed method_options
 
     def options(self) -> dict[str, Any]:
-        """Keyword options and their defaults."""
-        sig = inspect.signature(self.propose)
-        positional = 3 if self.kind == "design" else 2
+        """Keyword options and their defaults (``inspect.Parameter.empty`` where required),
+        read off the typed options model, which is built from the signature once."""
         return {
-            p.name: p.default
-            for p in list(sig.parameters.values())[positional:]
-            if p.default is not inspect.Parameter.empty or p.kind is p.KEYWORD_ONLY
+            name: inspect.Parameter.empty if info.is_required() else info.default
+            for name, info in self.options_model.model_fields.items()
         }
 
 
