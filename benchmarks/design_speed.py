@@ -8,7 +8,7 @@ hidden layer [K, n, 128] (002 §3.3: features before the final linear layer, per
 loop passes it). Candidates: every in-prompt pair (64 · 435 = 27,840 comparisons) and, separately,
 cross-prompt pairs subsampled to ``max_pairs`` = 50,000 (002 §3.4). History, as in a later
 iteration: 512 labelled comparisons (random pairs of the same responses) give
-per-head ``past_differences`` [K, 512, 128] and ``past_information`` [K, 128, 128] (Σ p̂(1-p̂) ΔΦ ΔΦᵀ, ``loop.labelled_information``); ``prompt_features``
+per-head ``past_differences`` [K, 512, 128] and ``past_information`` [K, 128, 128] (Σ p̂(1-p̂) ΔΦ ΔΦᵀ, ``comparisons.labelled_information``); ``prompt_features``
 [64, 2560] and ``acquired_prompt_features`` [256, 2560] are random (used by BAL-PM).
 prior_precision = 1. Budget: 64 comparisons per batch.
 
@@ -67,9 +67,12 @@ sys.path.insert(0, str(ROOT / "tests" / "references"))
 from _timing import time_calls  # noqa: E402  (benchmarks/_timing.py, beside this script)
 
 from activepref.acquisition import available, make_selector  # noqa: E402
-from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs  # noqa: E402
-from activepref.enn import ENNShape, EnsembleRewardModel  # noqa: E402
-from activepref.loop import labelled_information  # noqa: E402
+from activepref.acquisition.comparisons import (  # noqa: E402
+    ComparisonSet,
+    candidate_pairs,
+    labelled_information,  # noqa: E402
+)
+from activepref.model.enn import ENNShape, EnsembleRewardModel  # noqa: E402
 
 GOAL_MS = 1000.0
 DIM = 2560
@@ -105,7 +108,8 @@ def build_problem(prompts: int, per_prompt: int, seed: int = 0, heads: int = 20)
     rng = np.random.default_rng(seed)
     past = rng.integers(0, n, size=(HISTORY, 2))
     past = past[past[:, 0] != past[:, 1]]
-    past_info, past_diff = labelled_information(model, x[torch.from_numpy(past.reshape(-1))])  # [K, h, h], [K, H, h]
+    rows = x[torch.from_numpy(past.reshape(-1))]
+    past_info, past_diff = labelled_information(model.last_layer_features(rows), model.rewards(rows).double().numpy())  # [K, h, h], [K, H, h]
     comparisons = ComparisonSet(
         phi=phi,
         rewards=rewards,

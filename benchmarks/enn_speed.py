@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed of the batched ENN (``activepref.enn``) against its FLOP floor and the per-head loop.
+"""Speed of the batched ENN (``activepref.model.enn``) against its FLOP floor and the per-head loop.
 
 What is measured, per thread count (``torch.set_num_threads``; default 1 and all cores):
 
@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from references.enn_reference import build_heads, reference_loss, reference_rewards, snapshot  # noqa: E402
 
-from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
+from activepref.model.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
 
 GOAL_SPEEDUP = 3.0
 GOAL_TRAIN_VS_FLOOR = 2.0

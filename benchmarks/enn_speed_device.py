@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from references.enn_reference import build_heads, reference_loss, snapshot  # noqa: E402
 
-from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
+from activepref.model.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig  # noqa: E402
 
 D, K, H, STEPS, BATCH, BUFFER, CANDIDATES = 2560, 20, 128, 100, 64, 6400, 64 * 30
 

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from activepref.auf_pool import AUFRegime, auf_chunks
 from activepref.bench.dataset_quality import heldout_pairs, pair_accuracies, standardized_features, train_reward_model
+from activepref.pools.auf import AUFRegime, auf_chunks
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 
 from activepref.bench.dataset_quality import RM_L2, RM_MAX_ITER, heldout_pairs, pair_accuracies, train_reward_model
 from activepref.bench.runner import _DatasetView, hidden_reference
-from activepref.store import STATUS_TRAINED, RunStore
+from activepref.core.store import STATUS_TRAINED, RunStore
 
 SETTINGS = (  # (name, l2, max_iter)
     ("shipped", RM_L2, RM_MAX_ITER),

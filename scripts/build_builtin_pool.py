@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the built-in semi-synthetic candidate pool shipped with activepref.
 
-Output: ``src/activepref/data/builtin_pool.parquet`` (committed; < 2 MB). The
+Output: ``src/activepref/resources/builtin_pool.parquet`` (committed; < 2 MB). The
 package itself only ever reads that parquet file; this script and its inputs
 are development-time tools, rerun only when the pool design changes.
 
@@ -100,7 +100,7 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO_ROOT / "src" / "activepref" / "data" / "builtin_pool.parquet"
+DEFAULT_OUT = REPO_ROOT / "src" / "activepref" / "resources" / "builtin_pool.parquet"
 MTBENCH_SUBDIR = Path("fastchat/fastchat/llm_judge/data/mt_bench")
 
 ASPECTS = ("helpfulness", "truthfulness", "honesty", "instruction_following")

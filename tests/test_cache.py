@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult, SamplingParams
-from activepref.cache import CachedBackend, RequestCache
+from activepref.core.cache import CachedBackend, RequestCache
 
 
 class Counting:

@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 from activepref.cli import app
-from activepref.data import read_pool
-from activepref.pools import SYNTHETIC_MODELS
-from activepref.runs import split_prompts
-from activepref.store import RunStore
+from activepref.core.runs import split_prompts
+from activepref.core.store import RunStore
+from activepref.pools.reader import read_pool
+from activepref.pools.sources import SYNTHETIC_MODELS
 
 METHODS = ("random", "maxmin", "ultrafeedback", "delta_pair", "infomax", "dts", "maxminlcb", "drts", "deltaucb")
 TINY = "enn:\n  heads: 4\n  hidden: 8\n  steps: 5\n"

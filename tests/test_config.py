@@ -234,7 +234,7 @@ def test_a_judge_model_given_both_ways_is_refused(tmp_path):
 
 def test_unknown_names_are_checked_against_the_registries(tmp_path):
     msg = config_error(write(tmp_path / "j.yaml", "judge: {kind: oracle}\n"))
-    assert "judge.kind: unknown judge 'oracle'; choose one of: likert, replay, reward_model" in msg
+    assert "judge.kind: unknown judge 'oracle'; choose one of: likert, pairwise, replay, reward_model" in msg
     msg = config_error(write(tmp_path / "b.yaml", "judge: {kind: likert, model: {backend: ollama, model: m}}\n"))
     assert "judge.model.backend: unknown backend 'ollama'; choose one of: openai, transformers, vllm" in msg
     live = (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from activepref.pools import synthetic_pool, write_pool
+from activepref.pools.sources import synthetic_pool, write_pool
 
 _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
@@ -122,7 +122,7 @@ def test_sigkill_at_a_random_moment_then_resume(setup: dict[str, Path], delay: f
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    from activepref.store import RunStore
+    from activepref.core.store import RunStore
 
     if not RunStore.exists(out):  # killed before the run existed: start it again
         _cli("run", "-c", str(cfg), "--out", str(out), check=False)

@@ -1,4 +1,4 @@
-"""The candidate-pool reader (activepref.data.read_pool): formats, features, scores, errors.
+"""The candidate-pool reader (activepref.pools.reader.read_pool): formats, features, scores, errors.
 
 Every error test checks that the message names the file, the line (JSONL, 1-based) or
 row (Parquet / .npy, 0-based like pyarrow and numpy) and the field.
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activepref.data import read_pool
 from activepref.errors import ActivePrefError, PoolFormatError
-from activepref.pools import synthetic_pool, write_pool
+from activepref.pools.reader import read_pool
+from activepref.pools.sources import synthetic_pool, write_pool
 
 
 def row(i: int, **overrides) -> dict:
@@ -459,7 +459,7 @@ def test_parquet_feature_column_reads_like_the_row_by_row_check(tmp_path_factory
     """On random feature columns (missing rows, wrong lengths, NaN/inf, ints, float64, large
     lists, fixed-size lists) the one-pass reader gives the same pool or the same error, row
     and message as validating every row's list on its own."""
-    import activepref.data as data_module
+    import activepref.pools.reader as data_module
 
     n = data.draw(st.integers(1, 7), label="rows")
     kind = data.draw(st.sampled_from([*_FEATURE_TYPES, "fixed"]), label="type")
@@ -501,7 +501,7 @@ def test_parquet_feature_column_of_strings_keeps_the_row_check(tmp_path):
 def test_reuse_last_pool_hands_back_the_pool_until_its_file_changes(tmp_path):
     import os
 
-    from activepref.pools import load_pool, reuse_last_pool, synthetic_pool, write_pool
+    from activepref.pools.sources import load_pool, reuse_last_pool, synthetic_pool, write_pool
 
     path = write_pool(synthetic_pool(n_prompts=6, candidates=3, dim=4, seed=1), tmp_path / "pool.parquet")
     assert load_pool(str(path)) is not load_pool(str(path))  # off by default

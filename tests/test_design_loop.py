@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from activepref.config import load_config
-from activepref.export import preference_records
-from activepref.pools import synthetic_pool, write_pool
-from activepref.runs import run, status
-from activepref.store import RunStore
+from activepref.core.export import preference_records
+from activepref.core.runs import run, status
+from activepref.core.store import RunStore
+from activepref.pools.sources import synthetic_pool, write_pool
 
 DESIGNS = ["dopt", "pa_dopt", "xtx", "entropy", "maxdiff", "coreset", "bald", "batchbald", "balpm"]
 
@@ -94,7 +94,7 @@ def _balpm_inputs(monkeypatch: pytest.MonkeyPatch, cfg, run_dir: Path) -> list:
 def test_balpm_sees_the_whole_unlabelled_pool_and_candidate_means(tmp_path: Path, pool_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without prompt-only features a prompt's feature is the mean of its candidates'
     (standardised) features; the pool neighbours are the training prompts of later batches."""
-    from activepref.loop import load_features
+    from activepref.core.candidates import load_features
 
     cfg = _cfg(pool_path, "balpm", iterations=3)
     seen = _balpm_inputs(monkeypatch, cfg, tmp_path / "run")
@@ -111,7 +111,7 @@ def test_balpm_sees_the_whole_unlabelled_pool_and_candidate_means(tmp_path: Path
 
 
 def test_balpm_uses_a_pools_prompt_only_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from activepref.data import read_pool
+    from activepref.pools.reader import read_pool
 
     pool = synthetic_pool(n_prompts=24, candidates=4, dim=8, seed=2)
     pool.prompt_features = np.random.default_rng(0).normal(size=(24, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Embedders (activepref.embedders): the ``transformers`` kind takes the last hidden state at the
+"""Embedders (activepref.live.embedders): the ``transformers`` kind takes the last hidden state at the
 last non-pad token, equal to an unpadded per-example forward pass whatever the padding side,
 for a causal LM and for a sequence-classification reward model's base; left truncation keeps
 the response's end; the ``sentence_transformers`` kind on the shipped MiniLM, and its
@@ -16,17 +16,17 @@ pytest.importorskip("transformers")
 
 import tiny_models as tm  # noqa: E402
 
-from activepref import embedders  # noqa: E402
 from activepref.backends.transformers_local import load_model  # noqa: E402
-from activepref.embedders import (  # noqa: E402
+from activepref.errors import ConfigError  # noqa: E402
+from activepref.extras import MissingExtraError  # noqa: E402
+from activepref.live import embedders  # noqa: E402
+from activepref.live.embedders import (  # noqa: E402
     Embedder,
     MeanPoolingEmbedder,
     conversation_text,
     make_embedder,
     split_conversation,
 )
-from activepref.errors import ConfigError  # noqa: E402
-from activepref.extras import MissingExtraError  # noqa: E402
 
 CONVERSATIONS = [
     tm.conversation(p, r)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activepref.enn import (
+from activepref.model.enn import (
     ENNShape,
     EnsembleRewardModel,
     ReplayBuffer,
@@ -320,7 +320,7 @@ def test_the_buffer_order_decides_the_trained_model() -> None:
 def test_fit_restores_the_callers_flush_denormal_mode(initially: bool) -> None:
     """fit flushes subnormals while it trains and must leave the mode as it found it, so
     predictions after training and after a fresh start use the same arithmetic."""
-    from activepref.numerics import flush_denormal_enabled
+    from activepref.model.numerics import flush_denormal_enabled
 
     shape = ENNShape(dim=4, heads=2, hidden=4)
     buf = ReplayBuffer()

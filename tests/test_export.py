@@ -18,11 +18,11 @@ import pytest
 from cli_fixtures import one_torch_thread  # noqa: F401 - autouse fixture (one torch thread)
 from typer.testing import CliRunner
 
-from activepref import runs
 from activepref.cli import app
 from activepref.config import load_config
-from activepref.export import COLUMNS, export_run
-from activepref.pools import synthetic_pool
+from activepref.core import runs
+from activepref.core.export import COLUMNS, export_run
+from activepref.pools.sources import synthetic_pool
 
 EXPECTED_COLUMNS = [
     "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",

@@ -19,13 +19,25 @@ from pathlib import Path
 
 import pytest
 
-from activepref.pools import synthetic_pool, write_pool
+from activepref.pools.sources import synthetic_pool, write_pool
 
 _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from kill_harness import KillReport, assert_reveals_accounted_for, assert_same_final_model, cli, kill_and_restart, kill_seed, remove_tree, retry_with_shorter_delays, run_position, seeded_delays, timed  # noqa: E402
+from kill_harness import (  # noqa: E402
+    KillReport,
+    assert_reveals_accounted_for,
+    assert_same_final_model,
+    cli,
+    kill_and_restart,
+    kill_seed,
+    remove_tree,
+    retry_with_shorter_delays,
+    run_position,
+    seeded_delays,
+    timed,
+)
 
 ENN = "enn: {heads: 8, hidden: 32, steps: 300, lr: 0.003, batch_size: 32}\n"
 KILLS = 6

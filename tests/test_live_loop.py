@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from activepref.backends.base import ChatRequest, ChatResult
-from activepref.cache import RequestCache
 from activepref.config import load_config
-from activepref.loop import LiveParts
-from activepref.runs import resume, run, status
-from activepref.store import RunStore
+from activepref.core.cache import RequestCache
+from activepref.core.loop import LiveParts
+from activepref.core.runs import resume, run, status
+from activepref.core.store import RunStore
 
 
 class CountingBackend:

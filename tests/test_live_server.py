@@ -42,9 +42,9 @@ from servers.fake_openai import Action, FakeOpenAIServer  # noqa: E402
 from activepref.backends.base import BackendError, ChatRequest, SamplingParams  # noqa: E402
 from activepref.backends.openai_compat import OpenAICompatBackend  # noqa: E402
 from activepref.cli import app  # noqa: E402
-from activepref.data import ASPECTS  # noqa: E402
+from activepref.core.store import RunStore  # noqa: E402
 from activepref.judges.rubrics import ASPECT_QUESTIONS  # noqa: E402
-from activepref.store import RunStore  # noqa: E402
+from activepref.pools.records import ASPECTS  # noqa: E402
 
 GEN_MODELS = ("gen-a", "gen-b")
 JUDGE_MODEL = "judge-m"
@@ -260,7 +260,7 @@ def canon(body: dict) -> str:
 
 def selected_responses(run_dir: Path) -> dict[int, list[int]]:
     """prompt idx -> response idxs the acquisition asked the judge to score."""
-    from activepref.loop import CandidateTable
+    from activepref.core.candidates import CandidateTable
 
     with RunStore.open_readonly(run_dir) as store:
         _, response_prompt = store.responses()

@@ -113,7 +113,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     binary, reason = _find_binary()
     if binary is None:
         pytest.skip(reason)
-    from activepref.local_models import LocalModelMissing, smollm2_gguf
+    from activepref.live.local_models import LocalModelMissing, smollm2_gguf
 
     try:
         folder, name = smollm2_gguf()
@@ -252,10 +252,10 @@ def test_generation_through_openai_backend(server: LlamaServer, make_backend_for
 
 
 def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_path: Path) -> None:
-    from activepref.cache import CachedBackend, RequestCache
-    from activepref.data import ASPECTS, Prompt, Response
+    from activepref.core.cache import CachedBackend, RequestCache
     from activepref.judges import JudgeScore, ScoreRequest
     from activepref.judges.likert import DIGITS, TOP_LOGPROBS, LikertJudge
+    from activepref.pools.records import ASPECTS, Prompt, Response
 
     recording = Recording(make_backend_for())
     judge = LikertJudge(CachedBackend(recording, RequestCache(tmp_path / "cache.sqlite"), "judge"))  # type: ignore[arg-type]
@@ -312,9 +312,9 @@ def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_
 def test_prefix_cache_across_the_four_aspects(server: LlamaServer, make_backend_for) -> None:
     """One response, its four aspect questions asked one after another: aspects 2-4 find the
     instruction + response prefix in the slot's KV cache."""
-    from activepref.data import ASPECTS
     from activepref.judges.likert import DIGITS, JUDGE_MAX_TOKENS, TOP_LOGPROBS
     from activepref.judges.rubrics import likert_messages
+    from activepref.pools.records import ASPECTS
 
     backend = make_backend_for(max_concurrency=1)  # in order, so each request follows the one before
     instruction = "Explain in a few sentences why the sky looks blue during the day but red at sunset."
@@ -351,7 +351,7 @@ def test_live_run_through_the_cli(server: LlamaServer, tmp_path: Path) -> None:
     """`activepref run` (a separate process, the installed entry point's module) with the
     server as generator and judge and the shipped MiniLM as embedder: 4 prompts, 1 iteration."""
     pytest.importorskip("sentence_transformers")
-    from activepref.local_models import LocalModelMissing, minilm_path
+    from activepref.live.local_models import LocalModelMissing, minilm_path
 
     try:
         minilm_path()
@@ -387,7 +387,7 @@ def test_live_run_through_the_cli(server: LlamaServer, tmp_path: Path) -> None:
           f"annotations {status['annotations']}, pairs {status['pairs']}, failures {status['failures']}")
     assert status["iterations_done"] == 1
     assert status["annotations"] >= 2 and status["failures"] == 0
-    from activepref.store import RunStore
+    from activepref.core.store import RunStore
 
     with RunStore.open_readonly(out) as store:
         # Every prompt ends in a pair or a tie (SmolLM2 often puts all the digit mass on "1",

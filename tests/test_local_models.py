@@ -1,4 +1,4 @@
-"""Offline models shipped in PyPI packages (activepref.local_models): located without importing
+"""Offline models shipped in PyPI packages (activepref.live.local_models): located without importing
 their packages, a clear pip command when a package is absent, the Qwen parts concatenated once
 and checked by size; with the packages installed, SmolLM2 (GGUF) generates and scores through
 the ``transformers`` backend (marked ``slow``)."""
@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from activepref import local_models as lm
 from activepref.errors import ActivePrefError
 from activepref.extras import MissingExtraError
+from activepref.live import local_models as lm
 
 
 def installed(module: str) -> bool:
@@ -79,7 +79,7 @@ def test_smollm2_is_located_without_importing_its_package():
 def test_minilm_path():
     folder = lm.minilm_path()
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    from activepref.embedders import builtin_minilm
+    from activepref.live.embedders import builtin_minilm
 
     assert builtin_minilm() == str(folder)
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from activepref.config import load_config
-from activepref.loop import CandidateTable, heldout_accuracy
-from activepref.pools import synthetic_pool, write_pool
-from activepref.runs import run, status
-from activepref.store import RunStore
+from activepref.core.candidates import CandidateTable
+from activepref.core.metrics import heldout_accuracy
+from activepref.core.runs import run, status
+from activepref.core.store import RunStore
+from activepref.pools.sources import synthetic_pool, write_pool
 
 TINY_ENN = {"enn.heads": 3, "enn.hidden": 8, "enn.steps": 3}
 
@@ -141,7 +142,7 @@ class _Crash(Exception):
 
 def _record_fits(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Patch ENN.fit to record a copy of the replay buffer each fit trains on."""
-    from activepref.enn import EnsembleRewardModel
+    from activepref.model.enn import EnsembleRewardModel
 
     seen: list[np.ndarray] = []
     real_fit = EnsembleRewardModel.fit
@@ -159,7 +160,7 @@ def _record_fits(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
 def test_a_resumed_process_trains_on_the_buffer_of_an_uninterrupted_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, point: str) -> None:
     """Issue 11 at the level where the state diverged: every fit after a resume sees the
     replay buffer (same pairs, same order) that the uninterrupted process had."""
-    import activepref.loop as loop
+    import activepref.core.loop as loop
 
     pool = _pool(tmp_path, n_prompts=40)
     cfg = _config(pool, method=method, batch_size=6, iterations=6, seed=3)
@@ -178,7 +179,7 @@ def test_a_resumed_process_trains_on_the_buffer_of_an_uninterrupted_one(tmp_path
     with pytest.raises(_Crash):
         run(cfg, tmp_path / "killed")
     monkeypatch.setattr(loop, "crash_point", lambda n, it: None)
-    from activepref.runs import resume
+    from activepref.core.runs import resume
 
     resume(tmp_path / "killed")
     # The killed process trained iterations 0..k-1 (and part of k); the resumed one k..5.
@@ -193,13 +194,13 @@ def test_a_resumed_process_trains_on_the_buffer_of_an_uninterrupted_one(tmp_path
 
 def test_labelled_information_is_each_heads_fisher_information():
     """Per-head history for the designs, against explicit per-head, per-pair sums."""
-    from activepref.enn import ENNShape, EnsembleRewardModel, forward_heads, last_hidden_heads
-    from activepref.loop import labelled_information
+    from activepref.acquisition.comparisons import labelled_information
+    from activepref.model.enn import ENNShape, EnsembleRewardModel, forward_heads, last_hidden_heads
 
     shape = ENNShape(dim=6, heads=3, hidden=5, layers=2)
     model = EnsembleRewardModel(shape, seed=4)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32))  # 4 pairs
-    information, differences = labelled_information(model, x)
+    information, differences = labelled_information(model.last_layer_features(x), model.rewards(x).double().numpy())
     assert information.shape == (3, 5, 5) and differences.shape == (3, 4, 5)
     with torch.no_grad():
         hidden = last_hidden_heads(model.params, x, shape).double().numpy()  # [K, 8, h]
@@ -216,7 +217,7 @@ def test_labelled_information_is_each_heads_fisher_information():
 
 
 def test_monitored_prompts_are_a_seeded_sample_of_the_held_out_ones():
-    from activepref.loop import monitored_prompts
+    from activepref.core.candidates import monitored_prompts
 
     held_out = list(range(3, 400, 3))  # 133 prompts
     sample = monitored_prompts(held_out, 50, seed=7)

@@ -16,8 +16,8 @@ PROBE = textwrap.dedent(
     import numpy as np
     import torch
     torch.set_num_threads(2)
-    from activepref.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
-    from activepref.numerics import flush_denormals_in_every_thread
+    from activepref.model.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
+    from activepref.model.numerics import flush_denormals_in_every_thread
 
     def flushed() -> int:
         x = torch.from_numpy(np.full(1 << 22, 1e-39, dtype=np.float32))  # subnormal; big enough to run on both threads

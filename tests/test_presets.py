@@ -66,8 +66,8 @@ def test_methods_command_shows_the_presets(monkeypatch):
 
 def test_a_run_stores_the_resolved_values(tmp_path):
     from activepref.config import config_from_json
-    from activepref.runs import run
-    from activepref.store import RunStore
+    from activepref.core.runs import run
+    from activepref.core.store import RunStore
 
     config = load_config(None, {"method": "drts", "preset": "paper-rm", "iterations": 1, "batch_size": 8, "enn.steps": 2})
     run(config, tmp_path / "r")

@@ -12,13 +12,13 @@ def test_every_promised_name_resolves_to_its_module() -> None:
     from activepref.acquisition import available, get_method, register, register_design
     from activepref.backends import register_backend
     from activepref.config import RunConfig, load_config
-    from activepref.data import Prompt, Response
-    from activepref.embedders import register_embedder
-    from activepref.export import export_run
+    from activepref.core.export import export_run
+    from activepref.core.runs import resume, run, status
+    from activepref.core.store import PreferenceRecord
     from activepref.judges import register_judge
+    from activepref.live.embedders import register_embedder
+    from activepref.pools.records import Prompt, Response
     from activepref.registry import Registry
-    from activepref.runs import resume, run, status
-    from activepref.store import PreferenceRecord
 
     expected = {
         "Prompt": Prompt, "Response": Response, "PreferenceRecord": PreferenceRecord, "RunConfig": RunConfig,

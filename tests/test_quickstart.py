@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from activepref.local_models import LocalModelMissing, smollm2_gguf
-from activepref.quickstart import quickstart_config, write_quickstart_prompts
+from activepref.live.local_models import LocalModelMissing, smollm2_gguf
+from activepref.live.quickstart import quickstart_config, write_quickstart_prompts
 
 try:
     smollm2_gguf()

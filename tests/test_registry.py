@@ -87,8 +87,8 @@ def test_lazy_names_are_known_before_their_module_is_imported(tmp_path: Path, mo
 def test_the_four_extension_points_share_the_type() -> None:
     from activepref.acquisition import REGISTRY
     from activepref.backends import BACKENDS
-    from activepref.embedders import EMBEDDERS
     from activepref.judges import JUDGES
+    from activepref.live.embedders import EMBEDDERS
 
     for reg in (REGISTRY, BACKENDS, EMBEDDERS, JUDGES):
         assert isinstance(reg, Registry)

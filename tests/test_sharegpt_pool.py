@@ -17,8 +17,9 @@ import pytest
 pytest.importorskip("pyarrow")
 
 from activepref.config import load_config  # noqa: E402
-from activepref.data import ASPECTS, read_pool  # noqa: E402
-from activepref.runs import run, status  # noqa: E402
+from activepref.core.runs import run, status  # noqa: E402
+from activepref.pools.reader import read_pool  # noqa: E402
+from activepref.pools.records import ASPECTS
 
 POOLS = Path(__file__).resolve().parents[1] / "benchmarks" / "pools"
 FILES = ["sharegpt_pool.parquet", "sharegpt_pool_128.parquet"]

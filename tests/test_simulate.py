@@ -1,4 +1,4 @@
-"""activepref.simulate: the seed spread and paired differences `activepref simulate` prints."""
+"""activepref.bench.simulate: the seed spread and paired differences `activepref simulate` prints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activepref.simulate import (
+from activepref.bench.simulate import (
     AUF_DEMO_POOL,
     DemoPool,
     SeedResult,

@@ -1,4 +1,4 @@
-"""The run store (activepref.store.RunStore): directory lock, read-only access, WAL, atomic create."""
+"""The run store (activepref.core.store.RunStore): directory lock, read-only access, WAL, atomic create."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from activepref.config import load_config
+from activepref.core.store import SCHEMA_VERSION, PreferenceRecord, RunStore
 from activepref.errors import ActivePrefError, RunLockedError, RunStateError
-from activepref.pools import synthetic_pool
-from activepref.store import SCHEMA_VERSION, PreferenceRecord, RunStore
+from activepref.pools.sources import synthetic_pool
 
 N_PROMPTS = 6
 
@@ -84,7 +84,7 @@ def test_lock_held_by_another_process(run_dir):
     script = textwrap.dedent(
         """
         import sys, time
-        from activepref.store import RunStore
+        from activepref.core.store import RunStore
         store = RunStore.open(sys.argv[1])
         print("locked", flush=True)
         time.sleep(60)
@@ -265,3 +265,23 @@ def test_a_schema_2_run_is_upgraded_in_place_with_the_old_resume_order(run_dir):
         assert store.replay_pairs().tolist() == [[6, 7], [12, 13]]  # schema 2 resumed by prompt
         _select_and_commit(store, 1, [5], [(5, 15, 14, 1.0, 0.0, "m")])
         assert store.replay_pairs().tolist() == [[6, 7], [12, 13], [15, 14]]
+
+
+def test_a_schema_3_run_gains_the_comparison_tables_and_keeps_its_rows(run_dir):
+    from activepref.core.store import ComparisonRecord
+
+    with RunStore.open(run_dir) as store:
+        _select_and_commit(store, 0, [4, 2], [(4, 12, 13, 1.0, 0.0, "m"), (2, 6, 7, 1.0, 0.0, "m")])
+    conn = sqlite3.connect(run_dir / "run.sqlite")  # as schema 3 had it: no comparison tables
+    conn.executescript(
+        "DROP TABLE comparisons; DROP TABLE comparison_failures; UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    with RunStore.open(run_dir) as store:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert store.replay_pairs().tolist() == [[12, 13], [6, 7]]
+        assert store.comparisons("j") == {} and store.count("comparisons") == 0
+        store.commit_comparisons(1, "j", [ComparisonRecord(3, 2, 0.25, False)], [(8, 9, "no A/B")])
+        assert store.comparisons("j") == {(3, 2): ComparisonRecord(3, 2, 0.25, False)}
+        assert store.comparison_failures("j") == {(8, 9): "no A/B"}
+        assert store.position_consistency() == (1, 0)

@@ -2,13 +2,14 @@
 
 The public surface is small:
 
-- records: ``Prompt``, ``Response`` (``activepref.data``), ``PreferenceRecord`` (``activepref.store``);
+- records: ``Prompt``, ``Response`` (``activepref.pools.records``), ``PreferenceRecord`` (``activepref.core.store``);
 - the run config: ``RunConfig``, ``load_config`` (``activepref.config``);
-- the loop's entry points: ``run``, ``resume``, ``status`` (``activepref.runs``) and
-  ``export_run`` (``activepref.export``);
+- the loop's entry points: ``run``, ``resume``, ``status`` (``activepref.core.runs``) and
+  ``export_run`` (``activepref.core.export``);
 - the extension points, one ``Registry`` each: ``register`` / ``register_design`` /
   ``get_method`` / ``available`` (acquisition methods), ``register_judge``,
-  ``register_backend``, ``register_embedder`` (see the README, "Extending activepref");
+  ``register_backend``, ``register_embedder``, ``register_engine`` (see the README,
+  "Extending activepref");
 - the errors (``activepref.errors``).
 
 Everything else lives in modules named after what they hold. Names load on first use, so
@@ -26,15 +27,15 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
-    "Prompt": "activepref.data",
-    "Response": "activepref.data",
-    "PreferenceRecord": "activepref.store",
+    "Prompt": "activepref.pools.records",
+    "Response": "activepref.pools.records",
+    "PreferenceRecord": "activepref.core.store",
     "RunConfig": "activepref.config",
     "load_config": "activepref.config",
-    "run": "activepref.runs",
-    "resume": "activepref.runs",
-    "status": "activepref.runs",
-    "export_run": "activepref.export",
+    "run": "activepref.core.runs",
+    "resume": "activepref.core.runs",
+    "status": "activepref.core.runs",
+    "export_run": "activepref.core.export",
     "Registry": "activepref.registry",
     "register": "activepref.acquisition",
     "register_design": "activepref.acquisition",
@@ -42,7 +43,8 @@ _LAZY = {
     "available": "activepref.acquisition",
     "register_judge": "activepref.judges",
     "register_backend": "activepref.backends",
-    "register_embedder": "activepref.embedders",
+    "register_embedder": "activepref.live.embedders",
+    "register_engine": "activepref.engines",
 }
 
 

@@ -99,7 +99,7 @@ class _Bars:
         self.progress.update(self.task, **fields)
 
     def callbacks(self) -> Any:
-        from activepref.loop import Progress as LoopProgress
+        from activepref.core.loop import Progress as LoopProgress
 
         def on_iteration(it: int, total: int, metrics: dict[str, Any]) -> None:
             acc = metrics.get("heldout_accuracy")
@@ -175,7 +175,7 @@ def run(
     Each iteration: predict rewards with the ensemble, select pairs, have the judge score
     only what was selected, retrain. Interrupt at any time and `activepref resume OUT`.
     """
-    from activepref import runs
+    from activepref.core import runs
 
     try:
         cfg = _config(
@@ -194,7 +194,7 @@ def run(
 @app.command()
 def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]) -> None:
     """Continue a run at its first unfinished step (after a crash or Ctrl-C)."""
-    from activepref import runs
+    from activepref.core import runs
 
     try:
         with _Bars("resume") as bars:
@@ -215,7 +215,7 @@ def status(
     """Iterations done, annotations used, judge failures and the latest metrics."""
     from dataclasses import asdict
 
-    from activepref import runs
+    from activepref.core import runs
 
     try:
         st = runs.status(run_dir)
@@ -233,7 +233,7 @@ def status(
     table.add_row("judge failures", str(st.failures))
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
-    from activepref.summary import format_summary
+    from activepref.core.summary import format_summary
 
     for label, value in format_summary(st.summary)[2:]:
         table.add_row(label, value)
@@ -248,7 +248,7 @@ def export(
     standard: Annotated[bool, typer.Option("--standard", help="Plain strings instead of chat messages.")] = False,
 ) -> None:
     """Write the run's preferences as a TRL preference dataset (prompt, chosen, rejected, ...)."""
-    from activepref.export import export_run
+    from activepref.core.export import export_run
 
     if fmt is None:
         fmt = "jsonl" if output.suffix.lower() in (".jsonl", ".json") else "parquet"
@@ -285,7 +285,7 @@ def evaluate(
     import numpy as np
 
     from activepref.bench.dataset_quality import evaluate_pool_pairs, read_dataset_pairs
-    from activepref.pools import load_pool
+    from activepref.pools.sources import load_pool
 
     try:
         loaded = load_pool(pool, str(features) if features else None)
@@ -430,9 +430,17 @@ def simulate(
     - `activepref simulate --method random,dts,deltaucb --seeds 5 --noise 1.0`
     - `activepref simulate --pool builtin --method random,dts`
     """
-    from activepref import runs
+    from activepref.bench.simulate import (
+        METRICS,
+        DemoPool,
+        method_spreads,
+        paired_differences,
+        pool_path,
+        pool_title,
+        seed_result,
+    )
     from activepref.config import BUILTIN_POOL, SIMULATE_BUILTIN_PRESET, SIMULATE_DEMO_PRESET
-    from activepref.simulate import METRICS, DemoPool, method_spreads, paired_differences, pool_path, pool_title, seed_result
+    from activepref.core import runs
 
     names = [m.strip() for m in method.split(",") if m.strip()]
     base = out or Path(tempfile.mkdtemp(prefix="activepref-sim-"))
@@ -504,11 +512,11 @@ def quickstart(
     from local logits, retrains the ensemble, and writes a TRL dataset, a summary and a plot.
     Interrupted? Run the same command again: it resumes without repeating a model call.
     """
-    from activepref import runs
-    from activepref.export import export_run, preference_records
-    from activepref.quickstart import quickstart_config
-    from activepref.store import RunStore
-    from activepref.summary import format_summary, run_summary
+    from activepref.core import runs
+    from activepref.core.export import export_run, preference_records
+    from activepref.core.store import RunStore
+    from activepref.core.summary import format_summary, run_summary
+    from activepref.live.quickstart import quickstart_config
 
     run_dir = out / "run"
     _quiet_model_loading()
@@ -714,7 +722,7 @@ def make_pool(
 
     started = time.perf_counter()
     if regime == "synthetic":
-        from activepref.pools import synthetic_pool, write_pool
+        from activepref.pools.sources import synthetic_pool, write_pool
 
         if features_file is not None or prompt_features:
             _fail(ActivePrefError("--features-file and --prompt-features are for --regime auf"))
@@ -724,7 +732,7 @@ def make_pool(
         return
     if regime != "auf":
         _fail(ActivePrefError(f"--regime must be 'synthetic' or 'auf' (got {regime!r})"))
-    from activepref.auf_pool import AUF_MODELS, AUFRegime, write_auf_pool
+    from activepref.pools.auf import AUF_MODELS, AUFRegime, write_auf_pool
 
     if candidates not in (None, len(AUF_MODELS)) or min_candidates not in (None, len(AUF_MODELS)):
         _fail(ActivePrefError(f"--regime auf has one candidate from each of its {len(AUF_MODELS)} models; leave --candidates unset"))
@@ -755,7 +763,7 @@ def main() -> None:  # pragma: no cover
     # A deprecation aimed at the user (e.g. the flat judge config) is one line, not a source excerpt.
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from activepref.numerics import flush_denormals_in_every_thread
+    from activepref.model.numerics import flush_denormals_in_every_thread
 
     flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
     app()

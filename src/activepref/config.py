@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 
 class ENNConfig(_Strict):
     """Ensemble reward model and its training (001 App. B, Tables 14-16). These defaults are the
-    ENN's everywhere (``activepref.enn`` reads them from here)."""
+    ENN's everywhere (``activepref.model.enn`` reads them from here)."""
 
     # 001 Table 14 (architecture): 20 heads, 2 hidden layers of 128.
     heads: int = Field(20, ge=2, description="number of MLP heads K")
@@ -119,7 +119,7 @@ class GenerationConfig(_Strict):
     @field_validator("principles")
     @classmethod
     def _known_principles(cls, v: list[str]) -> list[str]:
-        from activepref.generation import SYSTEM_PROMPTS
+        from activepref.live.generation import SYSTEM_PROMPTS
 
         unknown = [p for p in v if p not in SYSTEM_PROMPTS]
         if unknown or not v:
@@ -142,7 +142,7 @@ class EmbeddingConfig(_Strict):
     @field_validator("backend")
     @classmethod
     def _known_embedder(cls, v: str) -> str:
-        from activepref.embedders import EMBEDDERS
+        from activepref.live.embedders import EMBEDDERS
 
         return EMBEDDERS.check_name(v)
 
@@ -167,6 +167,9 @@ class JudgeConfig(_Strict):
     max_retries: int = Field(2, ge=0, description="retries before a call is recorded as a failure")
     audit_log: str | None = Field(None, description="append one JSON line per judge call to this file (audit of paid calls)")
     model: ModelConfig | None = Field(None, description="the judge's model (model judges)")
+    both_orders: bool = Field(
+        False, description="judges that compare pairs (pairwise): ask each pair in both orders, average, and report position consistency"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -209,6 +212,8 @@ class JudgeConfig(_Strict):
         entry = JUDGES.get(self.kind)
         if entry.needs_model and self.model is None:
             raise ValueError(f"judge kind {self.kind!r} needs `model` (judge.model: {{backend: ..., model: ...}})")
+        if self.both_orders and not entry.compares:
+            raise ValueError(f"both_orders applies to judges that compare pairs (e.g. pairwise); {self.kind!r} scores responses")
         if self.model is not None and entry.backends is not None and self.model.backend not in entry.backends:
             raise ValueError(
                 f"judge kind {self.kind!r} runs on backend {' or '.join(sorted(entry.backends))}, "
@@ -221,6 +226,21 @@ class JudgeConfig(_Strict):
         if self.model is None:
             raise ConfigError(f"judge kind {self.kind!r} has no `model`")
         return self.model
+
+
+class EngineConfig(_Strict):
+    """Where model calls and bench runs execute: ``kind`` names a registered engine
+    (``activepref plugins``); ``local`` (this machine) is the default."""
+
+    kind: str = Field("local", description="execution engine (local, or a plugin's)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the engine's own settings")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        from activepref.engines import ENGINES
+
+        return ENGINES.check_name(v)
 
 
 class RunConfig(_Strict):
@@ -252,6 +272,7 @@ class RunConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="ENN checkpoints kept in the run directory")
     enn: ENNConfig = Field(default_factory=ENNConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="execution engine (default: local)")
 
     @model_validator(mode="after")
     def _mode(self) -> RunConfig:
@@ -269,6 +290,14 @@ class RunConfig(_Strict):
                 )
         elif self.pool is None:
             self.pool = BUILTIN_POOL
+        from activepref.acquisition import get_method
+        from activepref.judges import JUDGES
+
+        if JUDGES.get(self.judge.kind).compares and get_method(self.method).needs_scores:
+            raise ValueError(
+                f"method {self.method!r} picks its pair from the scores of more than two candidates, and judge kind "
+                f"{self.judge.kind!r} compares pairs; use a judge that scores responses (e.g. likert) or another method"
+            )
         return self
 
     @property
@@ -291,28 +320,11 @@ class RunConfig(_Strict):
 
 
 def _check_method_options(config: RunConfig) -> None:
-    """Bind the method's options and try it on a two-candidate dummy batch, so that a bad
-    option fails before a run directory is created."""
-    import numpy as np
+    """Validate the method's options against its typed options model (names, types, bounds
+    and the rules across options), so that a bad option fails before a run directory exists."""
+    from activepref.acquisition import make_selector
 
-    from activepref.acquisition import CandidateBatch, get_method, make_selector
-    from activepref.acquisition.comparisons import ComparisonSet
-
-    selector = make_selector(config.method, config.method_options)
-    if get_method(config.method).kind == "design":
-        tiny = ComparisonSet(np.eye(2), np.zeros((2, 2)), np.zeros(2, dtype=np.int64), np.array([[0, 1]]), np.zeros((1, 2)), None)
-        try:
-            selector(tiny, 1, np.random.default_rng(0))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"method_options for {config.method!r}: {exc}") from None
-        return
-    dummy = CandidateBatch(np.zeros((1, 2)), np.ones((1, 2)), np.ones((1, 2), dtype=bool), config.beta, np.array([["", ""]], dtype=object))
-    try:
-        selector(dummy, np.random.default_rng(0))
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"method_options for {config.method!r}: {exc}") from None
+    make_selector(config.method, config.method_options)
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

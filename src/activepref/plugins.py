@@ -7,7 +7,7 @@ its pyproject.toml). The first time any registry is asked for a name, activepref
 each such module once; the module registers its entries with the decorators the built-ins
 use (``activepref.acquisition.register`` / ``register_design``,
 ``activepref.judges.register_judge``, ``activepref.backends.register_backend``,
-``activepref.embedders.register_embedder``), and the registries record the package's name as
+``activepref.live.embedders.register_embedder``), and the registries record the package's name as
 each entry's origin (``activepref plugins`` shows it).
 
 A plugin that fails to import, or that registers a name already taken, is logged with its
@@ -88,11 +88,16 @@ def failure_hint() -> str:
 def registries() -> dict[str, Registry]:  # type: ignore[type-arg]
     """Every extension point by the kind name ``activepref plugins`` prints."""
     from activepref.acquisition import REGISTRY
+    from activepref.apl.acquisitions import ACQUISITIONS
     from activepref.backends import BACKENDS
-    from activepref.embedders import EMBEDDERS
+    from activepref.engines import ENGINES
     from activepref.judges import JUDGES
+    from activepref.live.embedders import EMBEDDERS
 
-    return {"method": REGISTRY, "judge": JUDGES, "backend": BACKENDS, "embedder": EMBEDDERS}
+    return {
+        "method": REGISTRY, "judge": JUDGES, "backend": BACKENDS, "embedder": EMBEDDERS, "engine": ENGINES,
+        "apl_acquisition": ACQUISITIONS,
+    }
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ def _must_exist(field: str, value: str | None) -> Path | None:
 def check_config(config: RunConfig) -> Preflight:
     """Read and validate every input of ``config`` (pool or prompts, features); raise
     ConfigError / PoolFormatError naming the field or the file, line and field."""
-    from activepref.data import read_prompts
-    from activepref.pools import load_pool
+    from activepref.pools.reader import read_prompts
+    from activepref.pools.sources import load_pool
 
     lines = [f"method {config.method} (preset {config.preset}), batch {config.batch_size}, seed {config.seed}"]
     if config.live:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import upstream_reference as uref
-from acq_helpers import PROPERTY, assert_matches_reference, assert_same_stream_position, candidate_batches, seeds, single_prompt
+from acq_helpers import (
+    PROPERTY,
+    assert_matches_reference,
+    assert_same_stream_position,
+    candidate_batches,
+    seeds,
+    single_prompt,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from activepref.apl.config import ACQUISITIONS
+from activepref.apl.acquisitions import ACQUISITIONS
 from activepref.apl.driver import load_prompt_sets
 from activepref.apl.quickstart import QUICKSTART_EVAL, QUICKSTART_PROMPTS, quickstart_apl_config
-from activepref.local_models import LocalModelMissing, smollm2_gguf
+from activepref.live.local_models import LocalModelMissing, smollm2_gguf
 
 
 @pytest.fixture(scope="module")

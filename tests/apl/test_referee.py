@@ -10,8 +10,8 @@ from servers.fake_openai import Action, FakeOpenAIServer
 from activepref.apl.config import APLJudgeConfig
 from activepref.apl.referee import Referee
 from activepref.backends import make_backend
-from activepref.cache import RequestCache
-from activepref.data import Prompt
+from activepref.core.cache import RequestCache
+from activepref.pools.records import Prompt
 
 PROMPTS = [Prompt("p1", "say something good"), Prompt("p2", "say anything"), Prompt("p3", "rate me")]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from activepref.cli import app
-from activepref.pools import synthetic_pool, write_pool
+from activepref.pools.sources import synthetic_pool, write_pool
 
 
 def test_bench_command_writes_the_report(tmp_path: Path) -> None:

@@ -14,10 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from activepref.bench.dataset_quality import HARD_QUANTILE, evaluate_pool_pairs, heldout_pairs, read_dataset_pairs, standardized_features
+from activepref.bench.dataset_quality import (
+    HARD_QUANTILE,
+    evaluate_pool_pairs,
+    heldout_pairs,
+    read_dataset_pairs,
+    standardized_features,
+)
 from activepref.cli import app
-from activepref.data import Pool, Prompt, Response
 from activepref.errors import PoolFormatError
+from activepref.pools.reader import Pool
+from activepref.pools.records import Prompt, Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli_fixtures import one_torch_thread, wide_consoles  # noqa: E402,F401 - autouse fixtures
@@ -133,7 +140,7 @@ def test_dataset_rows_are_found_by_response_id_or_by_text(tmp_path: Path) -> Non
 
 
 def test_cli_evaluate_ends_with_one_json_line(tmp_path: Path) -> None:
-    from activepref.pools import write_pool
+    from activepref.pools.sources import write_pool
 
     pool = _linear_pool()
     pool_path = write_pool(pool, tmp_path / "pool.parquet")

@@ -34,13 +34,13 @@ def test_pairwise_accuracy_never_compares_across_prompts() -> None:
 
 
 def test_pairwise_accuracy_matches_loop_heldout_accuracy() -> None:
-    from activepref.loop import _eval_pairs, heldout_accuracy
+    from activepref.core.metrics import heldout_accuracy
 
     rng = np.random.default_rng(0)
     groups = _groups([4, 5, 3, 6])
     ref = np.round(rng.normal(size=len(groups)), 1)  # some ties
     pred = rng.normal(size=len(groups))
-    pairs = _eval_pairs([0, 1, 2, 3], groups, ref)
+    pairs = M.ordered_pairs(groups, ref, [0, 1, 2, 3])
     assert M.pairwise_accuracy(pred, ref, groups) == pytest.approx(heldout_accuracy(pred, pairs))
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from activepref.bench.runner import RESULT_COLUMNS, iterations_for, plan_runs, read_calls, run_bench, submission_order
+from activepref.core.store import STATUS_TRAINED, RunStore
 from activepref.errors import ConfigError
-from activepref.pools import synthetic_pool, write_pool
-from activepref.store import STATUS_TRAINED, RunStore
+from activepref.pools.sources import synthetic_pool, write_pool
 
 TINY = {"enn.heads": 4, "enn.hidden": 8, "enn.steps": 5, "enn.lr": 1e-2, "eval_fraction": 0.25}
 METHODS = ["random", "dts", "maxdiff"]
@@ -187,7 +187,7 @@ def test_model_metrics_the_loop_stores_match_the_checkpoints_prediction(pool_pat
 
     from activepref.bench.runner import evaluate_run
     from activepref.config import RunConfig
-    from activepref.runs import run
+    from activepref.core.runs import run
 
     config = RunConfig(pool=str(pool_path), method="dts", seed=3, batch_size=8, iterations=3, keep_checkpoints=3,
                        eval_fraction=0.25, enn={"heads": 4, "hidden": 8, "steps": 5, "lr": 1e-2})

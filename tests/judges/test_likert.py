@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from activepref.backends.base import BackendError, ChatRequest, ChatResult
-from activepref.cache import CachedBackend, RequestCache
-from activepref.data import Prompt, Response
+from activepref.core.cache import CachedBackend, RequestCache
 from activepref.errors import JudgeError
 from activepref.judges import JudgeScore, ScoreRequest
 from activepref.judges.likert import LikertJudge, expected_score, likert_distribution
 from activepref.judges.pairwise import PairwiseJudge
+from activepref.pools.records import Prompt, Response
 
 
 class ScriptedBackend:

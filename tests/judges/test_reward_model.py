@@ -12,8 +12,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import conversation, make_seq_cls, make_tokenizer, save  # noqa: E402
 
 from activepref.config import JudgeConfig  # noqa: E402
-from activepref.data import Prompt, Response  # noqa: E402
 from activepref.judges import JudgeResources, JudgeScore, ScoreRequest, make_judge  # noqa: E402
+from activepref.pools.records import (
+    Prompt,
+    Response,  # noqa: E402
+)
 
 
 def test_reward_model_judge_scores_like_a_direct_forward_pass(tmp_path: Path) -> None:

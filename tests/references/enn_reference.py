@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from activepref.enn import ENNShape, init_params
+from activepref.model.enn import ENNShape, init_params
 
 
 def build_heads(shape: ENNShape, seed: int) -> nn.ModuleList:

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import math
 
-from acquisition_reference import FLOAT_TOL, NO_CANDIDATE, RefProposal, _unpack, annotate_for, real_candidates, sigmoid, uniform_pick
+from acquisition_reference import (
+    FLOAT_TOL,
+    NO_CANDIDATE,
+    RefProposal,
+    _unpack,
+    annotate_for,
+    real_candidates,
+    sigmoid,
+    uniform_pick,
+)
 
 ORDER_BY_SCORE = "order_by_score"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
 
 from activepref.acquisition.base import (
     CandidateBatch,
@@ -54,6 +54,7 @@ class Method:
     kind: str = "per_prompt"
     inputs: frozenset[str] = frozenset()  # designs: the DESIGN_INPUTS it reads
     options_model: type[BaseModel] = field(default=BaseModel, compare=False)  # typed method_options
+    needs_scores: bool = False  # its pair comes from the scores of more than two candidates (no pairwise judge)
 
     def options(self) -> dict[str, Any]:
         """Keyword options and their defaults (``inspect.Parameter.empty`` where required),
@@ -67,11 +68,15 @@ class Method:
 REGISTRY: Registry[Method] = Registry("method")
 
 
-def options_model(fn: ProposeFn, positional: int, name: str) -> type[BaseModel]:
+OptionsCheck = Callable[[Any], None]
+
+
+def options_model(fn: ProposeFn, positional: int, name: str, check: OptionsCheck | None = None) -> type[BaseModel]:
     """A pydantic model of ``fn``'s keyword options, built from its signature: each option's
     annotation is its type (``Annotated[int, Field(ge=1, description=...)]`` adds a constraint
     and the help ``activepref methods --verbose`` prints) and its default the default, so the
-    function stays the one place an option is declared."""
+    function stays the one place an option is declared. ``check(options)`` is a rule across
+    options (raise ValueError), run after the fields validate."""
     hints = typing.get_type_hints(fn, include_extras=True)
     fields: dict[str, Any] = {}
     for p in list(inspect.signature(fn).parameters.values())[positional:]:
@@ -79,22 +84,40 @@ def options_model(fn: ProposeFn, positional: int, name: str) -> type[BaseModel]:
             continue
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[p.name] = (hints.get(p.name, Any), default)
-    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+    validators: dict[str, Any] = {}
+    if check is not None:
+        def across_options(self: BaseModel) -> BaseModel:
+            check(self)
+            return self
+
+        validators["across_options"] = model_validator(mode="after")(across_options)
+    return create_model(
+        f"{name}_options", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), __validators__=validators, **fields
+    )
 
 
-def register(name: str, description: str, *, uses_reward_model: bool = True) -> Callable[[ProposeFn], ProposeFn]:
-    """Decorator adding a proposal function to the registry under ``name``."""
+def register(
+    name: str, description: str, *, uses_reward_model: bool = True, needs_scores: bool = False, check: OptionsCheck | None = None
+) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator adding a proposal function to the registry under ``name``.
+
+    ``needs_scores``: its pair is picked from the judge's scores of more than two candidates
+    (rules ``best_vs_worst``/``best_vs_random``), so a judge that compares pairs cannot serve
+    it. ``check(options)``: a rule across options, raising ValueError (see ``options_model``)."""
 
     def wrap(fn: ProposeFn) -> ProposeFn:
         family = fn.__module__.rsplit(".", 1)[-1]
-        REGISTRY.add(Method(name, description, fn, family, uses_reward_model, options_model=options_model(fn, 2, name)))
+        REGISTRY.add(Method(
+            name, description, fn, family, uses_reward_model, options_model=options_model(fn, 2, name, check), needs_scores=needs_scores
+        ))
         return fn
 
     return wrap
 
 
 def register_design(
-    name: str, description: str, *, uses_reward_model: bool = True, inputs: frozenset[str] | set[str] = DESIGN_INPUTS
+    name: str, description: str, *, uses_reward_model: bool = True, inputs: frozenset[str] | set[str] = DESIGN_INPUTS,
+    check: OptionsCheck | None = None,
 ) -> Callable[[ProposeFn], ProposeFn]:
     """Decorator adding a batch design (see ``comparisons.ComparisonSet``) to the registry.
 
@@ -109,7 +132,7 @@ def register_design(
         family = fn.__module__.rsplit(".", 1)[-1]
         REGISTRY.add(Method(
             name, description, fn, family, uses_reward_model, kind="design", inputs=frozenset(inputs),
-            options_model=options_model(fn, 3, name),
+            options_model=options_model(fn, 3, name, check),
         ))
         return fn
 
@@ -184,12 +207,18 @@ def make_selector(name: str, options: dict[str, Any] | None = None) -> Callable[
     try:
         typed = method.options_model.model_validate(options)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"method_options.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r:.60})"
-            for e in exc.errors()
-        )
+        problems = "; ".join(_option_problem(e) for e in exc.errors())
         raise ConfigError(f"{problems} (method {name!r})") from None
     return functools.partial(method.propose, **{k: getattr(typed, k) for k in options})
+
+
+def _option_problem(error: Any) -> str:
+    """One pydantic error as 'method_options.<option>: message (got value)'; a rule across
+    options (no location) as 'method_options: message'."""
+    msg = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return f"method_options: {msg}"
+    return f"method_options.{'.'.join(map(str, error['loc']))}: {msg} (got {error.get('input')!r:.60})"
 
 
 # Families register themselves on import; keep this list in sync with the modules.

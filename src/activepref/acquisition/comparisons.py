@@ -85,3 +85,35 @@ def candidate_pairs(
         keep = max(max_pairs - len(inside), 0)
         across = across[np.sort(rng.choice(len(across), size=min(keep, len(across)), replace=False))]
     return np.concatenate([inside, across])
+
+
+def labelled_information(phi: np.ndarray, rewards: np.ndarray, information: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """Per-head history of the labelled pairs for the designs.
+
+    phi: [K, 2H, p] each head's Φ of the rows (chosen, rejected) of each labelled pair in
+    turn; rewards: [K, 2H] each head's reward of the same rows.
+    Returns past_information [K, p, p] = Σ_j p̂_jk(1 - p̂_jk) ΔΦ_jk ΔΦ_jkᵀ (head k's Fisher
+    information, p̂_jk = s(r_k(chosen_j) - r_k(rejected_j)); None unless ``information``) and
+    past_differences [K, H, p] ΔΦ_jk = Φ_k(chosen_j) - Φ_k(rejected_j).
+    """
+    heads, rows, p = phi.shape
+    pairs = phi.reshape(heads, rows // 2, 2, p)
+    diff = pairs[:, :, 0] - pairs[:, :, 1]  # [K, H, p]
+    if not information:
+        return None, diff
+    r = np.asarray(rewards, dtype=np.float64).reshape(heads, -1, 2)  # [K, H, 2]
+    prob = 1.0 / (1.0 + np.exp(-(r[..., 0] - r[..., 1])))  # [K, H]
+    fisher = np.einsum("khi,kh,khj->kij", diff, prob * (1 - prob), diff, optimize=True)  # [K, p, p]
+    return fisher, diff
+
+
+def mean_prompt_features(features: np.ndarray, response_prompt: np.ndarray, n_prompts: int) -> np.ndarray:
+    """[n_prompts, d] the mean feature of each prompt's candidates (zeros for a prompt with
+    none): BAL-PM's prompt embedding when the pool has no prompt-only one, a documented
+    approximation (a (prompt, response) feature is not an embedding of the prompt alone).
+
+    features: [n, d]; response_prompt: [n] prompt row of each candidate."""
+    sums = np.zeros((n_prompts, features.shape[1]))
+    np.add.at(sums, response_prompt, features)
+    counts = np.bincount(response_prompt, minlength=n_prompts)
+    return sums / np.maximum(counts, 1)[:, None]

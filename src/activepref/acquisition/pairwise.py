@@ -16,7 +16,6 @@ from activepref.acquisition.base import (
     Proposal,
     annotate_pair,
 )
-from activepref.errors import ConfigError
 
 ULTRAFEEDBACK_SAMPLE = 4  # candidates judged per prompt by UltraFeedback (Cui et al., 2024)
 
@@ -40,7 +39,7 @@ def random_pair(batch: CandidateBatch, rng: np.random.Generator) -> Proposal:
     return Proposal(annotate_pair(pair, mask.shape[1]), pair, PairRule.ORDER_BY_SCORE)
 
 
-@register("maxmin", "Judge every candidate; best vs worst (costs m annotations per prompt).", uses_reward_model=False)
+@register("maxmin", "Judge every candidate; best vs worst (costs m annotations per prompt).", uses_reward_model=False, needs_scores=True)
 def maxmin(batch: CandidateBatch, rng: np.random.Generator) -> Proposal:
     mask = batch.mask
     enough = mask.sum(axis=1) >= 2
@@ -53,6 +52,7 @@ def maxmin(batch: CandidateBatch, rng: np.random.Generator) -> Proposal:
     "ultrafeedback",
     "UltraFeedback: judge 4 random candidates; best vs a random one of the other 3.",
     uses_reward_model=False,
+    needs_scores=True,
 )
 def ultrafeedback(
     batch: CandidateBatch, rng: np.random.Generator,
@@ -69,10 +69,16 @@ def ultrafeedback(
     return Proposal(annotate, pair, PairRule.BEST_VS_RANDOM)
 
 
+def _distinct_models(strong: str, weak: str) -> None:
+    if strong == weak:
+        raise ValueError(f"delta_pair: 'strong' and 'weak' must name different models (both are {strong!r})")
+
+
 @register(
     "delta_pair",
     "DeltaQwen-style fixed pair: strong model's response chosen over weak model's; no annotation.",
     uses_reward_model=False,
+    check=lambda options: _distinct_models(options.strong, options.weak),
 )
 def delta_pair(
     batch: CandidateBatch, rng: np.random.Generator, *,
@@ -81,8 +87,7 @@ def delta_pair(
 ) -> Proposal:
     if batch.models is None:
         raise ValueError("delta_pair needs the model name of every candidate (batch.models)")
-    if strong == weak:
-        raise ConfigError(f"delta_pair: 'strong' and 'weak' must name different models (both are {strong!r})")
+    _distinct_models(strong, weak)
     mask = batch.mask
     b, m = mask.shape
     is_strong = mask & (batch.models == strong)

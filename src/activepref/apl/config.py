@@ -17,21 +17,14 @@ Every other field has a default (see ``activepref apl --help`` and the field des
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from activepref.config import ModelConfig, _format_error, _set_path, _Strict, read_yaml_config
+from activepref.config import JudgeConfig, ModelConfig, _format_error, _set_path, _Strict, read_yaml_config
 from activepref.errors import ConfigError
 
 BUILTIN_PROMPTS = "mtbench"
-ACQUISITIONS = ("random", "entropy", "certainty", "hybrid")
-ACQUISITION_HELP = {
-    "random": "M prompts drawn at random from the S sampled (plain DPO on fresh policy samples)",
-    "entropy": "top M of S prompts by predictive entropy -(1/N) sum_n log p(y_n|x) (004 eq. 8)",
-    "certainty": "top M of S prompts by |r(x,y1) - r(x,y2)|, r = beta log p_theta/p_theta0 (004 eq. 9)",
-    "hybrid": "top S of J*S prompts by entropy, then top M of those by certainty (004 sec. 3.1.3)",
-}
 
 
 class LoraConfig(_Strict):
@@ -58,14 +51,28 @@ class DPOSettings(_Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="further DPOConfig keyword arguments")
 
 
-class APLJudgeConfig(_Strict):
-    """Who labels pairs and referees the win rate: ``pairwise`` (which of two answers is better,
-    order randomised, as in 004) or ``likert`` (1-5 per aspect, higher expected score wins)."""
+def _known_acquisition(name: str) -> str:
+    from activepref.apl.acquisitions import ACQUISITIONS
 
-    kind: Literal["pairwise", "likert"] = "pairwise"
-    model: ModelConfig = Field(..., description="the judge model (any backend)")
-    both_orders: bool = Field(False, description="pairwise: ask in both orders and average (position-bias check)")
-    max_retries: int = Field(2, ge=0, description="re-asks (new seed) before a pair is recorded as a judge failure")
+    return ACQUISITIONS.check_name(name)
+
+
+class APLJudgeConfig(JudgeConfig):
+    """Who labels pairs and referees the win rate: any registered judge of new responses,
+    ``pairwise`` by default (which of two answers is better, order drawn per pair, as in 004);
+    a judge that scores (``likert``: 1-5 per aspect) prefers the higher score."""
+
+    kind: str = Field("pairwise", description="judge kind (pairwise, likert, or a plugin's; not replay)")
+
+    @model_validator(mode="after")
+    def _judges_new_responses(self) -> APLJudgeConfig:
+        from activepref.judges import JUDGES
+
+        if JUDGES.get(self.kind).pool_scores:
+            raise ValueError(f"judge kind {self.kind!r} only reads a pool's stored scores; APL judges its policy's new completions")
+        if self.model is None:
+            raise ValueError("judge.model: APL's judge needs a model ({backend: ..., model: ...})")
+        return self
 
 
 class APLConfig(_Strict):
@@ -74,8 +81,9 @@ class APLConfig(_Strict):
     eval_size: int = Field(16, ge=1, description="held-out prompts for the win rate (when `eval_prompts` is not given)")
     policy: ModelConfig = Field(..., description="the policy theta0: a local model (backend transformers)")
     judge: APLJudgeConfig
-    acquisitions: list[Literal["random", "entropy", "certainty", "hybrid"]] = Field(
-        default_factory=lambda: ["random", "certainty"], min_length=1, description="acquisitions run side by side"
+    acquisitions: list[Annotated[str, AfterValidator(_known_acquisition)]] = Field(
+        default_factory=lambda: ["random", "certainty"], min_length=1,
+        description="acquisitions run side by side (random, entropy, certainty, hybrid: activepref.apl.acquisitions)",
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="one run per (acquisition, seed)")
     rounds: int = Field(2, ge=1, description="acquisition rounds T")
@@ -107,6 +115,8 @@ class APLConfig(_Strict):
         if len(set(self.acquisitions)) != len(self.acquisitions) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("acquisitions and seeds must not repeat")
         return self
+
+
 
 
 def load_apl_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> APLConfig:

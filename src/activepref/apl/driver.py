@@ -7,17 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from activepref.apl.acquisitions import ACQUISITIONS
 from activepref.apl.config import BUILTIN_PROMPTS, APLConfig
-from activepref.apl.loop import APLRun, RoundResult, StageCallback, load_parts, stable_seed
+from activepref.apl.loop import APLRun, RoundResult, StageCallback, load_parts
 from activepref.apl.policy import check_dpo_extra
 from activepref.apl.report import write_report
-from activepref.cache import RequestCache
-from activepref.data import Prompt, read_prompts
+from activepref.core.cache import RequestCache
+from activepref.core.determinism import Stage, stage_rng
 from activepref.errors import ConfigError
-
-EVAL_SPLIT_SEED = "eval-split"
+from activepref.pools.reader import read_prompts
+from activepref.pools.records import Prompt
 
 
 def load_prompt_sets(config: APLConfig) -> tuple[list[Prompt], list[Prompt]]:
@@ -25,7 +24,7 @@ def load_prompt_sets(config: APLConfig) -> tuple[list[Prompt], list[Prompt]]:
     split off ``prompts`` by a fixed draw (the same for every seed and acquisition)."""
     def read(source: str) -> list[Prompt]:
         if source == BUILTIN_PROMPTS:
-            from activepref.quickstart import mtbench_questions_path
+            from activepref.live.quickstart import mtbench_questions_path
 
             return read_prompts(mtbench_questions_path())
         return read_prompts(source)
@@ -39,7 +38,7 @@ def load_prompt_sets(config: APLConfig) -> tuple[list[Prompt], list[Prompt]]:
         return prompts, held_out
     if config.eval_size >= len(prompts):
         raise ConfigError(f"eval_size {config.eval_size} leaves no training prompt out of {len(prompts)}")
-    order = np.random.default_rng(stable_seed(EVAL_SPLIT_SEED)).permutation(len(prompts))
+    order = stage_rng(0, 0, Stage.APL_EVAL_SPLIT).permutation(len(prompts))  # the same for every run
     held = set(int(i) for i in order[: config.eval_size])
     return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
 
@@ -48,7 +47,7 @@ def check_prompt_budget(config: APLConfig, n_train: int) -> None:
     """Refuse, before any call is paid, a config whose last round would run out of prompts:
     each round draws S prompts (J*S for hybrid) among those not labelled in earlier rounds,
     and every round labels M of them."""
-    factor = config.hybrid_factor if "hybrid" in config.acquisitions else 1
+    factor = config.hybrid_factor if any(ACQUISITIONS.get(a).oversample for a in config.acquisitions) else 1
     needed = (config.rounds - 1) * config.labels_per_round + config.prompts_per_round * factor
     if n_train < needed:
         raise ConfigError(

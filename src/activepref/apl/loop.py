@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from activepref.apl.acquisitions import ACQUISITIONS, RoundScores
 from activepref.apl.config import APLConfig
 from activepref.apl.policy import dpo_finetune, dpo_rows, load_checkpoint, save_checkpoint, trainable_copy
 from activepref.apl.referee import Referee
@@ -42,27 +43,22 @@ from activepref.apl.scores import (
     generated_length,
     implicit_rewards,
     predictive_entropy,
-    top_m,
 )
-from activepref.apl.store import APLStore
+from activepref.apl.store import APLStore, EvalRow, LabelRow, PickRow, SampleRow
 from activepref.backends import make_backend
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
 from activepref.backends.transformers_local import TransformersBackend, load_model, model_endpoint
-from activepref.cache import CachedBackend, RequestCache
-from activepref.data import Prompt
+from activepref.core.cache import CachedBackend, RequestCache
+from activepref.core.determinism import Stage, crash_point, stage_rng, stage_seed, text_key
 from activepref.errors import ActivePrefError
-from activepref.loop import crash_point
-
-
-def stable_seed(*parts: object) -> int:
-    """A 31-bit seed from any labels (stable across processes and Python versions)."""
-    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
-
+from activepref.pools.records import Prompt
 
 # Fields that do not change what a run computes: more seeds or acquisitions add runs, more
 # rounds extend a run, the cache and thread count change nothing in the results.
 NOT_IDENTITY = {"acquisitions", "seeds", "rounds", "cache_path", "threads"}
+# How random draws are made (core.determinism's Stage table); a run made under another
+# scheme would continue with different draws, so it is refused instead.
+DRAW_SCHEME = "stage_rng-1"
 
 
 def run_identity(config: APLConfig, train: Sequence[Prompt], held_out: Sequence[Prompt]) -> str:
@@ -73,7 +69,10 @@ def run_identity(config: APLConfig, train: Sequence[Prompt], held_out: Sequence[
     for part, prompts in (("train", train), ("held_out", held_out)):
         for p in prompts:
             digest.update(json.dumps([part, p.id, p.text, list(p.messages)], ensure_ascii=False).encode())
-    return json.dumps({"config": json.loads(config.model_dump_json(exclude=NOT_IDENTITY)), "prompts": digest.hexdigest()}, sort_keys=True)
+    return json.dumps(
+        {"config": json.loads(config.model_dump_json(exclude=NOT_IDENTITY)), "prompts": digest.hexdigest(), "draws": DRAW_SCHEME},
+        sort_keys=True,
+    )
 
 
 @dataclass
@@ -186,16 +185,17 @@ class APLRun:
         available = [p for p in self.train if p.id not in taken]
         if not available:
             raise ActivePrefError(f"round {round_}: every training prompt has been labelled; use fewer rounds")
-        factor = cfg.hybrid_factor if self.acquisition == "hybrid" else 1
-        n_samples = cfg.entropy_samples if self.acquisition in ("entropy", "hybrid") else 2
-        order = np.random.default_rng(stable_seed(self.seed, "prompts", round_)).permutation(len(available))
+        acq = ACQUISITIONS.get(self.acquisition)
+        factor = cfg.hybrid_factor if acq.oversample else 1
+        n_samples = cfg.entropy_samples if acq.many_samples else 2
+        order = stage_rng(self.seed, round_, Stage.APL_PROMPTS).permutation(len(available))
         chosen = [available[int(i)] for i in order[: cfg.prompts_per_round * factor]]
         requests, owners = [], []
         for prompt in chosen:
             for n in range(n_samples):
                 params = SamplingParams(
                     temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens,
-                    seed=stable_seed(self.seed, "sample", round_, prompt.id, n),
+                    seed=stage_seed(self.seed, round_, Stage.APL_SAMPLE, text_key(prompt.id), n),
                 )
                 requests.append(ChatRequest.from_messages(prompt.conversation(), params))
                 owners.append((prompt, n))
@@ -211,7 +211,7 @@ class APLRun:
             ref = np.full(len(owners), np.nan)
             ref[pair_idx] = self._logprobs(self.parts.theta0, [messages[j] for j in pair_idx], [texts[j] for j in pair_idx])[0]
         rows = [
-            (p.id, n, r.text, r.finish_reason, float(logp[j]), float(gen_logp[j]), float(ref[j]) if n < 2 else None)
+            SampleRow(p.id, n, r.text, r.finish_reason, float(logp[j]), float(gen_logp[j]), float(ref[j]) if n < 2 else None)
             for j, ((p, n), r) in enumerate(zip(owners, results))
         ]
         store.commit_samples(round_, rows)
@@ -226,21 +226,10 @@ class APLRun:
         ref = np.array([[s["ref_logp"] for s in samples[p][:2]] for p in pids], dtype=np.float64)
         ent = predictive_entropy(gen_logp)
         cert = certainty(implicit_rewards(logp[:, :2], ref, cfg.dpo.beta))
-        rng = np.random.default_rng(stable_seed(self.seed, "select", round_))
-        m = cfg.labels_per_round
-        if self.acquisition == "random":
-            idx, score = rng.permutation(len(pids))[:m], None
-        elif self.acquisition == "entropy":
-            idx, score = top_m(ent, m, rng), ent
-        elif self.acquisition == "certainty":
-            idx, score = top_m(cert, m, rng), cert
-        elif self.acquisition == "hybrid":
-            top = top_m(ent, cfg.prompts_per_round, rng)
-            idx, score = top[top_m(cert[top], m, rng)], cert
-        else:  # pragma: no cover - the config validates the name
-            raise ActivePrefError(f"unknown acquisition {self.acquisition!r}")
+        rng = stage_rng(self.seed, round_, Stage.APL_SELECT)
+        idx, score = ACQUISITIONS.get(self.acquisition).select(RoundScores(ent, cert, cfg.prompts_per_round), cfg.labels_per_round, rng)
         rows = [
-            (pids[i], float(ent[i]) if n_min > 2 else None, float(cert[i]), None if score is None else float(score[i]))
+            PickRow(pids[i], float(ent[i]) if n_min > 2 else None, float(cert[i]), None if score is None else float(score[i]))
             for i in idx
         ]
         store.commit_picks(round_, rows)
@@ -250,12 +239,12 @@ class APLRun:
         samples = store.samples(round_)
         prompts = [self.by_id[p["prompt_id"]] for p in picks]
         pairs = [(samples[p["prompt_id"]][0]["text"], samples[p["prompt_id"]][1]["text"]) for p in picks]
-        verdicts = self.parts.referee.compare(prompts, pairs, seed=stable_seed(self.seed, "label", round_))
+        verdicts = self.parts.referee.compare(prompts, pairs, seed=self.seed)
         crash_point("apl-judged", round_)  # answers cached, labels not committed yet
-        rows = []
+        rows: list[LabelRow] = []
         for pick, v in zip(picks, verdicts):
             chosen, rejected = (v.winner, 1 - v.winner) if v.winner is not None else (None, None)
-            rows.append((pick["prompt_id"], chosen, rejected, v.outcome, v.detail))
+            rows.append(LabelRow(pick["prompt_id"], chosen, rejected, v.outcome, v.detail))
         store.commit_labels(round_, rows)
 
     def _train(self, store: APLStore, round_: int, previous: Callable[[], Any]) -> Any:
@@ -271,7 +260,7 @@ class APLRun:
         if pairs:
             trained, metrics = dpo_finetune(
                 start, self.parts.theta0, self.parts.tokenizer, dpo_rows(pairs), cfg.dpo,
-                seed=stable_seed(self.seed, "train", round_), workdir=self.run_dir / "trainer",
+                seed=stage_seed(self.seed, round_, Stage.APL_TRAIN), workdir=self.run_dir / "trainer",
                 on_step=lambda step: crash_point("apl-train.mid", round_) if step == 1 else None,
             )
         else:
@@ -288,7 +277,7 @@ class APLRun:
                 p.conversation(),
                 SamplingParams(
                     temperature=cfg.eval_temperature, top_p=1.0, max_tokens=cfg.max_tokens,
-                    seed=stable_seed(self.seed, "eval", p.id),
+                    seed=stage_seed(self.seed, 0, Stage.APL_EVAL_SAMPLE, text_key(p.id)),
                 ),
             )
             for p in self.held_out
@@ -296,12 +285,12 @@ class APLRun:
         reference = self._generate(self.parts.theta0, self.parts.theta0_endpoint, requests, "evaluate")
         current = self._generate(policy, self._endpoint(store, round_), requests, "evaluate")
         pairs = [(c.text, r.text) for c, r in zip(current, reference)]
-        verdicts = self.parts.referee.compare(self.held_out, pairs, seed=stable_seed(self.seed, "eval-judge", round_))
+        verdicts = self.parts.referee.compare(self.held_out, pairs, seed=self.seed)
         crash_point("apl-eval-judged", round_)
-        rows = []
+        rows: list[EvalRow] = []
         for p, c, v in zip(self.held_out, current, verdicts):
             outcome = None if v.outcome == "failure" else (0.5 if v.winner is None else float(v.winner == 0))
-            rows.append((p.id, c.text, outcome, v.detail))
+            rows.append(EvalRow(p.id, c.text, outcome, v.detail))
         store.commit_evals(round_, rows)
 
     # -- driver ----------------------------------------------------------------------------

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from activepref.apl.config import ACQUISITIONS, APLConfig, load_apl_config
+from activepref.apl.acquisitions import ACQUISITIONS
+from activepref.apl.config import APLConfig, load_apl_config
 from activepref.errors import ActivePrefError
-from activepref.local_models import LocalModelMissing, cpu_has_bf16, qwen_coder_if_installed, smollm2_gguf
-from activepref.quickstart import write_quickstart_prompts
+from activepref.live.local_models import LocalModelMissing, cpu_has_bf16, qwen_coder_if_installed, smollm2_gguf
+from activepref.live.quickstart import write_quickstart_prompts
 
 QUICKSTART_PROMPTS = 40
 QUICKSTART_EVAL = 10

@@ -1,11 +1,11 @@
-"""One interface over the judges for APL: which of two completions of a prompt is better.
+"""One interface over the registered judges for APL: which of two completions of a prompt is better.
 
-``pairwise`` asks :class:`~activepref.judges.pairwise.PairwiseJudge` (order randomised per
-pair, optionally both orders; a pair with no usable answer is re-asked ``max_retries`` times,
-then recorded as a failure; a probability of exactly 0.5 -- e.g. two orders that cancel -- is a
-tie, not a win for either side). ``likert`` scores both completions with
-:class:`~activepref.judges.likert.LikertJudge` and prefers the higher expected score (equal
-scores are a tie). Identical completions are a tie without a judge call.
+A judge that compares pairs (``pairwise``: order drawn per pair from the run's seed and the
+two completions, optionally both orders) answers P(first better): above 0.5 the first wins,
+below the second, exactly 0.5 (e.g. two orders that cancel) is a tie. A judge that scores
+responses (``likert``) scores both completions and prefers the higher score (equal scores
+are a tie). Failures after the judge's retries are recorded, never scored. Identical
+completions are a tie without a judge call.
 """
 
 from __future__ import annotations
@@ -15,12 +15,20 @@ from dataclasses import dataclass
 
 from activepref.apl.config import APLJudgeConfig
 from activepref.backends.base import ChatBackend
-from activepref.cache import CachedBackend, RequestCache
-from activepref.data import Prompt, Response
-from activepref.errors import JudgeError
-from activepref.judges import ScoreRequest
-from activepref.judges.likert import LikertJudge
-from activepref.judges.pairwise import PairwiseJudge
+from activepref.core.cache import RequestCache
+from activepref.judges import (
+    AuditedJudge,
+    CompareRequest,
+    ComparingJudge,
+    Comparison,
+    Judge,
+    JudgeResources,
+    JudgeScore,
+    ScoreRequest,
+    judge_compares,
+    make_judge,
+)
+from activepref.pools.records import Prompt, Response, content_id
 
 
 @dataclass(frozen=True)
@@ -35,53 +43,53 @@ class Verdict:
 class Referee:
     def __init__(self, config: APLJudgeConfig, backend: ChatBackend, cache: RequestCache) -> None:
         self.config = config
-        self.backend = CachedBackend(backend, cache, "judge")  # every verdict's calls go through the cache
+        self.backend = backend
+        self.cache = cache  # every verdict's calls go through it (the judges wrap the backend)
+        self.name = self._judge(0).name
 
-    @property
-    def name(self) -> str:
-        return f"{self.config.kind}|{self.backend.endpoint}"
+    def _judge(self, seed: int) -> Judge | ComparingJudge:
+        judge = make_judge(self.config, JudgeResources(request_cache=lambda: self.cache, backend=self.backend, seed=seed))
+        return AuditedJudge(judge, self.config.audit_log) if self.config.audit_log else judge
 
     def compare(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]], seed: int) -> list[Verdict]:
-        verdicts: list[Verdict | None] = [
-            Verdict(None, "tie", "identical completions") if a == b else None for a, b in pairs
-        ]
+        """One verdict per (prompt, (completion 0, completion 1)); ``seed`` is the run's seed."""
+        verdicts: list[Verdict | None] = [Verdict(None, "tie", "identical completions") if a == b else None for a, b in pairs]
         todo = [i for i, v in enumerate(verdicts) if v is None]
         if todo:
-            if self.config.kind == "pairwise":
-                results = self._pairwise([prompts[i] for i in todo], [pairs[i] for i in todo], seed)
-            else:
-                results = self._likert([prompts[i] for i in todo], [pairs[i] for i in todo])
+            judge = self._judge(seed)
+            requests = []
+            for k, i in enumerate(todo):
+                prompt, (a, b) = prompts[i], pairs[i]
+                first, second = (Response(content_id(prompt.id, text), prompt.id, "policy", text) for text in (a, b))
+                requests.append(CompareRequest(2 * k, 2 * k + 1, prompt, first, second))
+            results = self._by_comparison(judge, requests) if judge_compares(judge) else self._by_scores(judge, requests)
             for i, v in zip(todo, results):
                 verdicts[i] = v
         return [v for v in verdicts if v is not None]
 
-    def _pairwise(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]], seed: int) -> list[Verdict]:
-        judge = PairwiseJudge(self.backend, both_orders=self.config.both_orders, seed=seed, max_retries=self.config.max_retries)
-        picked = judge.judge([p.text for p in prompts], list(pairs), shuffle_order=True)
+    @staticmethod
+    def _by_comparison(judge: ComparingJudge, requests: list[CompareRequest]) -> list[Verdict]:
         out = []
-        for w, p in zip(picked, judge.last_probabilities):
-            if w < 0 or p is None:
-                out.append(Verdict(None, "failure", f"no A/B answer after {self.config.max_retries + 1} attempts"))
-            elif p == 0.5:  # e.g. both orders asked and the answers cancel: no preference
+        for res in judge.compare_batch(requests):
+            if not isinstance(res, Comparison):
+                out.append(Verdict(None, "failure", str(res)))
+            elif res.p_first == 0.5:
                 out.append(Verdict(None, "tie", "P(first better) = 0.5"))
             else:
-                out.append(Verdict(w, "ok", f"P(first better) = {p:.3f}"))
+                out.append(Verdict(0 if res.p_first > 0.5 else 1, "ok", f"P(first better) = {res.p_first:.3f}"))
         return out
 
-    def _likert(self, prompts: Sequence[Prompt], pairs: Sequence[tuple[str, str]]) -> list[Verdict]:
-        judge = LikertJudge(self.backend, max_retries=self.config.max_retries)
-        requests = []
-        for i, (prompt, pair) in enumerate(zip(prompts, pairs)):
-            for k, text in enumerate(pair):
-                response = Response(id=f"apl-{i}-{k}", prompt_id=prompt.id, model="policy", text=text)
-                requests.append(ScoreRequest(2 * i + k, prompt, response))
-        scores = judge.score_batch(requests)
+    @staticmethod
+    def _by_scores(judge: Judge, requests: list[CompareRequest]) -> list[Verdict]:
+        scores = judge.score_batch([
+            ScoreRequest(idx, r.prompt, response)
+            for r in requests for idx, response in ((r.first_idx, r.first), (r.second_idx, r.second))
+        ])
         out = []
-        for i in range(len(pairs)):
-            a, b = scores[2 * i], scores[2 * i + 1]
-            if isinstance(a, JudgeError) or isinstance(b, JudgeError):
-                err = a if isinstance(a, JudgeError) else b
-                out.append(Verdict(None, "failure", str(err)))
+        for k in range(len(requests)):
+            a, b = scores[2 * k], scores[2 * k + 1]
+            if not isinstance(a, JudgeScore) or not isinstance(b, JudgeScore):
+                out.append(Verdict(None, "failure", str(a if not isinstance(a, JudgeScore) else b)))
             elif a.value == b.value:
                 out.append(Verdict(None, "tie", f"equal scores {a.value:.4f}"))
             else:

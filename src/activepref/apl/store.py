@@ -25,10 +25,10 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from activepref.core.store import LockedSqliteDir, connect_sqlite, lock_run_dir
 from activepref.errors import RunStateError
-from activepref.store import LockedSqliteDir, connect_sqlite, lock_run_dir
 
 SCHEMA_VERSION = 2
 STAGES = ("new", "sampled", "selected", "labelled", "trained", "evaluated")
@@ -50,6 +50,47 @@ CREATE TABLE IF NOT EXISTS evals (
     PRIMARY KEY (round, prompt_id));
 CREATE TABLE IF NOT EXISTS training (round INTEGER PRIMARY KEY, metrics TEXT NOT NULL);
 """
+
+
+class SampleRow(NamedTuple):
+    """One completion of the policy in a round; ref_logp only for the pair (samples 0 and 1)."""
+
+    prompt_id: str
+    sample: int
+    text: str
+    finish_reason: str | None
+    logp: float
+    gen_logp: float
+    ref_logp: float | None
+
+
+class PickRow(NamedTuple):
+    """A prompt the acquisition sent to the judge, best first; entropy needs N > 2 samples."""
+
+    prompt_id: str
+    entropy: float | None
+    certainty: float | None
+    score: float | None
+
+
+class LabelRow(NamedTuple):
+    """The judge's verdict on a picked prompt's pair (chosen/rejected: sample 0 or 1, None
+    for a tie or failure)."""
+
+    prompt_id: str
+    chosen: int | None
+    rejected: int | None
+    outcome: str
+    detail: str | None
+
+
+class EvalRow(NamedTuple):
+    """One held-out prompt of the win-rate evaluation: 1 win, 0 loss, 0.5 tie, None failure."""
+
+    prompt_id: str
+    text: str
+    outcome: float | None
+    detail: str | None
 
 
 class APLStore(LockedSqliteDir):
@@ -101,17 +142,17 @@ class APLStore(LockedSqliteDir):
         cur.execute("INSERT INTO rounds VALUES (?, ?) ON CONFLICT(round) DO UPDATE SET stage = excluded.stage", (round_, stage))
 
     # -- writing (one transaction per stage) ---------------------------------------------
-    def commit_samples(self, round_: int, rows: Sequence[tuple[str, int, str, str | None, float, float, float | None]]) -> None:
+    def commit_samples(self, round_: int, rows: Sequence[SampleRow]) -> None:
         with self.transaction() as cur:
             cur.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(round_, *r) for r in rows])
             self._advance(cur, round_, "sampled")
 
-    def commit_picks(self, round_: int, rows: Sequence[tuple[str, float | None, float | None, float | None]]) -> None:
+    def commit_picks(self, round_: int, rows: Sequence[PickRow]) -> None:
         with self.transaction() as cur:
             cur.executemany("INSERT INTO picks VALUES (?, ?, ?, ?, ?, ?)", [(round_, rank, *r) for rank, r in enumerate(rows)])
             self._advance(cur, round_, "selected")
 
-    def commit_labels(self, round_: int, rows: Sequence[tuple[str, int | None, int | None, str, str | None]]) -> None:
+    def commit_labels(self, round_: int, rows: Sequence[LabelRow]) -> None:
         with self.transaction() as cur:
             cur.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?)", [(round_, *r) for r in rows])
             self._advance(cur, round_, "labelled")
@@ -121,7 +162,7 @@ class APLStore(LockedSqliteDir):
             cur.execute("INSERT INTO training VALUES (?, ?)", (round_, json.dumps(metrics, sort_keys=True)))
             self._advance(cur, round_, "trained")
 
-    def commit_evals(self, round_: int, rows: Sequence[tuple[str, str, float | None, str | None]]) -> None:
+    def commit_evals(self, round_: int, rows: Sequence[EvalRow]) -> None:
         with self.transaction() as cur:
             cur.executemany("INSERT INTO evals VALUES (?, ?, ?, ?, ?)", [(round_, *r) for r in rows])
             self._advance(cur, round_, "evaluated")

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from activepref.bench.metrics import ordered_pairs
-from activepref.data import Pool, _iter_rows
 from activepref.errors import PoolFormatError
+from activepref.pools.reader import Pool, _iter_rows
 
 RM_HIDDEN = 64
 RM_L2 = 1e-3  # weight of ||theta||^2 next to the mean BT loss

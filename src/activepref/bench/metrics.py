@@ -41,7 +41,7 @@ def _by_group(groups: np.ndarray) -> list[np.ndarray]:
 
 def pairwise_accuracy(pred: Any, ref: Any, groups: Any) -> float:
     """Share of within-prompt pairs strictly ordered by ``ref`` that ``pred`` orders the same
-    way (strictly; a tie in ``pred`` counts as wrong, as in ``loop.heldout_accuracy``).
+    way (strictly; a tie in ``pred`` counts as wrong, as in ``core.metrics.heldout_accuracy``).
 
     pred, ref, groups: [n]. Returns a float in [0, 1], NaN when there is no ordered pair.
     """

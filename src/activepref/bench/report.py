@@ -111,7 +111,7 @@ def paired_efficiency(rows: list[dict[str, Any]], metric: str, reference: str = 
 def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, M.ScoreStats]]:
     """Per method, Table-21 statistics of the acquired pairs pooled over seeds: ``judge``
     (the judge scores the pairs were built from) and ``oracle`` (the hidden reward)."""
-    from activepref.store import RunStore
+    from activepref.core.store import RunStore
 
     pooled: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     for (method, _seed), run_dir in run_dirs.items():
@@ -139,8 +139,8 @@ def dataset_stats(run_dirs: dict[tuple[str, int], Path]) -> dict[str, dict[str, 
 
 def pair_coverage(run_dirs: dict[tuple[str, int], Path]) -> dict[str, list[M.PairCoverage]]:
     """Per method, each seed's model-pair coverage of its exported (in-prompt) pairs."""
-    from activepref.export import exported_preferences
-    from activepref.store import RunStore
+    from activepref.core.export import exported_preferences
+    from activepref.core.store import RunStore
 
     out: dict[str, list[M.PairCoverage]] = defaultdict(list)
     for (method, _seed), run_dir in sorted(run_dirs.items()):
@@ -184,7 +184,7 @@ def time_split(run_dir: Path) -> dict[str, float] | None:
     None when the run has no timings (older benches). ``total`` = the bench's run wall +
     dataset evaluation; ``other`` = what no stage measured (pool import into the store, ...)."""
     from activepref.bench.files import BENCH_TIMINGS_FILE
-    from activepref.timings import read_timings
+    from activepref.core.timings import read_timings
 
     loop, bench = read_timings(run_dir), read_timings(run_dir, BENCH_TIMINGS_FILE)
     if not bench:
@@ -237,8 +237,8 @@ def wall_lines(out: Path) -> list[str]:
 
 
 def _setup_lines(run_dirs: dict[tuple[str, int], Path], budget: int | None) -> list[str]:
-    from activepref.runs import stored_config
-    from activepref.store import RunStore
+    from activepref.core.runs import stored_config
+    from activepref.core.store import RunStore
 
     first = next(iter(run_dirs.values()))
     store = RunStore.open_readonly(first)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,10 +42,11 @@ from activepref.bench.files import (  # noqa: F401  (RESULT_COLUMNS, read_calls,
     record_call,
     write_results,
 )
-from activepref.config import BUILTIN_POOL, RunConfig, load_config
+from activepref.config import BUILTIN_POOL, EngineConfig, RunConfig, load_config
+from activepref.core.export import exported_preferences
+from activepref.core.timings import StageTimes
+from activepref.engines import make_engine
 from activepref.errors import ActivePrefError, ConfigError
-from activepref.export import exported_preferences
-from activepref.timings import StageTimes
 
 CACHE_NAME = "bench_metrics.json"
 CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
@@ -166,8 +165,8 @@ def _worker_init() -> None:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from activepref.numerics import flush_denormals_in_every_thread
-    from activepref.pools import reuse_last_pool
+    from activepref.model.numerics import flush_denormals_in_every_thread
+    from activepref.pools.sources import reuse_last_pool
 
     flush_denormals_in_every_thread()  # as the CLI does, so a worker computes like a resumed run
     reuse_last_pool()  # a worker creates many runs from one pool: read and validate it once
@@ -198,7 +197,7 @@ def _die_with_parent() -> None:
 
 # Settings that change no selection, annotation or metric: a run made with other values of
 # them (e.g. by an older bench that kept every checkpoint) is resumed as the same run.
-RESULT_NEUTRAL_KEYS = ("keep_checkpoints",)
+RESULT_NEUTRAL_KEYS = ("keep_checkpoints", "engine")
 
 
 def _same_config(a: RunConfig, b: RunConfig) -> bool:
@@ -247,8 +246,8 @@ def execute_run(spec: BenchRun) -> tuple[str, list[dict[str, Any]]]:
     """Run, resume or skip one bench run, then its per-iteration metrics.
 
     Returns (state, rows): state ``skipped`` when the run was already complete."""
-    from activepref import runs
-    from activepref.store import RunStore
+    from activepref.core import runs
+    from activepref.core.store import RunStore
 
     config = load_config(None, spec.overrides)
     run_dir = spec.run_dir
@@ -320,17 +319,18 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
 
     Held-out prompts only: the ENN of each trained iteration predicts the held-out candidates,
     compared with the hidden reference reward (oracle, else the pool score). The loop stores
-    those model metrics with each iteration (``loop.evaluate``); runs written before it did
+    those model metrics with each iteration (``core.metrics.heldout_metrics``); runs written before it did
     are predicted again from their checkpoints. Iterations computed before are read from
     ``bench_metrics.json``; an older run's iteration whose checkpoint was pruned gets the
     stored accuracy and NaN model metrics.
     """
     import torch
 
-    from activepref.enn import ENNShape, EnsembleRewardModel
-    from activepref.loop import iteration_plan, load_features
-    from activepref.runs import stored_config
-    from activepref.store import STATUS_TRAINED, RunStore
+    from activepref.core.candidates import load_features
+    from activepref.core.loop import iteration_plan
+    from activepref.core.runs import stored_config
+    from activepref.core.store import STATUS_TRAINED, RunStore
+    from activepref.model.enn import ENNShape, EnsembleRewardModel
 
     cache_path = Path(run_dir) / CACHE_NAME
     cache: dict[str, Any] = {}
@@ -370,7 +370,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
                 row.update(_judge_costs(store, rec.iteration, m.get("annotations")))
                 path = store.checkpoint_path(rec.iteration)
                 if "heldout_spearman_loss" in m:
-                    # The loop computed them on the same held-out candidates (loop.evaluate).
+                    # The loop computed them on the same held-out candidates (core.metrics.heldout_metrics).
                     row.update(
                         spearman_loss=m["heldout_spearman_loss"], best_of_n=m.get("heldout_best_of_n"),
                         best_of_n_regret=m.get("heldout_best_of_n_regret"), best_of_n_normalized=m.get("heldout_best_of_n_normalized"),
@@ -446,7 +446,7 @@ def run_dataset_quality(run_dir: Path, seed: int, iteration: int | None = None) 
     """`activepref evaluate`'s numbers for a run's exported dataset up to ``iteration`` (default:
     the last trained one) on the run's held-out prompts; None without held-out prompts or a
     hidden reference reward."""
-    from activepref.store import STATUS_TRAINED, RunStore
+    from activepref.core.store import STATUS_TRAINED, RunStore
 
     store = RunStore.open_readonly(run_dir)
     try:
@@ -489,6 +489,7 @@ def run_bench(
     overrides: dict[str, Any] | None = None,
     progress: Callable[[BenchEvent], None] | None = None,
     method_options: dict[str, dict[str, Any]] | None = None,
+    engine: EngineConfig | None = None,
 ) -> Path:
     """Run every method with every seed on ``pool`` and write the report; returns ``out``.
 
@@ -504,7 +505,8 @@ def run_bench(
     (pool, method, method_options, seed, batch_size, iterations, design_budget,
     keep_checkpoints) are refused. progress: called in this process with a
     :class:`BenchEvent` as each run ends. method_options: per-method options, e.g.
-    ``{"delta_pair": {"strong": "gpt-4", "weak": "smollm2"}}``.
+    ``{"delta_pair": {"strong": "gpt-4", "weak": "smollm2"}}``. engine: where the runs
+    execute (default: the local engine's worker processes).
 
     Resumable: a run directory ``out/runs/<method>-seed<k>`` that already exists is
     resumed, or skipped when finished; its per-iteration metrics are cached beside it, so
@@ -526,19 +528,15 @@ def run_bench(
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     states: list[str] = []
     processes = max(1, min(workers, len(specs)))
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch threads
-    with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_worker_init) as pool_ex:
-        futures = {pool_ex.submit(_run_in_worker, s): s for s in submission_order(specs)}
-        for done, fut in enumerate(as_completed(futures), start=1):
-            spec = futures[fut]
-            state, rows, error = fut.result()
-            states.append(state)
-            if error:
-                errors.append(f"{spec.name}: {error}")
-            else:
-                results[spec.name] = rows
-            if progress is not None:
-                progress(BenchEvent(spec.name, spec.method, spec.seed, state, done, len(specs), error))
+    jobs = make_engine(engine).run_jobs(_run_in_worker, submission_order(specs), processes, initializer=_worker_init)
+    for done, (spec, (state, rows, error)) in enumerate(jobs, start=1):
+        states.append(state)
+        if error:
+            errors.append(f"{spec.name}: {error}")
+        else:
+            results[spec.name] = rows
+        if progress is not None:
+            progress(BenchEvent(spec.name, spec.method, spec.seed, state, done, len(specs), error))
     record_call(out, {
         "started": started_at, "wall_s": round(time.perf_counter() - started, 1), "workers": processes,
         "cpus": os.cpu_count(), **{state: states.count(state) for state in ("finished", "skipped", "failed")},

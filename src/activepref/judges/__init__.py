@@ -1,8 +1,11 @@
-"""Judges score responses. Registry: kind -> factory, filled by ``@register_judge``.
+"""Judges annotate. Registry: kind -> factory, filled by ``@register_judge``.
 
-A judge implements :class:`Judge`: ``score_batch(requests)`` gives a ``JudgeScore`` or a
-:class:`~activepref.errors.JudgeError` per request; each judge retries a failing call on its
-own and then reports the failure, so garbage is never silently scored.
+A judge either *scores* responses (:class:`Judge`: ``score_batch(requests)`` gives a
+``JudgeScore`` or a :class:`~activepref.errors.JudgeError` per request) or *compares* two
+responses of a prompt (:class:`ComparingJudge`, registered with ``compares=True``:
+``compare_batch(requests)`` gives a :class:`Comparison` or a ``JudgeError`` per pair). Each
+judge retries a failing call on its own and then reports the failure, so garbage is never
+silently scored.
 
 Add a judge kind (in-tree or in a plugin) with one factory::
 
@@ -20,14 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from activepref.data import Prompt, Response
 from activepref.errors import ConfigError, JudgeError
+from activepref.pools.records import Prompt, Response
 from activepref.registry import Registry
 
 if TYPE_CHECKING:
     from activepref.backends.base import ChatBackend
-    from activepref.cache import RequestCache
-    from activepref.config import JudgeConfig
+    from activepref.config import JudgeConfig, ModelConfig
+    from activepref.core.cache import RequestCache
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,27 @@ class JudgeScore:
     distributions: dict[str, list[float]] | None = None
 
 
+@dataclass(frozen=True)
+class CompareRequest:
+    """Two responses of one prompt (row indices in the run, or any ids outside a run)."""
+
+    first_idx: int
+    second_idx: int
+    prompt: Prompt
+    first: Response
+    second: Response
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """p_first: P(first response better), averaged over the orders asked (0.5 exactly is a
+    tie); consistent: asked in both orders, whether both answers favoured the same response
+    (None when asked in one order)."""
+
+    p_first: float
+    consistent: bool | None = None
+
+
 class Judge(Protocol):
     """Scores responses. ``batch_size`` is how many requests the loop hands over at once
     (and commits together): 1 for the replay judge, whose reveals are not cached elsewhere;
@@ -57,6 +81,23 @@ class Judge(Protocol):
     batch_size: int
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]: ...
+
+
+class ComparingJudge(Protocol):
+    """Says which of two responses is better (``compares = True``). Its preferences carry
+    ``score_chosen`` = P(chosen better) and ``score_rejected`` = 1 - that. It cannot serve a
+    method that needs scores of more than two candidates (``Method.needs_scores``)."""
+
+    name: str
+    batch_size: int
+    compares: bool
+
+    def compare_batch(self, requests: Sequence[CompareRequest]) -> list[Comparison | JudgeError]: ...
+
+
+def judge_compares(judge: object) -> bool:
+    """Whether a built judge compares pairs (else it scores responses)."""
+    return bool(getattr(judge, "compares", False))
 
 
 StoredScore = Callable[[int], tuple[float | None, dict[str, float]]]
@@ -70,11 +111,16 @@ class JudgeResources:
     request_cache: opens the run's request cache (every model call goes through it).
     backend: a ready backend for the judge's model (live runs and tests pass one); otherwise
     :meth:`chat_backend` builds it from ``config.model``.
+    seed: the run's seed (a pairwise judge draws each pair's presentation order from it).
+    backend_factory: builds a backend from a model config (the run's execution engine);
+    default ``activepref.backends.make_backend``.
     """
 
     stored_score: StoredScore | None = None
     request_cache: Callable[[], RequestCache] | None = None
     backend: ChatBackend | None = None
+    seed: int = 0
+    backend_factory: Callable[[ModelConfig], ChatBackend] | None = None
     _cache: RequestCache | None = field(default=None, repr=False)
 
     @property
@@ -92,19 +138,22 @@ class JudgeResources:
     def chat_backend(self, config: JudgeConfig) -> ChatBackend:
         if self.backend is not None:
             return self.backend
+        if self.backend_factory is not None:
+            return self.backend_factory(config.require_model())
         from activepref.backends import make_backend
 
         return make_backend(config.require_model())
 
 
-JudgeFactory = Callable[["JudgeConfig", JudgeResources], Judge]
+JudgeFactory = Callable[["JudgeConfig", JudgeResources], "Judge | ComparingJudge"]
 
 
 @dataclass(frozen=True)
 class JudgeEntry:
     """A registered judge kind. needs_model: the config must give ``judge.model``;
     backends: the model backends it runs on (None: any); pool_scores: it only reads the
-    pool's stored scores (so it cannot judge freshly generated responses)."""
+    pool's stored scores (so it cannot judge freshly generated responses); compares: it
+    compares pairs (:class:`ComparingJudge`) instead of scoring responses."""
 
     name: str
     description: str
@@ -112,6 +161,7 @@ class JudgeEntry:
     needs_model: bool = True
     backends: frozenset[str] | None = None
     pool_scores: bool = False
+    compares: bool = False
 
     @property
     def kind(self) -> str:
@@ -128,57 +178,74 @@ def register_judge(
     needs_model: bool = True,
     backends: Sequence[str] | None = None,
     pool_scores: bool = False,
+    compares: bool = False,
 ) -> Callable[[JudgeFactory], JudgeFactory]:
-    """Decorator registering ``factory(config: JudgeConfig, resources: JudgeResources) -> Judge``."""
+    """Decorator registering ``factory(config: JudgeConfig, resources: JudgeResources) -> Judge``
+    (a :class:`ComparingJudge` when ``compares``)."""
 
     def wrap(factory: JudgeFactory) -> JudgeFactory:
-        JUDGES.add(JudgeEntry(kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores))
+        JUDGES.add(JudgeEntry(kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores, compares))
         return factory
 
     return wrap
 
 
-def make_judge(config: JudgeConfig, resources: JudgeResources) -> Judge:
+def make_judge(config: JudgeConfig, resources: JudgeResources) -> Judge | ComparingJudge:
     """The judge ``config.kind`` names, built from its config (one call for every kind)."""
     return JUDGES.get(config.kind).factory(config, resources)
 
 
 class AuditedJudge:
-    """Wraps a judge and appends one JSON line per scored request to a log file, flushed to
+    """Wraps a judge and appends one JSON line per scored request or compared pair to a log file, flushed to
     disk before the result is used, so every paid call can be accounted for after a crash.
     Each line names the process (``pid``): a kill between a reveal and its commit to the run
     store makes the resumed process reveal that one score again, and the pid shows which."""
 
-    def __init__(self, inner: Judge, path: str) -> None:
+    def __init__(self, inner: Judge | ComparingJudge, path: str) -> None:
         self.inner = inner
         self.name = inner.name
         self.batch_size = inner.batch_size
+        self.compares = judge_compares(inner)
         self.path = path
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]:
+        results = self.inner.score_batch(requests)  # type: ignore[union-attr]
+        self._append([{"response_id": req.response.id, "ok": isinstance(res, JudgeScore)} for req, res in zip(requests, results)])
+        return results
+
+    def compare_batch(self, requests: Sequence[CompareRequest]) -> list[Comparison | JudgeError]:
+        results = self.inner.compare_batch(requests)  # type: ignore[union-attr]
+        self._append([
+            {"response_id": req.first.id, "other_response_id": req.second.id, "ok": isinstance(res, Comparison)}
+            for req, res in zip(requests, results)
+        ])
+        return results
+
+    def _append(self, entries: list[dict[str, object]]) -> None:
         import json
         import os
 
-        results = self.inner.score_batch(requests)
         with open(self.path, "a", encoding="utf-8") as fh:
-            for req, res in zip(requests, results):
-                entry = {"response_id": req.response.id, "judge": self.name, "ok": isinstance(res, JudgeScore), "pid": os.getpid()}
-                fh.write(json.dumps(entry) + "\n")
+            for entry in entries:
+                fh.write(json.dumps({**entry, "judge": self.name, "pid": os.getpid()}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-        return results
 
 
-from activepref.judges import likert, replay, reward_model  # noqa: E402,F401
+from activepref.judges import likert, pairwise, replay, reward_model  # noqa: E402,F401
 
 __all__ = [
     "JUDGES",
     "AuditedJudge",
+    "CompareRequest",
+    "ComparingJudge",
+    "Comparison",
     "Judge",
     "JudgeEntry",
     "JudgeResources",
     "JudgeScore",
     "ScoreRequest",
+    "judge_compares",
     "make_judge",
     "register_judge",
 ]

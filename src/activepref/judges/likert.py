@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
-from activepref.cache import CachedBackend
-from activepref.data import ASPECTS
+from activepref.core.cache import CachedBackend
 from activepref.errors import JudgeError
 from activepref.judges import JudgeResources, JudgeScore, ScoreRequest, register_judge
 from activepref.judges.rubrics import likert_messages
+from activepref.pools.records import ASPECTS
 
 if TYPE_CHECKING:
     from activepref.config import JudgeConfig

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from activepref.data import ASPECTS
+from activepref.pools.records import ASPECTS
 
 # 001 App. A.1's model pool, strongest first (001 Fig. 6a: order of "chosen" counts under Random).
 AUF_MODELS = (

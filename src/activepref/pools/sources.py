@@ -1,6 +1,6 @@
 """Where candidate pools come from: the shipped built-in pool and synthetic oracle pools.
 
-The built-in pool (``data/builtin_pool.parquet``, rebuilt by ``scripts/build_builtin_pool.py``)
+The built-in pool (``resources/builtin_pool.parquet``, rebuilt by ``scripts/build_builtin_pool.py``)
 holds the 80 MT-bench questions with 5-8 real-text candidates each, real MiniLM features
 and a hidden oracle reward; its ``score`` column is the oracle seen through a noisy judge.
 
@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from activepref.config import BUILTIN_POOL
-from activepref.data import Pool, Prompt, Response, read_pool
+from activepref.pools.reader import Pool, read_pool
+from activepref.pools.records import Prompt, Response
 
 SYNTHETIC_MODELS = ("strong-a", "strong-b", "mid-a", "mid-b", "weak-a", "weak-b")
 
 
 def builtin_pool_path() -> Path:
-    return Path(str(resources.files("activepref") / "data" / "builtin_pool.parquet"))
+    return Path(str(resources.files("activepref") / "resources" / "builtin_pool.parquet"))
 
 
 _REUSE_LAST = False

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from activepref.backends.base import ChatRequest, SamplingParams
-from activepref.data import Prompt
+from activepref.pools.records import Prompt
 
 PRINCIPLES = ("helpfulness", "truthfulness", "honesty", "instruction_following")
 

@@ -26,12 +26,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from activepref.data import Pool, Prompt, Response
 from activepref.errors import RunLockedError, RunStateError
+from activepref.pools.reader import Pool
+from activepref.pools.records import Prompt, Response
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position
+SCHEMA_VERSION = 4  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position; 4: comparisons
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,6 +57,12 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE TABLE IF NOT EXISTS judge_failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT, response_idx INTEGER NOT NULL, judge TEXT NOT NULL,
     iteration INTEGER NOT NULL, error TEXT NOT NULL, UNIQUE (response_idx, judge));
+CREATE TABLE IF NOT EXISTS comparisons (
+    first_idx INTEGER NOT NULL, second_idx INTEGER NOT NULL, judge TEXT NOT NULL, p_first REAL NOT NULL,
+    consistent INTEGER, iteration INTEGER NOT NULL, PRIMARY KEY (first_idx, second_idx, judge));
+CREATE TABLE IF NOT EXISTS comparison_failures (
+    first_idx INTEGER NOT NULL, second_idx INTEGER NOT NULL, judge TEXT NOT NULL, iteration INTEGER NOT NULL,
+    error TEXT NOT NULL, PRIMARY KEY (first_idx, second_idx, judge));
 CREATE TABLE IF NOT EXISTS iterations (
     iteration INTEGER PRIMARY KEY, status TEXT NOT NULL, prompt_idxs TEXT NOT NULL,
     proposal TEXT, pair_status TEXT, metrics TEXT);
@@ -98,6 +105,45 @@ class PreferenceRecord(NamedTuple):
     pair_index: int = 0
 
 
+class ScoreRecord(NamedTuple):
+    """A scoring judge's verdict on one response (details: per-aspect scores/distributions)."""
+
+    response_idx: int
+    value: float
+    details: dict[str, Any] | None = None
+
+
+class ComparisonRecord(NamedTuple):
+    """A comparing judge's verdict on a pair, as asked: P(first better); consistent: asked in
+    both orders, whether the two answers agreed (None when asked in one order)."""
+
+    first_idx: int
+    second_idx: int
+    p_first: float
+    consistent: bool | None = None
+
+
+class JudgeFailure(NamedTuple):
+    """A response the judge could not score, after its retries."""
+
+    response_idx: int
+    error: str
+
+
+class GeneratedResponse(NamedTuple):
+    """A new candidate of a live run: the response, its prompt row and its call metadata."""
+
+    response: Response
+    prompt_idx: int
+    meta: dict[str, Any]
+
+
+class GenerationFailure(NamedTuple):
+    prompt_idx: int
+    model: str
+    error: str
+
+
 @dataclass(frozen=True)
 class IterationRecord:
     iteration: int
@@ -105,6 +151,7 @@ class IterationRecord:
     prompt_idxs: list[int]
     proposal: dict[str, Any] | None
     metrics: dict[str, Any] | None
+    pair_status: dict[str, int] | None = None  # counts of ok / tie / failed / skipped pairs, once annotated
 
 
 def lock_run_dir(run_dir: Path) -> Any:
@@ -212,6 +259,9 @@ class RunStore(LockedSqliteDir):
         if version == "2":
             store._upgrade_from_2()
             version = store.meta("schema_version")
+        if version == "3":
+            store._upgrade_from_3()
+            version = store.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             store.close()
             raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
@@ -269,6 +319,12 @@ class RunStore(LockedSqliteDir):
             cur.execute("ALTER TABLE preferences ADD COLUMN buffer_position INTEGER")
             cur.executemany("UPDATE preferences SET buffer_position = ? WHERE rowid = ?", [(pos, rowid) for pos, (rowid,) in enumerate(rows)])
             cur.execute("CREATE UNIQUE INDEX preferences_buffer_position ON preferences (buffer_position)")
+            cur.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+
+    def _upgrade_from_3(self) -> None:
+        """Schema 3 -> 4: the tables of pairwise judgements (empty in an older run)."""
+        self.conn.executescript(SCHEMA)  # CREATE TABLE IF NOT EXISTS: only the new tables are made
+        with self.transaction() as cur:
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:
@@ -380,10 +436,13 @@ class RunStore(LockedSqliteDir):
         return np.asarray([np.nan if r[col] is None else r[col] for r in rows], dtype=np.float64)
 
     def iteration(self, it: int) -> IterationRecord | None:
-        row = self.conn.execute("SELECT iteration, status, prompt_idxs, proposal, metrics FROM iterations WHERE iteration = ?", (it,)).fetchone()
+        row = self.conn.execute(
+            "SELECT iteration, status, prompt_idxs, proposal, metrics, pair_status FROM iterations WHERE iteration = ?", (it,)
+        ).fetchone()
         if row is None:
             return None
-        return IterationRecord(row[0], row[1], json.loads(row[2]), json.loads(row[3]) if row[3] else None, json.loads(row[4]) if row[4] else None)
+        loaded = [json.loads(v) if v else None for v in row[3:]]
+        return IterationRecord(row[0], row[1], json.loads(row[2]), *loaded)
 
     def iterations(self) -> list[IterationRecord]:
         rows = self.conn.execute("SELECT iteration FROM iterations ORDER BY iteration").fetchall()
@@ -395,8 +454,26 @@ class RunStore(LockedSqliteDir):
     def failures(self, judge: str) -> dict[int, str]:
         return {r[0]: r[1] for r in self.conn.execute("SELECT response_idx, error FROM judge_failures WHERE judge = ?", (judge,))}
 
+    def comparisons(self, judge: str) -> dict[tuple[int, int], ComparisonRecord]:
+        """Stored pairwise judgements of ``judge``, keyed by (first_idx, second_idx) as asked."""
+        rows = self.conn.execute(
+            "SELECT first_idx, second_idx, p_first, consistent FROM comparisons WHERE judge = ?", (judge,)
+        ).fetchall()
+        return {(a, b): ComparisonRecord(a, b, p, None if c is None else bool(c)) for a, b, p, c in rows}
+
+    def comparison_failures(self, judge: str) -> dict[tuple[int, int], str]:
+        rows = self.conn.execute("SELECT first_idx, second_idx, error FROM comparison_failures WHERE judge = ?", (judge,))
+        return {(a, b): e for a, b, e in rows}
+
+    def position_consistency(self) -> tuple[int, int]:
+        """(pairs asked in both orders, of which both answers agreed), over every judge."""
+        n, agreed = self.conn.execute("SELECT COUNT(consistent), COALESCE(SUM(consistent), 0) FROM comparisons").fetchone()
+        return int(n), int(agreed)
+
     def count(self, table: str) -> int:
-        assert table in {"scores", "judge_failures", "generation_failures", "preferences", "prompts", "responses"}
+        assert table in {
+            "scores", "judge_failures", "comparisons", "comparison_failures", "generation_failures", "preferences", "prompts", "responses",
+        }
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def replay_pairs(self, iteration: int | None = None) -> np.ndarray:
@@ -427,12 +504,12 @@ class RunStore(LockedSqliteDir):
         self,
         it: int,
         prompt_idxs: list[int],
-        responses: list[tuple[Response, int, dict[str, Any]]],
-        failures: list[tuple[int, str, str]],
+        responses: list[GeneratedResponse],
+        failures: list[GenerationFailure],
         stats: dict[str, Any] | None = None,
     ) -> None:
-        """New candidates of one iteration: (response, prompt idx, meta); failures:
-        (prompt idx, model, error). Identical responses (same content id) are stored once."""
+        """New candidates of one iteration and the requests that gave none. Identical
+        responses (same content id) are stored once."""
         with self.transaction() as cur:
             start = cur.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM responses").fetchone()[0]
             for r, p_idx, meta in responses:
@@ -505,11 +582,11 @@ class RunStore(LockedSqliteDir):
         self,
         it: int,
         judge: str,
-        scored: list[tuple[int, float, dict[str, Any] | None]],
-        failed: list[tuple[int, str]],
+        scored: list[ScoreRecord],
+        failed: list[JudgeFailure],
         stats: dict[str, Any] | None = None,
     ) -> None:
-        """scored: (response_idx, value, details JSON-able); failed: (response_idx, error)."""
+        """One batch of a scoring judge's results (details must be JSON-able)."""
         with self.transaction() as cur:
             self._insert_stats(cur, it, stats)
             cur.executemany(
@@ -519,6 +596,20 @@ class RunStore(LockedSqliteDir):
             cur.executemany(
                 "INSERT OR REPLACE INTO judge_failures (response_idx, judge, iteration, error) VALUES (?,?,?,?)",
                 [(r, judge, it, e) for r, e in failed],
+            )
+
+    def commit_comparisons(
+        self, it: int, judge: str, compared: list[ComparisonRecord], failed: list[tuple[int, int, str]], stats: dict[str, Any] | None = None
+    ) -> None:
+        """compared: pairwise judgements; failed: (first_idx, second_idx, error)."""
+        with self.transaction() as cur:
+            self._insert_stats(cur, it, stats)
+            cur.executemany(
+                "INSERT INTO comparisons VALUES (?,?,?,?,?,?)",
+                [(c.first_idx, c.second_idx, judge, c.p_first, None if c.consistent is None else int(c.consistent), it) for c in compared],
+            )
+            cur.executemany(
+                "INSERT OR REPLACE INTO comparison_failures VALUES (?,?,?,?,?)", [(a, b, judge, it, e) for a, b, e in failed]
             )
 
     def commit_preferences(self, it: int, prefs: list[PreferenceRecord], pair_status: dict[str, int]) -> None:

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from activepref.config import ENNConfig
-from activepref.numerics import flush_denormal_enabled
+from activepref.model.numerics import flush_denormal_enabled
 
 # 001 Tables 14-15 (hyperparameters of the ENN and its training): defined once, in ENNConfig.
 _DEFAULTS = ENNConfig()
@@ -314,7 +314,7 @@ class EnsembleRewardModel:
             return float("nan")
         # Adam's second moments of tiny gradients go subnormal, which is ~100x slower on x86.
         # This reaches the calling thread only, and the caller's mode is restored afterwards;
-        # the command line flushes in every thread from the start (activepref.numerics).
+        # the command line flushes in every thread from the start (activepref.model.numerics).
         before = flush_denormal_enabled()
         torch.set_flush_denormal(True)
         try:

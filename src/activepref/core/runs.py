@@ -9,19 +9,18 @@ from typing import Any
 import numpy as np
 
 from activepref.config import RunConfig, config_from_json
-from activepref.data import Pool, read_prompts
+from activepref.core.determinism import Stage, stage_rng
+from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
+from activepref.core.store import STATUS_TRAINED, RunStore
+from activepref.core.summary import run_summary
 from activepref.errors import RunStateError
-from activepref.loop import LiveParts, Progress, execute, iteration_plan, stage_rng
-from activepref.pools import load_pool
-from activepref.store import STATUS_TRAINED, RunStore
-from activepref.summary import run_summary
-
-STAGE_SPLIT = 5
+from activepref.pools.reader import Pool, read_prompts
+from activepref.pools.sources import load_pool
 
 
 def split_prompts(n_prompts: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(held-out prompt indices, training prompts in annotation order), seeded."""
-    perm = stage_rng(seed, 0, STAGE_SPLIT).permutation(n_prompts)
+    perm = stage_rng(seed, 0, Stage.SPLIT).permutation(n_prompts)
     n_eval = int(round(eval_fraction * n_prompts))
     if n_eval >= n_prompts:
         n_eval = n_prompts - 1
@@ -100,8 +99,8 @@ def status(run_dir: str | Path) -> RunStatus:
             iterations_planned=len(iteration_plan(store, config)),
             current=unfinished,
             pairs=store.count("preferences"),
-            annotations=store.count("scores") + store.count("judge_failures"),
-            failures=store.count("judge_failures"),
+            annotations=sum(store.count(t) for t in ("scores", "judge_failures", "comparisons", "comparison_failures")),
+            failures=store.count("judge_failures") + store.count("comparison_failures"),
             last_metrics=(done[-1].metrics or {}) if done else {},
             summary=run_summary(store),
         )

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from activepref.config import RunConfig
-from activepref.data import read_prompts
 from activepref.errors import ActivePrefError
-from activepref.local_models import LocalModelMissing, qwen_coder_if_installed, smollm2_gguf
+from activepref.live.local_models import LocalModelMissing, qwen_coder_if_installed, smollm2_gguf
+from activepref.pools.reader import read_prompts
 
 QUICKSTART_PROMPTS = 16
 QUICKSTART_BATCH = 4  # prompts per iteration -> 4 iterations
 
 
 def mtbench_questions_path() -> Path:
-    return Path(str(resources.files("activepref") / "data" / "mtbench_questions.jsonl"))
+    return Path(str(resources.files("activepref") / "resources" / "mtbench_questions.jsonl"))
 
 
 def write_quickstart_prompts(path: Path, n: int = QUICKSTART_PROMPTS) -> Path:

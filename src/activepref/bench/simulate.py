@@ -1,7 +1,7 @@
 """`activepref simulate`: several methods x several seeds on a pre-scored pool, summarised with
 the seeds' spread and each method's paired difference from Random.
 
-The default pool is a small pool in seed 001's regime (activepref.auf_pool: 30 candidates per
+The default pool is a small pool in seed 001's regime (activepref.pools.auf: 30 candidates per
 prompt from a 30-model quality ladder, judge noise 0.5), written into the simulation's
 directory; ``builtin`` is the 80-prompt MT-bench pool shipped with the package, and any pool
 file works. Per (method, seed) it reports the selecting ensemble's held-out pairwise accuracy,
@@ -44,7 +44,7 @@ def pool_path(pool: str, base: Path, demo: DemoPool) -> str:
     regime gives the same file), ``builtin`` and paths pass through."""
     if pool != AUF_DEMO_POOL:
         return pool
-    from activepref.auf_pool import AUFRegime, write_auf_pool
+    from activepref.pools.auf import AUFRegime, write_auf_pool
 
     path = base / f"auf-{demo.prompts}x30-d{demo.dim}-noise{demo.noise:g}-seed{demo.seed}.parquet"
     if not path.exists():

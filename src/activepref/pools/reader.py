@@ -1,4 +1,4 @@
-"""Records of the data model (DESIGN §1) and the candidate-pool reader.
+"""The candidate-pool and prompt-file readers.
 
 A pool file has one row per candidate response: ``prompt_id``, ``prompt`` (a string or a
 list of chat messages), ``response_id``, ``model``, ``response``, optional ``principle``,
@@ -11,10 +11,9 @@ entropy uses it). JSONL or Parquet.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from activepref.errors import PoolFormatError
-
-ASPECTS = ("helpfulness", "truthfulness", "honesty", "instruction_following")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    id: str
-    text: str
-    messages: tuple[dict[str, str], ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def conversation(self) -> list[dict[str, str]]:
-        """The prompt as chat messages ending with the user turn."""
-        return [dict(m) for m in self.messages] if self.messages else [{"role": "user", "content": self.text}]
-
-
-@dataclass(frozen=True)
-class Response:
-    id: str
-    prompt_id: str
-    model: str
-    text: str
-    principle: str | None = None
-    system_prompt: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Score:
-    response_id: str
-    aspect: str
-    value: float
-    distribution: tuple[float, ...] | None = None
-    judge: str = ""
-
-
-@dataclass(frozen=True)
-class Preference:
-    prompt_id: str
-    chosen_id: str
-    rejected_id: str
-    chosen_score: float | None
-    rejected_score: float | None
-    method: str
-    iteration: int
-
-
-def content_id(*parts: str) -> str:
-    """Stable id from content (DESIGN §1: ids are given or a content hash)."""
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
-    return digest[:16]
+from activepref.pools.records import ASPECTS, Prompt, Response, content_id
 
 
 class _Message(BaseModel):

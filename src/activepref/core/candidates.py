@@ -1,0 +1,130 @@
+"""What a run knows about its candidates, loaded from the run store: prompts, responses,
+their features (standardised once), the padded per-prompt candidate table, and the held-out
+pairs the ENN is scored on. Pure data: no judge, no model, no config beyond two settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from activepref.acquisition.comparisons import mean_prompt_features
+from activepref.bench.metrics import ordered_pairs
+from activepref.core.determinism import Stage, stage_rng
+from activepref.core.store import RunStore
+
+
+@dataclass
+class CandidateTable:
+    """Candidates of every prompt as padded slots. slots: [P, m] response idx (-1 padding)."""
+
+    slots: np.ndarray
+    mask: np.ndarray
+
+    @classmethod
+    def build(cls, response_prompt: np.ndarray, n_prompts: int) -> CandidateTable:
+        counts = np.bincount(response_prompt, minlength=n_prompts)
+        m = int(counts.max()) if len(counts) else 0
+        order = np.argsort(response_prompt, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot_of = np.arange(len(order)) - starts[response_prompt[order]]
+        slots = np.full((n_prompts, m), -1, dtype=np.int64)
+        slots[response_prompt[order], slot_of] = order
+        return cls(slots, slots >= 0)
+
+
+def monitored_prompts(eval_prompts: list[int], limit: int | None, seed: int) -> list[int]:
+    """The held-out prompts the ENN is scored on after every iteration: all of them, or a
+    sample of ``limit`` drawn once from (seed, Stage.MONITOR), sorted. The per-iteration
+    forward over every held-out candidate (12,300 rows at 410 prompts x 30) cost as much as
+    a third of the ENN's training; the dataset evaluator still uses every held-out prompt."""
+    if limit is None or len(eval_prompts) <= limit:
+        return list(eval_prompts)
+    picked = stage_rng(seed, 0, Stage.MONITOR).choice(len(eval_prompts), size=limit, replace=False)
+    return sorted(int(eval_prompts[i]) for i in picked)
+
+
+def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
+    """The store's features as a tensor, z-scored per dimension when asked.
+
+    Unit-norm sentence embeddings have per-dimension scales ~1/sqrt(d); z-scoring puts the
+    heads' inputs on the scale their PyTorch-style init expects. It uses no labels. The
+    statistics are computed once (over the pool, or over the first iteration's candidates
+    of a live run) and kept in the run directory, so features never shift under the ENN.
+    """
+    raw = np.array(store.features(), dtype=np.float32)  # [n, d]
+    if standardize and raw.size:
+        path = store.run_dir / "feature_stats.npz"
+        if path.exists():
+            stats = np.load(path)
+            mean, std = stats["mean"], stats["std"]
+        else:
+            mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+            tmp = store.run_dir / "feature_stats.tmp.npz"
+            np.savez(tmp, mean=mean, std=std)
+            tmp.replace(path)
+        raw = (raw - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+
+
+@dataclass
+class CandidateSettings:
+    """The config values the candidate data depends on."""
+
+    standardize: bool
+    device: str
+    eval_monitor_prompts: int | None
+    seed: int
+
+
+class RunData:
+    """The run's candidates as arrays, (re)loaded from the store.
+
+    prompts: every prompt row; responses / response_prompt: [n] candidates and their prompt
+    row; table: the padded [P, m] candidate table; features: [n, d] tensor; models: [n]
+    generating model of each candidate; reward_reference: [n] hidden oracle or stored score
+    (NaN where unknown); eval_pairs: [E, 2] (better, worse) held-out pairs; eval_rows: the
+    held-out candidates with a known reference."""
+
+    def __init__(self, store: RunStore, settings: CandidateSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.prompts = [p for p, _, _ in store.prompts()]
+        self._prompt_matrix: np.ndarray | None = None
+        self.refresh()
+
+    def refresh_responses_only(self) -> None:
+        self.responses, self.response_prompt = self.store.responses()
+
+    def refresh(self) -> None:
+        """(Re)load candidates and features from the store (after a live run embeds more)."""
+        s = self.settings
+        self._prompt_matrix = None
+        self.responses, self.response_prompt = self.store.responses()
+        self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
+        self.features = load_features(self.store, s.standardize).to(s.device)  # [n, d]
+        self.models = np.asarray([r.model for r in self.responses], dtype=object)
+        reference = self.store.oracle()  # pool runs: hidden oracle or stored score
+        self.reward_reference = np.full(len(self.responses), np.nan)
+        self.reward_reference[: len(reference)] = reference
+        eval_prompts = monitored_prompts(self.store.eval_prompts(), s.eval_monitor_prompts, s.seed)
+        self.eval_pairs = ordered_pairs(self.response_prompt, self.reward_reference, eval_prompts)
+        held_out = np.zeros(len(self.prompts), dtype=bool)
+        held_out[np.asarray(eval_prompts, dtype=np.int64)] = True
+        # Held-out candidates with a known reference: what the loop predicts each iteration.
+        self.eval_rows = np.nonzero(held_out[self.response_prompt] & np.isfinite(self.reward_reference))[0]
+
+    def prompt_matrix(self) -> np.ndarray:
+        """[n_prompts, q] prompt features for BAL-PM, computed once per load: the pool's
+        prompt-only embeddings (``prompt_features`` column) when it has them, else the mean
+        feature of each prompt's candidates (``mean_prompt_features``)."""
+        if self._prompt_matrix is None:
+            own = self.store.prompt_features()
+            if own is not None:
+                self._prompt_matrix = np.asarray(own, dtype=np.float64)
+            else:
+                feats = self.features.double().cpu().numpy()  # [n, d]
+                self._prompt_matrix = mean_prompt_features(feats, self.response_prompt, len(self.prompts))
+        return self._prompt_matrix

@@ -1,0 +1,1 @@
+"""Live runs: generating candidates, embedding them, local models and the quickstart."""

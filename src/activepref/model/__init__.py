@@ -1,0 +1,1 @@
+"""The ensemble reward model (ENN) and the process's floating-point mode."""

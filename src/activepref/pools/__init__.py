@@ -1,0 +1,1 @@
+"""Candidate pools: records, file readers, the built-in and synthetic pools."""
