@@ -274,11 +274,12 @@ def test_a_schema_3_run_gains_the_comparison_tables_and_keeps_its_rows(run_dir):
         _select_and_commit(store, 0, [4, 2], [(4, 12, 13, 1.0, 0.0, "m"), (2, 6, 7, 1.0, 0.0, "m")])
     conn = sqlite3.connect(run_dir / "run.sqlite")  # as schema 3 had it: no comparison tables
     conn.executescript(
-        "DROP TABLE comparisons; DROP TABLE comparison_failures; UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+        "DROP TABLE comparisons; DROP TABLE comparison_failures; ALTER TABLE prompts DROP COLUMN meta;"
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version';"
     )
     conn.close()
     with RunStore.open(run_dir) as store:
-        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "5"
         assert store.replay_pairs().tolist() == [[12, 13], [6, 7]]
         assert store.comparisons("j") == {} and store.count("comparisons") == 0
         store.commit_comparisons(1, "j", [ComparisonRecord(3, 2, 0.25, False)], [(8, 9, "no A/B")])

@@ -170,6 +170,7 @@ class JudgeConfig(_Strict):
     both_orders: bool = Field(
         False, description="judges that compare pairs (pairwise): ask each pair in both orders, average, and report position consistency"
     )
+    options: dict[str, Any] = Field(default_factory=dict, description="the judge kind's own settings (e.g. verifier: {noise_sd: 0.3})")
 
     @model_validator(mode="before")
     @classmethod
@@ -212,6 +213,7 @@ class JudgeConfig(_Strict):
         entry = JUDGES.get(self.kind)
         if entry.needs_model and self.model is None:
             raise ValueError(f"judge kind {self.kind!r} needs `model` (judge.model: {{backend: ..., model: ...}})")
+        entry.options(self.options)
         if self.both_orders and not entry.compares:
             raise ValueError(f"both_orders applies to judges that compare pairs (e.g. pairwise); {self.kind!r} scores responses")
         if self.model is not None and entry.backends is not None and self.model.backend not in entry.backends:

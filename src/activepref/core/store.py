@@ -32,13 +32,14 @@ from activepref.pools.records import Prompt, Response
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position; 4: comparisons
+SCHEMA_VERSION = 5  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
+# 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prompts (
     idx INTEGER PRIMARY KEY, prompt_id TEXT UNIQUE NOT NULL, text TEXT NOT NULL,
-    messages TEXT, split TEXT NOT NULL, position INTEGER);
+    messages TEXT, split TEXT NOT NULL, position INTEGER, meta TEXT);
 CREATE TABLE IF NOT EXISTS responses (
     idx INTEGER PRIMARY KEY, response_id TEXT UNIQUE NOT NULL, prompt_idx INTEGER NOT NULL,
     model TEXT NOT NULL, principle TEXT, system_prompt TEXT, text TEXT NOT NULL, meta TEXT);
@@ -262,6 +263,9 @@ class RunStore(LockedSqliteDir):
         if version == "3":
             store._upgrade_from_3()
             version = store.meta("schema_version")
+        if version == "4":
+            store._upgrade_from_4()
+            version = store.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             store.close()
             raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
@@ -325,6 +329,13 @@ class RunStore(LockedSqliteDir):
         """Schema 3 -> 4: the tables of pairwise judgements (empty in an older run)."""
         self.conn.executescript(SCHEMA)  # CREATE TABLE IF NOT EXISTS: only the new tables are made
         with self.transaction() as cur:
+            cur.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+    def _upgrade_from_4(self) -> None:
+        """Schema 4 -> 5: prompts gain their metadata column (empty in an older run)."""
+        with self.transaction() as cur:
+            if "meta" not in {row[1] for row in cur.execute("PRAGMA table_info(prompts)")}:
+                cur.execute("ALTER TABLE prompts ADD COLUMN meta TEXT")
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:
@@ -334,10 +345,10 @@ class RunStore(LockedSqliteDir):
         conn.executescript(SCHEMA)  # executescript commits on its own; the data goes in one transaction below
         with store.transaction() as cur:
             cur.executemany(
-                "INSERT INTO prompts VALUES (?,?,?,?,?,?)",
+                "INSERT INTO prompts (idx, prompt_id, text, messages, split, position, meta) VALUES (?,?,?,?,?,?,?)",
                 [
                     (i, p.id, p.text, json.dumps(list(p.messages)) if p.messages else None,
-                     "eval" if i in held_out else "train", position.get(i))
+                     "eval" if i in held_out else "train", position.get(i), json.dumps(p.meta) if p.meta else None)
                     for i, p in enumerate(pool.prompts)
                 ],
             )
@@ -403,8 +414,10 @@ class RunStore(LockedSqliteDir):
     def prompts(self) -> list[tuple[Prompt, str, int | None]]:
         """(prompt, split, position in annotation order) by prompt idx."""
         out = []
-        for _idx, pid, text, messages, split, position in self.conn.execute("SELECT * FROM prompts ORDER BY idx"):
-            out.append((Prompt(pid, text, tuple(json.loads(messages)) if messages else ()), split, position))
+        rows = self.conn.execute("SELECT prompt_id, text, messages, split, position, meta FROM prompts ORDER BY idx")
+        for pid, text, messages, split, position, meta in rows:
+            prompt = Prompt(pid, text, tuple(json.loads(messages)) if messages else (), json.loads(meta) if meta else {})
+            out.append((prompt, split, position))
         return out
 
     def responses(self) -> tuple[list[Response], np.ndarray]:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from pydantic import BaseModel, ValidationError
+
 from activepref.errors import ConfigError, JudgeError
 from activepref.pools.records import Prompt, Response
 from activepref.registry import Registry
@@ -162,6 +164,21 @@ class JudgeEntry:
     backends: frozenset[str] | None = None
     pool_scores: bool = False
     compares: bool = False
+    options_model: type[BaseModel] | None = None  # the kind's typed ``judge.options`` (None: takes none)
+
+    def options(self, given: dict[str, object]) -> BaseModel | None:
+        """``judge.options`` validated against the kind's options model (ValueError naming
+        the option otherwise); None for a kind that takes no options."""
+        if self.options_model is None:
+            if given:
+                raise ValueError(f"judge kind {self.name!r} takes no options (got {', '.join(sorted(given))})")
+            return None
+        try:
+            return self.options_model.model_validate(given)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"options.{where}: {err['msg']} (judge kind {self.name!r})") from None
 
     @property
     def kind(self) -> str:
@@ -179,12 +196,16 @@ def register_judge(
     backends: Sequence[str] | None = None,
     pool_scores: bool = False,
     compares: bool = False,
+    options: type[BaseModel] | None = None,
 ) -> Callable[[JudgeFactory], JudgeFactory]:
     """Decorator registering ``factory(config: JudgeConfig, resources: JudgeResources) -> Judge``
-    (a :class:`ComparingJudge` when ``compares``)."""
+    (a :class:`ComparingJudge` when ``compares``). ``options``: a pydantic model of the kind's
+    own settings (``judge.options``), validated when the config loads (extra keys refused)."""
 
     def wrap(factory: JudgeFactory) -> JudgeFactory:
-        JUDGES.add(JudgeEntry(kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores, compares))
+        JUDGES.add(JudgeEntry(
+            kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores, compares, options
+        ))
         return factory
 
     return wrap
@@ -232,7 +253,7 @@ class AuditedJudge:
             os.fsync(fh.fileno())
 
 
-from activepref.judges import likert, pairwise, replay, reward_model  # noqa: E402,F401
+from activepref.judges import likert, pairwise, replay, reward_model, verifier  # noqa: E402,F401
 
 __all__ = [
     "JUDGES",

@@ -44,6 +44,7 @@ class PoolRow(BaseModel):
     oracle: float | None = None
     features: list[float] | None = None
     prompt_features: list[float] | None = None
+    instructions: Any = None  # verifiable instructions of the prompt (activepref.ifeval), a list or its JSON
 
     @field_validator("prompt_id", "response_id", "model")
     @classmethod
@@ -243,12 +244,15 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         seen_ids[row.response_id] = location
         text = row.prompt if isinstance(row.prompt, str) else _last_user(row.prompt, path, location)
         messages = () if isinstance(row.prompt, str) else tuple(m.model_dump() for m in row.prompt)
+        meta = _prompt_meta(row.instructions, path, location)
         existing = prompts.get(row.prompt_id)
         if existing is None:
-            prompts[row.prompt_id] = Prompt(row.prompt_id, text, messages)
+            prompts[row.prompt_id] = Prompt(row.prompt_id, text, messages, meta)
             prompt_order.append(row.prompt_id)
         elif existing.text != text or existing.messages != messages:
             raise PoolFormatError(str(path), location, "prompt", f"prompt_id {row.prompt_id!r} already has a different prompt text")
+        elif existing.meta != meta:
+            raise PoolFormatError(str(path), location, "instructions", f"differ from an earlier row of prompt_id {row.prompt_id!r}")
         bulk = apart.get("features")
         row_has = bool(bulk.present[index]) if bulk is not None else row.features is not None
         if has_features is None:
@@ -316,6 +320,18 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
     )
 
 
+def _prompt_meta(instructions: Any, path: Path, location: str) -> dict[str, Any]:
+    """A prompt's metadata from its row: its verifiable instructions, validated."""
+    if instructions is None:
+        return {}
+    from activepref.ifeval.instructions import validate_instructions
+
+    try:
+        return {"instructions": validate_instructions(instructions)}
+    except ValueError as exc:
+        raise PoolFormatError(str(path), location, "instructions", str(exc)) from None
+
+
 def _last_user(messages: list[_Message], path: Path, location: str) -> str:
     if not messages or messages[-1].role != "user":
         raise PoolFormatError(str(path), location, "prompt", "a message list must end with a 'user' message")
@@ -353,6 +369,7 @@ class PromptRow(BaseModel):
     prompt: str | list[_Message] | None = None
     messages: list[_Message] | None = None
     turns: list[str] | None = None  # MT-bench question files: the first turn is used
+    instructions: Any = None  # verifiable instructions (activepref.ifeval), a list or its JSON
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:
@@ -388,7 +405,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
         if pid in seen:
             raise PoolFormatError(str(path), location, "prompt_id", f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = location
-        out.append(Prompt(pid, text, messages))
+        out.append(Prompt(pid, text, messages, _prompt_meta(row.instructions, path, location)))
     if not out:
         raise PoolFormatError(str(path), "file", None, "no prompts")
     return out
