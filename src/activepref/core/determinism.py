@@ -34,6 +34,7 @@ class Stage(IntEnum):
     MONITOR = 7  # the sample of held-out prompts the ENN is scored on every iteration
     PAIR_ORDER = 8  # pairwise judges: which response is shown first (keys: the two response ids)
     LABEL_NOISE = 9  # simulated label noise of a judge (keys: the response id)
+    POOL_INSTRUCTIONS = 10  # building a pool: the verifiable instructions of each prompt (keys: its source id)
     APL_PROMPTS = 101  # APL: which unlabelled prompts a round samples
     APL_SAMPLE = 102  # APL: request seed of each completion (keys: prompt id, sample number)
     APL_SELECT = 103  # APL: tie breaks and the random acquisition

@@ -1,0 +1,360 @@
+"""The downstream test: DPO a real model on each method's dataset and score it objectively.
+
+For every method and seed, the active loop selects and judges within ``--budget`` preference
+pairs on a pool with verifiable instructions (``scripts/build_ifeval_pool.py``); the dataset
+it has after all, half and a sixth of its iterations trains SmolLM2-135M-Instruct (the shipped
+GGUF) with TRL's DPOTrainer (LoRA, the same hyperparameters for every method); the tuned policy
+answers held-out prompts no run ever saw (greedy); the IFEval verifiers score those answers.
+The base model answers the same prompts once, so every figure is also a change over it.
+
+Judges: ``--judge verifier`` (the verifiers' own score, optionally with ``--noise-sd``: clean
+labels) or ``--judge likert`` (the pool's stored Likert scores, revealed on request: realistic
+noisy labels). The label accuracy of each dataset (share of pairs whose chosen response has the
+higher verifier score) is reported beside it.
+
+Resumable: each run directory, each trained (method, seed, fraction) and the base model's
+answers are kept under ``--out``; rerunning the same command continues where it stopped.
+
+Writes ``results.csv`` (one row per method, seed and budget fraction), ``summary.md`` (means
+with 95% intervals over seeds, paired differences from random), ``gain_vs_calls.png``, and
+prints one JSON line last.
+
+    python benchmarks/dpo_downstream.py --pool benchmarks/pools/ifeval_pool.parquet \\
+        --methods random ultrafeedback maxmin delta_pair dts drts deltaucb infomax deltaquantile dopt \\
+        --seeds 3 --budget 192 --out benchmarks/results/dpo-downstream
+    python benchmarks/dpo_downstream.py --pool ... --quick --out /tmp/dpo-quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("dpo_downstream")
+
+FRACTIONS = (1.0, 0.5, 1 / 6)
+QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, "max_new_tokens": 96, "batch_size": 16}
+RESULT_COLUMNS = (
+    "method", "seed", "budget_fraction", "pairs", "judge_calls", "prompt_strict", "prompt_loose", "inst_strict", "inst_loose",
+    "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "train_s", "eval_s",
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    train_pool: Path
+    heldout: list[dict[str, Any]]  # prompt_id, prompt, instructions
+
+
+def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
+    """Hold out ``heldout`` prompts (a seeded draw, the same for every method and seed) and
+    write the rest as the runs' pool."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, heldout_path = out / "train_pool.parquet", out / "heldout.jsonl"
+    if train_path.exists() and heldout_path.exists():
+        return Split(train_path, [json.loads(line) for line in heldout_path.read_text().splitlines()])
+    table = pq.read_table(pool)
+    ids = sorted(set(table.column("prompt_id").to_pylist()))
+    picked = set(np.asarray(ids)[np.random.default_rng(seed).choice(len(ids), size=heldout, replace=False)].tolist())
+    mask = pc.is_in(table.column("prompt_id"), value_set=pa.array(sorted(picked)))
+    held_rows = table.filter(mask).select(["prompt_id", "prompt", "instructions"]).to_pylist()
+    seen: dict[str, dict[str, Any]] = {}
+    for row in held_rows:
+        seen.setdefault(row["prompt_id"], {**row, "instructions": json.loads(row["instructions"])})
+    pq.write_table(table.filter(pc.invert(mask)), out / "train_pool.tmp.parquet")
+    (out / "train_pool.tmp.parquet").replace(train_path)
+    heldout_path.write_text("".join(json.dumps(seen[i]) + "\n" for i in sorted(seen)))
+    return Split(train_path, [seen[i] for i in sorted(seen)])
+
+
+def model_strengths(pool: Path) -> tuple[str, str]:
+    """(strongest, weakest) generator by the pool's mean judge score: delta_pair's fixed pair,
+    chosen without looking at the hidden oracle."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(pool, columns=["model", "score"]).to_pydict()
+    means: dict[str, list[float]] = {}
+    for m, s in zip(t["model"], t["score"]):
+        means.setdefault(m, []).append(s)
+    order = sorted(means, key=lambda m: float(np.mean(means[m])))
+    return order[-1], order[0]
+
+
+def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path) -> Path:
+    """The active loop on the training pool within the budget (resumed if it exists)."""
+    from activepref.config import load_config
+    from activepref.core.runs import resume, run
+    from activepref.core.store import RunStore
+
+    run_dir = out / "runs" / f"{method}-seed{seed}"
+    if RunStore.exists(run_dir):
+        resume(run_dir)
+        return run_dir
+    judge: dict[str, Any] = {"kind": "replay"} if args.judge == "likert" else {"kind": "verifier", "options": {"noise_sd": args.noise_sd}}
+    options: dict[str, Any] = {}
+    if method == "delta_pair":
+        strong, weak = model_strengths(split.train_pool)
+        options = {"strong": strong, "weak": weak}
+    overrides = {
+        "pool": str(split.train_pool), "method": method, "method_options": options, "seed": seed,
+        "batch_size": args.batch_size, "iterations": math.ceil(args.budget / args.batch_size), "eval_fraction": 0.1,
+        "judge": judge, "design_budget": args.batch_size,
+    }
+    run(load_config(None, overrides), run_dir)
+    return run_dir
+
+
+@dataclass(frozen=True)
+class Dataset:
+    pairs: list[tuple[list[dict[str, str]], str, str]]
+    judge_calls: int
+    label_accuracy: float | None
+
+
+def dataset_at(run_dir: Path, fraction: float) -> Dataset:
+    """The preferences of the first ceil(fraction x iterations) iterations, the judge calls
+    spent by then, and the share of pairs the verifiers agree with."""
+    from activepref.core.store import STATUS_TRAINED, RunStore
+    from activepref.ifeval.scoring import verify
+
+    with RunStore.open_readonly(run_dir) as store:
+        done = [r for r in store.iterations() if r.status == STATUS_TRAINED]
+        upto = max(1, math.ceil(fraction * len(done)))
+        calls = int((done[upto - 1].metrics or {}).get("annotations", 0))
+        prompts = [p for p, _, _ in store.prompts()]
+        responses, _ = store.responses()
+        rows = [p for p in store.preference_rows() if p.iteration < upto]
+    pairs, right = [], []
+    for p in rows:
+        prompt, chosen, rejected = prompts[p.prompt_idx], responses[p.chosen_idx], responses[p.rejected_idx]
+        pairs.append((prompt.conversation(), chosen.text, rejected.text))
+        instructions = prompt.meta.get("instructions")
+        if instructions:
+            right.append(verify(instructions, chosen.text).oracle > verify(instructions, rejected.text).oracle)
+    return Dataset(pairs, calls, float(np.mean(right)) if right else None)
+
+
+class Policies:
+    """The base model (theta0), its tokenizer, and DPO / evaluation on held-out prompts."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from activepref.apl.config import DPOSettings, LoraConfig
+        from activepref.apl.policy import trainable_copy
+        from activepref.backends.transformers_local import load_model
+        from activepref.live.local_models import smollm2_gguf
+
+        folder, name = smollm2_gguf()
+        entry = load_model(folder, name, "float32", "cpu", "causal_lm")
+        self.tokenizer = entry.tokenizer
+        self.base = trainable_copy(entry.model)
+        self.settings = DPOSettings(
+            beta=args.dpo_beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs, batch_size=args.dpo_batch_size, max_length=512,
+            lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r),
+        )
+        self.args = args
+
+    def train(self, pairs: list[tuple[list[dict[str, str]], str, str]], seed: int, workdir: Path) -> Any:
+        from activepref.apl.policy import dpo_finetune, dpo_rows
+
+        if not pairs:
+            return self.base
+        trained, _ = dpo_finetune(self.base, self.base, self.tokenizer, dpo_rows(pairs), self.settings, seed=seed, workdir=workdir)
+        return trained
+
+    def answer(self, policy: Any, heldout: list[dict[str, Any]]) -> list[str]:
+        from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
+        from activepref.backends.transformers_local import TransformersBackend
+
+        backend = TransformersBackend(policy, self.tokenizer, batch_size=self.args.eval_batch_size)
+        params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=self.args.max_new_tokens, seed=0)
+        requests = [ChatRequest.from_messages([{"role": "user", "content": h["prompt"]}], params) for h in heldout]
+        results: dict[int, ChatResult | BackendError] = {}
+        backend.complete(requests, results.__setitem__)
+        return [r.text if isinstance(r, ChatResult) else "" for r in (results.get(i) for i in range(len(requests)))]
+
+
+def score_answers(heldout: list[dict[str, Any]], answers: list[str]) -> dict[str, float]:
+    from activepref.ifeval.scoring import accuracy, verify
+
+    acc = accuracy([verify(h["instructions"], a) for h, a in zip(heldout, answers)])
+    return {"prompt_strict": acc.prompt_strict, "prompt_loose": acc.prompt_loose, "inst_strict": acc.inst_strict, "inst_loose": acc.inst_loose}
+
+
+def job(path: Path, compute: Any) -> dict[str, Any]:
+    """A cached result: read it if a previous invocation finished it, else compute and keep it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of a 95% t-interval); half-width NaN for one value."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
+    by: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["method"], r["budget_fraction"]), []).append(r)
+    lines = [
+        f"# DPO downstream: {args.judge} judge{f' (noise_sd {args.noise_sd})' if args.judge == 'verifier' and args.noise_sd else ''}",
+        "",
+        f"Pool `{args.pool}`, budget {args.budget} pairs, {len({r['seed'] for r in rows})} seed(s), "
+        f"{args.heldout} held-out prompts; SmolLM2-135M-Instruct + LoRA DPO. Base model: "
+        f"prompt-loose {rows[0]['base_prompt_loose']:.3f}, instruction-loose {rows[0]['base_inst_loose']:.3f}.",
+        "",
+        "| method | budget | pairs | judge calls | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) | label acc. | paired Δ vs random (prompt-loose) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    headline: dict[str, Any] = {}
+    for (method, fraction), group in sorted(by.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        dp = interval([g["delta_prompt_loose"] for g in group])
+        di = interval([g["delta_inst_loose"] for g in group])
+        ref = {g["seed"]: g for g in by.get(("random", fraction), [])}
+        paired = [g["prompt_loose"] - ref[g["seed"]]["prompt_loose"] for g in group if g["seed"] in ref] if method != "random" else []
+        pd = interval(paired) if paired else (float("nan"), float("nan"))
+        label = [g["label_accuracy"] for g in group if g["label_accuracy"] is not None]
+        lines.append(
+            f"| {method} | {fraction:.3g} | {np.mean([g['pairs'] for g in group]):.0f} | {np.mean([g['judge_calls'] for g in group]):.0f} "
+            f"| {dp[0]:+.3f} ± {dp[1]:.3f} | {di[0]:+.3f} ± {di[1]:.3f} | {np.mean(label) if label else float('nan'):.3f} "
+            f"| {'' if method == 'random' else f'{pd[0]:+.3f} ± {pd[1]:.3f}'} |"
+        )
+        if fraction == 1.0:
+            headline[method] = round(dp[0], 4)
+    lines += ["", f"Wall time {wall / 60:.1f} min."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return headline
+
+
+def plot(out: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("no plot: matplotlib is not installed (pip install 'activepref[plots]')")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["method"] for r in rows}):
+        pts: dict[float, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r["method"] == method:
+                pts.setdefault(r["budget_fraction"], []).append((r["judge_calls"], r["delta_prompt_loose"]))
+        xs = [float(np.mean([c for c, _ in v])) for _, v in sorted(pts.items())]
+        ys = [float(np.mean([d for _, d in v])) for _, v in sorted(pts.items())]
+        ax.plot(xs, ys, marker="o", label=method)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("judge calls")
+    ax.set_ylabel("held-out prompt-loose accuracy - base model")
+    ax.set_title("DPO downstream: instruction-following gain vs judge calls")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "gain_vs_calls.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--pool", required=True, help="pool with an `instructions` column (scripts/build_ifeval_pool.py)")
+    ap.add_argument("--methods", nargs="+", default=["random", "ultrafeedback", "maxmin", "delta_pair", "dts", "drts", "deltaucb",
+                                                     "infomax", "deltaquantile", "dopt"])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget", type=int, default=192, help="preference pairs per run (the full budget)")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
+    ap.add_argument("--heldout", type=int, default=64, help="prompts held out for the policy's evaluation")
+    ap.add_argument("--judge", choices=["verifier", "likert"], default="verifier")
+    ap.add_argument("--noise-sd", type=float, default=0.0, help="verifier judge: Gaussian label noise")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="length of the policy's held-out answers")
+    ap.add_argument("--eval-batch-size", type=int, default=16)
+    ap.add_argument("--dpo-lr", type=float, default=2e-4, help="LoRA learning rate")
+    ap.add_argument("--dpo-beta", type=float, default=0.1)
+    ap.add_argument("--dpo-epochs", type=float, default=2.0)
+    ap.add_argument("--dpo-batch-size", type=int, default=8)
+    ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if args.quick:  # the quick settings, except where given on the command line
+        for key, value in QUICK.items():
+            if getattr(args, key) == ap.get_default(key):
+                setattr(args, key, value)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    import torch
+
+    from activepref.model.numerics import flush_denormals_in_every_thread
+
+    flush_denormals_in_every_thread()
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    out = Path(args.out)
+    split = split_pool(Path(args.pool), args.heldout, out)
+    policies = Policies(args)
+    base = job(out / "jobs" / "base.json", lambda: {**score_answers(split.heldout, policies.answer(policies.base, split.heldout))})
+    log.info("base model: %s", base)
+    rows = []
+    for seed in range(args.seeds):
+        for method in args.methods:
+            t = time.time()
+            run_dir = run_selection(method, seed, split, args, out)
+            log.info("%s seed %d: selection done (%.0f s)", method, seed, time.time() - t)
+            for fraction in FRACTIONS:
+                name = f"{method}-seed{seed}-f{fraction:.3f}"
+
+                def compute(fraction: float = fraction, run_dir: Path = run_dir, name: str = name, seed: int = seed) -> dict[str, Any]:
+                    data = dataset_at(run_dir, fraction)
+                    t0 = time.time()
+                    policy = policies.train(data.pairs, seed, out / "trainer" / name)
+                    t1 = time.time()
+                    scores = score_answers(split.heldout, policies.answer(policy, split.heldout))
+                    return {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy,
+                            **scores, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
+
+                result = job(out / "jobs" / f"{name}.json", compute)
+                row = {"method": method, "seed": seed, "budget_fraction": round(fraction, 4), **result, "judge": args.judge,
+                       "base_prompt_loose": base["prompt_loose"], "base_inst_loose": base["inst_loose"]}
+                row["delta_prompt_loose"] = row["prompt_loose"] - base["prompt_loose"]
+                row["delta_inst_loose"] = row["inst_loose"] - base["inst_loose"]
+                rows.append(row)
+                log.info("%s: %s", name, {k: row[k] for k in ("pairs", "judge_calls", "prompt_loose", "delta_prompt_loose", "label_accuracy")})
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    wall = time.time() - started
+    headline = write_summary(out, rows, args, wall)
+    plot(out, rows)
+    print(json.dumps({"judge": args.judge, "budget": args.budget, "seeds": args.seeds, "base_prompt_loose": base["prompt_loose"],
+                      "delta_prompt_loose_full_budget": headline, "wall_s": round(wall, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

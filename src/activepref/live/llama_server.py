@@ -1,0 +1,113 @@
+"""Start and stop llama.cpp's ``llama-server`` (built by ``scripts/build_llama_server.sh``) for a
+local GGUF model, as an OpenAI-compatible endpoint on loopback: the fast way to generate and
+judge with the shipped small models on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from activepref.errors import ActivePrefError
+
+
+def default_binary() -> Path:
+    """``$ACTIVEPREF_LLAMA_SERVER``, else ``${ACTIVEPREF_LLAMA_DIR:-~/.cache/activepref/llama.cpp}/llama-server``."""
+    if os.environ.get("ACTIVEPREF_LLAMA_SERVER"):
+        return Path(os.environ["ACTIVEPREF_LLAMA_SERVER"]).expanduser()
+    base = os.environ.get("ACTIVEPREF_LLAMA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "activepref", "llama.cpp")
+    return Path(base) / "llama-server"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServer:
+    """``with LlamaServer(gguf, slots=4, log=path) as srv: srv.base_url``; the process is
+    terminated (then killed) on exit, also when the body raises."""
+
+    def __init__(
+        self, gguf: str | Path, slots: int = 4, log: str | Path | None = None, binary: str | Path | None = None,
+        context: int | None = None, threads: int | None = None, start_timeout_s: float = 180.0,
+    ) -> None:
+        self.binary = Path(binary) if binary else default_binary()
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            raise ActivePrefError(f"no llama-server binary at {self.binary}; build it with scripts/build_llama_server.sh")
+        self.gguf = Path(gguf)
+        self.slots = slots
+        self.log = Path(log) if log else Path(f"/tmp/llama-server-{os.getpid()}-{self.gguf.stem}.log")
+        self.context = context
+        self.threads = threads
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self.model = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root}/v1"
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"{self.root}{path}", timeout=2.0) as r:  # noqa: S310 - loopback only
+                return r.status, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode("utf-8", "replace")
+
+    def start(self) -> LlamaServer:
+        self.port = free_port()
+        cmd = [str(self.binary), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port), "-np", str(self.slots), "--metrics"]
+        if self.context:
+            cmd += ["-c", str(self.context)]
+        if self.threads:
+            cmd += ["-t", str(self.threads)]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise ActivePrefError(f"llama-server exited with {self._proc.returncode} while starting; see {self.log}")
+            try:
+                status, _ = self._get("/health")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ActivePrefError(f"llama-server not healthy after {self.start_timeout_s:.0f} s; see {self.log}")
+            time.sleep(0.25)
+        _, body = self._get("/v1/models")
+        self.model = json.loads(body)["data"][0]["id"]
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
