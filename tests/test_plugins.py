@@ -34,11 +34,15 @@ packages = ["ap_demo_plugin"]
 """
 
 REGISTER = '''\
-"""Registers one acquisition method and one judge, as a third-party package would."""
+"""Registers one acquisition method, one judge and one engine, as a third-party package would."""
+from pathlib import Path
+
 import numpy as np
 
 from activepref.acquisition import PairRule, Proposal, register
 from activepref.acquisition.base import NO_CANDIDATE, annotate_pair
+from activepref.engines import register_engine
+from activepref.engines.local import LocalEngine
 from activepref.judges import JudgeScore, register_judge
 
 
@@ -62,6 +66,12 @@ class LengthJudge:
 @register_judge("length", "Demo plugin: a longer response scores higher.", needs_model=False)
 def make_length_judge(config, resources):
     return LengthJudge()
+
+
+@register_engine("marking", "Demo plugin: the local engine, leaving a file behind when a run builds it.")
+def make_marking_engine(config):
+    Path(config.options["marker"]).write_text("built")
+    return LocalEngine()
 '''
 
 BROKEN = 'raise ImportError("this plugin needs a library that is not installed")\n'
@@ -102,6 +112,7 @@ def test_plugins_lists_the_plugin_entries_with_their_package_and_the_broken_one(
     rows = {(r["kind"], r["name"]): r for r in data["registrations"]}
     assert rows[("method", "first_two")]["origin"] == PLUGIN_PACKAGE
     assert rows[("judge", "length")]["origin"] == PLUGIN_PACKAGE
+    assert rows[("engine", "marking")]["origin"] == PLUGIN_PACKAGE and rows[("engine", "local")]["origin"] == "built-in"
     assert rows[("method", "dts")]["origin"] == "built-in" and rows[("backend", "openai")]["origin"] == "built-in"
     assert rows[("judge", "length")]["description"] == "Demo plugin: a longer response scores higher."
     assert data["failures"] == [{
@@ -128,9 +139,11 @@ def test_a_run_uses_the_plugins_method_and_judge(plugin_site: Path, tmp_path: Pa
         iterations: 2
         enn: {heads: 2, hidden: 8, steps: 2}
         judge: {kind: length}
-    """))
+        engine: {kind: marking, options: {marker: MARKER}}
+    """).replace("MARKER", str(tmp_path / "engine-was-built")))
     run = cli(plugin_site, "run", "--out", tmp_path / "run", "-c", cfg)
     assert run.returncode == 0, run.stderr
+    assert (tmp_path / "engine-was-built").read_text() == "built"  # the run built the plugin's engine
     out = tmp_path / "pairs.jsonl"
     exported = cli(plugin_site, "export", tmp_path / "run", "-o", out)
     assert exported.returncode == 0, exported.stderr
