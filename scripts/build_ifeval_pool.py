@@ -11,7 +11,8 @@
   :func:`activepref.live.generation.plan_candidates`.
 - ``oracle``: the verifiers' score (prompt-level loose accuracy + instruction-level loose
   share, in [0, 2]); ``score`` / ``score_<aspect>``: the probabilistic Likert judge (Qwen when
-  installed, else SmolLM2), so a run can use either judge.
+  installed, else SmolLM2) on the aspects of ``--judge-aspects`` (default: instruction
+  following alone, a quarter of the calls of all four), so a run can use either judge.
 - ``features``: all-MiniLM-L6-v2 (384-d) on the (prompt, response) conversation.
 
 Every generation and judge call goes through a request cache (``--cache``): a rerun with the
@@ -113,12 +114,13 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     responses: list[Response] = []
     gen_failed = 0
     t = time.time()
-    for name, gguf, temperatures, samples in models:
+    for offset, (name, gguf, temperatures, samples) in enumerate(models):
         specs = []
         for temp in temperatures:
             params = SamplingParams(temperature=temp, top_p=1.0, max_tokens=args.max_tokens)
             specs += plan_candidates(indexed, [f"{name}-t{temp:.1f}"] * samples, params, rng)
-        with LlamaServer(gguf, slots=args.slots, log=Path(args.cache).parent / f"{name}.log", threads=args.threads) as srv:
+        log_path = Path(args.cache).parent / f"{name}.log"
+        with LlamaServer(gguf, slots=args.slots, log=log_path, threads=args.threads, port=args.port + offset) as srv:
             results: dict[int, ChatResult | BackendError] = {}
             done = [0]
 
@@ -151,8 +153,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     by_id = {p.id: (p, ins, src) for p, ins, src in prompts}
 
     judge_name, judge_gguf = models[-1][0], models[-1][1]  # the strongest model installed
-    with LlamaServer(judge_gguf, slots=args.slots, log=Path(args.cache).parent / f"judge-{judge_name}.log", threads=args.threads) as srv:
-        judge = LikertJudge(CachedBackend(openai_backend(judge_name, srv, args.slots), cache, "judge"))
+    judge_log = Path(args.cache).parent / f"judge-{judge_name}.log"
+    with LlamaServer(judge_gguf, slots=args.slots, log=judge_log, threads=args.threads, port=args.port + len(models)) as srv:
+        judge = LikertJudge(CachedBackend(openai_backend(judge_name, srv, args.slots), cache, "judge"), aspects=args.judge_aspects)
         scores: list[Any] = []
         for start in range(0, len(responses), 256):
             chunk = responses[start : start + 256]
@@ -230,7 +233,8 @@ def write(out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str
         "oracle": pa.array([v.oracle for v in verdicts], pa.float64()),
     }
     for a in ASPECTS:
-        arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
+        if a in kept[0][1].aspects:
+            arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
     arrays["features"] = pa.ListArray.from_arrays(offsets, flat)
     build_args = {k: v for k, v in vars(args).items() if k not in ("cache", "out")}
     table = pa.table(arrays).replace_schema_metadata({
@@ -251,13 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qwen-temperatures", type=float, nargs="+", default=[0.3, 0.8], help="Qwen2.5-Coder-0.5B temperatures")
     ap.add_argument("--qwen-samples", type=int, default=1, help="Qwen samples per prompt and temperature (0: SmolLM2 only)")
     ap.add_argument("--max-tokens", type=int, default=160, help="response length cap")
+    ap.add_argument(
+        "--judge-aspects", nargs="+", default=["instruction_following"],
+        help="Likert aspects asked (the pool is about following instructions; all four cost 4x the calls)",
+    )
     ap.add_argument("--slots", type=int, default=4, help="llama-server parallel slots (= request concurrency)")
     ap.add_argument("--threads", type=int, default=2, help="llama-server CPU threads")
-    ap.add_argument("--cache", default="/tmp/activepref_ifeval_pool/requests.sqlite", help="request cache (resumable build)")
+    ap.add_argument(
+        "--port", type=int, default=18470,
+        help="first of the fixed loopback ports of the servers (fixed ports keep request-cache keys stable, so a rerun resumes)",
+    )
+    ap.add_argument("--cache", default=str(ROOT / ".cache-local" / "ifeval_pool" / "requests.sqlite"), help="request cache (resumable build)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     summary = build(args)
     print(json.dumps(summary))
     return 0

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +27,15 @@ def default_binary() -> Path:
     return Path(base) / "llama-server"
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel sends the server SIGKILL when the process that started it dies, so a
+    killed build or benchmark leaves no server behind (the ``with`` block cannot run then)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -33,11 +44,14 @@ def free_port() -> int:
 
 class LlamaServer:
     """``with LlamaServer(gguf, slots=4, log=path) as srv: srv.base_url``; the process is
-    terminated (then killed) on exit, also when the body raises."""
+    terminated (then killed) on exit, also when the body raises, and dies with its parent.
+
+    The base URL is part of an ``openai`` backend's endpoint and so of its request-cache keys:
+    give ``port`` to keep them stable across restarts (a free port is picked otherwise)."""
 
     def __init__(
         self, gguf: str | Path, slots: int = 4, log: str | Path | None = None, binary: str | Path | None = None,
-        context: int | None = None, threads: int | None = None, start_timeout_s: float = 180.0,
+        context: int | None = None, threads: int | None = None, start_timeout_s: float = 180.0, port: int | None = None,
     ) -> None:
         self.binary = Path(binary) if binary else default_binary()
         if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
@@ -48,6 +62,7 @@ class LlamaServer:
         self.context = context
         self.threads = threads
         self.start_timeout_s = start_timeout_s
+        self.requested_port = port  # a fixed port keeps the endpoint -- and so request-cache keys -- stable across restarts
         self.port = 0
         self.model = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -68,7 +83,7 @@ class LlamaServer:
             return exc.code, exc.read().decode("utf-8", "replace")
 
     def start(self) -> LlamaServer:
-        self.port = free_port()
+        self.port = self.requested_port or free_port()
         cmd = [str(self.binary), "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port), "-np", str(self.slots), "--metrics"]
         if self.context:
             cmd += ["-c", str(self.context)]
@@ -76,7 +91,9 @@ class LlamaServer:
             cmd += ["-t", str(self.threads)]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             if self._proc.poll() is not None:
