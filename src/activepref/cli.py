@@ -680,10 +680,18 @@ def bench(
                            method_options=method_options)
     except ActivePrefError as exc:
         _fail(exc)
+    from activepref.bench.files import JUDGE_QUALITY_FILE, read_judge_quality
     from activepref.plots import plots_unavailable
 
-    names = ("summary.md", "results.csv", "curves.png", "table21.png", "dataset_curves.png")
+    names = ("summary.md", "results.csv", "curves.png", "table21.png", "dataset_curves.png", JUDGE_QUALITY_FILE)
     written = ", ".join(str(report / n) for n in names if (report / n).exists())
+    if (report / JUDGE_QUALITY_FILE).exists():
+        table = Table(title="the pool's judge against the verifiers (pairs of one prompt)")
+        for column in ("instruction kind", "agreement", "pairs"):
+            table.add_column(column)
+        for row in read_judge_quality(report / JUDGE_QUALITY_FILE):
+            table.add_row(Text(row["kind"]), f"{row['agreement']:.3f}", str(row["pairs"]))
+        console.print(table)
     console.print(f"report: {written}", markup=False, highlight=False)
     missing = plots_unavailable()
     if missing is not None:

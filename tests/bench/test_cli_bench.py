@@ -52,3 +52,46 @@ def test_bench_without_matplotlib_says_there_are_no_plots_and_names_the_extra(tm
     assert "no plots: this needs matplotlib: pip install 'activepref[plots]'" in text
     summary = (tmp_path / "b" / "summary.md").read_text()
     assert "`curves.png`" not in summary and "- no plots: this needs matplotlib: pip install 'activepref[plots]'" in summary
+
+
+def test_bench_on_a_pool_with_instructions_reports_the_judge_against_the_verifiers(tmp_path: Path) -> None:
+    """Issue 14, part 3: the pool's judge (its stored scores) against the verifiers, overall and
+    per instruction kind, in judge_quality.csv, summary.md and the printed table; each method's
+    label_accuracy is measured against the verifiers (the pool's oracle)."""
+    import json
+
+    import numpy as np
+
+    from activepref.bench.files import read_judge_quality
+    from activepref.ifeval.judge_quality import judge_agreement
+    from activepref.ifeval.scoring import verify
+
+    rng = np.random.default_rng(0)
+    instructions = [{"kind": "no_commas"}, {"kind": "max_words", "n": 4}]
+    texts = ["a b", "a, b", "one two three four five", "one, two, three, four, five", "fine", "x y z, w"]
+    rows = []
+    for p in range(24):
+        for j, text in enumerate(texts):
+            oracle = verify(instructions, text).oracle
+            rows.append({"prompt_id": f"p{p}", "prompt": f"q {p}", "instructions": instructions, "response_id": f"p{p}-{j}",
+                         "model": f"m{j}", "response": f"{text} {p}", "oracle": oracle, "score": oracle + float(rng.normal(scale=0.6)),
+                         "features": rng.normal(size=6).tolist()})
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tmp_path / "shared.yaml"
+    cfg.write_text("enn: {heads: 2, hidden: 4, steps: 2}\n")
+    args = ["bench", "--pool", str(pool), "--methods", "random,maxmin", "--seeds", "1", "--budget", "12",
+            "--out", str(tmp_path / "b"), "--batch-size", "6", "--workers", "1", "-c", str(cfg)]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    quality = read_judge_quality(tmp_path / "b" / "judge_quality.csv")
+    assert [q["kind"] for q in quality] == ["overall", "max_words", "no_commas"]
+    expected = judge_agreement([instructions] * 24, np.repeat(np.arange(24), len(texts)),
+                               [r["response"] for r in rows], np.array([r["score"] for r in rows]))
+    assert [round(q["agreement"], 6) for q in quality] == [round(a.share, 6) for a in expected]
+    assert 0.5 < quality[0]["agreement"] < 1.0  # a noisy judge: better than chance, not perfect
+    assert "## Judge quality" in (tmp_path / "b" / "summary.md").read_text()
+    assert "against the verifiers" in result.output and "no_commas" in result.output
+    with open(tmp_path / "b" / "results.csv", newline="") as fh:
+        last = [r for r in csv.DictReader(fh) if r["method"] == "maxmin"][-1]
+    assert 0.5 < float(last["label_accuracy"]) <= 1.0

@@ -19,6 +19,7 @@ EXTRA_COLUMNS = (
 )
 BENCH_TIMINGS_FILE = "bench_timings.json"  # run = run/resume wall (incl. pool import), dataset_eval = evaluate_run
 CALLS_FILE = "bench_calls.json"  # one record per `bench` call: wall time, workers, runs ran and skipped
+JUDGE_QUALITY_FILE = "judge_quality.csv"  # pools with verifiable instructions: the judge against the verifiers
 
 
 def _fmt(v: Any) -> str:
@@ -76,3 +77,19 @@ def read_calls(out: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return []
     return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+
+
+def write_judge_quality(agreements: list[Any], path: Path) -> Path:
+    """judge_quality.csv: kind (``overall`` or an instruction kind), agreement, pairs."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "agreement", "pairs"])
+        for a in agreements:
+            w.writerow([a.kind, _fmt(a.share), a.pairs])
+    return path
+
+
+def read_judge_quality(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{"kind": r["kind"], "agreement": float(r["agreement"]) if r["agreement"] else float("nan"), "pairs": int(r["pairs"])}
+                for r in csv.DictReader(fh)]

@@ -280,12 +280,25 @@ GLOSSARY = """## What the numbers mean
 """
 
 
+def judge_quality_lines(agreements: list[Any]) -> list[str]:
+    """The pool judge's agreement with the verifiers (``ifeval.judge_quality``) as a table."""
+    lines = ["## Judge quality: the pool's judge against the verifiers", "",
+             "Pairs of one prompt: overall, the share of pairs with different verifier scores that the judge orders the "
+             "same way; per instruction kind, the share of pairs where exactly one response follows it and the judge "
+             "scores that one higher (ties count half). Each method's `label_accuracy` (dataset table above) is the "
+             "same agreement on the pairs it acquired.", "",
+             "| instruction kind | judge agrees with the verifiers | pairs |", "|---|---|---|"]
+    lines += [f"| {a.kind} | {a.share:.3f} | {a.pairs} |" for a in agreements]
+    return [*lines, ""]
+
+
 def write_report(
     out: Path,
     run_dirs: dict[tuple[str, int], Path],
     budget: int | None = None,
     results_csv: Path | None = None,
     reference: str = REFERENCE_METHOD,
+    judge_quality: list[Any] | None = None,
 ) -> Path:
     """Write summary.md, curves.png and table21.png into ``out`` from ``results.csv``
     (default ``out/results.csv``) and the run stores ``run_dirs[(method, seed)]``; returns out.
@@ -397,6 +410,8 @@ def write_report(
     lines += wall_lines(out)
     from activepref.plots import plots_unavailable
 
+    if judge_quality:
+        lines += judge_quality_lines(judge_quality)
     no_plots = plots_unavailable()  # plots are optional (the `plots` extra)
     plot_lines = [
         "- `curves.png`: accuracy, Spearman loss and best-of-N against annotations (mean over seeds, band = 95% CI).",

@@ -36,10 +36,12 @@ from activepref.bench.files import (  # noqa: F401  (RESULT_COLUMNS, read_calls,
     BENCH_TIMINGS_FILE,
     CALLS_FILE,
     EXTRA_COLUMNS,
+    JUDGE_QUALITY_FILE,
     RESULT_COLUMNS,
     read_calls,
     read_results,
     record_call,
+    write_judge_quality,
     write_results,
 )
 from activepref.config import BUILTIN_POOL, EngineConfig, RunConfig, load_config
@@ -478,6 +480,19 @@ def _judge_costs(store: Any, iteration: int, annotations: int | None) -> dict[st
 
 
 # -- the bench ------------------------------------------------------------------------------
+def pool_judge_quality(pool: str) -> list[Any] | None:
+    """The pool's stored judge scores against its verifiable instructions (None when the pool
+    has no instructions or no scores): the judge quality the bench reports."""
+    from activepref.ifeval.judge_quality import judge_agreement
+    from activepref.pools.sources import load_pool
+
+    loaded = load_pool(pool)
+    instructions = [p.meta.get("instructions") for p in loaded.prompts]
+    if not any(instructions) or not np.isfinite(loaded.scores).any():
+        return None
+    return judge_agreement(instructions, loaded.prompt_index, [r.text for r in loaded.responses], loaded.scores)
+
+
 def run_bench(
     pool: str,
     methods: list[str],
@@ -545,5 +560,8 @@ def run_bench(
         raise ActivePrefError(f"{len(errors)} of {len(specs)} bench runs failed: " + "; ".join(errors))
     rows = [row for s in specs for row in results[s.name]]  # method-major, seed, iteration
     write_results(rows, out / "results.csv")
-    write_report(out, {(s.method, s.seed): s.run_dir for s in specs}, budget=budget)
+    quality = pool_judge_quality(pool)
+    if quality is not None:
+        write_judge_quality(quality, out / JUDGE_QUALITY_FILE)
+    write_report(out, {(s.method, s.seed): s.run_dir for s in specs}, budget=budget, judge_quality=quality)
     return out
