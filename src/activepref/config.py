@@ -89,6 +89,10 @@ class ModelConfig(_Strict):
     temperature: float | None = Field(None, ge=0, description="overrides generation.temperature for this model")
     top_p: float | None = Field(None, gt=0, le=1, description="overrides generation.top_p for this model")
     max_tokens: int | None = Field(None, ge=1, description="overrides generation.max_tokens for this model")
+    cache_id: str | None = Field(
+        None, description="the model's name in the request cache (default: the backend's endpoint, which for openai includes "
+        "the base URL); set it to keep cached answers when the server moves to another host or port",
+    )
 
     def label(self) -> str:
         return self.name or self.model

@@ -366,3 +366,28 @@ def test_fake_server_streams_and_truncates():
                 model="m", messages=[{"role": "user", "content": "hello"}], stream=True))
         assert [m.id for m in client.models.list().data] == ["fake-model"]
         client.close()
+
+
+def test_a_cache_id_keeps_cached_answers_when_the_server_moves(tmp_path, monkeypatch) -> None:
+    """The endpoint -- and so every request-cache key -- of an openai backend includes its base
+    URL; with ``cache_id`` the same model behind another port is answered from the cache."""
+    from activepref.config import ModelConfig
+    from activepref.core.cache import CachedBackend, RequestCache
+
+    monkeypatch.setenv("CACHE_ID_TEST_KEY", "x")
+    requests = [ChatRequest.from_messages([{"role": "user", "content": f"q{i}"}], SamplingParams(max_tokens=4, seed=i)) for i in range(3)]
+    cache = RequestCache(tmp_path / "cache.sqlite")
+
+    def ask(srv: FakeOpenAIServer, cache_id: str | None) -> list[str]:
+        cfg = ModelConfig(backend="openai", model="m", base_url=srv.base_url, api_key_env="CACHE_ID_TEST_KEY", cache_id=cache_id)
+        got: dict[int, ChatResult | BackendError] = {}
+        CachedBackend(make_backend(cfg), cache, "generation").complete(requests, got.__setitem__)
+        return [got[i].text for i in range(3)]  # type: ignore[union-attr]
+
+    with FakeOpenAIServer() as first, FakeOpenAIServer() as second, FakeOpenAIServer() as third:
+        answers = ask(first, "my-model")
+        assert len(first.chat_requests) == 3
+        assert ask(second, "my-model") == answers and len(second.chat_requests) == 0  # moved server, same cache_id
+        ask(third, None)
+        assert len(third.chat_requests) == 3  # without it the new URL is a new endpoint
+    assert make_backend(ModelConfig(backend="openai", model="m", base_url="http://h:1/v1", cache_id="x")).endpoint == "x"

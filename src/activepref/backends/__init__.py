@@ -8,11 +8,11 @@ imported when the plugin loads (``activepref.plugins``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, SamplingParams
+from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult, SamplingParams
 from activepref.registry import Registry
 
 if TYPE_CHECKING:
@@ -51,9 +51,24 @@ def register_backend(kind: str, description: str) -> Callable[[BackendFactory], 
     return wrap
 
 
+class NamedBackend:
+    """A backend under another name: ``endpoint`` -- the request-cache identity of its calls and
+    part of a judge's name -- is ``name``; the calls go to ``inner`` (whose errors still name
+    its own endpoint)."""
+
+    def __init__(self, inner: ChatBackend, name: str) -> None:
+        self.inner = inner
+        self.endpoint = name
+
+    def complete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
+        self.inner.complete(requests, on_result)
+
+
 def make_backend(config: ModelConfig) -> ChatBackend:
-    """The backend ``config.backend`` names, built from the model's config."""
-    return BACKENDS.get(config.backend).factory(config)
+    """The backend ``config.backend`` names, built from the model's config (under
+    ``config.cache_id`` when given)."""
+    backend = BACKENDS.get(config.backend).factory(config)
+    return NamedBackend(backend, config.cache_id) if config.cache_id else backend
 
 
 __all__ = [
@@ -63,6 +78,7 @@ __all__ = [
     "ChatBackend",
     "ChatRequest",
     "ChatResult",
+    "NamedBackend",
     "SamplingParams",
     "make_backend",
     "register_backend",
