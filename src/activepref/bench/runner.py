@@ -480,17 +480,22 @@ def _judge_costs(store: Any, iteration: int, annotations: int | None) -> dict[st
 
 
 # -- the bench ------------------------------------------------------------------------------
-def pool_judge_quality(pool: str) -> list[Any] | None:
-    """The pool's stored judge scores against its verifiable instructions (None when the pool
-    has no instructions or no scores): the judge quality the bench reports."""
+def pool_judge_quality(run_dir: Path) -> list[Any] | None:
+    """The pool's stored judge scores against its verifiable instructions, read from one of the
+    bench's run stores (every run imports the same pool; no second read of the pool file and
+    its features). None when the pool has no instructions or no scores."""
+    from activepref.core.store import RunStore
     from activepref.ifeval.judge_quality import judge_agreement
-    from activepref.pools.sources import load_pool
 
-    loaded = load_pool(pool)
-    instructions = [p.meta.get("instructions") for p in loaded.prompts]
-    if not any(instructions) or not np.isfinite(loaded.scores).any():
+    with RunStore.open_readonly(run_dir) as store:
+        instructions = [p.meta.get("instructions") for p, _, _ in store.prompts()]
+        if not any(instructions):
+            return None
+        responses, response_prompt = store.responses()
+        scores = store.stored_scores()
+    if not np.isfinite(scores).any():
         return None
-    return judge_agreement(instructions, loaded.prompt_index, [r.text for r in loaded.responses], loaded.scores)
+    return judge_agreement(instructions, response_prompt, [r.text for r in responses], scores)
 
 
 def run_bench(
@@ -560,7 +565,7 @@ def run_bench(
         raise ActivePrefError(f"{len(errors)} of {len(specs)} bench runs failed: " + "; ".join(errors))
     rows = [row for s in specs for row in results[s.name]]  # method-major, seed, iteration
     write_results(rows, out / "results.csv")
-    quality = pool_judge_quality(pool)
+    quality = pool_judge_quality(specs[0].run_dir)
     if quality is not None:
         write_judge_quality(quality, out / JUDGE_QUALITY_FILE)
     write_report(out, {(s.method, s.seed): s.run_dir for s in specs}, budget=budget, judge_quality=quality)

@@ -46,7 +46,7 @@ def heldout_metrics(store: RunStore, data: RunData, model: EnsembleRewardModel) 
         )
     prefs = store.preference_rows()
     metrics["pairs"] = len(prefs)
-    metrics["annotations"] = sum(store.count(t) for t in ("scores", "judge_failures", "comparisons", "comparison_failures"))
+    metrics["annotations"] = store.annotations()
     chosen = data.reward_reference[[p.chosen_idx for p in prefs]]
     rejected = data.reward_reference[[p.rejected_idx for p in prefs]]
     known = np.isfinite(chosen) & np.isfinite(rejected)  # live runs have no hidden reference

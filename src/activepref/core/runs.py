@@ -99,8 +99,8 @@ def status(run_dir: str | Path) -> RunStatus:
             iterations_planned=len(iteration_plan(store, config)),
             current=unfinished,
             pairs=store.count("preferences"),
-            annotations=sum(store.count(t) for t in ("scores", "judge_failures", "comparisons", "comparison_failures")),
-            failures=store.count("judge_failures") + store.count("comparison_failures"),
+            annotations=store.annotations(),
+            failures=store.judge_failure_count(),
             last_metrics=(done[-1].metrics or {}) if done else {},
             summary=run_summary(store),
         )

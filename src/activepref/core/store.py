@@ -441,6 +441,12 @@ class RunStore(LockedSqliteDir):
             return None, {}
         return row[0], json.loads(row[1]) if row[1] else {}
 
+    def stored_scores(self) -> np.ndarray:
+        """[n] the pool's stored judge scores (NaN where none), for evaluation only (the bench's
+        judge quality); the loop sees a score only through the replay judge."""
+        rows = self.conn.execute("SELECT score FROM pool_scores ORDER BY response_idx").fetchall()
+        return np.asarray([np.nan if r[0] is None else r[0] for r in rows], dtype=np.float64)
+
     def oracle(self) -> np.ndarray:
         """[n] hidden evaluation reward: oracle where the pool has one, else the stored score (NaN if none)."""
         rows = self.conn.execute("SELECT oracle, score FROM pool_scores ORDER BY response_idx").fetchall()
@@ -482,6 +488,14 @@ class RunStore(LockedSqliteDir):
         """(pairs asked in both orders, of which both answers agreed), over every judge."""
         n, agreed = self.conn.execute("SELECT COUNT(consistent), COALESCE(SUM(consistent), 0) FROM comparisons").fetchone()
         return int(n), int(agreed)
+
+    def annotations(self) -> int:
+        """Judge verdicts so far, failures included: responses scored plus pairs compared."""
+        return sum(self.count(t) for t in ("scores", "judge_failures", "comparisons", "comparison_failures"))
+
+    def judge_failure_count(self) -> int:
+        """Responses a scoring judge and pairs a comparing judge failed on, after their retries."""
+        return self.count("judge_failures") + self.count("comparison_failures")
 
     def count(self, table: str) -> int:
         assert table in {

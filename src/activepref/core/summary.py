@@ -36,7 +36,7 @@ def run_summary(store: RunStore) -> dict[str, Any]:
         "pairs_asked_both_orders": both_orders,
         "stages": stats,
         "generation_failures": store.count("generation_failures"),
-        "judge_failures": store.count("judge_failures") + store.count("comparison_failures"),
+        "judge_failures": store.judge_failure_count(),
     }
     return out
 
