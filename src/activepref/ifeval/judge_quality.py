@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from activepref.ifeval.instructions import check_instruction
-from activepref.ifeval.scoring import loose_variants, verify
+from activepref.ifeval.scoring import verify
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,6 @@ class Agreement:
     kind: str  # "overall" or an instruction kind
     share: float
     pairs: int
-
-
-def _follows_loose(instruction: dict[str, Any], text: str) -> bool:
-    return any(check_instruction(instruction, v) for v in loose_variants(text) if v.strip())
 
 
 def _agree(a: float, b: float) -> float:
@@ -50,8 +45,9 @@ def judge_agreement(
     per_kind: dict[str, list[float]] = {}
     for p, rows in by_prompt.items():
         inst = list(instructions[p] or [])
-        oracle = {r: verify(inst, texts[r]).oracle for r in rows}
-        follows = {(k, r): _follows_loose(i, texts[r]) for k, i in enumerate(inst) for r in rows}
+        verdicts = {r: verify(inst, texts[r]) for r in rows}  # one check of every instruction per response
+        oracle = {r: v.oracle for r, v in verdicts.items()}
+        follows = {(k, r): verdicts[r].loose[k] for k in range(len(inst)) for r in rows}
         for x in range(len(rows)):
             for y in range(x + 1, len(rows)):
                 a, b = rows[x], rows[y]
