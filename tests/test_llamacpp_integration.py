@@ -23,13 +23,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,41 +34,12 @@ from pathlib import Path
 import pytest
 
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, OnResult, SamplingParams
+from activepref.live.llama_server import LlamaServer, default_binary
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.slow]
 
 START_TIMEOUT_S = 180.0
 SERVER_SLOTS = 4
-
-
-def _default_binary() -> Path:
-    base = os.environ.get("ACTIVEPREF_LLAMA_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "activepref", "llama.cpp")
-    return Path(base) / "llama-server"
-
-
-def _find_binary() -> tuple[Path | None, str]:
-    """(binary, reason it is unusable)."""
-    env = os.environ.get("ACTIVEPREF_LLAMA_SERVER")
-    path = Path(env).expanduser() if env else _default_binary()
-    origin = "ACTIVEPREF_LLAMA_SERVER" if env else "the default path"
-    if not path.is_file() or not os.access(path, os.X_OK):
-        return None, (f"no llama-server binary at {path} ({origin}); build it with scripts/build_llama_server.sh "
-                      "or set ACTIVEPREF_LLAMA_SERVER")
-    return path, ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback only
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -82,90 +49,48 @@ def _tail(path: Path, n: int = 40) -> str:
         return "(no server log)"
 
 
-@dataclass
-class LlamaServer:
-    root: str  # http://127.0.0.1:PORT
-    model: str  # the id /v1/models reports
-    log: Path
-    proc: subprocess.Popen
+class Server:
+    """The library's ``LlamaServer`` plus the checks the tests make on it."""
 
-    @property
-    def base_url(self) -> str:
-        return f"{self.root}/v1"
+    def __init__(self, inner: LlamaServer) -> None:
+        self.inner = inner
+        self.base_url, self.model, self.log = inner.base_url, inner.model, inner.log
 
     def metrics(self) -> dict[str, float]:
-        """Prometheus counters of /metrics (``llamacpp:...`` names), as floats."""
-        status, text = _get(f"{self.root}/metrics")
-        assert status == 200, f"/metrics answered {status}: {text[:200]}"
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            m = re.match(r"^(llamacpp:[A-Za-z_:]+)(?:\{[^}]*\})?\s+(\S+)$", line.strip())
-            if m:
-                out[m.group(1)] = float(m.group(2))
-        return out
+        return self.inner.metrics()
 
     def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"llama-server exited with {self.proc.returncode}:\n{_tail(self.log)}"
+        assert self.inner.exit_code is None, f"llama-server exited with {self.inner.exit_code}:\n{_tail(self.log)}"
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    binary, reason = _find_binary()
-    if binary is None:
-        pytest.skip(reason)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from activepref.errors import ActivePrefError
     from activepref.live.local_models import LocalModelMissing, smollm2_gguf
 
+    binary = default_binary()
+    origin = "ACTIVEPREF_LLAMA_SERVER" if os.environ.get("ACTIVEPREF_LLAMA_SERVER") else "the default path"
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        pytest.skip(f"no llama-server binary at {binary} ({origin}); build it with scripts/build_llama_server.sh "
+                    "or set ACTIVEPREF_LLAMA_SERVER")
     try:
         folder, name = smollm2_gguf()
     except LocalModelMissing as exc:
         pytest.skip(f"SmolLM2 GGUF not installed: {exc}")
-    gguf = Path(folder) / name
-
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    port = _free_port()
-    cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-           "-np", str(SERVER_SLOTS), "--metrics"]
-    log_file = open(log, "wb")  # noqa: SIM115 - closed by the finalizer
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        log_file.close()
-
-    request.addfinalizer(stop)  # registered before anything can fail
-
-    root = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    last = ""
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"llama-server exited with {proc.returncode} before it was ready ({' '.join(cmd)}):\n{_tail(log)}")
-        try:
-            status, body = _get(f"{root}/health", timeout=2.0)
-            if status == 200:
-                break
-            last = f"HTTP {status}: {body[:120]}"
-        except OSError as exc:  # not listening yet
-            last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            pytest.fail(f"llama-server not healthy after {START_TIMEOUT_S:.0f} s (last: {last}):\n{_tail(log)}")
-        time.sleep(0.25)
-    started = START_TIMEOUT_S - (deadline - time.monotonic())
-    status, body = _get(f"{root}/v1/models")
-    assert status == 200, body[:200]
-    model = json.loads(body)["data"][0]["id"]
-    print(f"\n[llamacpp] {binary} healthy after {started:.1f} s, model id {model!r}, port {port}")
-    yield LlamaServer(root, model, log, proc)
+    srv = LlamaServer(Path(folder) / name, slots=SERVER_SLOTS, log=log, binary=binary, start_timeout_s=START_TIMEOUT_S)
+    request.addfinalizer(srv.stop)  # registered before anything can fail
+    started = time.monotonic()
+    try:
+        srv.start()
+    except ActivePrefError as exc:
+        pytest.fail(f"{exc}:\n{_tail(log)}")
+    print(f"\n[llamacpp] {binary} healthy after {time.monotonic() - started:.1f} s, model id {srv.model!r}, port {srv.port}")
+    yield Server(srv)
 
 
 @pytest.fixture(scope="module")
-def make_backend_for(server: LlamaServer) -> Iterator:
+def make_backend_for(server: Server) -> Iterator:
     """Factory of our ``openai`` backends on the server (closed at the end of the module)."""
     from activepref.backends import make_backend
     from activepref.config import ModelConfig
@@ -224,7 +149,7 @@ PAIRS = (
 )
 
 
-def test_generation_through_openai_backend(server: LlamaServer, make_backend_for) -> None:
+def test_generation_through_openai_backend(server: Server, make_backend_for) -> None:
     backend = make_backend_for()
     prompts = ["Say hello in one short sentence.", "List two fruits.", "What is 2 + 2?"]
     reqs = [ChatRequest.from_messages([{"role": "system", "content": "You are a helpful assistant."},
@@ -251,7 +176,7 @@ def test_generation_through_openai_backend(server: LlamaServer, make_backend_for
     server.assert_alive()
 
 
-def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_path: Path) -> None:
+def test_likert_judge_through_server(server: Server, make_backend_for, tmp_path: Path) -> None:
     from activepref.core.cache import CachedBackend, RequestCache
     from activepref.judges import JudgeScore, ScoreRequest
     from activepref.judges.likert import DIGITS, TOP_LOGPROBS, LikertJudge
@@ -309,7 +234,7 @@ def test_likert_judge_through_server(server: LlamaServer, make_backend_for, tmp_
     server.assert_alive()
 
 
-def test_prefix_cache_across_the_four_aspects(server: LlamaServer, make_backend_for) -> None:
+def test_prefix_cache_across_the_four_aspects(server: Server, make_backend_for) -> None:
     """One response, its four aspect questions asked one after another: aspects 2-4 find the
     instruction + response prefix in the slot's KV cache."""
     from activepref.judges.likert import DIGITS, JUDGE_MAX_TOKENS, TOP_LOGPROBS
@@ -347,7 +272,7 @@ def test_prefix_cache_across_the_four_aspects(server: LlamaServer, make_backend_
     server.assert_alive()
 
 
-def test_live_run_through_the_cli(server: LlamaServer, tmp_path: Path) -> None:
+def test_live_run_through_the_cli(server: Server, tmp_path: Path) -> None:
     """`activepref run` (a separate process, the installed entry point's module) with the
     server as generator and judge and the shipped MiniLM as embedder: 4 prompts, 1 iteration."""
     pytest.importorskip("sentence_transformers")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,24 @@ class LlamaServer:
         _, body = self._get("/v1/models")
         self.model = json.loads(body)["data"][0]["id"]
         return self
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while the server runs (or was never started), else its exit status."""
+        return None if self._proc is None else self._proc.poll()
+
+    def metrics(self) -> dict[str, float]:
+        """The Prometheus counters of ``/metrics`` (``llamacpp:...`` names, e.g.
+        ``llamacpp:prompt_tokens_cached_total``), as floats."""
+        status, text = self._get("/metrics")
+        if status != 200:
+            raise ActivePrefError(f"llama-server /metrics answered {status}: {text[:200]}")
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = re.match(r"^(llamacpp:[A-Za-z_:]+)(?:\{[^}]*\})?\s+(\S+)$", line.strip())
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
