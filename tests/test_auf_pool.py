@@ -82,13 +82,14 @@ def test_cli_writes_a_features_file_in_float16_that_a_run_reads(tmp_path: Path) 
     matrix = np.load(npy)
     assert matrix.dtype == np.float16 and matrix.shape == (1200, 16)
     pool = read_pool(out, npy)
-    assert pool.features.dtype == np.float32 and pool.oracle is not None
+    assert pool.features.dtype == np.float16 and pool.feature_scan is not None and pool.oracle is not None  # read in place
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"pool: {out}\nfeatures: {npy}\nmethod: drts\nbatch_size: 8\niterations: 2\nenn: {{heads: 3, hidden: 8, steps: 5}}\n")
     result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     status = json.loads(runner.invoke(app, ["status", str(tmp_path / "run"), "--json"]).stdout)
     assert status["iterations_done"] == 2 and status["pairs"] >= 10  # 16 prompts, some pairs tie
+    assert not (tmp_path / "run" / "features.npy").exists()  # the run reads the float16 file where it lies
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,15 @@ def test_rm_regularisation_reads_a_finished_bench(tmp_path: Path) -> None:
             finals[(r["method"], int(r["seed"]))] = max(finals.get((r["method"], int(r["seed"])), (-1, 0.0)), (int(r["iteration"]), float(r["rm_accuracy"])))
     random_mean = sum(v[1] for k, v in finals.items() if k[0] == "random") / 2
     assert abs(last["shipped"]["random"]["rm_accuracy"] - random_mean) < 1e-9
+
+
+def test_scale_quick_run_reports_memory_time_and_split(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--quick", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"rss_gb_60", "rss_gb_600", "iter_s_60", "iter_s_600", "non_enn_share", "iter_ratio", "targets_met"} <= set(last)
+    for run in last["runs"]:
+        assert len(run["iteration_walls"]) == 3 and run["rss_gb"] > 0
+        assert sum(run["split_share"].values()) == pytest.approx(1.0, abs=0.02)
+    assert not list(tmp_path.glob("*/run-*"))  # run directories are removed unless --keep

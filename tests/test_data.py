@@ -113,8 +113,8 @@ def test_npy_features_follow_file_order(tmp_path):
     np.save(tmp_path / "feats.npy", matrix)
     pool = read_pool(path, tmp_path / "feats.npy")
     assert [r.id for r in pool.responses] == ["r0", "r2", "r1", "r3"]
-    assert pool.features.dtype == np.float32
-    np.testing.assert_array_equal(pool.features, matrix.astype(np.float32))
+    assert isinstance(pool.features, np.memmap)  # referenced where it lies, never copied
+    np.testing.assert_array_equal(np.asarray(pool.features, dtype=np.float32), matrix.astype(np.float32))
 
 
 def test_npy_features_with_parquet_pool(tmp_path):

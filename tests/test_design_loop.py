@@ -100,7 +100,8 @@ def test_balpm_sees_the_whole_unlabelled_pool_and_candidate_means(tmp_path: Path
     seen = _balpm_inputs(monkeypatch, cfg, tmp_path / "run")
     with RunStore.open_readonly(tmp_path / "run") as store:
         order = store.train_prompt_order()
-        feats = load_features(store, True).double().numpy()
+        matrix = load_features(store, True)
+        feats = matrix[np.arange(len(matrix))].double().numpy()
         _, response_prompt = store.responses()
     means = np.stack([feats[response_prompt == p].mean(axis=0) for p in range(response_prompt.max() + 1)])
     assert len(seen) == 3

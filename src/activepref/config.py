@@ -61,7 +61,7 @@ class ENNConfig(_Strict):
     zeta: float = Field(1.0, ge=0, description="initial anchor regularisation")
     zeta_decay: float = Field(0.99, gt=0, le=1, description="zeta multiplier per iteration")
     rho: int = Field(1000, ge=1, description="|D_train| = min(|B|, batch_size * rho)")
-    device: str = Field("cpu", description="torch device of the heads (e.g. cuda); features move there once")
+    device: str = Field("cpu", description="torch device of the heads (e.g. cuda); feature rows move there as they are used")
     standardize: bool = Field(
         True, description="z-score each feature dimension over the pool (label-free) before the heads"
     )

@@ -11,7 +11,7 @@ Shapes: n candidate responses, M candidate comparisons, K heads, p = dim Φ.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,13 +107,18 @@ def labelled_information(phi: np.ndarray, rewards: np.ndarray, information: bool
     return fisher, diff
 
 
-def mean_prompt_features(features: np.ndarray, response_prompt: np.ndarray, n_prompts: int) -> np.ndarray:
+def mean_prompt_features(
+    blocks: Iterable[tuple[int, np.ndarray]], response_prompt: np.ndarray, n_prompts: int, d: int
+) -> np.ndarray:
     """[n_prompts, d] the mean feature of each prompt's candidates (zeros for a prompt with
     none): BAL-PM's prompt embedding when the pool has no prompt-only one, a documented
     approximation (a (prompt, response) feature is not an embedding of the prompt alone).
 
-    features: [n, d]; response_prompt: [n] prompt row of each candidate."""
-    sums = np.zeros((n_prompts, features.shape[1]))
-    np.add.at(sums, response_prompt, features)
+    blocks: (first row, [b, d] features of rows first..first+b-1) covering the n candidates
+    in any order, so the [n, d] matrix need not be in memory; response_prompt: [n] prompt
+    row of each candidate."""
+    sums = np.zeros((n_prompts, d))
+    for start, block in blocks:
+        np.add.at(sums, response_prompt[start : start + len(block)], block)
     counts = np.bincount(response_prompt, minlength=n_prompts)
     return sums / np.maximum(counts, 1)[:, None]

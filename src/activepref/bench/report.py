@@ -171,7 +171,8 @@ def curve_stats(curves: dict[int, list[dict[str, Any]]], key: str, x_key: str = 
 # Stage -> column of the time split: the loop's timings.json and the bench's bench_timings.json.
 TIME_COLUMNS = (
     ("ENN training", ("enn_fit",)),
-    ("acquisition", ("select",)),
+    ("ENN prediction", ("enn_predict",)),
+    ("acquisition", ("select",)),  # less the ENN prediction it contains
     ("judge", ("annotate",)),
     ("per-iteration eval", ("evaluate",)),
     ("dataset eval", ("dataset_eval",)),
@@ -190,6 +191,7 @@ def time_split(run_dir: Path) -> dict[str, float] | None:
     if not bench:
         return None
     both = {**loop, "dataset_eval": bench.get("dataset_eval", 0.0)}
+    both["select"] = max(both.get("select", 0.0) - both.get("enn_predict", 0.0), 0.0)  # "select" times the prediction too
     out = {name: sum(both.get(k, 0.0) for k in keys) for name, keys in TIME_COLUMNS}
     out["total"] = bench.get("run", 0.0) + bench.get("dataset_eval", 0.0)
     out["other"] = max(out["total"] - sum(out[name] for name, _ in TIME_COLUMNS), 0.0)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from activepref.acquisition.comparisons import mean_prompt_features
 from activepref.bench.metrics import ordered_pairs
 from activepref.core.determinism import Stage, stage_rng
+from activepref.core.features import FeatureMatrix, load_feature_matrix
 from activepref.core.store import RunStore
 
 
@@ -46,27 +46,16 @@ def monitored_prompts(eval_prompts: list[int], limit: int | None, seed: int) -> 
     return sorted(int(eval_prompts[i]) for i in picked)
 
 
-def load_features(store: RunStore, standardize: bool) -> torch.Tensor:
-    """The store's features as a tensor, z-scored per dimension when asked.
+def load_features(store: RunStore, standardize: bool) -> FeatureMatrix:
+    """The run's features, read by row (never loaded whole), z-scored per dimension when asked.
 
     Unit-norm sentence embeddings have per-dimension scales ~1/sqrt(d); z-scoring puts the
     heads' inputs on the scale their PyTorch-style init expects. It uses no labels. The
-    statistics are computed once (over the pool, or over the first iteration's candidates
-    of a live run) and kept in the run directory, so features never shift under the ENN.
+    statistics are computed once in a streaming pass (over the pool, or over the first
+    iteration's candidates of a live run) and kept in the run directory, so features never
+    shift under the ENN. ``features[idx]`` -> float32 tensor [len(idx), d].
     """
-    raw = np.array(store.features(), dtype=np.float32)  # [n, d]
-    if standardize and raw.size:
-        path = store.run_dir / "feature_stats.npz"
-        if path.exists():
-            stats = np.load(path)
-            mean, std = stats["mean"], stats["std"]
-        else:
-            mean, std = raw.mean(axis=0), raw.std(axis=0) + 1e-6
-            tmp = store.run_dir / "feature_stats.tmp.npz"
-            np.savez(tmp, mean=mean, std=std)
-            tmp.replace(path)
-        raw = (raw - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+    return load_feature_matrix(store.run_dir, store.feature_source(), standardize)
 
 
 @dataclass
@@ -83,10 +72,12 @@ class RunData:
     """The run's candidates as arrays, (re)loaded from the store.
 
     prompts: every prompt row; responses / response_prompt: [n] candidates and their prompt
-    row; table: the padded [P, m] candidate table; features: [n, d] tensor; models: [n]
+    row; table: the padded [P, m] candidate table; features: [n, d] FeatureMatrix (rows read
+    on demand, ``features[idx]`` -> CPU float32 tensor); models: [n]
     generating model of each candidate; reward_reference: [n] hidden oracle or stored score
     (NaN where unknown); eval_pairs: [E, 2] (better, worse) held-out pairs; eval_rows: the
-    held-out candidates with a known reference."""
+    held-out candidates with a known reference; eval_pair_positions: [E, 2] eval_pairs as
+    positions in eval_rows."""
 
     def __init__(self, store: RunStore, settings: CandidateSettings) -> None:
         self.store = store
@@ -104,7 +95,7 @@ class RunData:
         self._prompt_matrix = None
         self.responses, self.response_prompt = self.store.responses()
         self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
-        self.features = load_features(self.store, s.standardize).to(s.device)  # [n, d]
+        self.features = load_features(self.store, s.standardize)  # [n, d], rows read on demand (CPU tensors)
         self.models = np.asarray([r.model for r in self.responses], dtype=object)
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
@@ -115,6 +106,9 @@ class RunData:
         held_out[np.asarray(eval_prompts, dtype=np.int64)] = True
         # Held-out candidates with a known reference: what the loop predicts each iteration.
         self.eval_rows = np.nonzero(held_out[self.response_prompt] & np.isfinite(self.reward_reference))[0]
+        # eval_pairs as positions in eval_rows (sorted; every pair's rows are in it), so the
+        # per-iteration metrics index the held-out predictions without a pool-sized array.
+        self.eval_pair_positions = np.searchsorted(self.eval_rows, self.eval_pairs)
 
     def prompt_matrix(self) -> np.ndarray:
         """[n_prompts, q] prompt features for BAL-PM, computed once per load: the pool's
@@ -125,6 +119,8 @@ class RunData:
             if own is not None:
                 self._prompt_matrix = np.asarray(own, dtype=np.float64)
             else:
-                feats = self.features.double().cpu().numpy()  # [n, d]
-                self._prompt_matrix = mean_prompt_features(feats, self.response_prompt, len(self.prompts))
+                self._prompt_matrix = mean_prompt_features(
+                    ((start, block.double().numpy()) for start, block in self.features.chunks()),
+                    self.response_prompt, len(self.prompts), self.features.shape[1],
+                )
         return self._prompt_matrix

@@ -87,11 +87,13 @@ def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: Ensembl
     mean = np.zeros(slots.shape)
     std = np.zeros(slots.shape)
     if ctx.parts.method.uses_reward_model and mask.any():  # baselines never look at the reward model
-        mu, sd = model.predict(data.features[torch.from_numpy(slots[mask])])
+        with ctx.times.measure("enn_predict"):  # inside "select": the rest of it is the acquisition
+            mu, sd = model.predict(data.features[torch.from_numpy(slots[mask])])
         mean[mask], std[mask] = mu, sd
     models = np.where(mask, data.models[np.maximum(slots, 0)], None)
     batch = CandidateBatch(mean, std, mask, ctx.config.beta, models)
-    proposal = ctx.parts.selector(batch, stage_rng(ctx.config.seed, it, Stage.SELECT))
+    with ctx.times.measure("acquire"):  # the method's own choice, within "select"
+        proposal = ctx.parts.selector(batch, stage_rng(ctx.config.seed, it, Stage.SELECT))
     crash_point("select.before_commit", it)
     ctx.store.commit_selection(it, prompt_idxs, _proposal_to_json(proposal))
     crash_point("select.after_commit", it)
@@ -111,12 +113,13 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
         ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": []})
         return
     inputs = ctx.parts.method.inputs  # only what the design reads is built
-    feats = data.features[torch.from_numpy(cand)]
-    rewards = model.rewards(feats).double().numpy()  # [K, n]
-    if "phi" in inputs:
-        phi = model.last_layer_features(feats)  # [K, n, h]: each head's own Φ (see acquisition.designs)
-    else:
-        phi = np.empty((model.shape.heads, len(cand), 0))
+    with ctx.times.measure("enn_predict"):  # inside "select": the rest of it is the acquisition
+        feats = data.features[torch.from_numpy(cand)]
+        rewards = model.rewards(feats).double().numpy()  # [K, n]
+        if "phi" in inputs:
+            phi = model.last_layer_features(feats)  # [K, n, h]: each head's own Φ (see acquisition.designs)
+        else:
+            phi = np.empty((model.shape.heads, len(cand), 0))
     past_information = past_differences = None
     history = buffer.pairs()
     wants_information, wants_differences = "past_information" in inputs, "past_differences" in inputs
@@ -140,7 +143,8 @@ def design_select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: 
         phi, rewards, prompt_of, pairs, past_information=past_information, past_differences=past_differences, **prompt_parts
     )
     budget = min(cfg.design_budget or len(prompt_idxs), len(pairs))
-    chosen = np.asarray(ctx.parts.selector(comparisons, budget, rng), dtype=np.int64)
+    with ctx.times.measure("acquire"):  # the design's own choice, within "select"
+        chosen = np.asarray(ctx.parts.selector(comparisons, budget, rng), dtype=np.int64)
     selected = [[int(cand[pairs[k, 0]]), int(cand[pairs[k, 1]])] for k in chosen]
     crash_point("select.before_commit", it)
     ctx.store.commit_selection(it, prompt_idxs, {"kind": "design", "pairs": selected})

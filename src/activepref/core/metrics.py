@@ -17,7 +17,7 @@ from activepref.model.enn import EnsembleRewardModel
 def heldout_accuracy(mean: np.ndarray, eval_pairs: np.ndarray) -> float:
     """Share of held-out pairs the ENN mean orders like the reference reward.
 
-    mean: [n] predicted reward of every candidate; eval_pairs: [E, 2] (better, worse)."""
+    mean: [r] predicted rewards; eval_pairs: [E, 2] (better, worse) positions into ``mean``."""
     if len(eval_pairs) == 0:
         return float("nan")
     return float(np.mean(mean[eval_pairs[:, 0]] > mean[eval_pairs[:, 1]]))
@@ -34,10 +34,8 @@ def heldout_metrics(store: RunStore, data: RunData, model: EnsembleRewardModel) 
     metrics: dict[str, Any] = {}
     if len(data.eval_pairs) and len(data.eval_rows):
         rows = data.eval_rows
-        mean = np.full(len(data.responses), np.nan)
         mu, _ = model.predict(data.features[torch.from_numpy(rows)])
-        mean[rows] = mu
-        metrics["heldout_accuracy"] = heldout_accuracy(mean, data.eval_pairs)
+        metrics["heldout_accuracy"] = heldout_accuracy(mu, data.eval_pair_positions)
         ref, groups = data.reward_reference[rows], data.response_prompt[rows]
         bon = best_of_n_stats(mu, ref, groups)
         metrics.update(

@@ -5,7 +5,10 @@ Layout of a run directory::
 
     run.sqlite              prompts, responses, hidden pool scores, scores, preferences,
                             iterations (status + metrics), judge failures, run config
-    features.npy            [n_responses, d] float32, rows = response idx
+    features.npy            [n_responses, d] float32, rows = response idx (absent when the run
+                            references the pool's own .npy: meta ``features_file`` keeps its
+                            path, size, mtime and SHA-256; see activepref.core.features)
+    feature_stats.npz       per-dimension mean and scale the ENN's inputs are z-scored with
     prompt_features.npy     [n_prompts, q] float32 prompt-only embeddings (optional)
     checkpoints/enn_XXXXX.safetensors   ENN state after iteration XXXXX
     lock                    held (flock) by the one process working on the run
@@ -26,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from activepref.core.features import FileIdentity, NpyLayout, verify_identity, write_feature_stats
 from activepref.errors import RunLockedError, RunStateError
 from activepref.pools.reader import Pool
 from activepref.pools.records import Prompt, Response
@@ -232,6 +236,7 @@ class RunStore(LockedSqliteDir):
     def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fh: Any) -> None:
         super().__init__(run_dir, conn, lock_fh)
         self._features: np.ndarray | None = None
+        self._features_checked = False
 
     # -- opening -----------------------------------------------------------------------
     @staticmethod
@@ -297,8 +302,10 @@ class RunStore(LockedSqliteDir):
             lock.close()
             raise RunStateError(f"{run_dir} already holds a run; use `activepref resume {run_dir}` or choose another --out")
         (run_dir / "checkpoints").mkdir(exist_ok=True)
-        if pool.responses:  # a pool run; live runs embed as they go (features table)
+        if pool.responses and pool.feature_scan is None:  # a pool run; live runs embed as they go (features table)
             _save_float32(run_dir / "features.npy", pool.features)
+        if pool.responses and pool.feature_scan is not None:  # a pool's .npy: referenced, never copied
+            write_feature_stats(run_dir, pool.feature_scan.mean, pool.feature_scan.std)
         if pool.prompt_features is not None:  # prompt-only embeddings, rows = prompt idx
             _save_float32(run_dir / "prompt_features.npy", pool.prompt_features)
         conn = cls._connect(run_dir)
@@ -374,7 +381,8 @@ class RunStore(LockedSqliteDir):
             )
             cur.executemany(
                 "INSERT INTO meta VALUES (?,?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("config", config_json), ("pool_source", pool.source), ("created", "1")],
+                [("schema_version", str(SCHEMA_VERSION)), ("config", config_json), ("pool_source", pool.source), ("created", "1")]
+                + ([("features_file", json.dumps(pool.feature_scan.identity.to_json()))] if pool.feature_scan is not None else []),
             )
 
     # -- reading -----------------------------------------------------------------------
@@ -385,9 +393,37 @@ class RunStore(LockedSqliteDir):
             return None
         return None if row is None else row[0]
 
+    def features_file(self) -> FileIdentity | None:
+        """The pool's .npy features file the run references instead of a copy (None: the run
+        keeps its own ``features.npy`` or, live, a features table)."""
+        raw = self.meta("features_file")
+        return None if raw is None else FileIdentity.from_json(json.loads(raw))
+
+    def feature_source(self) -> NpyLayout | np.ndarray:
+        """Where the run's [n_responses, d] features are read from, row by row: the referenced
+        pool file (checked against the identity recorded at creation, once per store), the
+        run's own ``features.npy``, or (live runs) the features table as an array."""
+        identity = self.features_file()
+        if identity is not None:
+            if not self._features_checked:
+                verify_identity(identity)
+                self._features_checked = True
+            return NpyLayout.read(identity.path)
+        path = self.run_dir / "features.npy"
+        if path.exists():
+            return NpyLayout.read(path)
+        return np.asarray(self.features(), dtype=np.float32)
+
     def features(self) -> np.ndarray:
-        """[n_responses, d] float32: the pool's matrix (memory-mapped) or, in a live run, the
-        embedded features in response order."""
+        """[n_responses, d]: the pool's matrix (memory-mapped, float16 or float32) or, in a live
+        run, the embedded features in response order. Whole-matrix readers only: a run reads
+        rows through :meth:`feature_source`."""
+        identity = self.features_file()
+        if identity is not None:
+            if self._features is None:
+                self.feature_source()  # verify the file first
+                self._features = np.load(identity.path, mmap_mode="r")
+            return self._features
         path = self.run_dir / "features.npy"
         if path.exists():
             if self._features is None:

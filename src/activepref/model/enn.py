@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from safetensors.torch import load_file, save_file
 
 from activepref.config import ENNConfig
 from activepref.model.numerics import flush_denormal_enabled
+
+if TYPE_CHECKING:
+    from activepref.core.features import FeatureMatrix
 
 # 001 Tables 14-15 (hyperparameters of the ENN and its training): defined once, in ENNConfig.
 _DEFAULTS = ENNConfig()
@@ -296,7 +300,7 @@ class EnsembleRewardModel:
     # -- training ---------------------------------------------------------------------
     def fit(
         self,
-        features: torch.Tensor,
+        features: torch.Tensor | FeatureMatrix,
         buffer: ReplayBuffer,
         config: TrainConfig,
         train_size: int,
@@ -305,7 +309,8 @@ class EnsembleRewardModel:
     ) -> float:
         """One iteration of training on D_train drawn without replacement from the buffer.
 
-        features: [N, d] all candidate features; train_size = |D_train| = min(|B|, b * rho).
+        features: [N, d] all candidate features (a tensor or a FeatureMatrix: only D_train's rows
+        are read); train_size = |D_train| = min(|B|, b * rho).
         Minibatches walk a fresh permutation of D_train, reshuffled at each pass.
         ``on_step(step)`` runs after each optimiser step. Returns the mean data loss.
         """
@@ -324,7 +329,7 @@ class EnsembleRewardModel:
 
     def _fit(
         self,
-        features: torch.Tensor,
+        features: torch.Tensor | FeatureMatrix,
         pairs: np.ndarray,
         config: TrainConfig,
         train_size: int,
@@ -332,6 +337,10 @@ class EnsembleRewardModel:
         on_step: Callable[[int], None] | None,
     ) -> float:
         train = pairs[rng.choice(len(pairs), size=min(len(pairs), train_size), replace=False)]  # [T, 2]
+        # Gather D_train's rows once (a paper-scale pool's features stay on disk), then index locally.
+        rows_needed, local = np.unique(train, return_inverse=True)
+        x_train = features[torch.from_numpy(rows_needed)].to(self.device)  # [u, d]
+        train = local.reshape(train.shape)
         k = self.shape.heads
         c = 2.0 * self.zeta / k  # gradient scale of the anchor term, eq. 5 averaged over heads
         for group in self.optimizer.param_groups:
@@ -356,8 +365,8 @@ class EnsembleRewardModel:
                         order, cursor = rng.permutation(len(train)), 0
                     idx = train[order[cursor : cursor + batch]]  # [B, 2]
                     cursor += batch
-                    rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(features.device)
-                    x = features.index_select(0, rows).to(self.device, non_blocking=True)  # [2B, d]
+                    rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(self.device)
+                    x = x_train.index_select(0, rows)  # [2B, d]
                     total += train_step(self.params, x, self.shape, config.gamma, w0_offset, work)
                     # Exact c * (phi - phi~): a parameter the data leaves alone stays exactly put,
                     # where split terms would leave a rounding residue that Adam rescales to a step.

@@ -15,13 +15,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from activepref.errors import PoolFormatError
 from activepref.pools.records import ASPECTS, Prompt, Response, content_id
+
+if TYPE_CHECKING:
+    from activepref.core.features import FeatureScan
 
 
 class _Message(BaseModel):
@@ -65,7 +68,8 @@ class PoolRow(BaseModel):
 class Pool:
     """A candidate pool in memory.
 
-    prompt_index: [n] prompt of each response; features: [n, d] float32;
+    prompt_index: [n] prompt of each response; features: [n, d] float32, or a read-only
+    memory map of a float16/float32 .npy (``feature_scan`` set: a run references that file);
     scores: [n] judge score (NaN when absent); aspect_scores: aspect -> [n];
     oracle: [n] hidden reward for evaluation (None when the pool has none);
     prompt_features: [n_prompts, q] float32 prompt-only embeddings, in ``prompts`` order (or None).
@@ -80,6 +84,7 @@ class Pool:
     oracle: np.ndarray | None
     source: str = ""
     prompt_features: np.ndarray | None = None
+    feature_scan: FeatureScan | None = None  # set when features is a memory-mapped .npy a run references
 
     @property
     def dim(self) -> int:
@@ -302,7 +307,7 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
     bulk = apart.get("features")
     if bulk is not None and has_features:
         feats = bulk.matrix  # type: ignore[assignment]
-    features = _load_features(path, features_path, feats, len(responses))
+    features, scan = _load_features(path, features_path, feats, len(responses))
     n_oracle = sum(o is not None for o in oracle)
     if 0 < n_oracle < len(oracle):
         missing = next(i for i, o in enumerate(oracle) if o is None)
@@ -317,6 +322,7 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         oracle=np.asarray(oracle, dtype=np.float64) if n_oracle else None,
         source=str(path),
         prompt_features=np.asarray([prompt_feats[p] for p in prompt_order], dtype=np.float32) if prompt_feats else None,
+        feature_scan=scan,
     )
 
 
@@ -338,27 +344,25 @@ def _last_user(messages: list[_Message], path: Path, location: str) -> str:
     return messages[-1].content
 
 
-def _load_features(path: Path, features_path: str | Path | None, rows: list[list[float]] | np.ndarray, n: int) -> np.ndarray:
+def _load_features(path: Path, features_path: str | Path | None, rows: list[list[float]] | np.ndarray, n: int) -> tuple[np.ndarray, FeatureScan | None]:
+    """The pool's [n, d] features: its ``features`` column as float32, or, from a separate
+    .npy (float16 or float32), a read-only memory map that is never copied, with the scan
+    (finite values, SHA-256, per-dimension statistics) a run needs to reference the file
+    instead of copying it."""
+    from activepref.core.features import NpyLayout, scan_features
+
     if features_path is not None:
         fpath = Path(features_path)
         if len(rows):
             raise PoolFormatError(str(path), "file", "features", f"has a features column and a features file {fpath} was also given; use one")
-        if not fpath.exists():
-            raise PoolFormatError(str(fpath), "file", None, "does not exist")
-        try:
-            matrix = np.load(fpath, mmap_mode="r")
-        except Exception as exc:
-            raise PoolFormatError(str(fpath), "file", None, f"not a readable .npy matrix ({exc})") from None
-        if matrix.ndim != 2 or matrix.shape[0] != n:
-            raise PoolFormatError(str(fpath), "file", "features", f"shape {matrix.shape}, expected ({n}, d): one row per pool row in file order")
-        out = np.asarray(matrix, dtype=np.float32)
-        bad = np.nonzero(~np.isfinite(out).all(axis=1))[0]
-        if len(bad):
-            raise PoolFormatError(str(fpath), f"row {int(bad[0])}", "features", "contains NaN or infinity")
-        return out
+        layout = NpyLayout.read(fpath)
+        if layout.rows != n:
+            raise PoolFormatError(str(fpath), "file", "features", f"shape ({layout.rows}, {layout.dim}), expected ({n}, d): one row per pool row in file order")
+        scan = scan_features(fpath)
+        return np.load(fpath, mmap_mode="r"), scan
     if not len(rows):
         raise PoolFormatError(str(path), "file", "features", "no features: add a 'features' column or pass a .npy file (--features)")
-    return np.asarray(rows, dtype=np.float32)
+    return np.asarray(rows, dtype=np.float32), None
 
 
 class PromptRow(BaseModel):

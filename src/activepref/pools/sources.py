@@ -109,8 +109,10 @@ def synthetic_pool(
     return Pool(prompts, responses, np.asarray(prompt_index), x.astype(np.float32), scores, {}, oracle, source=f"synthetic(seed={seed})")
 
 
-def write_pool(pool: Pool, path: str | Path) -> Path:
-    """Write a pool as Parquet (features as a list column) or JSONL, readable by ``read_pool``."""
+def write_pool(pool: Pool, path: str | Path, features_file: str | Path | None = None, features_dtype: str = "float32") -> Path:
+    """Write a pool as Parquet (features as a list column) or JSONL, readable by ``read_pool``;
+    with ``features_file``, the features go to that .npy instead (``features_dtype`` float16 or
+    float32: what a paper-scale pool ships, read with ``--features``)."""
     import json
 
     import pyarrow as pa
@@ -130,17 +132,21 @@ def write_pool(pool: Pool, path: str | Path) -> Path:
         rows["oracle"] = [float(o) for o in pool.oracle]
     if pool.prompt_features is not None:
         rows["prompt_features"] = [[float(v) for v in pool.prompt_features[i]] for i in pool.prompt_index]
+    if features_file is not None:
+        np.save(features_file, np.asarray(pool.features, dtype=features_dtype))
     if path.suffix == ".parquet":
         if "prompt_features" in rows:
             rows["prompt_features"] = pa.array(rows["prompt_features"], type=pa.list_(pa.float32()))
-        table = pa.table({**rows, "features": pa.array(list(pool.features), type=pa.list_(pa.float32()))})
-        pq.write_table(table, path)
+        if features_file is None:
+            rows["features"] = pa.array(list(pool.features), type=pa.list_(pa.float32()))
+        pq.write_table(pa.table(rows), path)
     else:
         with open(path, "w", encoding="utf-8") as fh:
             for i in range(len(pool.responses)):
                 row = {k: v[i] for k, v in rows.items()}
                 if "prompt_features" in row:
                     row["prompt_features"] = [round(v, 6) for v in row["prompt_features"]]
-                row["features"] = [round(float(v), 6) for v in pool.features[i]]
+                if features_file is None:
+                    row["features"] = [round(float(v), 6) for v in pool.features[i]]
                 fh.write(json.dumps(row) + "\n")
     return path
