@@ -47,7 +47,7 @@ FRACTIONS = (1.0, 0.5, 1 / 6)
 QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, "max_new_tokens": 96, "batch_size": 16}
 RESULT_COLUMNS = (
     "method", "seed", "budget_fraction", "pairs", "judge_calls", "prompt_strict", "prompt_loose", "inst_strict", "inst_loose",
-    "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "train_s", "eval_s",
+    "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "select_s", "train_s", "eval_s",
 )
 
 
@@ -163,7 +163,7 @@ class Policies:
         self.tokenizer = entry.tokenizer
         self.base = trainable_copy(entry.model)
         self.settings = DPOSettings(
-            beta=args.dpo_beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs, batch_size=args.dpo_batch_size, max_length=512,
+            beta=args.dpo_beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs, batch_size=args.dpo_batch_size, max_length=args.dpo_max_length,
             lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r),
         )
         self.args = args
@@ -195,6 +195,31 @@ def score_answers(heldout: list[dict[str, Any]], answers: list[str]) -> dict[str
     return {"prompt_strict": acc.prompt_strict, "prompt_loose": acc.prompt_loose, "inst_strict": acc.inst_strict, "inst_loose": acc.inst_loose}
 
 
+def timed(compute: Any, key: str) -> dict[str, Any]:
+    """compute()'s result with its wall time under ``key``."""
+    t = time.time()
+    result = compute()
+    return {**result, key: round(time.time() - t, 1)}
+
+
+def timed_selection(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Run (or resume) the selection; the time spent in this call (a resumed run counts what was left)."""
+    return timed(lambda: {"run_dir": str(run_selection(method, seed, split, args, out))}, "select_s")
+
+
+def stage_times(base: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Compute seconds per stage summed over the jobs (stored with each job, so a resumed
+    benchmark still reports what every stage cost): the base model's evaluation, the
+    selection runs, the DPO trainings and the held-out evaluations."""
+    selections = {(r["method"], r["seed"]): r["select_s"] for r in rows}
+    return {
+        "base_eval_s": round(float(base.get("eval_s", 0.0)), 1),
+        "selection_s": round(float(sum(selections.values())), 1),
+        "dpo_train_s": round(float(sum(r["train_s"] for r in rows)), 1),
+        "heldout_eval_s": round(float(sum(r["eval_s"] for r in rows)), 1),
+    }
+
+
 def job(path: Path, compute: Any) -> dict[str, Any]:
     """A cached result: read it if a previous invocation finished it, else compute and keep it."""
     if path.exists():
@@ -207,7 +232,7 @@ def job(path: Path, compute: Any) -> dict[str, Any]:
     return result
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float) -> dict[str, Any]:
+def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float, stages: dict[str, float]) -> dict[str, Any]:
     from activepref.bench.metrics import mean_ci as interval  # (mean, 95% t-interval half-width)
 
     by: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -238,7 +263,18 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         )
         if fraction == 1.0:
             headline[method] = round(dp[0], 4)
-    lines += ["", f"Wall time {wall / 60:.1f} min."]
+    pair_epochs = sum(r["pairs"] for r in rows) * args.dpo_epochs
+    lines += [
+        "", "Compute time per stage (summed over jobs; a resumed benchmark keeps each job's time):", "",
+        "| stage | jobs | minutes | per job (s) |", "|---|---|---|---|",
+        f"| base model evaluation | 1 | {stages['base_eval_s'] / 60:.1f} | {stages['base_eval_s']:.0f} |",
+        f"| selection (loop + judge) | {len({(r['method'], r['seed']) for r in rows})} | {stages['selection_s'] / 60:.1f} "
+        f"| {stages['selection_s'] / max(1, len({(r['method'], r['seed']) for r in rows})):.0f} |",
+        f"| DPO training | {len(rows)} | {stages['dpo_train_s'] / 60:.1f} | {stages['dpo_train_s'] / max(1, len(rows)):.0f} "
+        f"({stages['dpo_train_s'] / max(1.0, pair_epochs):.2f} s per pair and epoch) |",
+        f"| held-out evaluation | {len(rows)} | {stages['heldout_eval_s'] / 60:.1f} | {stages['heldout_eval_s'] / max(1, len(rows)):.0f} |",
+        "", f"Wall time of this invocation {wall / 60:.1f} min.",
+    ]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return headline
 
@@ -279,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=192, help="preference pairs per run (the full budget)")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
+    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="budget fractions trained and evaluated")
     ap.add_argument("--heldout", type=int, default=64, help="prompts held out for the policy's evaluation")
     ap.add_argument("--judge", choices=["verifier", "likert"], default="verifier")
     ap.add_argument("--noise-sd", type=float, default=0.0, help="verifier judge: Gaussian label noise")
@@ -288,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dpo-beta", type=float, default=0.1)
     ap.add_argument("--dpo-epochs", type=float, default=2.0)
     ap.add_argument("--dpo-batch-size", type=int, default=8)
+    ap.add_argument("--dpo-max-length", type=int, default=512, help="prompt + completion tokens kept in DPO training")
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
@@ -309,15 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     split = split_pool(Path(args.pool), args.heldout, out)
     policies = Policies(args)
-    base = job(out / "jobs" / "base.json", lambda: {**score_answers(split.heldout, policies.answer(policies.base, split.heldout))})
+    base = job(out / "jobs" / "base.json", lambda: timed(lambda: score_answers(split.heldout, policies.answer(policies.base, split.heldout)), "eval_s"))
     log.info("base model: %s", base)
     rows = []
     for seed in range(args.seeds):
         for method in args.methods:
-            t = time.time()
-            run_dir = run_selection(method, seed, split, args, out)
-            log.info("%s seed %d: selection done (%.0f s)", method, seed, time.time() - t)
-            for fraction in FRACTIONS:
+            run_dir = out / "runs" / f"{method}-seed{seed}"
+            selection = job(out / "jobs" / f"select-{method}-seed{seed}.json", lambda method=method, seed=seed: timed_selection(method, seed, split, args, out))
+            log.info("%s seed %d: selection done (%.0f s)", method, seed, selection["select_s"])
+            for fraction in args.fractions:
                 name = f"{method}-seed{seed}-f{fraction:.3f}"
 
                 def compute(fraction: float = fraction, run_dir: Path = run_dir, name: str = name, seed: int = seed) -> dict[str, Any]:
@@ -331,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = job(out / "jobs" / f"{name}.json", compute)
                 row = {"method": method, "seed": seed, "budget_fraction": round(fraction, 4), **result, "judge": args.judge,
+                       "select_s": selection["select_s"],
                        "base_prompt_loose": base["prompt_loose"], "base_inst_loose": base["inst_loose"]}
                 row["delta_prompt_loose"] = row["prompt_loose"] - base["prompt_loose"]
                 row["delta_inst_loose"] = row["inst_loose"] - base["inst_loose"]
@@ -341,10 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     wall = time.time() - started
-    headline = write_summary(out, rows, args, wall)
+    stages = stage_times(base, rows)
+    headline = write_summary(out, rows, args, wall, stages)
     plot(out, rows)
     print(json.dumps({"judge": args.judge, "budget": args.budget, "seeds": args.seeds, "base_prompt_loose": base["prompt_loose"],
-                      "delta_prompt_loose_full_budget": headline, "wall_s": round(wall, 1)}))
+                      "delta_prompt_loose_full_budget": headline, "stage_s": stages, "wall_s": round(wall, 1)}))
     return 0
 
 

@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    for name in ("httpx", "httpx2"):  # the openai client's HTTP library (httpx2 in openai>=3) logs each request at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     summary = build(args)
     print(json.dumps(summary))
     return 0

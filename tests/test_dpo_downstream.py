@@ -50,6 +50,8 @@ def test_quick_run_writes_every_file_and_resumes_without_retraining(tmp_path: Pa
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert set(summary["delta_prompt_loose_full_budget"]) == {"random", "dts"}
+    assert set(summary["stage_s"]) == {"base_eval_s", "selection_s", "dpo_train_s", "heldout_eval_s"}
+    assert all(v > 0 for v in summary["stage_s"].values())
     with open(tmp_path / "out" / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0])[: len(COLUMNS)] == COLUMNS
@@ -64,7 +66,7 @@ def test_quick_run_writes_every_file_and_resumes_without_retraining(tmp_path: Pa
 
     assert not held & set(pq.read_table(tmp_path / "out" / "train_pool.parquet").column("prompt_id").to_pylist())
     jobs = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "jobs").glob("*.json")}
-    assert len(jobs) == 7  # the base model and 2 methods x 3 fractions
+    assert len(jobs) == 9  # the base model, 2 selections and 2 methods x 3 fractions
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)  # every job is stored: nothing retrains
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "jobs").glob("*.json")} == jobs
