@@ -286,3 +286,22 @@ def test_a_schema_3_run_gains_the_comparison_tables_and_keeps_its_rows(run_dir):
         assert store.comparisons("j") == {(3, 2): ComparisonRecord(3, 2, 0.25, False)}
         assert store.comparison_failures("j") == {(8, 9): "no A/B"}
         assert store.position_consistency() == (1, 0)
+
+
+def test_run_data_reads_response_texts_from_the_store_on_demand(run_dir):
+    """RunData keeps prompt idx and model codes per response, not the texts: a response read
+    by idx equals the store's full listing, and model names come back by index."""
+    from activepref.core.candidates import CandidateSettings, ModelColumn, ResponseTable, RunData
+
+    with RunStore.open(run_dir) as store:
+        listed, prompt_idx = store.responses()
+        data = RunData(store, CandidateSettings(True, "cpu", None, 0))
+        assert isinstance(data.responses, ResponseTable) and isinstance(data.models, ModelColumn)
+        assert len(data.responses) == len(listed) == store.response_count()
+        np.testing.assert_array_equal(data.response_prompt, prompt_idx)
+        for i in (0, len(listed) // 2, len(listed) - 1):
+            assert data.responses[i] == listed[i]
+        idx = np.array([[0, 1], [len(listed) - 1, 2]])
+        assert data.models[idx].tolist() == [[listed[j].model for j in row] for row in idx]
+        with pytest.raises(IndexError):
+            data.responses[len(listed)]

@@ -14,6 +14,7 @@ from activepref.bench.metrics import ordered_pairs
 from activepref.core.determinism import Stage, stage_rng
 from activepref.core.features import FeatureMatrix, load_feature_matrix
 from activepref.core.store import RunStore
+from activepref.pools.records import Response
 
 
 @dataclass
@@ -58,6 +59,39 @@ def load_features(store: RunStore, standardize: bool) -> FeatureMatrix:
     return load_feature_matrix(store.run_dir, store.feature_source(), standardize)
 
 
+class ResponseTable:
+    """The run's responses by idx, read from the store when asked (a paper-scale pool's 1.8 M
+    texts never sit in memory): ``table[i]`` -> Response, ``len(table)``. The loop reads
+    only the responses it judges."""
+
+    def __init__(self, store: RunStore, count: int) -> None:
+        self.store = store
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, idx: int) -> Response:
+        if not 0 <= int(idx) < self.count:
+            raise IndexError(f"response {idx} out of range 0..{self.count - 1}")
+        return self.store.response_at(int(idx))
+
+
+class ModelColumn:
+    """The generating model of every response as category codes: ``models[idx]`` -> object
+    array of names (idx an int array), without one string object per response."""
+
+    def __init__(self, codes: np.ndarray, names: list[str]) -> None:
+        self.codes = codes
+        self.names = np.asarray(names, dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        return self.names[self.codes[idx]]
+
+
 @dataclass
 class CandidateSettings:
     """The config values the candidate data depends on."""
@@ -71,11 +105,12 @@ class CandidateSettings:
 class RunData:
     """The run's candidates as arrays, (re)loaded from the store.
 
-    prompts: every prompt row; responses / response_prompt: [n] candidates and their prompt
-    row; table: the padded [P, m] candidate table; features: [n, d] FeatureMatrix (rows read
-    on demand, ``features[idx]`` -> CPU float32 tensor); models: [n]
-    generating model of each candidate; reward_reference: [n] hidden oracle or stored score
-    (NaN where unknown); eval_pairs: [E, 2] (better, worse) held-out pairs; eval_rows: the
+    prompts: every prompt row; responses: [n] candidates (a ResponseTable: texts read from
+    the store by idx); response_prompt: [n] their prompt row; table: the padded [P, m]
+    candidate table; features: [n, d] FeatureMatrix (rows read on demand, ``features[idx]``
+    -> CPU float32 tensor); models: [n] generating model of each candidate (a ModelColumn:
+    ``models[idx]`` -> names); reward_reference: [n] hidden oracle or stored score (NaN
+    where unknown); eval_pairs: [E, 2] (better, worse) held-out pairs; eval_rows: the
     held-out candidates with a known reference; eval_pair_positions: [E, 2] eval_pairs as
     positions in eval_rows."""
 
@@ -87,16 +122,17 @@ class RunData:
         self.refresh()
 
     def refresh_responses_only(self) -> None:
-        self.responses, self.response_prompt = self.store.responses()
+        self.response_prompt, codes, names = self.store.response_index()
+        self.responses = ResponseTable(self.store, len(self.response_prompt))
+        self.models = ModelColumn(codes, names)
 
     def refresh(self) -> None:
         """(Re)load candidates and features from the store (after a live run embeds more)."""
         s = self.settings
         self._prompt_matrix = None
-        self.responses, self.response_prompt = self.store.responses()
+        self.refresh_responses_only()
         self.table = CandidateTable.build(self.response_prompt, len(self.prompts))
         self.features = load_features(self.store, s.standardize)  # [n, d], rows read on demand (CPU tensors)
-        self.models = np.asarray([r.model for r in self.responses], dtype=object)
         reference = self.store.oracle()  # pool runs: hidden oracle or stored score
         self.reward_reference = np.full(len(self.responses), np.nan)
         self.reward_reference[: len(reference)] = reference

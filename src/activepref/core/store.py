@@ -464,6 +464,32 @@ class RunStore(LockedSqliteDir):
         ).fetchall()
         return [Response(*row[:6]) for row in rows], np.asarray([row[6] for row in rows], dtype=np.int64)
 
+    def response_index(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """What a run needs of every response without its text: prompt idx [n] int64, model
+        code [n] int32 and the model names the codes index (first-seen order)."""
+        prompt_idx, codes, names, code_of = [], [], [], {}
+        for p, m in self.conn.execute("SELECT prompt_idx, model FROM responses ORDER BY idx"):
+            prompt_idx.append(p)
+            code = code_of.get(m)
+            if code is None:
+                code = code_of[m] = len(names)
+                names.append(m)
+            codes.append(code)
+        return np.asarray(prompt_idx, dtype=np.int64), np.asarray(codes, dtype=np.int32), names
+
+    def response_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def response_at(self, idx: int) -> Response:
+        """One response by idx, text included."""
+        row = self.conn.execute(
+            "SELECT r.response_id, p.prompt_id, r.model, r.text, r.principle, r.system_prompt "
+            "FROM responses r JOIN prompts p ON p.idx = r.prompt_idx WHERE r.idx = ?", (int(idx),)
+        ).fetchone()
+        if row is None:
+            raise IndexError(f"{self.run_dir}: no response {idx}")
+        return Response(*row)
+
     def train_prompt_order(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT idx FROM prompts WHERE split = 'train' ORDER BY position")]
 
