@@ -216,16 +216,12 @@ def share_features(run_dir: Path, shared_dir: Path) -> bool:
     The features of a pool run are never written after it is created. Returns True when the
     run's file is (now) the shared one; False without features or where the filesystem
     refuses hard links (the run keeps its own copy)."""
-    import hashlib
+    from activepref.core.features import file_sha256
 
     own = Path(run_dir) / "features.npy"
     if not own.exists():
         return False
-    digest = hashlib.sha256()
-    with open(own, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    shared = Path(shared_dir) / f"{digest.hexdigest()}.npy"
+    shared = Path(shared_dir) / f"{file_sha256(own)}.npy"
     try:
         shared.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -194,7 +194,7 @@ def verify_identity(identity: FileIdentity) -> None:
         raise RunStateError(f"the run's features file {path} is gone; put it back (sha256 {identity.sha256[:12]}...) to continue") from None
     if st.st_size == identity.size and st.st_mtime_ns == identity.mtime_ns:
         return
-    if st.st_size != identity.size or scan_features(path).identity.sha256 != identity.sha256:
+    if st.st_size != identity.size or file_sha256(path) != identity.sha256:  # the scan's digest is the whole file's
         raise RunStateError(
             f"the run's features file {path} changed since the run was created (sha256 was {identity.sha256[:12]}...); "
             "a run cannot continue on other features: restore the file or start a new run"
