@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from activepref.errors import ActivePrefError
+from activepref.errors import ActivePrefError, ConfigError
 
 app = typer.Typer(
     help=(
@@ -140,6 +140,24 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Prompts per 
 ItersOpt = Annotated[int | None, typer.Option(help="Stop after this many iterations (default: the whole pool).")]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of every random draw; same config + seed = same dataset.")]
 BetaOpt = Annotated[float | None, typer.Option(help="Bounds are mean +/- beta * std of the ensemble.")]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="Where model calls (and bench runs) execute: local (default) or ray (model replicas as Ray actors, "
+        "bench runs as Ray tasks; joins $RAY_ADDRESS or starts a local cluster; pip install 'activepref[ray]'). "
+        "Cluster options go in the config's engine: section.",
+    ),
+]
+
+
+def _with_engine(cfg: Any, engine: str | None) -> Any:
+    """The config with ``engine.kind`` set from --engine (its options kept if the kind is the same)."""
+    if engine is None or engine == cfg.engine.kind:
+        return cfg
+    from activepref.config import EngineConfig
+
+    return cfg.model_copy(update={"engine": EngineConfig(kind=engine)})
 
 
 def _print_summary(history: list[dict[str, Any]], out: Path) -> None:
@@ -169,6 +187,7 @@ def run(
     cross_prompt: Annotated[
         bool | None, typer.Option("--cross-prompt/--in-prompt", help="Batch designs: compare responses across prompts too.")
     ] = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Run the active loop on a candidate pool and store everything in OUT.
 
@@ -182,6 +201,7 @@ def run(
             config, pool=pool, features=features, method=method, batch_size=batch_size,
             iterations=iterations, seed=seed, beta=beta, cross_prompt=cross_prompt,
         )
+        cfg = _with_engine(cfg, engine)
         if cfg.live:
             _quiet_model_loading()
         with _Bars(f"{cfg.method}") as bars:
@@ -192,13 +212,16 @@ def run(
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")]) -> None:
-    """Continue a run at its first unfinished step (after a crash or Ctrl-C)."""
+def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")], engine: EngineOpt = None) -> None:
+    """Continue a run at its first unfinished step (after a crash or Ctrl-C).
+
+    --engine may differ from the run's: the engine changes where calls run, not what they are.
+    """
     from activepref.core import runs
 
     try:
         with _Bars("resume") as bars:
-            history = runs.resume(run_dir, bars.callbacks())
+            history = runs.resume(run_dir, bars.callbacks(), engine=engine)
     except ActivePrefError as exc:
         _fail(exc)
     if history is None:
@@ -504,6 +527,7 @@ def quickstart(
     seed: SeedOpt = None,
     max_tokens: Annotated[int, typer.Option(help="Maximum tokens per generated response.")] = 96,
     qwen: Annotated[bool, typer.Option(help="Use Qwen2.5-Coder-0.5B (generator and judge) when its packages are installed.")] = True,
+    engine: EngineOpt = None,
 ) -> None:
     """The whole loop for real, offline: local models generate, embed and judge.
 
@@ -523,10 +547,10 @@ def quickstart(
     try:
         with _Bars("quickstart") as bars:
             if RunStore.exists(run_dir):
-                runs.resume(run_dir, bars.callbacks())
+                runs.resume(run_dir, bars.callbacks(), engine=engine)
             else:
                 cfg = quickstart_config(out, prompts, method or "dts", seed or 0, max_tokens, qwen)
-                runs.run(cfg, run_dir, bars.callbacks())
+                runs.run(_with_engine(cfg, engine), run_dir, bars.callbacks())
         export_run(run_dir, out / "dataset.parquet", "parquet")
         export_run(run_dir, out / "dataset.jsonl", "jsonl")
         with RunStore.open_readonly(run_dir) as store:
@@ -643,6 +667,7 @@ def bench(
     batch_size: BatchOpt = None,
     workers: Annotated[int, typer.Option(help="Runs in parallel processes.")] = 2,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with shared run settings (enn, beta, eval_fraction, ...) and per-method options (method_options: {delta_pair: {strong: A, weak: B}}).")] = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Run several methods side by side on one pool, several seeds each, and write a report.
 
@@ -658,6 +683,7 @@ def bench(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     overrides: dict[str, Any] = {}
     method_options: dict[str, Any] = {}
+    engine_section: Any = None
     if config is not None:
         try:
             loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
@@ -666,6 +692,7 @@ def bench(
         if not isinstance(loaded, dict):
             _fail(ActivePrefError(f"{config}: expected a mapping of fields"))
         method_options = loaded.pop("method_options", None) or {}
+        engine_section = loaded.pop("engine", None)
         if not isinstance(method_options, dict) or not all(isinstance(v, dict) for v in method_options.values()):
             _fail(ActivePrefError(f"{config}: method_options: expected a mapping of method name to its options"))
         overrides = _flatten(loaded)
@@ -676,8 +703,18 @@ def bench(
         console.print(f"[{event.done}/{event.total}] {event.method} seed {event.seed}: {event.state}" + (f" ({event.error})" if event.error else ""), markup=False, highlight=False)
 
     try:
+        from pydantic import ValidationError
+
+        from activepref.config import EngineConfig
+
+        try:
+            engine_cfg = EngineConfig.model_validate(engine_section or {})
+        except ValidationError as exc:
+            raise ConfigError(f"{config}: engine: {exc.errors()[0]['msg']}") from exc
+        if engine is not None and engine != engine_cfg.kind:
+            engine_cfg = EngineConfig(kind=engine)
         report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress,
-                           method_options=method_options)
+                           method_options=method_options, engine=engine_cfg)
     except ActivePrefError as exc:
         _fail(exc)
     from activepref.bench.files import JUDGE_QUALITY_FILE, read_judge_quality

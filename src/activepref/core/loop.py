@@ -27,6 +27,7 @@ from activepref.core.cache import CachedBackend
 from activepref.core.candidates import CandidateSettings, RunData
 from activepref.core.determinism import Stage, crash_point, stage_rng
 from activepref.core.metrics import heldout_metrics
+from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (
     STATUS_ANNOTATED,
     STATUS_EMBEDDED,
@@ -63,6 +64,8 @@ class RunContext:
     parts: RunParts
     data: RunData
     times: StageTimes = field(default_factory=StageTimes)
+    prefetcher: Prefetcher | None = None  # set when the engine overlaps iterations
+    prefetched: Prefetched | None = None  # the prefetch generate_step took, for embed_step
 
 
 def iteration_plan(store: RunStore, config: RunConfig) -> list[list[int]]:
@@ -159,11 +162,11 @@ def unlabelled_prompts(ctx: RunContext, it: int) -> list[int]:
     return [p for p in later if ctx.data.table.mask[p].any()] if later else []
 
 
-def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
-    """Ask every model of the pool for candidates (request cache first), commit them."""
-    live = ctx.parts.live
-    assert live is not None and ctx.config.generation is not None
+def _generation_specs(ctx: RunContext, it: int, prompt_idxs: list[int]) -> list[Any]:
+    """Every (prompt, model, sample) request of the iteration, with its principle: seeded by
+    (run seed, iteration), so a prefetch and the step plan the same requests."""
     g = ctx.config.generation
+    assert g is not None
     prompts = ctx.data.prompts
     batch = [(p, prompts[p]) for p in prompt_idxs]
     rng = stage_rng(ctx.config.seed, it, Stage.GENERATE)
@@ -175,15 +178,28 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
             max_tokens=g.max_tokens if m.max_tokens is None else m.max_tokens,
         )
         specs += plan_candidates(batch, [m.label()] * g.samples_per_model, params, rng, g.principles)
-    before = live.cache.stats.snapshot()
+    return specs
+
+
+def _generate(ctx: RunContext, it: int, specs: list[Any], announce: bool = True) -> dict[int, ChatResult | BackendError]:
+    """Ask every model for its share of ``specs`` through the request cache."""
+    live, g = ctx.parts.live, ctx.config.generation
+    assert live is not None and g is not None
     results: dict[int, ChatResult | BackendError] = {}
     for m in g.models:
         label = m.label()
         mine = [k for k, s in enumerate(specs) if s.model == label]
-        ctx.parts.progress.on_stage(it, f"generate ({label}, {len(mine)} responses)")
+        if announce:
+            ctx.parts.progress.on_stage(it, f"generate ({label}, {len(mine)} responses)")
         generator = CachedBackend(live.backends[label], live.cache, "generation")
         generator.complete([specs[k].request for k in mine], lambda j, r, mine=mine: results.__setitem__(mine[j], r))
-    crash_point("generate.before_commit", it)
+    return results
+
+
+def _generated(
+    ctx: RunContext, specs: list[Any], results: dict[int, ChatResult | BackendError]
+) -> tuple[list[GeneratedResponse], list[GenerationFailure]]:
+    prompts = ctx.data.prompts
     new: list[GeneratedResponse] = []
     failures: list[GenerationFailure] = []
     for k, spec in enumerate(specs):
@@ -200,7 +216,44 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
             new.append(GeneratedResponse(response, spec.prompt_idx, meta))
         else:
             failures.append(GenerationFailure(spec.prompt_idx, spec.model, str(res) if res is not None else "empty response"))
-    ctx.store.commit_generation(it, prompt_idxs, new, failures, live.cache.stats.since(before, "generation"))
+    return new, failures
+
+
+def _conversation(ctx: RunContext, prompt_idx: int, text: str) -> list[dict[str, str]]:
+    return [*ctx.data.prompts[prompt_idx].conversation(), {"role": "assistant", "content": text}]
+
+
+def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
+    """Ask every model of the pool for candidates (request cache first), commit them."""
+    live = ctx.parts.live
+    assert live is not None
+    prefetched = ctx.prefetcher.take(it) if ctx.prefetcher else None
+    if prefetched is not None:
+        ctx.prefetched = prefetched
+    specs = _generation_specs(ctx, it, prompt_idxs)
+    before = live.cache.stats.snapshot()
+    results = _generate(ctx, it, specs)
+    crash_point("generate.before_commit", it)
+    new, failures = _generated(ctx, specs, results)
+    stats = merge_generation_stats(prefetched.generation_stats if prefetched else None, live.cache.stats.since(before, "generation"))
+    ctx.store.commit_generation(it, prompt_idxs, new, failures, stats)
+
+
+def prefetch_iteration(ctx: RunContext, it: int, prompt_idxs: list[int]) -> Prefetched:
+    """Iteration ``it``'s generation (into the request cache) and embedding (kept in memory),
+    run in the background while the ensemble trains on ``it - 1``; commits nothing."""
+    live = ctx.parts.live
+    assert live is not None
+    start = time.perf_counter()
+    specs = _generation_specs(ctx, it, prompt_idxs)
+    before = live.cache.stats.snapshot()
+    results = _generate(ctx, it, specs, announce=False)
+    stats = live.cache.stats.since(before, "generation")
+    new, _ = _generated(ctx, specs, results)
+    conversations = [_conversation(ctx, g.prompt_idx, g.response.text) for g in new]
+    vectors = live.embedder.embed(conversations) if conversations else None
+    digest = conversations_digest(conversations) if conversations else None
+    return Prefetched(it, stats, digest, vectors, time.perf_counter() - start)
 
 
 def embed_step(ctx: RunContext, it: int) -> None:
@@ -211,11 +264,15 @@ def embed_step(ctx: RunContext, it: int) -> None:
     data.refresh_responses_only()
     todo = ctx.store.unembedded()
     ctx.parts.progress.on_stage(it, f"embed ({len(todo)} responses)")
-    conversations = [
-        [*data.prompts[int(data.response_prompt[r])].conversation(), {"role": "assistant", "content": data.responses[r].text}]
-        for r in todo
-    ]
-    vectors = live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
+    conversations = [_conversation(ctx, int(data.response_prompt[r]), data.responses[r].text) for r in todo]
+    prefetched, ctx.prefetched = ctx.prefetched, None
+    if (
+        prefetched is not None and prefetched.iteration == it and prefetched.vectors is not None
+        and prefetched.digest == conversations_digest(conversations)
+    ):
+        vectors = prefetched.vectors
+    else:
+        vectors = live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
     crash_point("embed.before_commit", it)
     ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)})
 
@@ -419,7 +476,10 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     """The run's collaborators (wired from its config) and its candidate data."""
     parts = build_parts(store, config, progress, live)
     settings = CandidateSettings(config.enn.standardize, config.enn.device, config.eval_monitor_prompts, config.seed)
-    return RunContext(store, config, parts, RunData(store, settings))
+    ctx = RunContext(store, config, parts, RunData(store, settings))
+    if config.live and getattr(parts.engine, "prefetch", False):
+        ctx.prefetcher = Prefetcher()
+    return ctx
 
 
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
@@ -472,10 +532,16 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
             buffer.extend(store.replay_pairs(iteration=it))
             rec = store.iteration(it)
         assert rec is not None and rec.status == STATUS_ANNOTATED
+        if ctx.prefetcher is not None and it + 1 < len(plan) and store.iteration(it + 1) is None:
+            ctx.prefetcher.start(it + 1, lambda nxt=it + 1: prefetch_iteration(ctx, nxt, plan[nxt]))
         ctx.parts.progress.on_stage(it, "train")
         metrics = train_step(ctx, it, current_model(), buffer)
         history.append(metrics)
         ctx.parts.progress.on_iteration(it, len(plan), metrics)
+    if ctx.prefetcher is not None:
+        ctx.prefetcher.take(-1)  # a prefetch past the last iteration (iterations cap) is dropped
+        ctx.times.add("prefetch", ctx.prefetcher.worked_s)
+        ctx.times.add("prefetch_wait", ctx.prefetcher.waited_s)
     try:
         ctx.times.write(store.run_dir)
     except OSError as exc:  # informational only: never fail a finished run over it

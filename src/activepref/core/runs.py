@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from activepref.config import RunConfig, config_from_json
+from activepref.config import EngineConfig, RunConfig, config_from_json
 from activepref.core.determinism import Stage, stage_rng
 from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
 from activepref.core.store import STATUS_TRAINED, RunStore
@@ -56,11 +56,17 @@ def stored_config(store: RunStore) -> RunConfig:
     return config_from_json(text)
 
 
-def resume(run_dir: str | Path, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]] | None:
-    """Continue a run; None when every planned iteration was already finished."""
+def resume(
+    run_dir: str | Path, progress: Progress | None = None, live: LiveParts | None = None, engine: str | None = None
+) -> list[dict[str, Any]] | None:
+    """Continue a run; None when every planned iteration was already finished. ``engine``
+    (a registered engine kind) replaces the recorded one for this session: an engine changes
+    where model calls run, never what they are."""
     store = RunStore.open(run_dir)
     try:
         config = stored_config(store)
+        if engine is not None and engine != config.engine.kind:
+            config = config.model_copy(update={"engine": EngineConfig(kind=engine)})
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
             return None

@@ -3,7 +3,8 @@
 An engine builds the chat backends and the embedder a run calls (the loop sees only the
 ``ChatBackend`` / ``Embedder`` interfaces, so an engine may put them in other processes or on
 other machines) and runs a bench's independent (method, seed) jobs. ``local`` (the default)
-does everything in this machine's processes. Add an engine (in-tree or in a plugin) with::
+does everything in this machine's processes; ``ray`` (:mod:`activepref.engines.ray_cluster`)
+puts model replicas in Ray actors and bench runs in Ray tasks. Add an engine (in-tree or in a plugin) with::
 
     @register_engine("my_engine", "one line on what it does")
     def make_my_engine(config: EngineConfig) -> Engine: ...
@@ -31,6 +32,7 @@ class Engine(Protocol):
     """What a run and a bench ask of an execution engine."""
 
     name: str
+    prefetch: bool  # may the loop generate and embed iteration t+1 while the ensemble trains on t?
 
     def chat_backend(self, model: ModelConfig) -> ChatBackend:
         """A backend for one model config (generation models and model judges)."""
@@ -81,6 +83,6 @@ def make_engine(config: EngineConfig | None = None) -> Engine:
     return ENGINES.get(config.kind).factory(config)
 
 
-from activepref.engines import local  # noqa: E402,F401
+from activepref.engines import local, ray_cluster  # noqa: E402,F401
 
 __all__ = ["ENGINES", "Engine", "EngineEntry", "make_engine", "register_engine"]

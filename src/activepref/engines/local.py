@@ -21,6 +21,7 @@ J = TypeVar("J")
 
 class LocalEngine:
     name = "local"
+    prefetch = False  # the embedder would compete with the ensemble's training for this machine's cores
 
     def chat_backend(self, model: ModelConfig) -> ChatBackend:
         from activepref.backends import make_backend
