@@ -130,8 +130,10 @@ class ChatActor:
         """The replica's process id (for operators and fault tests)."""
         return os.getpid()
 
-    def complete(self, requests: list[ChatRequest]) -> Iterator[tuple[int, ChatResult | BackendError]]:
-        """Yield (position, answer) as each request finishes (a Ray streaming generator)."""
+    def complete(self, requests: list[ChatRequest]) -> Iterator[list[tuple[int, ChatResult | BackendError]]]:
+        """Yield the answers as they finish (a Ray streaming generator): each item is every
+        (position, answer) that arrived since the last item, so a burst of answers costs one
+        Ray object, and a lone answer is sent the moment it exists."""
         answers: queue.Queue[tuple[int, ChatResult | BackendError] | None] = queue.Queue()
 
         def work() -> None:
@@ -144,15 +146,28 @@ class ChatActor:
 
         threading.Thread(target=work, name="activepref-chat-actor", daemon=True).start()
         delivered: set[int] = set()
-        while (item := answers.get()) is not None:
-            i, result = item
-            if i < 0:
-                for j in range(len(requests)):
-                    if j not in delivered:
-                        yield j, result
-                continue
-            delivered.add(i)
-            yield i, result
+        finished = False
+        while not finished:
+            items = [answers.get()]
+            while True:
+                try:
+                    items.append(answers.get_nowait())
+                except queue.Empty:
+                    break
+            batch: list[tuple[int, ChatResult | BackendError]] = []
+            for item in items:
+                if item is None:
+                    finished = True
+                    continue
+                i, result = item
+                if i < 0:
+                    batch += [(j, result) for j in range(len(requests)) if j not in delivered]
+                    delivered.update(range(len(requests)))
+                elif i not in delivered:
+                    delivered.add(i)
+                    batch.append((i, result))
+            if batch:
+                yield batch
 
 
 class EmbedActor:
@@ -229,9 +244,9 @@ class RayChatBackend:
             done: set[int] = set()
             try:
                 for ref in actor.complete.remote([requests[i] for i in todo]):
-                    j, result = ray.get(ref)
-                    done.add(j)
-                    deliver(todo[j], result)
+                    for j, result in ray.get(ref):
+                        done.add(j)
+                        deliver(todo[j], result)
                 return
             except ray.exceptions.RayError as exc:
                 todo = [i for n, i in enumerate(todo) if n not in done]
