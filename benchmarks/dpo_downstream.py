@@ -108,7 +108,7 @@ def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace
     judge: dict[str, Any] = {"kind": "replay"} if args.judge == "likert" else {"kind": "verifier", "options": {"noise_sd": args.noise_sd}}
     options: dict[str, Any] = {}
     if method == "delta_pair":
-        strong, weak = model_strengths(split.train_pool)
+        strong, weak = args.delta_pair or model_strengths(split.train_pool)
         options = {"strong": strong, "weak": weak}
     overrides = {
         "pool": str(split.train_pool), "method": method, "method_options": options, "seed": seed,
@@ -164,7 +164,8 @@ class Policies:
         self.base = trainable_copy(entry.model)
         self.settings = DPOSettings(
             beta=args.dpo_beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs, batch_size=args.dpo_batch_size, max_length=args.dpo_max_length,
-            lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r),
+            gradient_accumulation_steps=args.dpo_grad_accum,
+            lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, last_layers=args.lora_layers),
         )
         self.args = args
 
@@ -327,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dpo-batch-size", type=int, default=8)
     ap.add_argument("--dpo-max-length", type=int, default=512, help="prompt + completion tokens kept in DPO training")
     ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--lora-layers", type=int, default=None,
+                    help="LoRA adapters only in the policy's last N decoder layers (cheaper backward pass); default: all")
+    ap.add_argument("--dpo-grad-accum", type=int, default=1, help="gradient accumulation steps (batch = dpo-batch-size x this)")
+    ap.add_argument("--delta-pair", nargs=2, metavar=("STRONG", "WEAK"), default=None,
+                    help="delta_pair's fixed (strong, weak) generators (default: highest and lowest mean stored judge score)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
     ap.add_argument("--out", required=True)

@@ -261,3 +261,33 @@ def test_bench_runs_as_ray_tasks_with_the_same_results(tmp_path, cluster) -> Non
 
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")
     assert_ok(invoke("bench", *args, "--out", tmp_path / "ray", "--engine", "ray"))  # resumable: all skipped
+
+
+@pytest.mark.gpu
+def test_a_vllm_replica_as_a_ray_actor_answers_like_the_local_backend(tmp_path, cluster) -> None:
+    """A ``backend: vllm`` model with ``num_gpus: 1`` runs its offline engine inside a Ray actor
+    on the GPU; seeded answers match the same backend in this process."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        pytest.skip("needs vllm and a CUDA device")
+    if not ray.cluster_resources().get("GPU"):
+        pytest.skip("the local Ray cluster sees no GPU")
+    import tiny_models as tm
+
+    from activepref.backends import make_backend
+
+    path = tm.save(tm.make_causal_lm(seed=0, hidden_size=256, heads=4, kv_heads=2), tm.make_tokenizer(), tmp_path / "tiny")
+    model = ModelConfig(backend="vllm", model=str(path), dtype="float32", batch_size=16)
+    reqs = [ChatRequest((("user", p),), SamplingParams(temperature=1.0, max_tokens=6, seed=7)) for p in tm.PROMPTS]
+    remote: dict[int, Any] = {}
+    engine = make_engine(EngineConfig(kind="ray", options={"models": {model.label(): {"num_gpus": 1}}}))
+    backend = engine.chat_backend(model)
+    backend.complete(reqs, lambda i, r: remote.__setitem__(i, r))
+    for a in backend._actors:  # free the GPU before the local engine loads
+        ray.kill(a, no_restart=True)
+    here: dict[int, Any] = {}
+    make_backend(model).complete(reqs, lambda i, r: here.__setitem__(i, r))
+    assert [remote[i].text for i in range(len(reqs))] == [here[i].text for i in range(len(reqs))]

@@ -34,6 +34,11 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, ge=1, description="LoRA alpha")
     dropout: float = Field(0.0, ge=0, lt=1, description="adapter dropout")
     target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
+    last_layers: int | None = Field(
+        None, ge=1,
+        description="adapters only in the last N decoder layers (peft layers_to_transform): backpropagation then stops "
+        "at the lowest adapted layer, so training costs about forward + N/L of a backward pass; default: every layer",
+    )
 
 
 class DPOSettings(_Strict):

@@ -182,8 +182,21 @@ def dpo_finetune(
     if settings.lora is not None:
         peft = require("peft")
         lora = settings.lora
+        layers: dict[str, Any] = {}
+        targets = lora.target_modules
+        if lora.last_layers is not None:
+            total = int(policy.config.num_hidden_layers)
+            layers = {"layers_to_transform": list(range(max(0, total - lora.last_layers), total))}
+            if targets == "all-linear":  # peft wants names with layers_to_transform: the decoder's linear layers
+                import torch
+
+                targets = sorted({
+                    name.rsplit(".", 1)[-1] for name, mod in policy.named_modules()
+                    if isinstance(mod, torch.nn.Linear) and ".layers." in name
+                })
         peft_config = peft.LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM",
+            **layers,
         )
         ref_model = None  # the adapter-free base (theta0) is the reference
     trainer = trl.DPOTrainer(
