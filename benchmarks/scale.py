@@ -9,7 +9,7 @@ in a fresh child process and reports
 
 * ``anon_gb``: the child's peak anonymous memory (RssAnon sampled every 50 ms), and its peak
   by stage (after setup, after each iteration): what the run itself holds;
-* ``rss_gb``: the child's peak resident memory (``getrusage``: pool import, run creation and
+* ``rss_gb``: the child's peak resident memory (``VmHWM``: pool import, run creation and
   every iteration included);
 * ``setup_s``: reading and checking the pool (one streaming pass over the features) and
   creating the run store;
@@ -79,14 +79,19 @@ class MemorySampler:
         self._thread.start()
 
     @staticmethod
-    def anon_kb() -> int:
+    def status_kb(field: str) -> int:
+        """A kB field of /proc/self/status (0 where there is none)."""
         try:
             for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         except OSError:
             pass
         return 0
+
+    @classmethod
+    def anon_kb(cls) -> int:
+        return cls.status_kb("RssAnon")
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
@@ -132,7 +137,9 @@ def child(args: argparse.Namespace) -> None:
         store.close()
     walls = np.diff([started, *marks]).tolist()
     timings = read_timings(args.run_dir)
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+    # VmHWM: this process's own peak. (ru_maxrss would also carry the parent's peak across the
+    # fork/exec that started this child: 9 GB when the parent had just written the pool.)
+    rss_gb = MemorySampler.status_kb("VmHWM") * 1024 / 1e9 or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     anon_gb = sampler.stop()
     print(json.dumps({"setup_s": setup, "iteration_walls": walls, "timings": timings, "rss_gb": rss_gb, "anon_gb": anon_gb,
                       "anon_peak_by_stage": sampler.marks}))

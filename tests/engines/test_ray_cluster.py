@@ -291,3 +291,65 @@ def test_a_vllm_replica_as_a_ray_actor_answers_like_the_local_backend(tmp_path, 
     here: dict[int, Any] = {}
     make_backend(model).complete(reqs, lambda i, r: here.__setitem__(i, r))
     assert [remote[i].text for i in range(len(reqs))] == [here[i].text for i in range(len(reqs))]
+
+
+def _replica_pids(cluster_tmp: str) -> list[int]:
+    """Processes of this test's cluster running a ChatActor (its raylet's command line names our temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not cmd.startswith("ray::ChatActor"):
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if cluster_tmp in parent:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def test_a_replica_killed_mid_run_changes_nothing_in_the_dataset(live, cluster) -> None:
+    """SIGKILL of one generation replica while its requests are in flight at the server: the
+    run finishes on its own (the replica's undelivered requests are resent once Ray restarts it),
+    the dataset equals the local run's, and no request is answered twice except those the dead
+    replica had in flight."""
+    from activepref.config import load_config
+    from activepref.core import runs
+
+    root, srv = live["root"], live["srv"]
+    cfg = _ray_config(write_config(root, "replica", srv, live["prompts"], root / "cache-replica.sqlite"))
+    start = len(srv.requests)
+    killed: list[int] = []
+    seen: list[tuple[int, int]] = []
+
+    finished = threading.Event()
+
+    def killer() -> None:
+        while not finished.is_set() and not killed:
+            gen, _ = chat(srv, start)
+            pids = _replica_pids(f"/tmp/ap-ray-{os.getpid()}")
+            seen.append((len(gen), len(pids)))
+            if len(gen) >= 6 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.01)
+
+    script = live["script"]
+    script.hold(None)
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        runs.run(load_config(cfg, {}), root / "run-replica")
+    finally:
+        finished.set()
+        t.join()
+    assert killed, f"no replica was found to kill: (generation requests, replicas) seen {sorted(set(seen))}"
+    assert export_jsonl(root / "run-replica", root / "replica.jsonl") == live["local_export"]
+    gen, judge = chat(srv, start)
+    bodies = [canon(r.body) for r in gen + judge]
+    assert len(set(bodies)) == len(PLAIN_PROMPTS) * len(GEN_MODELS) * SAMPLES + 4 * 2 * len(PLAIN_PROMPTS)
+    assert len(bodies) - len(set(bodies)) <= 8  # repeats: at most what one replica had in flight
