@@ -289,17 +289,24 @@ def plot(out: Path, rows: list[dict[str, Any]]) -> None:
     except ImportError:
         log.warning("no plot: matplotlib is not installed (pip install 'activepref[plots]')")
         return
+    from activepref.bench.metrics import mean_ci as interval  # the summary's 95% t-interval
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({r["method"] for r in rows}):
+    methods = sorted({r["method"] for r in rows})
+    span = max((r["judge_calls"] for r in rows), default=1) or 1
+    for k, method in enumerate(methods):
         pts: dict[float, list[tuple[float, float]]] = {}
         for r in rows:
             if r["method"] == method:
                 pts.setdefault(r["budget_fraction"], []).append((r["judge_calls"], r["delta_prompt_loose"]))
-        xs = [float(np.mean([c for c, _ in v])) for _, v in sorted(pts.items())]
+        # a small horizontal offset per method so that methods with equal calls stay visible
+        shift = (k - (len(methods) - 1) / 2) * 0.012 * span
+        xs = [float(np.mean([c for c, _ in v])) + shift for _, v in sorted(pts.items())]
         ys = [float(np.mean([d for _, d in v])) for _, v in sorted(pts.items())]
-        ax.plot(xs, ys, marker="o", label=method)
+        err = [interval([d for _, d in v])[1] if len(v) > 1 else 0.0 for _, v in sorted(pts.items())]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xlabel("judge calls")
+    ax.set_xlabel("judge calls (methods offset slightly; bars: 95% t-interval over seeds)")
     ax.set_ylabel("held-out prompt-loose accuracy - base model")
     ax.set_title("DPO downstream: instruction-following gain vs judge calls")
     ax.legend(fontsize=7, ncol=2)
