@@ -337,10 +337,22 @@ class EnsembleRewardModel:
         on_step: Callable[[int], None] | None,
     ) -> float:
         train = pairs[rng.choice(len(pairs), size=min(len(pairs), train_size), replace=False)]  # [T, 2]
-        # Gather D_train's rows once (a paper-scale pool's features stay on disk), then index locally.
-        rows_needed, local = np.unique(train, return_inverse=True)
-        x_train = features[torch.from_numpy(rows_needed)].to(self.device)  # [u, d]
-        train = local.reshape(train.shape)
+        batch = min(config.batch_size, len(train))
+        # Every step's minibatch is drawn up front (the same draws, in the same order, as walking
+        # a permutation of D_train and reshuffling when it runs out), so that only the rows the
+        # steps touch are read: at most steps * 2B, however large D_train (the whole buffer when
+        # b * rho exceeds it) has grown. A paper-scale pool's features stay on disk.
+        order, cursor = rng.permutation(len(train)), 0
+        minibatches = []
+        for _ in range(config.steps):
+            if cursor + batch > len(order):
+                order, cursor = rng.permutation(len(train)), 0
+            minibatches.append(train[order[cursor : cursor + batch]])  # [B, 2]
+            cursor += batch
+        steps_pairs = np.stack(minibatches)  # [S, B, 2]
+        rows_needed, local = np.unique(steps_pairs, return_inverse=True)
+        x_train = features[torch.from_numpy(rows_needed)].to(self.device)  # [u, d], u <= 2 * S * B
+        steps_pairs = local.reshape(steps_pairs.shape)
         k = self.shape.heads
         c = 2.0 * self.zeta / k  # gradient scale of the anchor term, eq. 5 averaged over heads
         for group in self.optimizer.param_groups:
@@ -350,21 +362,16 @@ class EnsembleRewardModel:
         small = [n for n in self.params if n != "w0"]
         small_params = [self.params[n].detach() for n in small]
         small_anchors = [self.anchors[n] for n in small]
-        batch = min(config.batch_size, len(train))
         work = TrainWorkspace.allocate(self.params, self.shape, 2 * batch)
         small_grads = [work.grads[n] for n in small]
         drift = [work.drift[n] for n in small]
         for n, p in self.params.items():
             p.grad = work.grads[n]  # the optimiser reads the buffers train_step writes
-        order = rng.permutation(len(train))
-        cursor, total = 0, 0.0
+        total = 0.0
         try:
             with torch.no_grad():
                 for step in range(config.steps):
-                    if cursor + batch > len(order):
-                        order, cursor = rng.permutation(len(train)), 0
-                    idx = train[order[cursor : cursor + batch]]  # [B, 2]
-                    cursor += batch
+                    idx = steps_pairs[step]  # [B, 2] rows of x_train
                     rows = torch.from_numpy(np.concatenate([idx[:, 0], idx[:, 1]])).to(self.device)
                     x = x_train.index_select(0, rows)  # [2B, d]
                     total += train_step(self.params, x, self.shape, config.gamma, w0_offset, work)
