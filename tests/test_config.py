@@ -290,3 +290,12 @@ def test_typed_options_reach_the_method_as_declared(tmp_path):
     assert bound.keywords == {"quantile": 0.1, "half_width": 0.02}
     cfg = load_config(write(tmp_path / "c.yaml", "method: dopt\nmethod_options: {method: greedy}\n"))
     assert cfg.method_options == {"method": "greedy"}
+
+
+def test_engine_with_kind_keeps_the_options_of_the_same_engine_only() -> None:
+    from activepref.config import EngineConfig
+
+    ray = EngineConfig(kind="ray", options={"actors": {"replicas": 2}})
+    assert ray.with_kind(None) is ray and ray.with_kind("ray") is ray
+    assert ray.with_kind("local") == EngineConfig(kind="local")
+    assert EngineConfig().with_kind("ray") == EngineConfig(kind="ray")

@@ -152,12 +152,8 @@ EngineOpt = Annotated[
 
 
 def _with_engine(cfg: Any, engine: str | None) -> Any:
-    """The config with ``engine.kind`` set from --engine (its options kept if the kind is the same)."""
-    if engine is None or engine == cfg.engine.kind:
-        return cfg
-    from activepref.config import EngineConfig
-
-    return cfg.model_copy(update={"engine": EngineConfig(kind=engine)})
+    """The config with ``engine.kind`` set from --engine (see ``EngineConfig.with_kind``)."""
+    return cfg.model_copy(update={"engine": cfg.engine.with_kind(engine)})
 
 
 def _print_summary(history: list[dict[str, Any]], out: Path) -> None:
@@ -711,10 +707,8 @@ def bench(
             engine_cfg = EngineConfig.model_validate(engine_section or {})
         except ValidationError as exc:
             raise ConfigError(f"{config}: engine: {exc.errors()[0]['msg']}") from exc
-        if engine is not None and engine != engine_cfg.kind:
-            engine_cfg = EngineConfig(kind=engine)
         report = run_bench(pool, names, seeds, budget, out, batch_size=batch_size or 16, workers=workers, overrides=overrides, progress=progress,
-                           method_options=method_options, engine=engine_cfg)
+                           method_options=method_options, engine=engine_cfg.with_kind(engine))
     except ActivePrefError as exc:
         _fail(exc)
     from activepref.bench.files import JUDGE_QUALITY_FILE, read_judge_quality

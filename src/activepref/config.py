@@ -248,6 +248,11 @@ class EngineConfig(_Strict):
 
         return ENGINES.check_name(v)
 
+    def with_kind(self, kind: str | None) -> EngineConfig:
+        """This section with ``kind`` swapped in (``--engine``): unchanged, options included,
+        when ``kind`` is None or already this kind; else that engine with no options."""
+        return self if kind is None or kind == self.kind else EngineConfig(kind=kind)
+
 
 class RunConfig(_Strict):
     pool: str | None = Field(None, description="candidate pool (.jsonl/.parquet) or 'builtin' (the default without `prompts`)")

@@ -539,7 +539,7 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
         history.append(metrics)
         ctx.parts.progress.on_iteration(it, len(plan), metrics)
     if ctx.prefetcher is not None:
-        ctx.prefetcher.take(-1)  # a prefetch past the last iteration (iterations cap) is dropped
+        ctx.prefetcher.take(-1)  # join one still in flight (none in a run that got this far), drop it
         ctx.times.add("prefetch", ctx.prefetcher.worked_s)
         ctx.times.add("prefetch_wait", ctx.prefetcher.waited_s)
     try:

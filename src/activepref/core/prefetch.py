@@ -54,8 +54,8 @@ class Prefetcher:
         self.worked_s = 0.0  # wall time of finished prefetches
 
     def start(self, iteration: int, work: Callable[[], Prefetched]) -> None:
-        if self._thread is not None:
-            self.take(self._iteration if self._iteration is not None else -1)
+        if self._thread is not None:  # an earlier prefetch nobody took: wait for it, drop it
+            self.take(-1)
 
         def run() -> None:
             try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from activepref.config import EngineConfig, RunConfig, config_from_json
+from activepref.config import RunConfig, config_from_json
 from activepref.core.determinism import Stage, stage_rng
 from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
 from activepref.core.store import STATUS_TRAINED, RunStore
@@ -65,8 +65,7 @@ def resume(
     store = RunStore.open(run_dir)
     try:
         config = stored_config(store)
-        if engine is not None and engine != config.engine.kind:
-            config = config.model_copy(update={"engine": EngineConfig(kind=engine)})
+        config = config.model_copy(update={"engine": config.engine.with_kind(engine)})
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
             return None
