@@ -299,3 +299,15 @@ def test_engine_with_kind_keeps_the_options_of_the_same_engine_only() -> None:
     assert ray.with_kind(None) is ray and ray.with_kind("ray") is ray
     assert ray.with_kind("local") == EngineConfig(kind="local")
     assert EngineConfig().with_kind("ray") == EngineConfig(kind="ray")
+
+
+def test_batch_and_file_judging_need_an_openai_judge_model():
+    ok = RunConfig.model_validate({"judge": {"kind": "likert", "mode": "batch", "batch": {"poll_interval_s": 5},
+                                             "model": {"backend": "openai", "model": "gpt-x"}}})
+    assert ok.judge.mode == "batch" and ok.judge.batch.poll_interval_s == 5 and ok.judge.batch.completion_window == "24h"
+    for judge in ({"kind": "replay", "mode": "batch"},
+                  {"kind": "likert", "mode": "file", "model": {"backend": "transformers", "model": "m"}}):
+        with pytest.raises(ValueError, match="needs a judge model with backend openai"):
+            RunConfig.model_validate({"judge": judge})
+    with pytest.raises(ValueError, match="mode"):
+        RunConfig.model_validate({"judge": {"kind": "likert", "mode": "offline", "model": {"backend": "openai", "model": "m"}}})

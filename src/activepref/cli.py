@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from activepref.errors import ActivePrefError, ConfigError
+from activepref.errors import ActivePrefError, ConfigError, RunStopped
 
 app = typer.Typer(
     help=(
@@ -64,6 +64,12 @@ def _fail(exc: Exception) -> None:
     # The message is plain text: "pip install 'activepref[local]'" must not be read as markup.
     err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def _stopped(exc: RunStopped) -> None:
+    """A clean stop before the run's end (budget, judge file): say why and exit 0."""
+    err_console.print(Text.assemble((f"stopped: {exc.reason}", "bold yellow"), " - ", str(exc)), highlight=False, soft_wrap=True)
+    raise typer.Exit(code=0)
 
 
 class _Bars:
@@ -202,6 +208,8 @@ def run(
             _quiet_model_loading()
         with _Bars(f"{cfg.method}") as bars:
             history = runs.run(cfg, out, bars.callbacks())
+    except RunStopped as exc:
+        _stopped(exc)
     except ActivePrefError as exc:
         _fail(exc)
     _print_summary(history, out)
@@ -218,6 +226,8 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to contin
     try:
         with _Bars("resume") as bars:
             history = runs.resume(run_dir, bars.callbacks(), engine=engine)
+    except RunStopped as exc:
+        _stopped(exc)
     except ActivePrefError as exc:
         _fail(exc)
     if history is None:
@@ -250,6 +260,8 @@ def status(
     table.add_row("preference pairs", str(st.pairs))
     table.add_row("annotations (responses judged)", str(st.annotations))
     table.add_row("judge failures", str(st.failures))
+    if st.stopped:
+        table.add_row("state", f"{st.stopped} ({st.stopped_detail})" if st.stopped_detail else st.stopped)
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
     from activepref.core.summary import format_summary
@@ -729,6 +741,73 @@ def bench(
         err_console.print(f"no plots: {missing}", markup=False, highlight=False)
 
 
+judge_file_app = typer.Typer(
+    help=(
+        "Judge offline on your own GPUs: a run with `judge: {mode: file}` stops at each judge step with its requests in\n"
+        "RUN/judge-files/*.requests.jsonl (OpenAI batch format). Run them, e.g.\n\n"
+        "`vllm run-batch -i RUN/judge-files/judge-00001-....requests.jsonl -o results.jsonl --model MODEL`,\n\n"
+        "then `activepref judge-file import RUN results.jsonl` and `activepref resume RUN`."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(judge_file_app, name="judge-file")
+
+
+def _run_journal(run_dir: Path) -> tuple[Any, Any]:
+    """(batch journal, request cache) of a run (both in its request cache file)."""
+    from activepref.core.batch_journal import BatchJournal
+    from activepref.core.cache import RequestCache
+    from activepref.core.runs import stored_config
+    from activepref.core.store import RunStore
+
+    with RunStore.open_readonly(run_dir) as store:
+        cfg = stored_config(store)
+    cache = RequestCache(cfg.cache_path)
+    return BatchJournal(cache.path), cache
+
+
+@judge_file_app.command("export")
+def judge_file_export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (stopped at a judge step in mode file).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write (OpenAI batch input format).")],
+) -> None:
+    """Write every judge request the run waits for into one file (vllm run-batch reads it)."""
+    from activepref.core.judge_files import export_requests
+
+    try:
+        journal, _ = _run_journal(run_dir)
+        n = export_requests(journal, output)
+    except ActivePrefError as exc:
+        _fail(exc)
+    console.print(f"wrote {n} judge request(s) to {output}", markup=False, highlight=False)
+
+
+@judge_file_app.command("import")
+def judge_file_import(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory the requests came from.")],
+    results: Annotated[Path, typer.Argument(help="Results JSONL (OpenAI batch output format, as vllm run-batch writes it).")],
+) -> None:
+    """Bring judge results into the run's request cache; then `activepref resume RUN`.
+
+    Every line is checked first (a malformed one is named by file and line, and nothing is
+    imported). Failed lines are sent again as a new request file on resume, up to
+    judge.batch.max_retries times, then recorded as judge failures.
+    """
+    from activepref.core.judge_files import import_results
+
+    try:
+        journal, cache = _run_journal(run_dir)
+        report = import_results(journal, cache, results)
+    except ActivePrefError as exc:
+        _fail(exc)
+    console.print(
+        f"imported {report.answered} answer(s) ({report.already} already there), {report.failed} failed line(s), "
+        f"{report.unknown} unknown custom_id(s); now run `activepref resume {run_dir}`", markup=False, highlight=False,
+    )
+    for err in report.errors:
+        console.print(f"  failed: {err}", markup=False, highlight=False)
+
+
 @app.command("make-pool")
 def make_pool(
     output: Annotated[Path, typer.Option("--output", "-o", help="Pool file to write (.parquet or .jsonl; auf: .parquet).", metavar="<path>")],
@@ -802,6 +881,7 @@ def main() -> None:  # pragma: no cover
     # A deprecation aimed at the user (e.g. the flat judge config) is one line, not a source excerpt.
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("activepref.backends.openai_batch").setLevel(logging.INFO)  # a line per batch poll: progress
     from activepref.model.numerics import flush_denormals_in_every_thread
 
     flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode

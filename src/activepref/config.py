@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -159,6 +159,15 @@ FLAT_JUDGE_MODEL_FIELDS = (
 FLAT_JUDGE_MAX_CONCURRENCY = 16  # the flat form's default, kept so old configs behave as before
 
 
+class JudgeBatchConfig(_Strict):
+    """How ``mode: batch`` and ``mode: file`` judge (see ``activepref.backends.openai_batch``)."""
+
+    completion_window: str = Field("24h", description="the batch's completion window, as the provider takes it (OpenAI: 24h)")
+    poll_interval_s: float = Field(30.0, gt=0, description="seconds between two status checks of a pending batch")
+    max_retries: int = Field(2, ge=0, description="new, smaller jobs for failed or expired lines before they count as failures")
+    directory: str | None = Field(None, description="mode file: where request files are written (default RUN/judge-files)")
+
+
 class JudgeConfig(_Strict):
     """Who annotates: ``kind`` names a registered judge (``activepref plugins``). ``replay``
     reveals the pool's stored scores, counting each reveal; ``likert`` asks a model (any
@@ -175,6 +184,11 @@ class JudgeConfig(_Strict):
         False, description="judges that compare pairs (pairwise): ask each pair in both orders, average, and report position consistency"
     )
     options: dict[str, Any] = Field(default_factory=dict, description="the judge kind's own settings (e.g. verifier: {noise_sd: 0.3})")
+    mode: Literal["online", "batch", "file"] = Field(
+        "online", description="online: one call per request; batch: each iteration's calls as one batch job (Files + Batch API, "
+        "at the batch price); file: write them as a batch-format JSONL for an offline run (`activepref judge-file`)"
+    )
+    batch: JudgeBatchConfig = Field(default_factory=JudgeBatchConfig, description="settings of mode batch and mode file")
 
     @model_validator(mode="before")
     @classmethod
@@ -220,6 +234,11 @@ class JudgeConfig(_Strict):
         entry.options(self.options)
         if self.both_orders and not entry.compares:
             raise ValueError(f"both_orders applies to judges that compare pairs (e.g. pairwise); {self.kind!r} scores responses")
+        if self.mode != "online" and (self.model is None or self.model.backend != "openai"):
+            raise ValueError(
+                f"mode {self.mode} sends chat-completions requests in the OpenAI batch format: it needs a judge model with "
+                f"backend openai (judge kind {self.kind!r} has {'no model' if self.model is None else 'backend ' + repr(self.model.backend)})"
+            )
         if self.model is not None and entry.backends is not None and self.model.backend not in entry.backends:
             raise ValueError(
                 f"judge kind {self.kind!r} runs on backend {' or '.join(sorted(entry.backends))}, "

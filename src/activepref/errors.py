@@ -35,3 +35,10 @@ class RunLockedError(ActivePrefError):
 
 class RunStateError(ActivePrefError):
     """The run directory is missing, incomplete or from an incompatible config."""
+
+
+class RunStopped(ActivePrefError):
+    """The run stopped cleanly before its end, for ``reason`` (e.g. ``budget``, ``judge file``):
+    everything done is committed, ``activepref resume`` continues it. Not a failure (exit 0)."""
+
+    reason = "stopped"

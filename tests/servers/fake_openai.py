@@ -12,7 +12,17 @@ serving from a background thread. Endpoints:
   chunk with ``stream_options.include_usage``); ``logprobs``/``top_logprobs`` (``top_logprobs``
   without ``logprobs: true``, or above 20, is a 400 as on OpenAI); ``usage`` with
   ``prompt_tokens_details.cached_tokens``.
-- ``GET /v1/models``. Anything else: 404 with an OpenAI-style error body.
+- ``GET /v1/models``.
+- The Files and Batch API: ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}`` and
+  ``/v1/files/{id}/content``; ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``GET /v1/batches``
+  (newest first, ``limit``/``after``), ``POST /v1/batches/{id}/cancel``. A batch is
+  ``in_progress`` for ``batch_delay_s`` seconds after its creation, then its lines are answered
+  one by one exactly as chat requests (the same script, rules, answers and arrival numbers;
+  recorded with method ``BATCH``) and it is ``completed``; answers go to the output file,
+  failed lines (HTTP errors, and ``Action.expired()`` lines, which make the batch ``expired``)
+  to the error file, in OpenAI's line format. ``srv.batch_submissions`` lists the batch ids in
+  creation order; an input file with a bad line fails the batch (``failed``, with ``errors``).
+  Anything else: 404 with an OpenAI-style error body.
 
 Deterministic answers. The completion text is, in order of precedence: the text of a scripted
 ``Action.reply``; the value of the first ``answers`` entry whose key is a substring of the last
@@ -51,6 +61,8 @@ As a process (for benchmarks, so that the server does not share the client's GIL
 from __future__ import annotations
 
 import argparse
+import email.parser
+import email.policy
 import hashlib
 import json
 import re
@@ -58,6 +70,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,7 +117,7 @@ MAX_TOP_LOGPROBS = 20
 class Action:
     """What the server does with one chat request. Build with the class methods."""
 
-    kind: str = "reply"  # reply | error | hang | malformed | empty | truncated
+    kind: str = "reply"  # reply | error | hang | malformed | empty | truncated | expired (batch lines)
     status: int = 200
     message: str = ""
     retry_after: str | None = None
@@ -157,6 +170,11 @@ class Action:
     @classmethod
     def truncated(cls) -> Action:
         return cls("truncated")
+
+    @classmethod
+    def expired(cls) -> Action:
+        """A batch line the batch's window ran out on (online: a normal answer)."""
+        return cls("expired")
 
 
 @dataclass
@@ -237,6 +255,7 @@ class FakeOpenAIServer:
         model: str = "fake-model",
         require_api_key: str | None = None,
         record: bool = True,
+        batch_delay_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -256,6 +275,11 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.requests: list[Recorded] = []
+        self.batch_delay_s = batch_delay_s
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batch_submissions: list[str] = []
+        self._ids = 0
         self._httpd = _Server((host, port), self._handler_class())
         self._thread: threading.Thread | None = None
 
@@ -406,6 +430,128 @@ class FakeOpenAIServer:
             chunks.append(dict(base, object="chat.completion.chunk", choices=[], usage=usage))
         return full, chunks
 
+
+    # ----------------------------------------------------------------- files and batches
+    def _new_id(self, prefix: str) -> str:
+        with self._lock:
+            self._ids += 1
+            return f"{prefix}-fake{self._ids:05d}"
+
+    def _add_file(self, name: str, purpose: str, data: bytes) -> dict[str, Any]:
+        fid = self._new_id("file")
+        obj = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()), "filename": name,
+               "purpose": purpose, "status": "processed", "expires_at": None, "status_details": None}
+        with self._lock:
+            self.files[fid] = dict(obj, _data=data)
+        return obj
+
+    @staticmethod
+    def _public(obj: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+    def _create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        fid = body.get("input_file_id")
+        if fid not in self.files:
+            return 400, _error_body(400, f"input file {fid!r} not found")
+        if body.get("endpoint") != "/v1/chat/completions":
+            return 400, _error_body(400, "endpoint must be /v1/chat/completions")
+        bid = self._new_id("batch")
+        now = int(time.time())
+        batch = {
+            "id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": fid,
+            "completion_window": body.get("completion_window", "24h"), "status": "in_progress", "output_file_id": None,
+            "error_file_id": None, "created_at": now, "in_progress_at": now, "expires_at": now + 86400,
+            "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+            "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"), "_ready": time.monotonic() + self.batch_delay_s,
+        }
+        lines = self.files[fid]["_data"].decode("utf-8", "replace").splitlines()
+        batch["request_counts"]["total"] = sum(1 for x in lines if x.strip())
+        with self._lock:
+            self.batches[bid] = batch
+            self.batch_submissions.append(bid)
+        return 200, self._public(batch)
+
+    def _advance(self, bid: str) -> dict[str, Any]:
+        """The batch, run once its delay has passed (its lines answered in input order)."""
+        with self._lock:
+            batch = self.batches[bid]
+            if batch["status"] != "in_progress" or time.monotonic() < batch["_ready"]:
+                return self._public(batch)
+            batch["status"] = "finalizing"
+        out, err, errors = [], [], []
+        expired = False
+        raw_lines = self.files[batch["input_file_id"]]["_data"].decode("utf-8", "replace").splitlines()
+        parsed = []
+        for no, raw in enumerate(raw_lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                assert isinstance(line, dict) and isinstance(line.get("custom_id"), str) and isinstance(line.get("body"), dict)
+                assert line.get("url") == "/v1/chat/completions" and line.get("method") == "POST"
+                parsed.append(line)
+            except (ValueError, AssertionError):
+                errors.append({"code": "invalid_request", "message": "line is not a valid batch request", "param": None,
+                               "line": no})
+        now = int(time.time())
+        if errors:
+            with self._lock:
+                batch.update(status="failed", failed_at=now, errors={"object": "list", "data": errors})
+                return self._public(batch)
+        for line in parsed:
+            body = line["body"]
+            with self._lock:
+                n = self._chat_count
+                self._chat_count += 1
+            action = self._choose(n, body)
+            if self.record:
+                with self._lock:
+                    self.requests.append(Recorded(n, "BATCH", line["url"], {}, body, time.monotonic(),
+                                                  action.kind if action.kind != "error" else f"error{action.status}"))
+            rid = f"batch_req_{n}"
+            cid = line["custom_id"]
+            if action.kind == "expired":
+                expired = True
+                err.append({"id": rid, "custom_id": cid, "response": None, "error": {
+                    "code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+            elif action.kind == "error":
+                err.append({"id": rid, "custom_id": cid, "error": None, "response": {
+                    "status_code": action.status, "request_id": rid, "body": _error_body(action.status, action.message)}})
+            elif action.kind == "malformed":
+                out.append({"id": rid, "custom_id": cid, "error": None,
+                            "response": {"status_code": 200, "request_id": rid, "body": "{\"id\": \"chatcmpl-broken\", \"ch"}})
+            elif action.kind == "empty":
+                out.append({"id": rid, "custom_id": cid, "error": None, "response": {"status_code": 200, "request_id": rid, "body": {
+                    "id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": 0, "model": body.get("model"), "choices": []}}})
+            else:
+                full, _ = self._completion(n, body, action)
+                out.append({"id": rid, "custom_id": cid, "error": None,
+                            "response": {"status_code": 200, "request_id": rid, "body": full}})
+        to_bytes = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
+        out_id = self._add_file(f"{bid}_output.jsonl", "batch_output", to_bytes(out))["id"] if out else None
+        err_id = self._add_file(f"{bid}_error.jsonl", "batch_output", to_bytes(err))["id"] if err else None
+        with self._lock:
+            batch.update(output_file_id=out_id, error_file_id=err_id,
+                         request_counts={"total": len(parsed), "completed": len(out), "failed": len(err)})
+            if expired:
+                batch.update(status="expired", expired_at=now)
+            else:
+                batch.update(status="completed", finalizing_at=now, completed_at=now)
+            return self._public(batch)
+
+    def _list_batches(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        with self._lock:
+            ids = list(reversed(self.batch_submissions))
+        after = (query.get("after") or [None])[0]
+        if after in ids:
+            ids = ids[ids.index(after) + 1 :]
+        limit = int((query.get("limit") or ["20"])[0])
+        page = ids[:limit]
+        data = [self._advance(b) for b in page]
+        return {"object": "list", "data": data, "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None, "has_more": len(ids) > limit}
+
     # ----------------------------------------------------------------- HTTP
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -455,15 +601,63 @@ class FakeOpenAIServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 self._record(-1, None)
-                if self.path.rstrip("/") == "/v1/models":
+                url = urllib.parse.urlsplit(self.path)
+                path = url.path.rstrip("/")
+                parts = path.split("/")
+                if path == "/v1/models":
                     self._json(200, {"object": "list", "data": [
                         {"id": fake.model, "object": "model", "created": 0, "owned_by": "fake"}]})
+                elif path == "/v1/batches":
+                    self._json(200, fake._list_batches(urllib.parse.parse_qs(url.query)))
+                elif len(parts) == 4 and parts[2] == "batches" and parts[3] in fake.batches:
+                    self._json(200, fake._advance(parts[3]))
+                elif len(parts) in (4, 5) and parts[2] == "files" and parts[3] in fake.files:
+                    f = fake.files[parts[3]]
+                    if len(parts) == 5 and parts[4] == "content":
+                        self._send(200, f["_data"], ctype="application/octet-stream")
+                    else:
+                        self._json(200, fake._public(f))
                 else:
                     self._json(404, _error_body(404, f"no route GET {self.path}"))
 
+            def _upload(self, raw: bytes) -> None:
+                ctype = self.headers.get("Content-Type", "")
+                msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                    b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
+                fields: dict[str, tuple[str | None, bytes]] = {}
+                for part in msg.iter_parts() if msg.is_multipart() else ():
+                    name = part.get_param("name", header="content-disposition")
+                    fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+                if "file" not in fields:
+                    self._json(400, _error_body(400, "multipart field 'file' is required"))
+                    return
+                purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+                self._json(200, fake._add_file(fields["file"][0] or "upload.jsonl", purpose, fields["file"][1]))
+
             def do_POST(self) -> None:  # noqa: N802
                 raw, body = self._read_body()
-                if self.path.rstrip("/") != "/v1/chat/completions":
+                path = self.path.rstrip("/")
+                parts = path.split("/")
+                if path == "/v1/files":
+                    self._record(-1, None)
+                    self._upload(raw)
+                    return
+                if path == "/v1/batches":
+                    self._record(-1, body)
+                    if not isinstance(body, dict):
+                        self._json(400, _error_body(400, "JSON body required"))
+                        return
+                    self._json(*fake._create_batch(body))
+                    return
+                if len(parts) == 5 and parts[2] == "batches" and parts[4] == "cancel" and parts[3] in fake.batches:
+                    self._record(-1, body)
+                    with fake._lock:
+                        b = fake.batches[parts[3]]
+                        if b["status"] == "in_progress":
+                            b.update(status="cancelled", cancelled_at=int(time.time()))
+                    self._json(200, fake._public(fake.batches[parts[3]]))
+                    return
+                if path != "/v1/chat/completions":
                     self._record(-1, body)
                     self._json(404, _error_body(404, f"no route POST {self.path}"))
                     return

@@ -458,20 +458,7 @@ class OpenAICompatBackend:
         return key
 
     def _request_kwargs(self, request: ChatRequest) -> dict[str, Any]:
-        p = request.params
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": request.message_dicts(),
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-        }
-        if p.seed is not None:
-            kwargs["seed"] = p.seed
-        if p.top_logprobs > 0:
-            kwargs["logprobs"] = True
-            kwargs["top_logprobs"] = p.top_logprobs
-        return kwargs
+        return chat_body(self.model, request)
 
     async def _run_one(
         self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, i: int, request: ChatRequest, key: str
@@ -545,51 +532,73 @@ class OpenAICompatBackend:
             raise _Failure(f"connection error: {_shorten(scrub(detail, key), 120)}", retryable=True) from None
 
     def _to_result(self, data: Any, want_logprobs: bool) -> ChatResult:
-        """The decoded JSON body of a chat completion -> ChatResult (a retryable failure if it
-        is not one)."""
-        try:
-            if not isinstance(data, dict):
-                raise _Failure(f"malformed response: a JSON object was expected, got {type(data).__name__}",
-                               retryable=True)
-            choices = data.get("choices")
-            if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-                raise _Failure("malformed response: no choices", retryable=True)
-            choice = choices[0]
-            text = (choice.get("message") or {}).get("content")
-            if text is not None and not isinstance(text, str):
-                raise _Failure("malformed response: message content is not a string", retryable=True)
-            first: dict[str, float] = {}
-            if want_logprobs:
-                content = (choice.get("logprobs") or {}).get("content")
-                if content:
-                    token0 = content[0]
-                    for alt in token0.get("top_logprobs") or ():
-                        tok, lp = str(alt["token"]), float(alt["logprob"])
-                        first[tok] = _logaddexp(first[tok], lp) if tok in first else lp
-                    if token0.get("token") is not None and str(token0["token"]) not in first:
-                        first[str(token0["token"])] = float(token0["logprob"])
-                elif not self._warned_no_logprobs:
-                    self._warned_no_logprobs = True
-                    log.warning("%s: logprobs were requested but the server returned none", self.endpoint)
-            if text is None and not first:
-                raise _Failure("malformed response: no message content", retryable=True)
-            if text == "" and not first:
-                raise _Failure("empty response", retryable=True)
-            usage = data.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            finish = choice.get("finish_reason")
-            return ChatResult(
-                text=text or "",
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
-                cached_prompt_tokens=int(details.get("cached_tokens") or 0),
-                finish_reason=None if finish is None else str(finish),
-                first_token_logprobs=first,
-            )
-        except _Failure:
-            raise
-        except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
-            raise _Failure(f"malformed response: {type(exc).__name__}", retryable=True) from None
+        result = parse_completion(data, want_logprobs)
+        if want_logprobs and not result.first_token_logprobs and not self._warned_no_logprobs:
+            self._warned_no_logprobs = True
+            log.warning("%s: logprobs were requested but the server returned none", self.endpoint)
+        return result
+
+
+def chat_body(model: str, request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of a chat-completions call for ``request`` (also a batch line's body)."""
+    p = request.params
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": request.message_dicts(),
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "max_tokens": p.max_tokens,
+    }
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = p.top_logprobs
+    return body
+
+
+def parse_completion(data: Any, want_logprobs: bool) -> ChatResult:
+    """The decoded JSON body of a chat completion -> ChatResult; raises a retryable
+    :class:`_Failure` if it is not one (online answers and batch result lines alike)."""
+    try:
+        if not isinstance(data, dict):
+            raise _Failure(f"malformed response: a JSON object was expected, got {type(data).__name__}", retryable=True)
+        choices = data.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            raise _Failure("malformed response: no choices", retryable=True)
+        choice = choices[0]
+        text = (choice.get("message") or {}).get("content")
+        if text is not None and not isinstance(text, str):
+            raise _Failure("malformed response: message content is not a string", retryable=True)
+        first: dict[str, float] = {}
+        if want_logprobs:
+            content = (choice.get("logprobs") or {}).get("content")
+            if content:
+                token0 = content[0]
+                for alt in token0.get("top_logprobs") or ():
+                    tok, lp = str(alt["token"]), float(alt["logprob"])
+                    first[tok] = _logaddexp(first[tok], lp) if tok in first else lp
+                if token0.get("token") is not None and str(token0["token"]) not in first:
+                    first[str(token0["token"])] = float(token0["logprob"])
+        if text is None and not first:
+            raise _Failure("malformed response: no message content", retryable=True)
+        if text == "" and not first:
+            raise _Failure("empty response", retryable=True)
+        usage = data.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        finish = choice.get("finish_reason")
+        return ChatResult(
+            text=text or "",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
+            finish_reason=None if finish is None else str(finish),
+            first_token_logprobs=first,
+        )
+    except _Failure:
+        raise
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        raise _Failure(f"malformed response: {type(exc).__name__}", retryable=True) from None
 
 
 def _without_userinfo(url: str) -> str:

@@ -44,7 +44,7 @@ from activepref.core.store import (
 )
 from activepref.core.timings import StageTimes
 from activepref.core.wiring import LiveParts, Progress, RunParts, build_parts, new_model
-from activepref.errors import ActivePrefError
+from activepref.errors import ActivePrefError, RunStopped
 from activepref.judges import CompareRequest, Comparison, JudgeScore, ScoreRequest, judge_compares
 from activepref.live.generation import plan_candidates
 from activepref.model.enn import EnsembleRewardModel, ReplayBuffer, TrainConfig
@@ -504,40 +504,48 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
                 model.load(store.checkpoint_path(last_trained))
         return model
 
-    history = []
-    for it, prompt_idxs in enumerate(plan):
-        rec = store.iteration(it)
-        if rec is not None and rec.status == STATUS_TRAINED:
-            history.append(rec.metrics or {})
-            ctx.parts.progress.on_iteration(it, len(plan), rec.metrics or {})
-            continue
-        if rec is None and config.live:
-            generate_step(ctx, it, prompt_idxs)
+    history: list[dict[str, Any]] = []
+    if store.stopped() is not None:
+        store.set_stopped(None)
+    try:
+        for it, prompt_idxs in enumerate(plan):
             rec = store.iteration(it)
-        if rec is not None and rec.status == STATUS_GENERATED:
-            embed_step(ctx, it)
-            rec = store.iteration(it)
-        if rec is None or rec.status == STATUS_EMBEDDED:
-            if config.live:
-                ctx.data.refresh()
-            ctx.parts.progress.on_stage(it, "select")
-            with ctx.times.measure("select"):
-                select_step(ctx, it, prompt_idxs, current_model(), buffer)
-            rec = store.iteration(it)
-        assert rec is not None
-        if rec.status == STATUS_SELECTED:
-            ctx.parts.progress.on_stage(it, "annotate")
-            with ctx.times.measure("annotate"):
-                annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
-            buffer.extend(store.replay_pairs(iteration=it))
-            rec = store.iteration(it)
-        assert rec is not None and rec.status == STATUS_ANNOTATED
-        if ctx.prefetcher is not None and it + 1 < len(plan) and store.iteration(it + 1) is None:
-            ctx.prefetcher.start(it + 1, lambda nxt=it + 1: prefetch_iteration(ctx, nxt, plan[nxt]))
-        ctx.parts.progress.on_stage(it, "train")
-        metrics = train_step(ctx, it, current_model(), buffer)
-        history.append(metrics)
-        ctx.parts.progress.on_iteration(it, len(plan), metrics)
+            if rec is not None and rec.status == STATUS_TRAINED:
+                history.append(rec.metrics or {})
+                ctx.parts.progress.on_iteration(it, len(plan), rec.metrics or {})
+                continue
+            if rec is None and config.live:
+                generate_step(ctx, it, prompt_idxs)
+                rec = store.iteration(it)
+            if rec is not None and rec.status == STATUS_GENERATED:
+                embed_step(ctx, it)
+                rec = store.iteration(it)
+            if rec is None or rec.status == STATUS_EMBEDDED:
+                if config.live:
+                    ctx.data.refresh()
+                ctx.parts.progress.on_stage(it, "select")
+                with ctx.times.measure("select"):
+                    select_step(ctx, it, prompt_idxs, current_model(), buffer)
+                rec = store.iteration(it)
+            assert rec is not None
+            if rec.status == STATUS_SELECTED:
+                ctx.parts.progress.on_stage(it, "annotate")
+                with ctx.times.measure("annotate"):
+                    annotate_step(ctx, it, rec.prompt_idxs, rec.proposal or {})
+                buffer.extend(store.replay_pairs(iteration=it))
+                rec = store.iteration(it)
+            assert rec is not None and rec.status == STATUS_ANNOTATED
+            if ctx.prefetcher is not None and it + 1 < len(plan) and store.iteration(it + 1) is None:
+                ctx.prefetcher.start(it + 1, lambda nxt=it + 1: prefetch_iteration(ctx, nxt, plan[nxt]))
+            ctx.parts.progress.on_stage(it, "train")
+            metrics = train_step(ctx, it, current_model(), buffer)
+            history.append(metrics)
+            ctx.parts.progress.on_iteration(it, len(plan), metrics)
+    except RunStopped as exc:  # a clean stop (budget, judge file): what is done stays committed
+        store.set_stopped(exc.reason, str(exc))
+        if ctx.prefetcher is not None:
+            ctx.prefetcher.take(-1)
+        raise
     if ctx.prefetcher is not None:
         ctx.prefetcher.take(-1)  # join one still in flight (none in a run that got this far), drop it
         ctx.times.add("prefetch", ctx.prefetcher.worked_s)

@@ -87,6 +87,8 @@ class RunStatus:
     failures: int
     last_metrics: dict[str, Any]
     summary: dict[str, Any]
+    stopped: str | None = None  # "stopped: budget", "stopped: judge file" (a clean stop before the end)
+    stopped_detail: str | None = None
 
 
 def status(run_dir: str | Path) -> RunStatus:
@@ -108,6 +110,8 @@ def status(run_dir: str | Path) -> RunStatus:
             failures=store.judge_failure_count(),
             last_metrics=(done[-1].metrics or {}) if done else {},
             summary=run_summary(store),
+            stopped=f"stopped: {halt['reason']}" if (halt := store.stopped()) else None,
+            stopped_detail=halt["detail"] if halt else None,
         )
     finally:
         store.close()

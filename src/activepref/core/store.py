@@ -393,6 +393,20 @@ class RunStore(LockedSqliteDir):
             return None
         return None if row is None else row[0]
 
+    def set_stopped(self, reason: str | None, detail: str = "") -> None:
+        """Record why the run stopped before its end (None: it is running or finished)."""
+        with self.transaction() as cur:
+            if reason is None:
+                cur.execute("DELETE FROM meta WHERE key = 'stopped'")
+            else:
+                value = json.dumps({"reason": reason, "detail": detail})
+                cur.execute("INSERT INTO meta (key, value) VALUES ('stopped', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (value,))
+
+    def stopped(self) -> dict[str, str] | None:
+        """{reason, detail} of a run that stopped before its end (budget, judge file), else None."""
+        raw = self.meta("stopped")
+        return None if raw is None else json.loads(raw)
+
     def features_file(self) -> FileIdentity | None:
         """The pool's .npy features file the run references instead of a copy (None: the run
         keeps its own ``features.npy`` or, live, a features table)."""

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from activepref.core.store import RunStore
     from activepref.live.embedders import Embedder
 
+BATCH_MODE_CHUNK = 1 << 30  # judge requests handed over at once in batch/file mode: all of an iteration's
+
 
 @dataclass
 class Progress:
@@ -77,8 +79,11 @@ def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = 
         backend=live.judge_backend if live else None,
         seed=config.seed,
         backend_factory=engine.chat_backend,
+        run_dir=store.run_dir,
     )
     judge: Judge | ComparingJudge = make_judge(config.judge, resources)
+    if config.judge.mode != "online":
+        judge.batch_size = BATCH_MODE_CHUNK  # an iteration's judge requests go out as one job
     cache = resources.opened_cache or cache
     if config.judge.audit_log:
         judge = AuditedJudge(judge, config.judge.audit_log)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -123,6 +124,7 @@ class JudgeResources:
     backend: ChatBackend | None = None
     seed: int = 0
     backend_factory: Callable[[ModelConfig], ChatBackend] | None = None
+    run_dir: Path | None = None  # where ``mode: file`` writes request files by default
     _cache: RequestCache | None = field(default=None, repr=False)
 
     @property
@@ -138,6 +140,12 @@ class JudgeResources:
         return self._cache
 
     def chat_backend(self, config: JudgeConfig) -> ChatBackend:
+        """The judge model's backend: online (given, or built by the engine), or a batch
+        backend for ``mode: batch`` / ``mode: file``."""
+        if config.mode != "online":
+            from activepref.backends.openai_batch import make_batch_backend
+
+            return make_batch_backend(config, self.cache(), self.run_dir)
         if self.backend is not None:
             return self.backend
         if self.backend_factory is not None:
