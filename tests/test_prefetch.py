@@ -9,16 +9,17 @@ import numpy as np
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 
 
-def _stats(calls: int, hits: int, failures: int, tokens: int) -> dict[str, dict[str, int]]:
+def _stats(calls: int, hits: int, failures: int, tokens: int, hit_tokens: int = 0) -> dict[str, dict[str, int]]:
     return {"generation": {"calls": calls, "cache_hits": hits, "failures": failures, "prompt_tokens": tokens,
-                           "completion_tokens": 2 * tokens, "cached_prompt_tokens": 0}}
+                           "completion_tokens": 2 * tokens, "cached_prompt_tokens": 0,
+                           "hit_prompt_tokens": hit_tokens, "hit_completion_tokens": 2 * hit_tokens}}
 
 
 def test_a_prefetchs_calls_are_the_iterations_calls_not_cache_hits() -> None:
-    # prefetch: 10 requests, 2 already cached, 7 answered, 1 failed; the step then finds the
-    # 2 + 7 in the cache and sends the failed one again, which succeeds.
-    merged = merge_generation_stats(_stats(7, 2, 1, 70), _stats(1, 9, 0, 10))
-    assert merged == _stats(8, 2, 0, 80)
+    # prefetch: 10 requests, 2 already cached (20 tokens), 7 answered (70), 1 failed; the step
+    # then finds the 2 + 7 in the cache (90 tokens) and sends the failed one again (10).
+    merged = merge_generation_stats(_stats(7, 2, 1, 70, 20), _stats(1, 9, 0, 10, 90))
+    assert merged == _stats(8, 2, 0, 80, 20)
     assert merge_generation_stats(None, _stats(3, 1, 0, 5)) == _stats(3, 1, 0, 5)
 
 

@@ -279,13 +279,35 @@ def test_a_schema_3_run_gains_the_comparison_tables_and_keeps_its_rows(run_dir):
     )
     conn.close()
     with RunStore.open(run_dir) as store:
-        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "5"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
         assert store.replay_pairs().tolist() == [[12, 13], [6, 7]]
         assert store.comparisons("j") == {} and store.count("comparisons") == 0
         store.commit_comparisons(1, "j", [ComparisonRecord(3, 2, 0.25, False)], [(8, 9, "no A/B")])
         assert store.comparisons("j") == {(3, 2): ComparisonRecord(3, 2, 0.25, False)}
         assert store.comparison_failures("j") == {(8, 9): "no A/B"}
         assert store.position_consistency() == (1, 0)
+
+
+def test_a_schema_5_run_gains_the_cache_hit_token_counters(run_dir):
+    stats = {"judge": {"calls": 3, "cache_hits": 1, "failures": 0, "prompt_tokens": 30, "completion_tokens": 3,
+                       "cached_prompt_tokens": 0}}
+    with RunStore.open(run_dir) as store:
+        with store.transaction() as cur:
+            store._insert_stats(cur, 0, stats)
+    conn = sqlite3.connect(run_dir / "run.sqlite")  # as schema 5 had it
+    conn.executescript(
+        "ALTER TABLE call_stats DROP COLUMN hit_prompt_tokens; ALTER TABLE call_stats DROP COLUMN hit_completion_tokens;"
+        "UPDATE meta SET value = '5' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    with RunStore.open_readonly(run_dir) as ro:  # status reads an old run without upgrading it
+        assert ro.call_stats()["judge"] == {**stats["judge"], "hit_prompt_tokens": 0, "hit_completion_tokens": 0}
+    with RunStore.open(run_dir) as store:
+        assert store.meta("schema_version") == "6"
+        with store.transaction() as cur:
+            store._insert_stats(cur, 1, {"judge": {**stats["judge"], "hit_prompt_tokens": 10, "hit_completion_tokens": 1}})
+        assert store.call_stats()["judge"]["hit_prompt_tokens"] == 10
+        assert store.call_stats_by_iteration("judge")[0]["calls"] == 3
 
 
 def test_run_data_reads_response_texts_from_the_store_on_demand(run_dir):

@@ -216,16 +216,28 @@ def run(
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")], engine: EngineOpt = None) -> None:
-    """Continue a run at its first unfinished step (after a crash or Ctrl-C).
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
+    engine: EngineOpt = None,
+    max_usd: Annotated[float | None, typer.Option("--max-usd", help="Raise (or set) the run's budget in USD.")] = None,
+    max_judge_calls: Annotated[int | None, typer.Option("--max-judge-calls", help="Raise (or set) the judge-call budget.")] = None,
+    max_generated_tokens: Annotated[
+        int | None, typer.Option("--max-generated-tokens", help="Raise (or set) the generated-token budget.")
+    ] = None,
+) -> None:
+    """Continue a run at its first unfinished step (after a crash, Ctrl-C or a budget stop).
 
     --engine may differ from the run's: the engine changes where calls run, not what they are.
+    --max-usd / --max-judge-calls / --max-generated-tokens replace the run's budget limits
+    (kept in the run): a run stopped by its budget goes on exactly where it stopped, and ends
+    with the dataset a run started with the larger budget gets.
     """
     from activepref.core import runs
 
+    budget = {"max_usd": max_usd, "max_judge_calls": max_judge_calls, "max_generated_tokens": max_generated_tokens}
     try:
         with _Bars("resume") as bars:
-            history = runs.resume(run_dir, bars.callbacks(), engine=engine)
+            history = runs.resume(run_dir, bars.callbacks(), engine=engine, budget=budget)
     except RunStopped as exc:
         _stopped(exc)
     except ActivePrefError as exc:
@@ -241,10 +253,15 @@ def status(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Iterations done, annotations used, judge failures and the latest metrics."""
+    """Iterations done, annotations used, judge failures, the bill and the latest metrics.
+
+    The bill counts every call behind the dataset at the config's price table (`prices:`),
+    cache hits included; the per-stage rows say how many calls the cache answered.
+    """
     from dataclasses import asdict
 
     from activepref.core import runs
+    from activepref.core.summary import format_cost, format_summary
 
     try:
         st = runs.status(run_dir)
@@ -262,9 +279,11 @@ def status(
     table.add_row("judge failures", str(st.failures))
     if st.stopped:
         table.add_row("state", f"{st.stopped} ({st.stopped_detail})" if st.stopped_detail else st.stopped)
+    if st.cost is not None:
+        for label, value in format_cost(st.cost):
+            table.add_row(label, value)
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
-    from activepref.core.summary import format_summary
 
     for label, value in format_summary(st.summary)[2:]:
         table.add_row(label, value)
@@ -739,6 +758,52 @@ def bench(
     missing = plots_unavailable()
     if missing is not None:
         err_console.print(f"no plots: {missing}", markup=False, highlight=False)
+
+
+@app.command()
+def estimate(
+    config: ConfigOpt = None,
+    pool: PoolOpt = None,
+    method: MethodOpt = None,
+    batch_size: BatchOpt = None,
+    iterations: ItersOpt = None,
+) -> None:
+    """Expected calls, tokens and dollars of a run, before anything is called.
+
+    Reads the prompts (or the pool), runs the method once on random rewards to count what it
+    asks the judge for, and prices generation and judge calls with the config's `prices:`
+    table (batch discount in judge mode batch/file). Generation is counted at `max_tokens`
+    (an upper bound) and tokens at 4 characters each. The last line is one JSON object:
+    judge_calls, generation_calls, input_tokens, output_tokens, usd (and more).
+
+    Example: `activepref estimate -c run.yaml`
+    """
+    from activepref.core.estimate import estimate_run
+
+    try:
+        cfg = _config(config, pool=pool, method=method, batch_size=batch_size, iterations=iterations)
+        est = estimate_run(cfg)
+    except ActivePrefError as exc:
+        _fail(exc)
+    t, per = est.total, est.per_iteration
+    table = Table(title=f"estimate: {cfg.method}, {est.iterations} iterations of {est.prompts_per_iteration} prompts", show_header=True)
+    table.add_column("")
+    table.add_column("per iteration", justify="right")
+    table.add_column("run", justify="right")
+    rows = [
+        ("generation calls", per.generation_calls, t.generation_calls),
+        ("generated tokens (at most)", per.generated_tokens, t.generated_tokens),
+        ("judge calls", per.judge_calls, t.judge_calls),
+        ("input tokens", per.input_tokens, t.input_tokens),
+        ("output tokens", per.output_tokens, t.output_tokens),
+    ]
+    for label, a, b in rows:
+        table.add_row(label, f"{a:,}", f"{b:,}")
+    table.add_row(f"USD (judge {est.judge_mode})", f"{per.usd:.4f}", f"{t.usd:.4f}")
+    console.print(table)
+    for note in est.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
+    print(json.dumps(est.to_json()))
 
 
 judge_file_app = typer.Typer(

@@ -253,6 +253,30 @@ class JudgeConfig(_Strict):
         return self.model
 
 
+class PriceConfig(_Strict):
+    """What one model's calls cost (USD). Tokens are those the server reports (usage)."""
+
+    input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    per_call: float = Field(0.0, ge=0, description="USD per call on top of tokens (e.g. a human annotator's rate per item)")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="share taken off in batch mode (OpenAI's Batch API: 0.5)")
+
+
+class BudgetConfig(_Strict):
+    """Limits of a run. An iteration starts only if what the run has spent plus what the
+    iteration is projected to spend fits every limit (see ``activepref.core.budget``); the run
+    then stops cleanly (exit 0, status "stopped: budget") and ``activepref resume`` with a
+    larger limit continues where it stopped. Spending counts every call the dataset rests on,
+    whether this process paid for it or the request cache had it."""
+
+    max_usd: float | None = Field(None, gt=0, description="stop before the run's cost (at the price table) would pass this")
+    max_judge_calls: int | None = Field(None, ge=1, description="stop before the judge's calls would pass this")
+    max_generated_tokens: int | None = Field(None, ge=1, description="stop before the generated (completion) tokens would pass this")
+
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_usd, self.max_judge_calls, self.max_generated_tokens))
+
+
 class EngineConfig(_Strict):
     """Where model calls and bench runs execute: ``kind`` names a registered engine
     (``activepref plugins``); ``local`` (this machine) is the default."""
@@ -303,6 +327,10 @@ class RunConfig(_Strict):
     enn: ENNConfig = Field(default_factory=ENNConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig, description="execution engine (default: local)")
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="price table: model name (a generator's or the judge's name, else its model id) -> prices"
+    )
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="limits that stop the run cleanly (resume raises them)")
 
     @model_validator(mode="after")
     def _mode(self) -> RunConfig:

@@ -47,6 +47,8 @@ class StageStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
+    hit_prompt_tokens: int = 0  # tokens of the answers the cache served (what they cost whoever paid)
+    hit_completion_tokens: int = 0
 
     def add(self, other: StageStats) -> None:
         for name in self.__dataclass_fields__:
@@ -108,6 +110,8 @@ class RequestCache:
             cached = self.get(key)
             if cached is not None:
                 stats.cache_hits += 1
+                stats.hit_prompt_tokens += cached.prompt_tokens
+                stats.hit_completion_tokens += cached.completion_tokens
                 on_result(i, cached)
             else:
                 pending.setdefault(key, []).append(i)

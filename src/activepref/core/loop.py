@@ -23,9 +23,12 @@ from activepref.acquisition import CandidateBatch, PairRule, Proposal, resolve_p
 from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs, labelled_information
 from activepref.backends.base import BackendError, ChatResult, SamplingParams
 from activepref.config import RunConfig
+from activepref.core.budget import BudgetExhausted, check
 from activepref.core.cache import CachedBackend
 from activepref.core.candidates import CandidateSettings, RunData
+from activepref.core.costs import Usage, usage_by_iteration
 from activepref.core.determinism import Stage, crash_point, stage_rng
+from activepref.core.estimate import batch_usage, unit_costs
 from activepref.core.metrics import heldout_metrics
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (
@@ -463,6 +466,27 @@ def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: Rep
     return metrics
 
 
+def budget_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
+    """Stop cleanly (BudgetExhausted) before iteration ``it`` if it would not fit the budget."""
+    cfg = ctx.config
+    if not cfg.budget.active():
+        return
+    usage = usage_by_iteration(ctx.store, cfg)
+    finished = [usage[i] for i in range(it) if i in usage]
+    estimate = Usage()
+    if not finished and prompt_idxs:
+        texts = [ctx.data.prompts[p].text for p in prompt_idxs]
+        if cfg.live and cfg.generation is not None:
+            candidates = cfg.generation.samples_per_model * len(cfg.generation.models)
+        else:
+            candidates = int(round(float(ctx.data.table.mask[prompt_idxs].sum(axis=1).mean())))
+        units = unit_costs(cfg, candidates, len(texts), texts[0], [])
+        estimate = batch_usage(cfg, units, texts)
+    result = check(cfg.budget, it, finished, [], estimate)
+    if result.over:
+        raise BudgetExhausted(result.message())
+
+
 # -- the run -------------------------------------------------------------------------------
 def _proposal_to_json(p: Proposal) -> dict[str, Any]:
     return {"annotate": p.annotate.astype(int).tolist(), "pair": p.pair.tolist(), "rule": p.rule.value, "info": p.info}
@@ -514,6 +538,8 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
                 history.append(rec.metrics or {})
                 ctx.parts.progress.on_iteration(it, len(plan), rec.metrics or {})
                 continue
+            if rec is None:
+                budget_step(ctx, it, prompt_idxs)
             if rec is None and config.live:
                 generate_step(ctx, it, prompt_idxs)
                 rec = store.iteration(it)

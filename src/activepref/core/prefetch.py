@@ -95,5 +95,7 @@ def merge_generation_stats(prefetch: dict[str, dict[str, int]] | None, step: dic
         for key in ("calls", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"):
             out[key] = counters.get(key, 0) + pre.get(key, 0)
         out["cache_hits"] = max(0, counters.get("cache_hits", 0) - pre.get("calls", 0))
+        for hit, paid in (("hit_prompt_tokens", "prompt_tokens"), ("hit_completion_tokens", "completion_tokens")):
+            out[hit] = max(0, counters.get(hit, 0) - pre.get(paid, 0))
         merged[stage] = out
     return merged

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from activepref.config import RunConfig, config_from_json
+from activepref.config import BudgetConfig, RunConfig, config_from_json
+from activepref.core.costs import bill
 from activepref.core.determinism import Stage, stage_rng
 from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
 from activepref.core.store import STATUS_TRAINED, RunStore
@@ -57,14 +58,25 @@ def stored_config(store: RunStore) -> RunConfig:
 
 
 def resume(
-    run_dir: str | Path, progress: Progress | None = None, live: LiveParts | None = None, engine: str | None = None
+    run_dir: str | Path,
+    progress: Progress | None = None,
+    live: LiveParts | None = None,
+    engine: str | None = None,
+    budget: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Continue a run; None when every planned iteration was already finished. ``engine``
     (a registered engine kind) replaces the recorded one for this session: an engine changes
-    where model calls run, never what they are."""
+    where model calls run, never what they are. ``budget``: new limits (max_usd,
+    max_judge_calls, max_generated_tokens; None entries keep the recorded ones), recorded in
+    the run's config, so that a run stopped by its budget continues where it stopped."""
     store = RunStore.open(run_dir)
     try:
         config = stored_config(store)
+        changes = {k: v for k, v in (budget or {}).items() if v is not None}
+        if changes:
+            new_budget = BudgetConfig.model_validate({**config.budget.model_dump(), **changes})
+            config = config.model_copy(update={"budget": new_budget})
+            store.set_config(config.model_dump_json())
         config = config.model_copy(update={"engine": config.engine.with_kind(engine)})
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
@@ -89,6 +101,7 @@ class RunStatus:
     summary: dict[str, Any]
     stopped: str | None = None  # "stopped: budget", "stopped: judge file" (a clean stop before the end)
     stopped_detail: str | None = None
+    cost: dict[str, Any] | None = None  # the bill (activepref.core.costs.bill)
 
 
 def status(run_dir: str | Path) -> RunStatus:
@@ -112,6 +125,7 @@ def status(run_dir: str | Path) -> RunStatus:
             summary=run_summary(store),
             stopped=f"stopped: {halt['reason']}" if (halt := store.stopped()) else None,
             stopped_detail=halt["detail"] if halt else None,
+            cost=bill(store, config),
         )
     finally:
         store.close()

@@ -36,8 +36,8 @@ from activepref.pools.records import Prompt, Response
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
-# 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions)
+SCHEMA_VERSION = 6  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
+# 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions); 6: call_stats.hit_*_tokens
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS generation_failures (
 CREATE TABLE IF NOT EXISTS call_stats (
     iteration INTEGER NOT NULL, stage TEXT NOT NULL, calls INTEGER NOT NULL, cache_hits INTEGER NOT NULL,
     failures INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
-    cached_prompt_tokens INTEGER NOT NULL);
+    cached_prompt_tokens INTEGER NOT NULL, hit_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    hit_completion_tokens INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS pool_scores (
     response_idx INTEGER PRIMARY KEY, score REAL, aspects TEXT, oracle REAL);
 CREATE TABLE IF NOT EXISTS scores (
@@ -77,6 +78,11 @@ CREATE TABLE IF NOT EXISTS preferences (
     pair_index INTEGER NOT NULL DEFAULT 0, buffer_position INTEGER NOT NULL UNIQUE,
     PRIMARY KEY (iteration, prompt_idx, pair_index));
 """
+
+STAT_COUNTERS = (
+    "calls", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
+    "hit_prompt_tokens", "hit_completion_tokens",
+)
 
 STATUS_GENERATED = "generated"
 STATUS_EMBEDDED = "embedded"
@@ -271,6 +277,9 @@ class RunStore(LockedSqliteDir):
         if version == "4":
             store._upgrade_from_4()
             version = store.meta("schema_version")
+        if version == "5":
+            store._upgrade_from_5()
+            version = store.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             store.close()
             raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
@@ -343,6 +352,15 @@ class RunStore(LockedSqliteDir):
         with self.transaction() as cur:
             if "meta" not in {row[1] for row in cur.execute("PRAGMA table_info(prompts)")}:
                 cur.execute("ALTER TABLE prompts ADD COLUMN meta TEXT")
+            cur.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+
+    def _upgrade_from_5(self) -> None:
+        """Schema 5 -> 6: call statistics gain the tokens of cache hits (0 in an older run)."""
+        with self.transaction() as cur:
+            have = {row[1] for row in cur.execute("PRAGMA table_info(call_stats)")}
+            for col in ("hit_prompt_tokens", "hit_completion_tokens"):
+                if col not in have:
+                    cur.execute(f"ALTER TABLE call_stats ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:
@@ -392,6 +410,11 @@ class RunStore(LockedSqliteDir):
         except sqlite3.OperationalError:
             return None
         return None if row is None else row[0]
+
+    def set_config(self, config_json: str) -> None:
+        """Replace the recorded config (a resume that raises the run's budget)."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'config'", (config_json,))
 
     def set_stopped(self, reason: str | None, detail: str = "") -> None:
         """Record why the run stopped before its end (None: it is running or finished)."""
@@ -643,19 +666,40 @@ class RunStore(LockedSqliteDir):
     def _insert_stats(cur: sqlite3.Cursor, it: int, stats: dict[str, Any] | None) -> None:
         for stage, s in (stats or {}).items():
             cur.execute(
-                "INSERT INTO call_stats VALUES (?,?,?,?,?,?,?,?)",
-                (it, stage, s["calls"], s["cache_hits"], s["failures"], s["prompt_tokens"], s["completion_tokens"], s["cached_prompt_tokens"]),
+                f"INSERT INTO call_stats (iteration, stage, {', '.join(STAT_COUNTERS)}) VALUES (?,?{',?' * len(STAT_COUNTERS)})",
+                (it, stage, *(int(s.get(k, 0)) for k in STAT_COUNTERS)),
             )
 
+    def _stat_columns(self) -> tuple[str, ...]:
+        """The counters this store's call_stats has (a read-only older store lacks the hit tokens)."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(call_stats)")}
+        return tuple(k for k in STAT_COUNTERS if k in have)
+
     def call_stats(self) -> dict[str, dict[str, int]]:
-        """Totals per stage over the run: calls, cache_hits, failures, tokens."""
+        """Totals per stage over the run: calls, cache_hits, failures, tokens (paid, and served
+        from the cache: hit_*_tokens)."""
+        cols = self._stat_columns()
         out: dict[str, dict[str, int]] = {}
-        for row in self.conn.execute(
-            "SELECT stage, SUM(calls), SUM(cache_hits), SUM(failures), SUM(prompt_tokens), SUM(completion_tokens), "
-            "SUM(cached_prompt_tokens) FROM call_stats GROUP BY stage ORDER BY stage"
-        ):
-            out[row[0]] = dict(zip(("calls", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cached_prompt_tokens"), map(int, row[1:])))
+        sums = ", ".join(f"SUM({c})" for c in cols)
+        for row in self.conn.execute(f"SELECT stage, {sums} FROM call_stats GROUP BY stage ORDER BY stage"):
+            out[row[0]] = {k: 0 for k in STAT_COUNTERS} | dict(zip(cols, map(int, row[1:])))
         return out
+
+    def judged_items_by_iteration(self) -> dict[int, int]:
+        """iteration -> responses sent to a scoring judge plus pairs sent to a comparing judge
+        (answered or failed)."""
+        out: dict[int, int] = {}
+        for table in ("scores", "judge_failures", "comparisons", "comparison_failures"):
+            for it, n in self.conn.execute(f"SELECT iteration, COUNT(*) FROM {table} GROUP BY iteration"):
+                out[int(it)] = out.get(int(it), 0) + int(n)
+        return out
+
+    def call_stats_by_iteration(self, stage: str) -> dict[int, dict[str, int]]:
+        """iteration -> the stage's counters in that iteration."""
+        cols = self._stat_columns()
+        sums = ", ".join(f"SUM({c})" for c in cols)
+        rows = self.conn.execute(f"SELECT iteration, {sums} FROM call_stats WHERE stage = ? GROUP BY iteration", (stage,))
+        return {int(r[0]): {k: 0 for k in STAT_COUNTERS} | dict(zip(cols, map(int, r[1:]))) for r in rows}
 
     def stage_totals(self, stage: str, up_to_iteration: int | None = None) -> tuple[int, int]:
         """(requests answered, by the server or the cache; prompt + completion tokens) of one

@@ -68,3 +68,24 @@ def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("failures", f"generation {summary['generation_failures']}, judge {summary['judge_failures']}"))
     return rows
 
+
+
+def format_cost(cost: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows (label, value) of a run's bill (activepref.core.costs.bill)."""
+    judge_mode = cost.get("judge_mode", "online")
+    rows = [("cost", f"${cost['usd']:.4f} (generation ${cost['usd_generation']:.4f}, judge ${cost['usd_judge']:.4f}, {judge_mode})")]
+    if judge_mode != "online" and cost.get("usd_judge_if_online") is not None:
+        rows.append(("judge online would cost", f"${cost['usd_judge_if_online']:.4f}"))
+    elif cost.get("usd_judge_if_batch"):
+        rows.append(("judge in batch mode would cost", f"${cost['usd_judge_if_batch']:.4f}"))
+    if cost.get("pairs"):
+        rows.append((
+            "per preference pair",
+            f"${cost['usd_per_pair']:.5f}, {cost['judge_calls_per_pair']:.2f} judge calls, "
+            f"{cost['generated_tokens_per_pair']:.1f} generated tokens",
+        ))
+    rows.append(("calls behind the dataset", f"generation {cost['generation_calls']}, judge {cost['judge_calls']}; "
+                 f"tokens in {cost['input_tokens']}, out {cost['output_tokens']}"))
+    if cost.get("unpriced"):
+        rows.append(("not in the price table", ", ".join(cost["unpriced"])))
+    return rows

@@ -31,7 +31,7 @@ from activepref.pools.records import Prompt, Response
 from activepref.registry import Registry
 
 if TYPE_CHECKING:
-    from activepref.backends.base import ChatBackend
+    from activepref.backends.base import ChatBackend, ChatRequest
     from activepref.config import JudgeConfig, ModelConfig
     from activepref.core.cache import RequestCache
 
@@ -156,6 +156,10 @@ class JudgeResources:
 
 
 JudgeFactory = Callable[["JudgeConfig", JudgeResources], "Judge | ComparingJudge"]
+# The calls a model judge makes for one item, before retries: (config, prompt text, the item's
+# response texts: one for a scoring judge, two for a comparing one) -> requests. Cost estimates
+# (``activepref estimate``, budgets) read their messages and max_tokens.
+RequestsFor = Callable[["JudgeConfig", str, "Sequence[str]"], "list[ChatRequest]"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class JudgeEntry:
     pool_scores: bool = False
     compares: bool = False
     options_model: type[BaseModel] | None = None  # the kind's typed ``judge.options`` (None: takes none)
+    requests_for: RequestsFor | None = None  # a model judge's calls for one item (None: one call, no tokens)
 
     def options(self, given: dict[str, object]) -> BaseModel | None:
         """``judge.options`` validated against the kind's options model (ValueError naming
@@ -205,14 +210,17 @@ def register_judge(
     pool_scores: bool = False,
     compares: bool = False,
     options: type[BaseModel] | None = None,
+    requests_for: RequestsFor | None = None,
 ) -> Callable[[JudgeFactory], JudgeFactory]:
     """Decorator registering ``factory(config: JudgeConfig, resources: JudgeResources) -> Judge``
     (a :class:`ComparingJudge` when ``compares``). ``options``: a pydantic model of the kind's
-    own settings (``judge.options``), validated when the config loads (extra keys refused)."""
+    own settings (``judge.options``), validated when the config loads (extra keys refused).
+    ``requests_for``: the calls the judge makes per item (what cost estimates count)."""
 
     def wrap(factory: JudgeFactory) -> JudgeFactory:
         JUDGES.add(JudgeEntry(
-            kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores, compares, options
+            kind, description, factory, needs_model, frozenset(backends) if backends else None, pool_scores, compares, options,
+            requests_for,
         ))
         return factory
 

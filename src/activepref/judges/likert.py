@@ -48,6 +48,14 @@ def expected_score(distribution: Sequence[float]) -> float:
     return float(sum((k + 1) * p for k, p in enumerate(distribution)))
 
 
+def likert_request(prompt: str, response: str, aspect: str, attempt: int, top_logprobs: int = TOP_LOGPROBS) -> ChatRequest:
+    """The call asking for one aspect's digit (``attempt`` seeds a retry)."""
+    params = SamplingParams(
+        temperature=0.0, top_p=1.0, max_tokens=JUDGE_MAX_TOKENS, seed=attempt, top_logprobs=top_logprobs, score_tokens=DIGITS,
+    )
+    return ChatRequest.from_messages(likert_messages(prompt, response, aspect), params)
+
+
 class LikertJudge:
     batch_size = 256
 
@@ -65,11 +73,7 @@ class LikertJudge:
         self.name = f"likert|{backend.endpoint}"
 
     def _request(self, req: ScoreRequest, aspect: str, attempt: int) -> ChatRequest:
-        params = SamplingParams(
-            temperature=0.0, top_p=1.0, max_tokens=JUDGE_MAX_TOKENS, seed=attempt,
-            top_logprobs=self.top_logprobs, score_tokens=DIGITS,
-        )
-        return ChatRequest.from_messages(likert_messages(req.prompt.text, req.response.text, aspect), params)
+        return likert_request(req.prompt.text, req.response.text, aspect, attempt, self.top_logprobs)
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]:
         """All (response, aspect) calls go out together; aspects that come back without a
@@ -109,6 +113,13 @@ class LikertJudge:
         return out
 
 
-@register_judge("likert", "Probabilistic Likert judge: expected 1-5 score per aspect from digit log-probabilities.")
+def likert_requests(config: JudgeConfig, prompt: str, responses: Sequence[str]) -> list[ChatRequest]:
+    """The first-attempt calls for one response: one per aspect."""
+    return [likert_request(prompt, responses[0], a, 0) for a in ASPECTS]
+
+
+@register_judge(
+    "likert", "Probabilistic Likert judge: expected 1-5 score per aspect from digit log-probabilities.", requests_for=likert_requests
+)
 def make_likert_judge(config: JudgeConfig, resources: JudgeResources) -> LikertJudge:
     return LikertJudge(CachedBackend(resources.chat_backend(config), resources.cache(), "judge"), max_retries=config.max_retries)

@@ -52,6 +52,12 @@ def shown_swapped(seed: int, first_id: str, second_id: str) -> bool:
     return bool(stage_rng(seed, 0, Stage.PAIR_ORDER, text_key(first_id), text_key(second_id)).random() < 0.5)
 
 
+def pairwise_request(prompt: str, first: str, second: str, attempt: int) -> ChatRequest:
+    """The call asking which of two responses (shown first/second) is better."""
+    params = SamplingParams(temperature=0.0, max_tokens=1, top_logprobs=20, score_tokens=LETTERS, seed=attempt)
+    return ChatRequest.from_messages(pairwise_messages(prompt, first, second), params)
+
+
 class PairwiseJudge:
     compares = True
     batch_size = 128  # pairs committed together (each call is committed to the cache as it returns)
@@ -65,8 +71,7 @@ class PairwiseJudge:
         self.last_position_consistency: float | None = None
 
     def _request(self, prompt: str, first: str, second: str, attempt: int) -> ChatRequest:
-        params = SamplingParams(temperature=0.0, max_tokens=1, top_logprobs=20, score_tokens=LETTERS, seed=attempt)
-        return ChatRequest.from_messages(pairwise_messages(prompt, first, second), params)
+        return pairwise_request(prompt, first, second, attempt)
 
     def compare_batch(self, requests: Sequence[CompareRequest]) -> list[Comparison | JudgeError]:
         """P(first better) per pair; every call of the batch goes out together."""
@@ -133,10 +138,18 @@ class PairwiseJudge:
         return [-1 if not isinstance(r, Comparison) or r.p_first == 0.5 else (0 if r.p_first > 0.5 else 1) for r in results]
 
 
+def pairwise_requests(config: JudgeConfig, prompt: str, responses: Sequence[str]) -> list[ChatRequest]:
+    """The first-attempt calls for one pair: one, or two with ``both_orders``."""
+    first, second = responses
+    calls = [pairwise_request(prompt, first, second, 0)]
+    return calls + [pairwise_request(prompt, second, first, 0)] if config.both_orders else calls
+
+
 @register_judge(
     "pairwise",
     "Pairwise judge: which of two responses is better (A/B log-probabilities), order drawn per pair; both_orders for position consistency.",
     compares=True,
+    requests_for=pairwise_requests,
 )
 def make_pairwise_judge(config: JudgeConfig, resources: JudgeResources) -> PairwiseJudge:
     backend = CachedBackend(resources.chat_backend(config), resources.cache(), "judge")
