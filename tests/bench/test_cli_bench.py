@@ -14,7 +14,7 @@ from activepref.pools.sources import synthetic_pool, write_pool
 def test_bench_command_writes_the_report(tmp_path: Path) -> None:
     pool = write_pool(synthetic_pool(n_prompts=30, candidates=4, dim=8, seed=2), tmp_path / "pool.parquet")
     cfg = tmp_path / "shared.yaml"
-    cfg.write_text("enn: {heads: 4, hidden: 8, steps: 5, lr: 0.01}\n")
+    cfg.write_text("enn: {heads: 4, hidden: 8, steps: 5, lr: 0.01}\nprices: {replay: {per_call: 0.5}}\n")
     args = ["bench", "--pool", str(pool), "--methods", "random,maxdiff", "--seeds", "2", "--budget", "12",
             "--out", str(tmp_path / "b"), "--batch-size", "6", "--workers", "1", "-c", str(cfg)]
     result = CliRunner().invoke(app, args)
@@ -26,6 +26,9 @@ def test_bench_command_writes_the_report(tmp_path: Path) -> None:
     assert len(rows) == 2 * 2 * 2  # 12 pairs / 6 per iteration
     for name in ("summary.md", "curves.png", "table21.png"):
         assert (tmp_path / "b" / name).exists()
+    for r in rows:  # the bill at the shared price table: $0.50 per reveal
+        assert float(r["usd"]) == 0.5 * float(r["judge_calls"]) and float(r["generated_tokens"]) == 0
+    assert "## Cost" in (tmp_path / "b" / "summary.md").read_text()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and again.output.count("skipped") == 4
 

@@ -15,7 +15,7 @@ RESULT_COLUMNS = ("method", "seed", "iteration", "annotations", "accuracy", "spe
 EXTRA_COLUMNS = (
     "pairs", "judge_calls", "judge_tokens", "best_of_n_regret", "best_of_n_normalized",
     "oracle_best", "mean_chosen_reward", "mean_rejected_reward", "checkpoint",
-    "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy",
+    "prompts_consumed", "rm_accuracy", "rm_accuracy_hard", "label_accuracy", "usd", "generated_tokens",
 )
 BENCH_TIMINGS_FILE = "bench_timings.json"  # run = run/resume wall (incl. pool import), dataset_eval = evaluate_run
 CALLS_FILE = "bench_calls.json"  # one record per `bench` call: wall time, workers, runs ran and skipped

@@ -294,6 +294,29 @@ def judge_quality_lines(agreements: list[Any]) -> list[str]:
     return [*lines, ""]
 
 
+def cost_lines(by: dict[str, dict[int, list[dict[str, Any]]]]) -> list[str]:
+    """The bill per method at the run's price table (mean over seeds of the last iteration):
+    judge calls, generated tokens and USD, in total and per preference pair."""
+    finals = {m: [c[-1] for c in seeds.values()] for m, seeds in by.items()}
+    if not any("usd" in f for fs in finals.values() for f in fs):
+        return []
+    lines = [
+        "## Cost (at the config's price table; cache hits counted as paid)", "",
+        "| method | judge calls | generated tokens | USD | judge calls per pair | generated tokens per pair | USD per pair |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    def mean(fs: list[dict[str, Any]], key: str, per_pair: bool = False) -> float:
+        vals = [float(f.get(key, float("nan"))) / (f["pairs"] if per_pair and f.get("pairs") else 1.0) for f in fs]
+        return float(np.nanmean(vals)) if vals else float("nan")
+
+    for method, fs in finals.items():
+        lines.append(
+            f"| {method} | {mean(fs, 'judge_calls'):.0f} | {mean(fs, 'generated_tokens'):.0f} | {mean(fs, 'usd'):.4f} | "
+            f"{mean(fs, 'judge_calls', True):.2f} | {mean(fs, 'generated_tokens', True):.1f} | {mean(fs, 'usd', True):.5f} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(
     out: Path,
     run_dirs: dict[tuple[str, int], Path],
@@ -334,6 +357,7 @@ def write_report(
             cells.append("n/a" if e["ratio"] is None else f"{e['ratio']:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += cost_lines(by)
     if eff is None:
         lines.append(f"(The efficiency columns need the `{reference}` method in the bench.)")
     else:

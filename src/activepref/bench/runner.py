@@ -51,7 +51,7 @@ from activepref.engines import make_engine
 from activepref.errors import ActivePrefError, ConfigError
 
 CACHE_NAME = "bench_metrics.json"
-CACHE_VERSION = 3  # 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
+CACHE_VERSION = 4  # 4: the bill (usd, generated_tokens; activepref.core.costs); 2: dataset-quality columns (prompts_consumed, rm_accuracy, ...)
 DATASET_FRACTIONS = (1 / 6, 1 / 3, 1 / 2, 2 / 3, 5 / 6, 1.0)  # of the planned iterations (001 Fig. 7's x axis)
 
 
@@ -325,6 +325,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
     import torch
 
     from activepref.core.candidates import load_features
+    from activepref.core.costs import Usage, usage_by_iteration
     from activepref.core.loop import iteration_plan
     from activepref.core.runs import stored_config
     from activepref.core.store import STATUS_TRAINED, RunStore
@@ -343,6 +344,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
         todo = [r for r in trained if str(r.iteration) not in cache]
         if todo:
             config = stored_config(store)
+            spent = usage_by_iteration(store, config)
             # Runs since the loop stores its held-out model metrics need no ENN forward here.
             needs_model = any("heldout_spearman_loss" not in (r.metrics or {}) for r in todo)
             features = load_features(store, config.enn.standardize) if needs_model else None
@@ -366,6 +368,8 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
                     "checkpoint": 0,
                 }
                 row.update(_judge_costs(store, rec.iteration, m.get("annotations")))
+                bill = sum((spent[i] for i in range(rec.iteration + 1) if i in spent), Usage())
+                row.update(usd=bill.usd, generated_tokens=bill.generated_tokens)
                 path = store.checkpoint_path(rec.iteration)
                 if "heldout_spearman_loss" in m:
                     # The loop computed them on the same held-out candidates (core.metrics.heldout_metrics).
