@@ -278,7 +278,8 @@ def test_registry_lists_the_nine_paper_and_four_upstream_per_prompt_methods():
     names = [method.name for method in methods]
     assert sorted(names) == sorted(NINE | UPSTREAM) and len(names) == 13
     assert {n for n, m in REGISTRY.items() if m.kind == "per_prompt"} == NINE | UPSTREAM
-    assert all(m.kind == "design" for m in available() if m.name not in NINE | UPSTREAM)
+    assert all(m.kind in ("design", "model") for m in available() if m.name not in NINE | UPSTREAM)
+    assert all(m.name.startswith("model_") for m in available() if m.kind == "model")
     for method in methods:
         assert isinstance(method.description, str) and method.description.strip()
         assert callable(method.propose)

@@ -43,8 +43,10 @@ DESIGN_INPUTS = frozenset({"phi", "past_information", "past_differences", "promp
 @dataclass(frozen=True)
 class Method:
     """A registered method. ``kind`` is ``per_prompt`` (``propose(batch, rng, **options) ->
-    Proposal``: one pair per prompt) or ``design`` (``propose(comparisons, budget, rng,
-    **options) -> [budget] indices`` into ``comparisons.pairs``: a batch over all prompts)."""
+    Proposal``: one pair per prompt), ``design`` (``propose(comparisons, budget, rng,
+    **options) -> [budget] indices`` into ``comparisons.pairs``: a batch over all prompts) or
+    ``model`` (``propose(model_batch, rng, **options) -> [b, M] bool``: which models generate
+    for each prompt, before a per-prompt ``response_method`` picks the pair)."""
 
     name: str
     description: str
@@ -139,6 +141,22 @@ def register_design(
     return wrap
 
 
+def register_model_level(
+    name: str, description: str, *, uses_reward_model: bool = True, check: OptionsCheck | None = None
+) -> Callable[[ProposeFn], ProposeFn]:
+    """Decorator adding a model-level method (kind ``model``: ``propose(model_batch, rng,
+    **options) -> [b, M] bool``, which models generate for each prompt; see
+    ``acquisition.model_level``). Its options include ``response_method``, the per-prompt
+    method that then picks the pair among the generated candidates."""
+
+    def wrap(fn: ProposeFn) -> ProposeFn:
+        family = fn.__module__.rsplit(".", 1)[-1]
+        REGISTRY.add(Method(name, description, fn, family, uses_reward_model, kind="model", options_model=options_model(fn, 2, name, check)))
+        return fn
+
+    return wrap
+
+
 def available() -> list[Method]:
     """Every registered method (built-in, then plugins'), in registration order."""
     return REGISTRY.available()
@@ -227,6 +245,7 @@ from activepref.acquisition import bandits  # noqa: E402,F401
 from activepref.acquisition import designs  # noqa: E402,F401
 from activepref.acquisition import bayesian  # noqa: E402,F401
 from activepref.acquisition import upstream  # noqa: E402,F401
+from activepref.acquisition import model_level  # noqa: E402,F401
 
 __all__ = [
     "DESIGN_INPUTS",
@@ -242,6 +261,7 @@ __all__ = [
     "make_selector",
     "option_rows",
     "register",
+    "register_model_level",
     "resolve_pairs",
     "ucb_preference_prob",
 ]

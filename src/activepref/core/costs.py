@@ -7,7 +7,9 @@ was killed and resumed: a re-run of a finished config shows the same bill and ma
 What the cache actually saved is in the stage counters (``cache_hits``).
 
 - generation: from the stored responses of the iteration's prompts (their call usage is in
-  each response's meta), priced per generation model;
+  each response's meta: live calls, or a pool's ``prompt_tokens``/``completion_tokens``
+  columns, what generating the pool cost), priced per generation model; with a model-level
+  method only the chosen models' responses count;
 - judge: a model judge's calls and tokens from the run's call statistics; a judge without a
   model (replay, verifier, a human) counts one call per response scored or pair compared.
   In ``mode: batch`` or ``mode: file`` the judge's price takes its ``batch_discount``.
@@ -111,9 +113,10 @@ def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
             prompt_iteration[p] = rec.iteration
     # generation, per (iteration, model): calls, prompt tokens, completion tokens
     gen: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    chosen = store.model_choices()  # model-level runs: only the chosen models generated
     for p_idx, model, meta in store.conn.execute("SELECT prompt_idx, model, meta FROM responses WHERE meta IS NOT NULL"):
         it = prompt_iteration.get(int(p_idx))
-        if it is None:
+        if it is None or (int(p_idx) in chosen and model not in chosen[int(p_idx)]):
             continue
         m = json.loads(meta)
         row = gen[(it, model)]

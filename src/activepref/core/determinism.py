@@ -35,6 +35,9 @@ class Stage(IntEnum):
     PAIR_ORDER = 8  # pairwise judges: which response is shown first (keys: the two response ids)
     LABEL_NOISE = 9  # simulated label noise of a judge (keys: the response id)
     POOL_INSTRUCTIONS = 10  # building a pool: the verifiable instructions of each prompt (keys: its source id)
+    MODEL_SELECT = 11  # model-level acquisition: the method's draws (Thompson heads, exploration)
+    MODEL_INIT = 12  # model-level reward model: initial weights (fresh each iteration)
+    MODEL_TRAIN = 13  # model-level reward model: minibatches
     APL_PROMPTS = 101  # APL: which unlabelled prompts a round samples
     APL_SAMPLE = 102  # APL: request seed of each completion (keys: prompt id, sample number)
     APL_SELECT = 103  # APL: tie breaks and the random acquisition

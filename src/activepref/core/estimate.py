@@ -97,12 +97,23 @@ def judge_items_per_prompt(config: RunConfig, candidates: int, prompts: int) -> 
 
 
 @dataclass(frozen=True)
+class GenerationUnit:
+    """One generation model's share per prompt: calls, output tokens per call and, for a pool
+    (whose usage is known), input tokens per call (None: the prompt and a system prompt)."""
+
+    model: str
+    calls_per_prompt: float
+    output_tokens: float
+    input_tokens: float | None = None
+
+
+@dataclass(frozen=True)
 class UnitCosts:
     """Per-prompt figures of a config, from which any batch's usage follows: generation calls,
     tokens of a system prompt, output tokens per call; judge items per prompt, calls per item,
     input tokens per judge call beyond the prompt's, output tokens per judge call."""
 
-    generation: list[tuple[str, int, int]]  # (model label, calls per prompt, max_tokens)
+    generation: list[GenerationUnit]
     system_tokens: float
     judge_items_per_prompt: float
     judge_calls_per_item: float
@@ -110,18 +121,33 @@ class UnitCosts:
     judge_output_tokens: float
 
 
-def unit_costs(config: RunConfig, candidates: int, prompts: int, sample_prompt: str, notes: list[str]) -> UnitCosts:
+def unit_costs(
+    config: RunConfig, candidates: int, prompts: int, sample_prompt: str, notes: list[str],
+    pool_generation: list[GenerationUnit] | None = None,
+) -> UnitCosts:
+    """Per-prompt figures of ``config``; ``candidates`` per prompt before a model-level choice;
+    ``pool_generation``: a pool's per-model usage (pool runs)."""
+    from activepref.core.model_level import split_methods
     from activepref.judges import JUDGES
     from activepref.live.generation import SYSTEM_PROMPTS
 
+    level, response_method, response_options = split_methods(config)
     g = config.generation
-    generation: list[tuple[str, int, int]] = []
+    generation: list[GenerationUnit] = []
     system = 0.0
     response_len = 256
+    n_models = len(g.models) if (g is not None and config.live) else len(pool_generation or []) or 1
+    share = 1.0
+    if level is not None:
+        k = int(dict(config.method_options).get("k", level.method.options()["k"]))
+        share = min(1.0, k / n_models)
     if g is not None and config.live:
         system = float(np.mean([TOKENS_PER_MESSAGE + approx_tokens(s) for p in g.principles for s in SYSTEM_PROMPTS[p]]))
-        generation = [(m.label(), g.samples_per_model, m.max_tokens or g.max_tokens) for m in g.models]
-        response_len = max(t for _, _, t in generation)
+        generation = [GenerationUnit(m.label(), g.samples_per_model * share, m.max_tokens or g.max_tokens) for m in g.models]
+        response_len = int(max(u.output_tokens for u in generation))
+    elif pool_generation:
+        generation = [GenerationUnit(u.model, u.calls_per_prompt * share, u.output_tokens, u.input_tokens) for u in pool_generation]
+        response_len = int(np.mean([u.output_tokens for u in pool_generation]))
     entry = JUDGES.get(config.judge.kind)
     per_item, overhead, out = 1.0, 0.0, 0.0
     if entry.requests_for is not None:
@@ -133,7 +159,10 @@ def unit_costs(config: RunConfig, candidates: int, prompts: int, sample_prompt: 
         out = float(np.mean([t[1] for t in tokens]))
     elif entry.needs_model:
         notes.append(f"judge kind {config.judge.kind!r} declares no requests_for: one call per item, tokens not counted")
-    return UnitCosts(generation, system, judge_items_per_prompt(config, candidates, prompts), per_item, overhead, out)
+    response_config = config.model_copy(update={"method": response_method, "method_options": response_options})
+    seen = max(2, int(round(candidates * share))) if level is not None else candidates
+    items = judge_items_per_prompt(response_config, seen, prompts)
+    return UnitCosts(generation, system, items, per_item, overhead, out)
 
 
 def batch_usage(config: RunConfig, units: UnitCosts, prompt_texts: Sequence[str]) -> Usage:
@@ -142,18 +171,43 @@ def batch_usage(config: RunConfig, units: UnitCosts, prompt_texts: Sequence[str]
     prompt_tokens = sum(TOKENS_PER_MESSAGE + approx_tokens(t) for t in prompt_texts)
     g_calls = g_in = g_out = 0
     g_usd = 0.0
-    for label, per_prompt, max_tokens in units.generation:
-        calls = b * per_prompt
-        tin = int(round(per_prompt * (prompt_tokens + b * units.system_tokens)))
-        tout = calls * max_tokens
-        g_calls, g_in, g_out = g_calls + calls, g_in + tin, g_out + tout
-        g_usd += token_cost(generation_price(config, label), calls, tin, tout)
+    fc = fi = fo = 0.0
+    for u in units.generation:  # expected (fractional) counts, rounded once for the batch
+        calls = b * u.calls_per_prompt
+        tin = u.calls_per_prompt * (prompt_tokens + b * units.system_tokens) if u.input_tokens is None else calls * u.input_tokens
+        tout = calls * u.output_tokens
+        fc, fi, fo = fc + calls, fi + tin, fo + tout
+        g_usd += _priced(config, u.model, calls, tin, tout)
+    g_calls, g_in, g_out = int(round(fc)), int(round(fi)), int(round(fo))
     calls_per_prompt = units.judge_items_per_prompt * units.judge_calls_per_item
     j_calls = int(round(b * calls_per_prompt))
     j_in = int(round(calls_per_prompt * (prompt_tokens + b * units.judge_overhead_tokens))) if units.judge_output_tokens else 0
     j_out = int(round(j_calls * units.judge_output_tokens))
     j_usd = token_cost(judge_price(config), j_calls, j_in, j_out, config.judge.mode != "online")
     return Usage(g_calls, g_in, g_out, j_calls, j_in, j_out, g_usd, j_usd)
+
+
+def _priced(config: RunConfig, model: str, calls: float, tin: float, tout: float) -> float:
+    p = generation_price(config, model)
+    if p is None:
+        return 0.0
+    return p.per_call * calls + (p.input_per_mtok * tin + p.output_per_mtok * tout) / 1_000_000
+
+
+def pool_units(tokens: np.ndarray, models: Sequence[str], n_prompts: int) -> list[GenerationUnit]:
+    """Per-model generation units of a pool from its [n, 2] (prompt, completion) token counts."""
+    by: dict[str, list[int]] = {}
+    for n, m in enumerate(models):
+        by.setdefault(m, []).append(n)
+    out = []
+    for m, rows in by.items():
+        t = tokens[rows]
+        known_in, known_out = t[:, 0][t[:, 0] >= 0], t[:, 1][t[:, 1] >= 0]
+        out.append(GenerationUnit(
+            m, len(rows) / n_prompts, float(known_out.mean()) if len(known_out) else 0.0,
+            float(known_in.mean()) if len(known_in) else 0.0,
+        ))
+    return out
 
 
 def estimate_run(config: RunConfig) -> Estimate:
@@ -164,6 +218,7 @@ def estimate_run(config: RunConfig) -> Estimate:
     from activepref.pools.sources import load_pool
 
     notes: list[str] = []
+    pool_generation: list[GenerationUnit] | None = None
     if config.live:
         assert config.prompts is not None and config.generation is not None
         prompts = read_prompts(config.prompts)
@@ -176,7 +231,11 @@ def estimate_run(config: RunConfig) -> Estimate:
         counts = np.bincount(pool.prompt_index, minlength=len(texts)) if len(pool.prompt_index) else np.zeros(len(texts), int)
         candidates = int(round(float(np.mean(counts[counts > 0])))) if (counts > 0).any() else 0
         _, order = split_prompts(len(texts), config.eval_fraction, config.seed)
-        notes.append("a pool run: its candidates exist already, so generation costs nothing here")
+        if pool.tokens is not None:
+            pool_generation = pool_units(pool.tokens, [r.model for r in pool.responses], len(texts))
+            notes.append("a pool run: generation is what the pool's prompt_tokens/completion_tokens say it cost")
+        else:
+            notes.append("a pool run without token columns: its candidates exist already, so generation is not counted")
     b = config.batch_size
     batches = [order[i : i + b] for i in range(0, len(order), b)]
     if config.iterations:
@@ -184,7 +243,7 @@ def estimate_run(config: RunConfig) -> Estimate:
     if not batches:
         return Estimate(0, 0, float(candidates), 0.0, Usage(), Usage(), notes, config.judge.mode)
     first = [texts[int(p)] for p in batches[0]]
-    units = unit_costs(config, candidates, len(first), first[0], notes)
+    units = unit_costs(config, candidates, len(first), first[0], notes, pool_generation)
     total = Usage()
     for batch in batches:
         total = total + batch_usage(config, units, [texts[int(p)] for p in batch])

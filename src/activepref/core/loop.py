@@ -10,6 +10,7 @@ exactly the draws, calls and choices of an uninterrupted run.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -28,8 +29,9 @@ from activepref.core.cache import CachedBackend
 from activepref.core.candidates import CandidateSettings, RunData
 from activepref.core.costs import Usage, usage_by_iteration
 from activepref.core.determinism import Stage, crash_point, stage_rng
-from activepref.core.estimate import batch_usage, unit_costs
+from activepref.core.estimate import batch_usage, pool_units, unit_costs
 from activepref.core.metrics import heldout_metrics
+from activepref.core.model_level import chosen_mask, model_select_step
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (
     STATUS_ANNOTATED,
@@ -69,6 +71,7 @@ class RunContext:
     times: StageTimes = field(default_factory=StageTimes)
     prefetcher: Prefetcher | None = None  # set when the engine overlaps iterations
     prefetched: Prefetched | None = None  # the prefetch generate_step took, for embed_step
+    pending_prompt_vectors: dict[int, np.ndarray] | None = None  # model level: embedded, not yet committed
 
 
 def iteration_plan(store: RunStore, config: RunConfig) -> list[list[int]]:
@@ -90,6 +93,10 @@ def select_step(ctx: RunContext, it: int, prompt_idxs: list[int], model: Ensembl
     data = ctx.data
     slots = data.table.slots[prompt_idxs]  # [b, m]
     mask = data.table.mask[prompt_idxs]
+    if ctx.parts.model_level is not None and not ctx.config.live:
+        allowed = chosen_mask(ctx, it, prompt_idxs)  # pool runs: only the chosen models' candidates exist
+        if allowed is not None:
+            mask = mask & allowed
     mean = np.zeros(slots.shape)
     std = np.zeros(slots.shape)
     if ctx.parts.method.uses_reward_model and mask.any():  # baselines never look at the reward model
@@ -234,6 +241,9 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
     if prefetched is not None:
         ctx.prefetched = prefetched
     specs = _generation_specs(ctx, it, prompt_idxs)
+    if ctx.parts.model_level is not None:  # planned for every model (same draws), asked of the chosen ones
+        choices = ctx.store.model_choices(it)
+        specs = [s for s in specs if s.model in choices.get(s.prompt_idx, ())]
     before = live.cache.stats.snapshot()
     results = _generate(ctx, it, specs)
     crash_point("generate.before_commit", it)
@@ -466,6 +476,17 @@ def train_step(ctx: RunContext, it: int, model: EnsembleRewardModel, buffer: Rep
     return metrics
 
 
+def pool_generation_units(ctx: RunContext) -> list[Any] | None:
+    """A pool run's per-model generation usage (from the responses' stored token counts)."""
+    if ctx.config.live:
+        return None
+    rows = ctx.store.conn.execute("SELECT model, meta FROM responses WHERE meta IS NOT NULL").fetchall()
+    if not rows:
+        return None
+    tokens = np.asarray([[json.loads(m).get("prompt_tokens", -1), json.loads(m).get("completion_tokens", -1)] for _, m in rows])
+    return pool_units(tokens, [r[0] for r in rows], len(ctx.data.prompts))
+
+
 def budget_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
     """Stop cleanly (BudgetExhausted) before iteration ``it`` if it would not fit the budget."""
     cfg = ctx.config
@@ -480,7 +501,7 @@ def budget_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
             candidates = cfg.generation.samples_per_model * len(cfg.generation.models)
         else:
             candidates = int(round(float(ctx.data.table.mask[prompt_idxs].sum(axis=1).mean())))
-        units = unit_costs(cfg, candidates, len(texts), texts[0], [])
+        units = unit_costs(cfg, candidates, len(texts), texts[0], [], pool_generation_units(ctx))
         estimate = batch_usage(cfg, units, texts)
     result = check(cfg.budget, it, finished, [], estimate)
     if result.over:
@@ -501,7 +522,7 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     parts = build_parts(store, config, progress, live)
     settings = CandidateSettings(config.enn.standardize, config.enn.device, config.eval_monitor_prompts, config.seed)
     ctx = RunContext(store, config, parts, RunData(store, settings))
-    if config.live and getattr(parts.engine, "prefetch", False):
+    if config.live and getattr(parts.engine, "prefetch", False) and parts.model_level is None:
         ctx.prefetcher = Prefetcher()
     return ctx
 
@@ -540,6 +561,11 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
                 continue
             if rec is None:
                 budget_step(ctx, it, prompt_idxs)
+                level = ctx.parts.model_level
+                if level is not None and not store.model_choices(it):
+                    ctx.parts.progress.on_stage(it, "choose models")
+                    with ctx.times.measure("model_select"):
+                        model_select_step(ctx, it, prompt_idxs, level)
             if rec is None and config.live:
                 generate_step(ctx, it, prompt_idxs)
                 rec = store.iteration(it)

@@ -37,7 +37,8 @@ from activepref.pools.records import Prompt, Response
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 6  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
-# 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions); 6: call_stats.hit_*_tokens
+# 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions); 6: call_stats.hit_*_tokens,
+# model_choices and prompt_vectors (model-level acquisition)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +73,9 @@ CREATE TABLE IF NOT EXISTS comparison_failures (
 CREATE TABLE IF NOT EXISTS iterations (
     iteration INTEGER PRIMARY KEY, status TEXT NOT NULL, prompt_idxs TEXT NOT NULL,
     proposal TEXT, pair_status TEXT, metrics TEXT);
+CREATE TABLE IF NOT EXISTS model_choices (
+    iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, models TEXT NOT NULL, PRIMARY KEY (iteration, prompt_idx));
+CREATE TABLE IF NOT EXISTS prompt_vectors (prompt_idx INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS preferences (
     iteration INTEGER NOT NULL, prompt_idx INTEGER NOT NULL, chosen_idx INTEGER NOT NULL,
     rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL,
@@ -97,6 +101,14 @@ def _save_float32(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
     tmp.replace(path)
+
+
+def _usage_meta(pool: Pool, i: int) -> str | None:
+    """A pool response's generation usage as response meta (what costs count), if the pool has it."""
+    if pool.tokens is None:
+        return None
+    p, c = (int(v) for v in pool.tokens[i])
+    return json.dumps({k: v for k, v in (("prompt_tokens", p), ("completion_tokens", c)) if v >= 0})
 
 
 class PreferenceRecord(NamedTuple):
@@ -355,7 +367,9 @@ class RunStore(LockedSqliteDir):
             cur.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
 
     def _upgrade_from_5(self) -> None:
-        """Schema 5 -> 6: call statistics gain the tokens of cache hits (0 in an older run)."""
+        """Schema 5 -> 6: call statistics gain the tokens of cache hits (0 in an older run); the
+        model-level tables (empty)."""
+        self.conn.executescript(SCHEMA)  # CREATE TABLE IF NOT EXISTS: only the new tables are made
         with self.transaction() as cur:
             have = {row[1] for row in cur.execute("PRAGMA table_info(call_stats)")}
             for col in ("hit_prompt_tokens", "hit_completion_tokens"):
@@ -380,7 +394,7 @@ class RunStore(LockedSqliteDir):
             cur.executemany(
                 "INSERT INTO responses VALUES (?,?,?,?,?,?,?,?)",
                 [
-                    (i, r.id, int(pool.prompt_index[i]), r.model, r.principle, r.system_prompt, r.text, None)
+                    (i, r.id, int(pool.prompt_index[i]), r.model, r.principle, r.system_prompt, r.text, _usage_meta(pool, i))
                     for i, r in enumerate(pool.responses)
                 ],
             )
@@ -684,6 +698,32 @@ class RunStore(LockedSqliteDir):
         for row in self.conn.execute(f"SELECT stage, {sums} FROM call_stats GROUP BY stage ORDER BY stage"):
             out[row[0]] = {k: 0 for k in STAT_COUNTERS} | dict(zip(cols, map(int, row[1:])))
         return out
+
+    def commit_model_choices(self, it: int, choices: dict[int, list[str]], vectors: dict[int, np.ndarray]) -> None:
+        """Model-level acquisition: the models chosen to generate for each prompt of iteration
+        ``it`` (and the prompt vectors embedded for the choice), in one transaction."""
+        with self.transaction() as cur:
+            cur.executemany("INSERT INTO model_choices VALUES (?,?,?)", [(it, p, json.dumps(m)) for p, m in choices.items()])
+            cur.executemany(
+                "INSERT OR IGNORE INTO prompt_vectors VALUES (?,?)",
+                [(p, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for p, v in vectors.items()],
+            )
+
+    def model_choices(self, it: int | None = None) -> dict[int, list[str]]:
+        """prompt -> chosen models, of one iteration (or of all: prompts are in one iteration each)."""
+        try:
+            if it is None:
+                rows = self.conn.execute("SELECT prompt_idx, models FROM model_choices").fetchall()
+            else:
+                rows = self.conn.execute("SELECT prompt_idx, models FROM model_choices WHERE iteration = ?", (it,)).fetchall()
+        except sqlite3.OperationalError:  # a read-only store of an older schema
+            return {}
+        return {int(p): json.loads(m) for p, m in rows}
+
+    def prompt_vectors(self) -> dict[int, np.ndarray]:
+        """Prompt-only embeddings a live model-level run stored, by prompt."""
+        rows = self.conn.execute("SELECT prompt_idx, vector FROM prompt_vectors").fetchall()
+        return {int(p): np.frombuffer(v, dtype=np.float32) for p, v in rows}
 
     def judged_items_by_iteration(self) -> dict[int, int]:
         """iteration -> responses sent to a scoring judge plus pairs sent to a comparing judge

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from activepref.acquisition import Method, get_method, make_selector
 from activepref.core.cache import RequestCache
+from activepref.core.model_level import ModelLevelParts, split_methods
 from activepref.engines import Engine, make_engine
 from activepref.judges import AuditedJudge, ComparingJudge, Judge, JudgeResources, make_judge
 from activepref.model.enn import ENNShape, EnsembleRewardModel
@@ -59,6 +60,7 @@ class RunParts:
     progress: Progress = field(default_factory=Progress)
     live: LiveParts | None = None
     cache: RequestCache | None = None
+    model_level: ModelLevelParts | None = None  # a model-level method: which models generate (then ``method`` picks the pair)
 
 
 def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> RunParts:
@@ -87,9 +89,10 @@ def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = 
     cache = resources.opened_cache or cache
     if config.judge.audit_log:
         judge = AuditedJudge(judge, config.judge.audit_log)
-    method = get_method(config.method)
-    selector = make_selector(config.method, config.method_options)
-    return RunParts(judge, method, selector, engine, progress or Progress(), live, cache)
+    model_level, response_method, response_options = split_methods(config)
+    method = get_method(response_method)
+    selector = make_selector(response_method, response_options)
+    return RunParts(judge, method, selector, engine, progress or Progress(), live, cache, model_level)
 
 
 def new_model(config: RunConfig, dim: int, init_seed: int) -> EnsembleRewardModel:

@@ -72,7 +72,9 @@ class Pool:
     memory map of a float16/float32 .npy (``feature_scan`` set: a run references that file);
     scores: [n] judge score (NaN when absent); aspect_scores: aspect -> [n];
     oracle: [n] hidden reward for evaluation (None when the pool has none);
-    prompt_features: [n_prompts, q] float32 prompt-only embeddings, in ``prompts`` order (or None).
+    prompt_features: [n_prompts, q] float32 prompt-only embeddings, in ``prompts`` order (or None);
+    tokens: the generation call's usage per response (columns ``prompt_tokens`` and
+    ``completion_tokens``; None when the pool has neither): what generating the pool cost.
     """
 
     prompts: list[Prompt]
@@ -85,6 +87,7 @@ class Pool:
     source: str = ""
     prompt_features: np.ndarray | None = None
     feature_scan: FeatureScan | None = None  # set when features is a memory-mapped .npy a run references
+    tokens: np.ndarray | None = None  # [n, 2] int64 (prompt_tokens, completion_tokens) of each response's call, -1 unknown
 
     @property
     def dim(self) -> int:
@@ -235,6 +238,7 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
     prompt_feats: dict[str, list[float]] = {}
     has_prompt_features: bool | None = None
     apart: dict[str, Any] = {}
+    tokens: list[tuple[int, int]] = []
     for index, (location, raw) in enumerate(_iter_rows(path, apart)):
         try:
             row = PoolRow.model_validate(raw)
@@ -287,6 +291,13 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
             if not all(math.isfinite(v) for v in row.prompt_features):
                 raise PoolFormatError(str(path), location, "prompt_features", "contains NaN or infinity")
         extra = row.model_extra or {}
+        usage = []
+        for name in ("prompt_tokens", "completion_tokens"):
+            v = extra.get(name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise PoolFormatError(str(path), location, name, f"must be a number >= 0 (got {v!r:.40})")
+            usage.append(-1 if v is None else int(v))
+        tokens.append((usage[0], usage[1]))
         for a in ASPECTS:
             v = extra.get(f"score_{a}")
             if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
@@ -323,6 +334,7 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         source=str(path),
         prompt_features=np.asarray([prompt_feats[p] for p in prompt_order], dtype=np.float32) if prompt_feats else None,
         feature_scan=scan,
+        tokens=token_array if (token_array := np.asarray(tokens, dtype=np.int64).reshape(-1, 2)).max(initial=-1) >= 0 else None,
     )
 
 
