@@ -204,3 +204,24 @@ def assert_reveals_accounted_for(audit_lines: list[dict], killed_pids: list[int]
             repeats += 1
     assert all(n == 1 for n in per_kill.values()), f"a kill accounts for at most one repeated reveal ({per_kill})"
     return repeats
+
+
+def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 120.0, settle_s: float = 0.0,
+                 log: Path | None = None) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 20 ms), after ``settle_s``
+    more seconds; fail if it exits first or ``timeout_s`` passes. Always reaps the process."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            assert proc.poll() is None, f"the process ended early (exit {proc.returncode}): {tail}"
+            assert time.monotonic() < deadline, f"the moment to kill never came within {timeout_s:g} s: {tail}"
+            time.sleep(0.02)
+        time.sleep(settle_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode} instead of SIGKILL"

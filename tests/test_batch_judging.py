@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
 from cli_fixtures import one_torch_thread, wide_consoles  # noqa: E402,F401  (autouse fixtures)
+from kill_harness import sigkill_when  # noqa: E402
 from servers.fake_openai import FakeOpenAIServer  # noqa: E402
 from test_live_server import (  # noqa: E402
     CLI,
@@ -91,22 +91,9 @@ def test_sigkill_while_a_batch_is_pending_resumes_by_polling_it(online) -> None:
         cfg = batch_config(root, "kill", srv, online["prompts"], cache)
         out = root / "run-kill"
         env = {**os.environ, "ACTIVEPREF_CACHE": str(root / "unused.sqlite")}
-        log = open(root / "kill.log", "wb")
-        proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--out", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while not srv.batch_submissions:
-                assert proc.poll() is None, (root / "kill.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "the run never submitted a batch"
-                time.sleep(0.05)
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+        with open(root / "kill.log", "wb") as log:
+            proc = subprocess.Popen([*CLI, "run", "--config", str(cfg), "--out", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            sigkill_when(proc, lambda: bool(srv.batch_submissions), settle_s=0.3, log=root / "kill.log")
         assert not batch_judge_lines(srv)  # killed while its first job was pending
         assert status_json(out)["current"] == "selected"
         assert_ok(invoke("resume", out))

@@ -166,3 +166,25 @@ def test_a_pool_run_budget_in_dollars_per_judge_call(tmp_path) -> None:
     cfg2.write_text(cfg.read_text().replace("max_usd: 10", "max_usd: 16"))
     assert_ok(invoke("run", "-c", cfg2, "--out", tmp_path / "r2"))
     assert export_jsonl(out, tmp_path / "a.jsonl") == export_jsonl(tmp_path / "r2", tmp_path / "b.jsonl")
+
+
+def test_a_kill_mid_iteration_does_not_move_where_the_budget_stops(tmp_path) -> None:
+    """The budget counts the dataset's calls, not this process's: a run SIGKILLed while judging
+    and resumed stops at the iteration an uninterrupted run stops at, with the same dataset."""
+    import os
+    import signal
+    import subprocess
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pool: builtin\nbatch_size: 8\nmethod: dts\nseed: 2\nenn: {heads: 4, hidden: 8, steps: 5}\n"
+                   "judge: {kind: replay}\nbudget: {max_judge_calls: 50}\n")
+    assert_ok(invoke("run", "-c", cfg, "--out", tmp_path / "whole"))
+    env = {**os.environ, "ACTIVEPREF_CRASH_AT": "annotate.mid@1"}
+    killed = subprocess.run([sys.executable, "-m", "activepref", "run", "-c", str(cfg), "--out", str(tmp_path / "killed")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert_ok(invoke("resume", tmp_path / "killed"))
+    a, b = status_json(tmp_path / "whole"), status_json(tmp_path / "killed")
+    assert a["stopped"] == b["stopped"] == "stopped: budget"
+    assert a["iterations_done"] == b["iterations_done"] == 3 and a["cost"] == b["cost"]
+    assert export_jsonl(tmp_path / "whole", tmp_path / "a.jsonl") == export_jsonl(tmp_path / "killed", tmp_path / "b.jsonl")

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import openai
 import pytest
+from kill_harness import sigkill_when
 from servers.fake_openai import Action, FakeOpenAIServer, Rule
 
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
@@ -129,20 +128,8 @@ def test_sigkill_while_a_job_is_pending_then_a_new_process_polls_the_same_job(tm
     with FakeOpenAIServer(batch_delay_s=2.0) as srv:
         cache_path = tmp_path / "c.sqlite"
         proc = subprocess.Popen([sys.executable, "-c", CHILD, srv.base_url, str(cache_path), "6"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while not srv.batch_submissions:
-                assert proc.poll() is None, proc.stdout.read().decode()[-2000:] if proc.stdout else ""
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            time.sleep(0.2)  # it journals the batch id and starts polling
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sigkill_when(proc, lambda: bool(srv.batch_submissions), settle_s=0.2)  # journaled, polling
         assert not batch_lines(srv)  # killed while the job was pending
         cache = RequestCache(cache_path)
         reqs = [ChatRequest.from_messages([{"role": "user", "content": f"q {i}"}], SamplingParams(max_tokens=8, seed=i))
