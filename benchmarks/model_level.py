@@ -170,14 +170,14 @@ def _write_summary(out: Path, summary: list[dict[str, object]], args: argparse.N
         "| k | method | generated tokens per pair | fewer tokens | held-out accuracy | rm_accuracy | Δ rm_accuracy | label_accuracy | Δ label_accuracy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for e in summary:
-        def pm(key: str) -> str:
-            mean, half = e[key]  # type: ignore[misc]
-            return f"{mean:.3f}" + ("" if not math.isfinite(half) else f" ± {half:.3f}")
+    def pm(e: dict[str, object], key: str) -> str:
+        mean, half = e[key]  # type: ignore[misc]
+        return f"{mean:.3f}" + ("" if not math.isfinite(half) else f" ± {half:.3f}")
 
+    for e in summary:
         lines.append(
-            f"| {e['k'] or 'all'} | {e['method']} | {e['generated_tokens_per_pair']:.0f} | {e['token_ratio']:.1f}x | {pm('accuracy')} | "
-            f"{pm('rm_accuracy')} | {pm('delta_rm_accuracy')} | {pm('label_accuracy')} | {pm('delta_label_accuracy')} |"
+            f"| {e['k'] or 'all'} | {e['method']} | {e['generated_tokens_per_pair']:.0f} | {e['token_ratio']:.1f}x | {pm(e, 'accuracy')} | "
+            f"{pm(e, 'rm_accuracy')} | {pm(e, 'delta_rm_accuracy')} | {pm(e, 'label_accuracy')} | {pm(e, 'delta_label_accuracy')} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
