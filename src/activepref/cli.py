@@ -261,7 +261,7 @@ def status(
     from dataclasses import asdict
 
     from activepref.core import runs
-    from activepref.core.summary import format_cost, format_summary
+    from activepref.core.summary import format_summary
 
     try:
         st = runs.status(run_dir)
@@ -279,9 +279,6 @@ def status(
     table.add_row("judge failures", str(st.failures))
     if st.stopped:
         table.add_row("state", f"{st.stopped} ({st.stopped_detail})" if st.stopped_detail else st.stopped)
-    if st.cost is not None:
-        for label, value in format_cost(st.cost):
-            table.add_row(label, value)
     for k, v in st.last_metrics.items():
         table.add_row(k.replace("_", " "), f"{v:.4f}" if isinstance(v, float) else str(v))
 

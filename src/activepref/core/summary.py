@@ -37,8 +37,18 @@ def run_summary(store: RunStore) -> dict[str, Any]:
         "stages": stats,
         "generation_failures": store.count("generation_failures"),
         "judge_failures": store.judge_failure_count(),
+        "cost": _bill(store),
     }
     return out
+
+
+def _bill(store: RunStore) -> dict[str, Any] | None:
+    """The run's bill at its config's price table (None for a store without a config)."""
+    from activepref.config import config_from_json
+    from activepref.core.costs import bill
+
+    text = store.meta("config")
+    return bill(store, config_from_json(text)) if text else None
 
 
 def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -66,6 +76,8 @@ def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ))
     if summary["generation_failures"] or summary["judge_failures"]:
         rows.append(("failures", f"generation {summary['generation_failures']}, judge {summary['judge_failures']}"))
+    if summary.get("cost"):
+        rows += format_cost(summary["cost"])
     return rows
 
 
