@@ -130,6 +130,9 @@ def model_deltaucb(batch: ModelBatch, rng: np.random.Generator, k: K = 2, epsilo
 @register_model_level("model_random", "Model level baseline: k models drawn uniformly per prompt (no reward model).", uses_reward_model=False)
 def model_random(batch: ModelBatch, rng: np.random.Generator, k: K = 2, epsilon: EPS = 0.0, response_method: RESPONSE = "dts",
                  response_options: RESPONSE_OPTS = None) -> np.ndarray:
+    """The control: k available models uniformly without replacement (``epsilon`` has nothing
+    to add to a uniform draw and is accepted only so that every model-level method takes the
+    same options)."""
     chosen = np.zeros(batch.available.shape, dtype=bool)
     for i in range(chosen.shape[0]):
         free = np.flatnonzero(batch.available[i])
