@@ -20,7 +20,6 @@ model without a price costs 0 and is listed in ``unpriced``.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -114,15 +113,14 @@ def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
     # generation, per (iteration, model): calls, prompt tokens, completion tokens
     gen: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     chosen = store.model_choices()  # model-level runs: only the chosen models generated
-    for p_idx, model, meta in store.conn.execute("SELECT prompt_idx, model, meta FROM responses WHERE meta IS NOT NULL"):
-        it = prompt_iteration.get(int(p_idx))
-        if it is None or (int(p_idx) in chosen and model not in chosen[int(p_idx)]):
+    for p_idx, model, prompt_tokens, completion_tokens in store.response_usage():
+        it = prompt_iteration.get(p_idx)
+        if it is None or (p_idx in chosen and model not in chosen[p_idx]):
             continue
-        m = json.loads(meta)
         row = gen[(it, model)]
         row[0] += 1
-        row[1] += int(m.get("prompt_tokens") or 0)
-        row[2] += int(m.get("completion_tokens") or 0)
+        row[1] += max(prompt_tokens, 0)
+        row[2] += max(completion_tokens, 0)
     judge_stats = store.call_stats_by_iteration("judge")
     items = store.judged_items_by_iteration() if not judge_stats else {}
     batch = config.judge.mode != "online"

@@ -10,7 +10,6 @@ exactly the draws, calls and choices of an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -480,11 +479,11 @@ def pool_generation_units(ctx: RunContext) -> list[Any] | None:
     """A pool run's per-model generation usage (from the responses' stored token counts)."""
     if ctx.config.live:
         return None
-    rows = ctx.store.conn.execute("SELECT model, meta FROM responses WHERE meta IS NOT NULL").fetchall()
+    rows = ctx.store.response_usage()
     if not rows:
         return None
-    tokens = np.asarray([[json.loads(m).get("prompt_tokens", -1), json.loads(m).get("completion_tokens", -1)] for _, m in rows])
-    return pool_units(tokens, [r[0] for r in rows], len(ctx.data.prompts))
+    tokens = np.asarray([[p, c] for _, _, p, c in rows], dtype=np.int64)
+    return pool_units(tokens, [m for _, m, _, _ in rows], len(ctx.data.prompts))
 
 
 def budget_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:

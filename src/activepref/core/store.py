@@ -725,6 +725,15 @@ class RunStore(LockedSqliteDir):
         rows = self.conn.execute("SELECT prompt_idx, vector FROM prompt_vectors").fetchall()
         return {int(p): np.frombuffer(v, dtype=np.float32) for p, v in rows}
 
+    def response_usage(self) -> list[tuple[int, str, int, int]]:
+        """(prompt idx, model, prompt tokens, completion tokens; -1 where unknown) of every
+        response whose generation usage is known (live calls, or a pool's token columns)."""
+        out = []
+        for p_idx, model, meta in self.conn.execute("SELECT prompt_idx, model, meta FROM responses WHERE meta IS NOT NULL"):
+            m = json.loads(meta)
+            out.append((int(p_idx), str(model), int(m.get("prompt_tokens", -1)), int(m.get("completion_tokens", -1))))
+        return out
+
     def judged_items_by_iteration(self) -> dict[int, int]:
         """iteration -> responses sent to a scoring judge plus pairs sent to a comparing judge
         (answered or failed)."""
