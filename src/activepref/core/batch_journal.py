@@ -22,7 +22,6 @@ Tables::
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -30,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from activepref.core.cache import connect_cache_file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
@@ -96,11 +97,7 @@ class BatchJournal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(SCHEMA)
+        self._conn = connect_cache_file(self.path, SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -37,6 +37,18 @@ def default_cache_path() -> Path:
     return base / "activepref" / "requests.sqlite"
 
 
+def connect_cache_file(path: Path, schema: str) -> sqlite3.Connection:
+    """A connection to the request-cache file shared by threads and processes (autocommit,
+    WAL, fsync on commit, 30 s busy wait), with ``schema`` created if missing. The request
+    cache and the batch journal (activepref.core.batch_journal) both live in this file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(schema)
+    return conn
+
+
 @dataclass
 class StageStats:
     """Calls of one stage (generation, judge, ...) in this process."""
@@ -77,11 +89,7 @@ class RequestCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(SCHEMA)
+        self._conn = connect_cache_file(self.path, SCHEMA)
         self._lock = threading.Lock()
         self.stats = CallStats()
 
