@@ -27,6 +27,7 @@ from activepref.pools.sources import synthetic_pool
 EXPECTED_COLUMNS = [
     "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",
     "model_chosen", "model_rejected", "method", "iteration", "response_id_chosen", "response_id_rejected",
+    "judged_by", "annotators", "votes",
 ]
 SYSTEM = "You are a careful assistant."
 N_PROMPTS = 16

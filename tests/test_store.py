@@ -279,7 +279,7 @@ def test_a_schema_3_run_gains_the_comparison_tables_and_keeps_its_rows(run_dir):
     )
     conn.close()
     with RunStore.open(run_dir) as store:
-        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "6"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION) == "7"
         assert store.replay_pairs().tolist() == [[12, 13], [6, 7]]
         assert store.comparisons("j") == {} and store.count("comparisons") == 0
         store.commit_comparisons(1, "j", [ComparisonRecord(3, 2, 0.25, False)], [(8, 9, "no A/B")])
@@ -303,11 +303,29 @@ def test_a_schema_5_run_gains_the_cache_hit_token_counters(run_dir):
     with RunStore.open_readonly(run_dir) as ro:  # status reads an old run without upgrading it
         assert ro.call_stats()["judge"] == {**stats["judge"], "hit_prompt_tokens": 0, "hit_completion_tokens": 0}
     with RunStore.open(run_dir) as store:
-        assert store.meta("schema_version") == "6"
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
         with store.transaction() as cur:
             store._insert_stats(cur, 1, {"judge": {**stats["judge"], "hit_prompt_tokens": 10, "hit_completion_tokens": 1}})
         assert store.call_stats()["judge"]["hit_prompt_tokens"] == 10
         assert store.call_stats_by_iteration("judge")[0]["calls"] == 3
+
+
+def test_a_schema_6_run_gains_the_annotation_tables(run_dir):
+    from activepref.annotate.queue import AnnotationQueue
+
+    conn = sqlite3.connect(run_dir / "run.sqlite")  # as schema 6 had it: no annotation tables
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'annotat%'").fetchall():
+        conn.execute(f"DROP TABLE {name}")
+    conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RunStateError, match="schema 6"):
+        AnnotationQueue.open(run_dir)  # the app refuses an old store rather than writing around it
+    with RunStore.open(run_dir) as store:
+        assert store.meta("schema_version") == str(SCHEMA_VERSION)
+        queue = AnnotationQueue(store.conn)
+        assert queue.add_tasks(0, [(1, 2)], 1, 3) == 1
+    AnnotationQueue.open(run_dir).close()
 
 
 def test_run_data_reads_response_texts_from_the_store_on_demand(run_dir):

@@ -157,6 +157,12 @@ EngineOpt = Annotated[
 ]
 
 
+NoWaitOpt = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Human judges: stop at 'awaiting labels' instead of waiting for people (resume goes on)."),
+]
+
+
 def _with_engine(cfg: Any, engine: str | None) -> Any:
     """The config with ``engine.kind`` set from --engine (see ``EngineConfig.with_kind``)."""
     return cfg.model_copy(update={"engine": cfg.engine.with_kind(engine)})
@@ -190,11 +196,15 @@ def run(
         bool | None, typer.Option("--cross-prompt/--in-prompt", help="Batch designs: compare responses across prompts too.")
     ] = None,
     engine: EngineOpt = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Run the active loop on a candidate pool and store everything in OUT.
 
     Each iteration: predict rewards with the ensemble, select pairs, have the judge score
     only what was selected, retrain. Interrupt at any time and `activepref resume OUT`.
+    With a human judge (judge: {kind: human} or {kind: routed}) people label the pairs in
+    `activepref annotate OUT`; the run waits for them, or with --no-wait stops at
+    'awaiting labels' until `activepref resume OUT`.
     """
     from activepref.core import runs
 
@@ -207,7 +217,7 @@ def run(
         if cfg.live:
             _quiet_model_loading()
         with _Bars(f"{cfg.method}") as bars:
-            history = runs.run(cfg, out, bars.callbacks())
+            history = runs.run(cfg, out, bars.callbacks(), wait_for_labels=not no_wait)
     except RunStopped as exc:
         _stopped(exc)
     except ActivePrefError as exc:
@@ -224,6 +234,7 @@ def resume(
     max_generated_tokens: Annotated[
         int | None, typer.Option("--max-generated-tokens", help="Raise (or set) the generated-token budget.")
     ] = None,
+    no_wait: NoWaitOpt = False,
 ) -> None:
     """Continue a run at its first unfinished step (after a crash, Ctrl-C or a budget stop).
 
@@ -237,7 +248,7 @@ def resume(
     budget = {"max_usd": max_usd, "max_judge_calls": max_judge_calls, "max_generated_tokens": max_generated_tokens}
     try:
         with _Bars("resume") as bars:
-            history = runs.resume(run_dir, bars.callbacks(), engine=engine, budget=budget)
+            history = runs.resume(run_dir, bars.callbacks(), engine=engine, budget=budget, wait_for_labels=not no_wait)
     except RunStopped as exc:
         _stopped(exc)
     except ActivePrefError as exc:
@@ -284,7 +295,24 @@ def status(
 
     for label, value in format_summary(st.summary)[2:]:
         table.add_row(label, value)
+    if st.annotation:
+        _annotation_rows(table, st.annotation)
     console.print(table)
+
+
+def _annotation_rows(table: Table, annotation: dict[str, Any]) -> None:
+    tasks = annotation["tasks"]
+    table.add_row("human pairs", f"{tasks['complete']} decided, {tasks['open']} open, {tasks['failed']} failed (skipped)")
+    for name, counts in annotation["annotators"].items():
+        table.add_row(f"  annotator {name}", f"{counts['labels']} labels, {counts['skips']} skips")
+    agreement = annotation["agreement"]
+    if agreement["items"]:
+        parts = [f"{agreement['items']} pairs with 2+ labels"]
+        if agreement["kappa"] is not None:
+            parts.append(f"Cohen's kappa {agreement['kappa']:.3f}")
+        if agreement["alpha"] is not None:
+            parts.append(f"Krippendorff's alpha {agreement['alpha']:.3f}")
+        table.add_row("agreement", ", ".join(parts))
 
 
 @app.command()
@@ -801,6 +829,56 @@ def estimate(
     for note in est.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
     print(json.dumps(est.to_json()))
+
+
+@app.command()
+def annotate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory whose judge is human or routed.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on. Keep 127.0.0.1 unless annotators connect from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    add_annotator: Annotated[
+        list[str] | None,
+        typer.Option("--add-annotator", help="Register NAME (repeatable) and print their personal link, then exit. "
+                     "Again for an existing NAME: a new link, the old one stops working."),
+    ] = None,
+    lease_s: Annotated[float, typer.Option(help="Seconds a shown pair stays reserved for its annotator.")] = 300.0,
+) -> None:
+    """Label pairs in the browser: the web app for a run's human judge.
+
+    First give each person a link: `activepref annotate RUN --add-annotator alice` prints
+    http://HOST:PORT/?token=... (only a digest of the token is stored). Then serve:
+    `activepref annotate RUN`. Each annotator sees the prompt and two responses side by side
+    (order randomised per person), and answers A / B / tie / skip (keys 1 / 2 / 3 / s) with an
+    optional note. Labels are committed on submit into the run store, while the run itself
+    may be going (or stopped at 'awaiting labels'); `activepref status RUN` shows counts and
+    agreement.
+    """
+    from activepref.annotate.queue import AnnotationQueue
+
+    try:
+        queue = AnnotationQueue.open(run_dir)
+        try:
+            if add_annotator:
+                for name in add_annotator:
+                    token = queue.add_annotator(name)
+                    print(f"{name}: http://{host}:{port}/?token={token}")
+                return
+            names = queue.annotators()
+        finally:
+            queue.close()
+    except ActivePrefError as exc:
+        _fail(exc)
+    from activepref.annotate.app import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"warning: listening on {host}: anyone who can reach port {port} can try tokens; use HTTPS in front of it "
+                          "(a reverse proxy) when this leaves your machine", markup=False, highlight=False)
+    if not names:
+        err_console.print(f"no annotators yet: `activepref annotate {run_dir} --add-annotator NAME` prints a link",
+                          markup=False, highlight=False)
+    err_console.print(f"annotation app for {run_dir} on http://{host}:{port}/ ({len(names)} annotator(s)); Ctrl-C stops it",
+                      markup=False, highlight=False)
+    serve(run_dir, host, port, lease_s)
 
 
 judge_file_app = typer.Typer(

@@ -154,9 +154,10 @@ def unit_costs(
         response = "word " * response_len  # 5 characters a word: about response_len tokens
         reqs = entry.requests_for(config.judge, sample_prompt, [response, response] if entry.compares else [response])
         tokens = [request_tokens(r) for r in reqs]
-        per_item = float(len(reqs))
-        overhead = float(np.mean([t[0] for t in tokens])) - approx_tokens(sample_prompt)
-        out = float(np.mean([t[1] for t in tokens]))
+        per_item = float(len(reqs))  # 0 for a judge that calls no model (human)
+        if tokens:
+            overhead = float(np.mean([t[0] for t in tokens])) - approx_tokens(sample_prompt)
+            out = float(np.mean([t[1] for t in tokens]))
     elif entry.needs_model:
         notes.append(f"judge kind {config.judge.kind!r} declares no requests_for: one call per item, tokens not counted")
     response_config = config.model_copy(update={"method": response_method, "method_options": response_options})

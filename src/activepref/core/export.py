@@ -4,7 +4,10 @@ Conversational by default: ``prompt`` is the message list up to the user turn, `
 and ``rejected`` hold only the assistant message. ``standard=True`` writes plain strings.
 Extra columns: prompt_id, score_chosen, score_rejected, model_chosen, model_rejected,
 method, iteration, response_id_chosen, response_id_rejected (TRL ignores them; `activepref
-evaluate` uses the response ids to find the pairs' features in the pool).
+evaluate` uses the response ids to find the pairs' features in the pool), and who judged the
+pair: judged_by (``human``, or the judge kind: a routed run's model side for the pairs people
+did not get), annotators (the people whose labels decided it; empty for a model) and votes
+(their labels in the exported pair's terms: chosen, rejected or tie).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from activepref.annotate.queue import AnnotationQueue, TaskOutcome
+from activepref.config import config_from_json
 from activepref.core.store import PreferenceRecord, RunStore
 
 ExportFormat = Literal["jsonl", "parquet"]
 COLUMNS = (
     "prompt", "chosen", "rejected", "prompt_id", "score_chosen", "score_rejected",
     "model_chosen", "model_rejected", "method", "iteration", "response_id_chosen", "response_id_rejected",
+    "judged_by", "annotators", "votes",
 )
 
 
@@ -35,9 +41,12 @@ def preference_records(store: RunStore, standard: bool = False) -> list[dict[str
     prompt, so they train the reward model inside the run but are not exported here."""
     prompts = [p for p, _, _ in store.prompts()]
     responses, response_prompt = store.responses()
+    model_judge = model_judge_kind(store)
+    people = human_outcomes(store)
     out = []
     for pref in exported_preferences(store.preference_rows(), response_prompt):
         prompt, chosen, rejected = prompts[pref.prompt_idx], responses[pref.chosen_idx], responses[pref.rejected_idx]
+        outcome = people.get(frozenset((pref.chosen_idx, pref.rejected_idx)))
         if standard:
             p_val: Any = prompt.text
             c_val: Any = chosen.text
@@ -51,8 +60,35 @@ def preference_records(store: RunStore, standard: bool = False) -> list[dict[str
             "score_chosen": pref.score_chosen, "score_rejected": pref.score_rejected,
             "model_chosen": chosen.model, "model_rejected": rejected.model,
             "method": pref.method, "iteration": pref.iteration, "response_id_chosen": chosen.id, "response_id_rejected": rejected.id,
+            "judged_by": "human" if outcome is not None else model_judge,
+            "annotators": list(outcome.annotators) if outcome is not None else [],
+            "votes": votes_for(outcome, pref.chosen_idx) if outcome is not None else [],
         })
     return out
+
+
+def model_judge_kind(store: RunStore) -> str:
+    """The judge kind behind the pairs people did not label: the config's kind, or a routed
+    judge's model side."""
+    text = store.meta("config")
+    if text is None:
+        return "unknown"
+    judge = config_from_json(text).judge
+    return str(judge.options.get("judge", "pairwise")) if judge.kind == "routed" else judge.kind
+
+
+def human_outcomes(store: RunStore) -> dict[frozenset[int], TaskOutcome]:
+    """Decided annotation tasks by unordered pair (none in a store older than the tables)."""
+    if store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'annotation_tasks'").fetchone() is None:
+        return {}
+    return {k: o for k, o in AnnotationQueue(store.conn).human_pairs().items() if o.state == "complete"}
+
+
+def votes_for(outcome: TaskOutcome, chosen_idx: int) -> list[str]:
+    """A task's votes (first/second/tie of the asked pair) as chosen/rejected/tie of the export."""
+    first_is_chosen = outcome.first_idx == chosen_idx
+    name = {"first": "chosen" if first_is_chosen else "rejected", "second": "rejected" if first_is_chosen else "chosen"}
+    return [name.get(v, "tie") for v in outcome.votes]
 
 
 def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "parquet", standard: bool = False) -> int:
@@ -80,6 +116,7 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "par
             ("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("model_chosen", pa.string()),
             ("model_rejected", pa.string()), ("method", pa.string()), ("iteration", pa.int64()),
             ("response_id_chosen", pa.string()), ("response_id_rejected", pa.string()),
+            ("judged_by", pa.string()), ("annotators", pa.list_(pa.string())), ("votes", pa.list_(pa.string())),
         ])
         pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
     else:

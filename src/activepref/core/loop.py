@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from activepref.core.timings import StageTimes
 from activepref.core.wiring import LiveParts, Progress, RunParts, build_parts, new_model
 from activepref.errors import ActivePrefError, RunStopped
 from activepref.judges import CompareRequest, Comparison, JudgeScore, ScoreRequest, judge_compares
+from activepref.judges.routing import preference_uncertainty
 from activepref.live.generation import plan_candidates
 from activepref.model.enn import EnsembleRewardModel, ReplayBuffer, TrainConfig
 from activepref.pools.records import Response, content_id
@@ -71,6 +73,9 @@ class RunContext:
     prefetcher: Prefetcher | None = None  # set when the engine overlaps iterations
     prefetched: Prefetched | None = None  # the prefetch generate_step took, for embed_step
     pending_prompt_vectors: dict[int, np.ndarray] | None = None  # model level: embedded, not yet committed
+    # [n] the ensemble's uncertainty about each (first, second) pair's preference, for a judge
+    # that routes by it (set by ``execute``: it reads the current model)
+    pair_uncertainty: Callable[[list[tuple[int, int]]], np.ndarray] | None = None
 
 
 def iteration_plan(store: RunStore, config: RunConfig) -> list[list[int]]:
@@ -354,8 +359,12 @@ def _compare(ctx: RunContext, it: int, pairs: list[tuple[int, int]]) -> dict[tup
             seen.add(key)
     for start in range(0, len(needed), judge.batch_size):
         chunk = needed[start : start + judge.batch_size]
+        uncertainty: list[float | None] = [None] * len(chunk)
+        if getattr(judge, "wants_uncertainty", False) and ctx.pair_uncertainty is not None and chunk:
+            uncertainty = [float(u) for u in ctx.pair_uncertainty(chunk)]
         requests = [
-            CompareRequest(a, b, data.prompts[int(data.response_prompt[a])], data.responses[a], data.responses[b]) for a, b in chunk
+            CompareRequest(a, b, data.prompts[int(data.response_prompt[a])], data.responses[a], data.responses[b], it, u)
+            for (a, b), u in zip(chunk, uncertainty)
         ]
         results = judge.compare_batch(requests)  # type: ignore[union-attr]
         compared: list[ComparisonRecord] = []
@@ -548,6 +557,12 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
                 model.load(store.checkpoint_path(last_trained))
         return model
 
+    def pair_uncertainty(pairs: list[tuple[int, int]]) -> np.ndarray:
+        idx = torch.as_tensor(np.asarray(pairs, dtype=np.int64).reshape(-1, 2))  # [n, 2]
+        rewards = current_model().rewards(ctx.data.features[idx.reshape(-1)]).double().numpy()  # [K, 2n]
+        return preference_uncertainty(rewards[:, 0::2], rewards[:, 1::2])  # [n]
+
+    ctx.pair_uncertainty = pair_uncertainty
     history: list[dict[str, Any]] = []
     if store.stopped() is not None:
         store.set_stopped(None)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from activepref.annotate.queue import AnnotationQueue
 from activepref.config import BudgetConfig, RunConfig, config_from_json
 from activepref.core.costs import bill
 from activepref.core.determinism import Stage, stage_rng
@@ -15,6 +16,7 @@ from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
 from activepref.core.store import STATUS_TRAINED, RunStore
 from activepref.core.summary import run_summary
 from activepref.errors import RunStateError
+from activepref.judges.human import without_waiting
 from activepref.pools.reader import Pool, read_prompts
 from activepref.pools.sources import load_pool
 
@@ -41,11 +43,21 @@ def create_run(config: RunConfig, out: str | Path) -> RunStore:
     return RunStore.create(out, config.model_dump_json(), pool, eval_prompts, train_order)
 
 
-def run(config: RunConfig, out: str | Path, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
+def session_config(config: RunConfig, wait_for_labels: bool) -> RunConfig:
+    """The config this session runs with: ``wait_for_labels=False`` (``--no-wait``) makes a
+    human judge stop at 'awaiting labels' instead of waiting (not recorded in the run)."""
+    if wait_for_labels:
+        return config
+    return config.model_copy(update={"judge": without_waiting(config.judge)})
+
+
+def run(
+    config: RunConfig, out: str | Path, progress: Progress | None = None, live: LiveParts | None = None, wait_for_labels: bool = True
+) -> list[dict[str, Any]]:
     """Create the run directory and run every iteration."""
     store = create_run(config, out)
     try:
-        return execute(store, config, progress, live)
+        return execute(store, session_config(config, wait_for_labels), progress, live)
     finally:
         store.close()
 
@@ -63,12 +75,14 @@ def resume(
     live: LiveParts | None = None,
     engine: str | None = None,
     budget: dict[str, Any] | None = None,
+    wait_for_labels: bool = True,
 ) -> list[dict[str, Any]] | None:
     """Continue a run; None when every planned iteration was already finished. ``engine``
     (a registered engine kind) replaces the recorded one for this session: an engine changes
     where model calls run, never what they are. ``budget``: new limits (max_usd,
     max_judge_calls, max_generated_tokens; None entries keep the recorded ones), recorded in
-    the run's config, so that a run stopped by its budget continues where it stopped."""
+    the run's config, so that a run stopped by its budget continues where it stopped.
+    ``wait_for_labels=False``: a human judge stops at 'awaiting labels' instead of waiting."""
     store = RunStore.open(run_dir)
     try:
         config = stored_config(store)
@@ -81,7 +95,7 @@ def resume(
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
             return None
-        return execute(store, config, progress, live)
+        return execute(store, session_config(config, wait_for_labels), progress, live)
     finally:
         store.close()
 
@@ -102,6 +116,19 @@ class RunStatus:
     stopped: str | None = None  # "stopped: budget", "stopped: judge file" (a clean stop before the end)
     stopped_detail: str | None = None
     cost: dict[str, Any] | None = None  # the bill (activepref.core.costs.bill)
+    annotation: dict[str, Any] | None = None  # human labels: tasks, per-annotator counts, agreement (None: no tasks)
+
+
+def annotation_status(store: RunStore) -> dict[str, Any] | None:
+    """The human side of a run (None when it has no annotation tasks and no annotators, or
+    is an older store read without upgrading)."""
+    if store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'annotation_tasks'").fetchone() is None:
+        return None
+    queue = AnnotationQueue(store.conn)
+    summary = queue.summary()
+    if not sum(summary.tasks.values()) and not summary.annotators:
+        return None
+    return asdict(summary)
 
 
 def status(run_dir: str | Path) -> RunStatus:
@@ -126,6 +153,7 @@ def status(run_dir: str | Path) -> RunStatus:
             stopped=f"stopped: {halt['reason']}" if (halt := store.stopped()) else None,
             stopped_detail=halt["detail"] if halt else None,
             cost=bill(store, config),
+            annotation=annotation_status(store),
         )
     finally:
         store.close()

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from activepref.annotate.queue import SCHEMA as ANNOTATION_SCHEMA
 from activepref.core.features import FileIdentity, NpyLayout, verify_identity, write_feature_stats
 from activepref.errors import RunLockedError, RunStateError
 from activepref.pools.reader import Pool
@@ -36,9 +37,10 @@ from activepref.pools.records import Prompt, Response
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
+SCHEMA_VERSION = 7  # 2: several (design-selected) pairs per prompt and iteration; 3: preferences.buffer_position;
 # 4: comparisons; 5: prompts.meta (a prompt's verifiable instructions); 6: call_stats.hit_*_tokens,
-# model_choices and prompt_vectors (model-level acquisition)
+# model_choices and prompt_vectors (model-level acquisition); 7: human annotation tables
+# (activepref.annotate.queue)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,7 +83,7 @@ CREATE TABLE IF NOT EXISTS preferences (
     rejected_idx INTEGER NOT NULL, score_chosen REAL, score_rejected REAL, method TEXT NOT NULL,
     pair_index INTEGER NOT NULL DEFAULT 0, buffer_position INTEGER NOT NULL UNIQUE,
     PRIMARY KEY (iteration, prompt_idx, pair_index));
-"""
+""" + ANNOTATION_SCHEMA
 
 STAT_COUNTERS = (
     "calls", "cache_hits", "failures", "prompt_tokens", "completion_tokens", "cached_prompt_tokens",
@@ -292,6 +294,9 @@ class RunStore(LockedSqliteDir):
         if version == "5":
             store._upgrade_from_5()
             version = store.meta("schema_version")
+        if version == "6":
+            store._upgrade_from_6()
+            version = store.meta("schema_version")
         if version != str(SCHEMA_VERSION):
             store.close()
             raise RunStateError(f"{run_dir}: run store schema {version} is not {SCHEMA_VERSION} (made by another activepref version)")
@@ -375,6 +380,12 @@ class RunStore(LockedSqliteDir):
             for col in ("hit_prompt_tokens", "hit_completion_tokens"):
                 if col not in have:
                     cur.execute(f"ALTER TABLE call_stats ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+            cur.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+
+    def _upgrade_from_6(self) -> None:
+        """Schema 6 -> 7: the human annotation tables (empty in an older run)."""
+        self.conn.executescript(SCHEMA)  # CREATE TABLE IF NOT EXISTS: only the new tables are made
+        with self.transaction() as cur:
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _import(self, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from activepref.acquisition import Method, get_method, make_selector
+from activepref.annotate.queue import AnnotationQueue
 from activepref.core.cache import RequestCache
 from activepref.core.model_level import ModelLevelParts, split_methods
 from activepref.engines import Engine, make_engine
@@ -82,6 +83,7 @@ def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = 
         seed=config.seed,
         backend_factory=engine.chat_backend,
         run_dir=store.run_dir,
+        annotations=lambda: AnnotationQueue(store.conn),  # human judges write tasks through the run's own connection
     )
     judge: Judge | ComparingJudge = make_judge(config.judge, resources)
     if config.judge.mode != "online":

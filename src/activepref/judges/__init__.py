@@ -31,6 +31,7 @@ from activepref.pools.records import Prompt, Response
 from activepref.registry import Registry
 
 if TYPE_CHECKING:
+    from activepref.annotate.queue import AnnotationQueue
     from activepref.backends.base import ChatBackend, ChatRequest
     from activepref.config import JudgeConfig, ModelConfig
     from activepref.core.cache import RequestCache
@@ -55,13 +56,17 @@ class JudgeScore:
 
 @dataclass(frozen=True)
 class CompareRequest:
-    """Two responses of one prompt (row indices in the run, or any ids outside a run)."""
+    """Two responses of one prompt (row indices in the run, or any ids outside a run).
+    In a run the loop also gives the iteration and, to a judge that asks for it
+    (``wants_uncertainty``), the ensemble's uncertainty about the pair's preference."""
 
     first_idx: int
     second_idx: int
     prompt: Prompt
     first: Response
     second: Response
+    iteration: int | None = None
+    uncertainty: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class JudgeResources:
     seed: int = 0
     backend_factory: Callable[[ModelConfig], ChatBackend] | None = None
     run_dir: Path | None = None  # where ``mode: file`` writes request files by default
+    annotations: Callable[[], AnnotationQueue] | None = None  # the run's human annotation tasks (human, routed)
     _cache: RequestCache | None = field(default=None, repr=False)
 
     @property
@@ -243,6 +249,7 @@ class AuditedJudge:
         self.name = inner.name
         self.batch_size = inner.batch_size
         self.compares = judge_compares(inner)
+        self.wants_uncertainty = bool(getattr(inner, "wants_uncertainty", False))
         self.path = path
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> list[JudgeScore | JudgeError]:
@@ -270,6 +277,7 @@ class AuditedJudge:
 
 
 from activepref.judges import likert, pairwise, replay, reward_model, verifier  # noqa: E402,F401
+from activepref.judges import human  # noqa: E402,F401  (after the model judges: a routed judge wraps one)
 
 __all__ = [
     "JUDGES",
