@@ -276,8 +276,14 @@ class AuditedJudge:
             os.fsync(fh.fileno())
 
 
-from activepref.judges import likert, pairwise, replay, reward_model, verifier  # noqa: E402,F401
-from activepref.judges import human  # noqa: E402,F401  (after the model judges: a routed judge wraps one)
+from activepref.judges import (  # noqa: E402,F401
+    human,  # noqa: E402,F401  (after the model judges: a routed judge wraps one)
+    likert,
+    pairwise,
+    replay,
+    reward_model,
+    verifier,
+)
 
 __all__ = [
     "JUDGES",
