@@ -276,14 +276,10 @@ class AuditedJudge:
             os.fsync(fh.fileno())
 
 
-from activepref.judges import (  # noqa: E402,F401
-    human,  # noqa: E402,F401  (after the model judges: a routed judge wraps one)
-    likert,
-    pairwise,
-    replay,
-    reward_model,
-    verifier,
-)
+from activepref.judges import likert, pairwise, replay, reward_model, verifier  # noqa: E402,F401
+
+# isort: split
+from activepref.judges import human  # noqa: E402,F401  (after the model judges: a routed judge wraps one)
 
 __all__ = [
     "JUDGES",
