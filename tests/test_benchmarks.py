@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = {
     "enn_speed.py": {"threads", "train_s", "predict_s", "reference_train_s", "gflops", "sgemm_gflops"},
     "client_throughput.py": {"pipeline_rps", "flood_rps", "ratio"},
+    "annotate_load.py": {"labels_per_s", "submit_p50_ms", "submit_p99_ms", "every_label_exactly_once", "run_resumed_on_labels"},
 }
 PER_METHOD = {
     "acquisition_speed.py": ["random", "maxmin", "ultrafeedback", "delta_pair", "infomax", "dts", "maxminlcb", "drts", "deltaucb"],
