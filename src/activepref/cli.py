@@ -1022,6 +1022,7 @@ def main() -> None:  # pragma: no cover
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("activepref.backends.openai_batch").setLevel(logging.INFO)  # a line per batch poll: progress
+    logging.getLogger("activepref.judges.human").setLevel(logging.INFO)  # a line as human labels come in: progress
     from activepref.model.numerics import flush_denormals_in_every_thread
 
     flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
