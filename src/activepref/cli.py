@@ -866,8 +866,16 @@ def annotate(
             names = queue.annotators()
         finally:
             queue.close()
+        from activepref.core.runs import stored_config
+        from activepref.core.store import RunStore
+
+        with RunStore.open_readonly(run_dir) as store:
+            kind = stored_config(store).judge.kind
     except ActivePrefError as exc:
         _fail(exc)
+    if kind not in ("human", "routed"):
+        err_console.print(f"note: this run's judge is {kind!r}, not human or routed: no pairs will come to this page",
+                          markup=False, highlight=False, soft_wrap=True)
     from activepref.annotate.app import serve
 
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -877,7 +885,7 @@ def annotate(
         err_console.print(f"no annotators yet: `activepref annotate {run_dir} --add-annotator NAME` prints a link",
                           markup=False, highlight=False)
     err_console.print(f"annotation app for {run_dir} on http://{host}:{port}/ ({len(names)} annotator(s)); Ctrl-C stops it",
-                      markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
     serve(run_dir, host, port, lease_s)
 
 
