@@ -159,3 +159,38 @@ def test_the_audit_log_has_one_line_per_compared_pair(tmp_path: Path, pool: Path
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) == 12 and all(e["ok"] and e["judge"].startswith("pairwise|") for e in lines)
     assert len({(e["response_id"], e["other_response_id"]) for e in lines}) == 12
+
+
+def test_routed_pairs_go_to_people_or_to_the_pairwise_model_and_a_resume_repeats_no_call(tmp_path: Path, pool: Path) -> None:
+    """judge: {kind: routed, options: {judge: pairwise, count: 1}}: one pair per iteration to
+    people, three to the model over HTTP; the run stops for the human label (--no-wait), and
+    the resume after it gets the model's answers from the cache."""
+    from activepref.annotate.queue import AnnotationQueue
+    from activepref.judges.human import AwaitingLabels
+
+    with FakeOpenAIServer(judge_script) as srv:
+        cfg = config(pool, srv, tmp_path / "cache.sqlite", method="dts", iterations=2,
+                     judge={"kind": "routed", "options": {"judge": "pairwise", "count": 1}})
+        run_dir = tmp_path / "run"
+        with pytest.raises(AwaitingLabels):
+            run(cfg, run_dir, wait_for_labels=False)
+        assert len(srv.chat_requests) == 3  # the model side was judged before the stop
+        for _ in range(2):
+            queue = AnnotationQueue.open(run_dir)
+            if "ann" not in queue.annotators():
+                queue.add_annotator("ann")
+            while (task := queue.next_task("ann")) is not None:
+                queue.submit(task, "ann", "tie")
+            queue.close()
+            try:
+                resume(run_dir, wait_for_labels=False)
+            except AwaitingLabels:
+                pass
+        bodies = [str(r.body) for r in srv.chat_requests]
+    assert len(bodies) == 6 == len(set(bodies))  # 3 model pairs per iteration, none asked twice
+    st = status(run_dir)
+    assert st.iterations_done == 2 and st.annotation["tasks"]["complete"] == 2
+    with RunStore.open_readonly(run_dir) as store:
+        rows = store.conn.execute("SELECT judge, p_first FROM comparisons").fetchall()
+    assert len(rows) == 8 and all(judge.startswith("routed|pairwise|") for judge, _ in rows)
+    assert [p for _, p in rows].count(0.5) >= 2  # the two human ties (the model never says exactly 0.5 here)
