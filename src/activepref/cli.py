@@ -1034,7 +1034,16 @@ def main() -> None:  # pragma: no cover
     from activepref.model.numerics import flush_denormals_in_every_thread
 
     flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
-    app()
+    try:
+        app()
+    except Exception as exc:  # a fault of the machine (disk full, read-only, damaged file) is one line, not a traceback
+        from activepref.errors import environment_error
+
+        message = environment_error(exc)
+        if message is None:
+            raise
+        err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult
+from activepref.errors import RunStateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_cache (
@@ -43,9 +44,18 @@ def connect_cache_file(path: Path, schema: str) -> sqlite3.Connection:
     cache and the batch journal (activepref.core.batch_journal) both live in this file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.executescript(schema)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # locked, read-only, disk full: the CLI names those faults
+        raise RunStateError(
+            f"{path}: the request cache is damaged ({exc}); delete it (or move it away) and run again: its answers "
+            f"are then asked (and paid) again, the runs that used it are unaffected"
+        ) from None
     return conn
 
 

@@ -101,6 +101,18 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "par
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
+    try:
+        _write(records, tmp, fmt, standard)
+    except BaseException as exc:  # a full disk, Ctrl-C: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
+        raise
+    tmp.replace(output)
+    return len(records)
+
+
+def _write(records: list[dict[str, Any]], tmp: Path, fmt: ExportFormat, standard: bool) -> None:
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as fh:
             for row in records:
@@ -121,5 +133,3 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "par
         pq.write_table(pa.Table.from_pylist(records, schema=schema), tmp)
     else:
         raise ValueError(f"unknown export format {fmt!r}")
-    tmp.replace(output)
-    return len(records)

@@ -49,7 +49,7 @@ from activepref.core.store import (
 )
 from activepref.core.timings import StageTimes
 from activepref.core.wiring import LiveParts, Progress, RunParts, build_parts, new_model
-from activepref.errors import ActivePrefError, RunStopped
+from activepref.errors import ActivePrefError, RunStateError, RunStopped
 from activepref.judges import CompareRequest, Comparison, JudgeScore, ScoreRequest, judge_compares
 from activepref.judges.routing import preference_uncertainty
 from activepref.live.generation import plan_candidates
@@ -535,6 +535,38 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     return ctx
 
 
+def checkpoint_problem(ctx: RunContext, it: int) -> str | None:
+    """Why the ENN checkpoint after iteration ``it`` cannot be loaded (None: it loads; it = -1
+    is the fresh initialisation, always available)."""
+    if it < 0:
+        return None
+    path = ctx.store.checkpoint_path(it)
+    try:
+        fresh_model(ctx).load(path)
+    except Exception as exc:  # missing, truncated, wrong shapes, not safetensors: any of them makes it unusable
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def recover_checkpoint(ctx: RunContext, last_trained: int) -> int:
+    """The last trained iteration whose checkpoint loads. An unreadable last checkpoint (a
+    disk that filled, a truncated copy) is rebuilt: that iteration is trained again from the
+    checkpoint before it, with the same seed and buffer, so the weights come out the same."""
+    problem = checkpoint_problem(ctx, last_trained)
+    if problem is None:
+        return last_trained
+    path = ctx.store.checkpoint_path(last_trained)
+    before = checkpoint_problem(ctx, last_trained - 1)
+    if before is not None:
+        raise RunStateError(
+            f"{path}: the ENN checkpoint cannot be read ({problem}), nor the one before it ({before}); restore the "
+            f"checkpoints from a backup, or start the run again in a new directory"
+        )
+    log.warning("%s cannot be read (%s): iteration %d is trained again from the checkpoint before it", path, problem, last_trained + 1)
+    ctx.store.reopen_training(last_trained)
+    return last_trained - 1
+
+
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every unfinished step. Returns per-iteration metrics."""
     started = time.perf_counter()
@@ -546,6 +578,8 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
     buffer = ReplayBuffer()
     buffer.extend(store.replay_pairs())
     last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
+    if last_trained >= 0:
+        last_trained = recover_checkpoint(ctx, last_trained)
     model: EnsembleRewardModel | None = None
 
     def current_model() -> EnsembleRewardModel:

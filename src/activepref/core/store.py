@@ -179,6 +179,16 @@ class IterationRecord:
     pair_status: dict[str, int] | None = None  # counts of ok / tie / failed / skipped pairs, once annotated
 
 
+def _damaged(run_dir: Path, exc: sqlite3.DatabaseError) -> Exception:
+    """The error for a run.sqlite SQLite cannot read (OperationalError faults pass through: the CLI names them)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return exc
+    return RunStateError(
+        f"{run_dir / 'run.sqlite'}: the run store is damaged ({exc}); restore it from a backup, or start the run again "
+        f"in a new directory (with the same request cache, no answered model call is paid again)"
+    )
+
+
 def lock_run_dir(run_dir: Path) -> Any:
     """Take the run directory's exclusive ``flock`` (file ``lock`` holds the owner's pid); a
     second process gets a RunLockedError naming that pid. Released by closing the handle."""
@@ -277,8 +287,13 @@ class RunStore(LockedSqliteDir):
         if not cls.exists(run_dir):
             raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
         lock = cls._lock(run_dir)
-        store = cls(run_dir, cls._connect(run_dir), lock)
-        if store.meta("created") != "1":
+        try:
+            store = cls(run_dir, cls._connect(run_dir), lock)
+            created = store.meta("created")
+        except sqlite3.DatabaseError as exc:
+            unlock_run_dir(lock)
+            raise _damaged(run_dir, exc) from None
+        if created != "1":
             store.close()
             raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
         version = store.meta("schema_version")
@@ -308,9 +323,33 @@ class RunStore(LockedSqliteDir):
         run_dir = Path(run_dir)
         if not cls.exists(run_dir):
             raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
-        conn = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
-        store = cls(run_dir, conn, None)
-        if store.meta("created") != "1":
+        path = run_dir / "run.sqlite"
+        store = cls(run_dir, sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True), None)
+        try:
+            created = store.meta("created")
+        except sqlite3.OperationalError as exc:
+            store.close()
+            # A read-only directory: SQLite cannot make the shared-memory file WAL readers need.
+            # Without a write-ahead log holding commits the database file alone is the whole
+            # run, and an immutable read is exact; with one, it would silently miss commits.
+            wal = run_dir / "run.sqlite-wal"
+            if "unable to open" not in str(exc):
+                raise  # disk I/O error, locked, ...: the CLI names the fault
+            if wal.exists() and wal.stat().st_size > 0:
+                raise RunStateError(
+                    f"{path}: cannot be read here ({exc}); if its directory is read-only, copy the run directory "
+                    f"somewhere writable and read that copy"
+                ) from None
+            store = cls(run_dir, sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True), None)
+            try:
+                created = store.meta("created")
+            except sqlite3.DatabaseError as again:
+                store.close()
+                raise _damaged(run_dir, again) from None
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise _damaged(run_dir, exc) from None
+        if created != "1":
             store.close()
             raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
         return store
@@ -432,8 +471,10 @@ class RunStore(LockedSqliteDir):
     def meta(self, key: str) -> str | None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        except sqlite3.OperationalError:
-            return None
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store whose creation never got as far as its tables
+                return None
+            raise
         return None if row is None else row[0]
 
     def set_config(self, config_json: str) -> None:
@@ -847,6 +888,17 @@ class RunStore(LockedSqliteDir):
             )
             if cur.rowcount != 1:
                 raise RunStateError(f"iteration {it} was not in state '{STATUS_ANNOTATED}'")
+
+    def reopen_training(self, it: int) -> None:
+        """Undo iteration ``it``'s training record (its checkpoint is unreadable): it is
+        'annotated' again, so the loop trains it again from the checkpoint before it."""
+        with self.transaction() as cur:
+            cur.execute(
+                "UPDATE iterations SET status = ?, metrics = NULL WHERE iteration = ? AND status = ?",
+                (STATUS_ANNOTATED, it, STATUS_TRAINED),
+            )
+            if cur.rowcount != 1:
+                raise RunStateError(f"iteration {it} was not in state '{STATUS_TRAINED}'")
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_path(self, it: int) -> Path:

@@ -23,6 +23,8 @@ the same step spent about a third of its time allocating, copying and transposin
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,7 +426,14 @@ class EnsembleRewardModel:
         """Atomic safetensors write (tmp file + rename)."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file(self.state_dict(), str(tmp))
+        try:
+            save_file(self.state_dict(), str(tmp))
+        except Exception as exc:  # safetensors reports I/O failures as its own error: give them their errno back
+            found = re.search(r"os error (\d+)", str(exc))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            raise OSError(code, os.strerror(code), str(tmp)) from exc
         tmp.replace(path)
 
     def load(self, path: Path) -> None:
