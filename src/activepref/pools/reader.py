@@ -63,6 +63,13 @@ class PoolRow(BaseModel):
             raise ValueError("must be a finite number")
         return v
 
+    @field_validator("prompt_features")
+    @classmethod
+    def _not_empty_vector(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not v:
+            raise ValueError("is an empty vector")
+        return v
+
 
 @dataclass
 class Pool:
@@ -123,6 +130,8 @@ class FeatureColumn:
 def feature_problem(length: int, expected: int | None, finite: bool) -> str | None:
     """What is wrong with one row's feature list (None: nothing); ``expected`` is the first
     row's length (None on the first row). One wording for the row-wise and one-pass checks."""
+    if length == 0:
+        return "is empty (a feature vector needs at least one value)"
     if expected is not None and length != expected:
         return f"length {length}, expected {expected} as on the first row"
     if not finite:
@@ -190,7 +199,8 @@ def _iter_rows(path: Path, apart: dict[str, Any] | None = None) -> Any:
                 try:
                     raw = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise PoolFormatError(str(path), f"line {lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+                    hint = " (this looks like a Parquet file: name it .parquet)" if lineno == 1 and raw_line.startswith(b"PAR1") else ""
+                    raise PoolFormatError(str(path), f"line {lineno}", None, f"invalid JSON ({exc.msg} at column {exc.colno}){hint}") from None
                 if not isinstance(raw, dict):
                     raise PoolFormatError(str(path), f"line {lineno}", None, "expected a JSON object per line")
                 yield f"line {lineno}", raw
@@ -243,8 +253,8 @@ def read_pool(path: str | Path, features_path: str | Path | None = None) -> Pool
         try:
             row = PoolRow.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            fld = ".".join(str(p) for p in err["loc"]) or None
+            err = first_error(exc, raw)
+            fld = error_field(err)
             value = err.get("input")
             shown = f" (got {value!r:.60})" if fld and value is not None and not isinstance(value, dict) else ""
             raise PoolFormatError(str(path), location, fld, f"{err['msg']}{shown}") from None
@@ -350,9 +360,9 @@ def _prompt_meta(instructions: Any, path: Path, location: str) -> dict[str, Any]
         raise PoolFormatError(str(path), location, "instructions", str(exc)) from None
 
 
-def _last_user(messages: list[_Message], path: Path, location: str) -> str:
+def _last_user(messages: list[_Message], path: Path, location: str, field: str = "prompt") -> str:
     if not messages or messages[-1].role != "user":
-        raise PoolFormatError(str(path), location, "prompt", "a message list must end with a 'user' message")
+        raise PoolFormatError(str(path), location, field, "a message list must end with a 'user' message")
     return messages[-1].content
 
 
@@ -388,6 +398,31 @@ class PromptRow(BaseModel):
     instructions: Any = None  # verifiable instructions (activepref.ifeval), a list or its JSON
 
 
+def _union_branch(part: object) -> bool:
+    """Whether a location part is pydantic's name of a union member ('str', 'list[_Message]')."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "dict") or "[" in part)
+
+
+def first_error(exc: ValidationError, raw: Any) -> Any:
+    """The error worth reporting: for a union field (``prompt``: a string or a message list),
+    the one from the member the value's type chose (a list's missing ``content``, not "should
+    be a valid string"); otherwise the first."""
+    errors = exc.errors()
+    head = errors[0]["loc"][:1]
+    value = raw.get(head[0]) if head and isinstance(raw, dict) else None
+    if isinstance(value, list):
+        for err in errors:
+            loc = err["loc"]
+            if loc[:1] == head and len(loc) > 1 and isinstance(loc[1], str) and loc[1].startswith("list["):
+                return err
+    return errors[0]
+
+
+def error_field(err: Any) -> str | None:
+    """The dotted field of an error, without pydantic's union member names (prompt.0.content)."""
+    return ".".join(str(p) for p in err["loc"] if not _union_branch(p)) or None
+
+
 def read_prompts(path: str | Path) -> list[Prompt]:
     """Prompts for live generation: JSONL rows with ``prompt`` (string or messages) or
     ``messages``, or MT-bench style ``turns`` (first turn); ``prompt_id`` (or
@@ -401,14 +436,14 @@ def read_prompts(path: str | Path) -> list[Prompt]:
         try:
             row = PromptRow.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise PoolFormatError(str(path), location, ".".join(str(p) for p in err["loc"]) or None, err["msg"]) from None
+            err = first_error(exc, raw)
+            raise PoolFormatError(str(path), location, error_field(err), err["msg"]) from None
         if isinstance(row.prompt, str):
             text, messages = row.prompt, ()
         elif row.prompt is not None or row.messages is not None:
             msgs = row.prompt if row.prompt is not None else row.messages
             assert msgs is not None
-            text = _last_user(msgs, path, location)
+            text = _last_user(msgs, path, location, "prompt" if row.prompt is not None else "messages")
             messages = tuple(m.model_dump() for m in msgs)
         elif row.turns:
             text, messages = row.turns[0], ()
