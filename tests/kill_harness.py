@@ -55,6 +55,25 @@ def timed(*args: str | Path, env: dict[str, str] | None = None) -> float:
     return time.perf_counter() - start
 
 
+def status_invariants(run_dir: Path, previous: dict | None) -> dict:
+    """``activepref status`` of a run between kills (read as the CLI reads it, without the
+    lock): a state it could really be in, and never less done than after the kill before
+    (nothing committed is ever lost). Returns the status, for the next comparison."""
+    from dataclasses import asdict
+
+    from activepref.core import runs
+
+    st = asdict(runs.status(run_dir))
+    assert 0 <= st["iterations_done"] <= st["iterations_planned"], st
+    assert st["current"] in (None, "generated", "embedded", "selected", "annotated"), st
+    assert st["stopped"] is None, st
+    assert st["pairs"] >= 0 and st["annotations"] >= 0 and st["failures"] >= 0, st
+    if previous is not None:
+        for key in ("iterations_done", "pairs", "annotations"):
+            assert st[key] >= previous[key], (key, previous[key], st[key])
+    return st
+
+
 def run_position(run_dir: Path, live: bool = False) -> str:
     """Where a run directory stands: '<iteration>:<next step>' from its newest iteration row
     (a live run generates where a pool run selects)."""
@@ -85,6 +104,7 @@ class KillReport:
     delays: list[float] = field(default_factory=list)
     landed: list[str] = field(default_factory=list)  # position after each kill
     killed_pids: list[int] = field(default_factory=list)
+    killed_at: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
     restarts: int = 0
     finished_early: bool = False
 
@@ -120,6 +140,7 @@ def kill_and_restart(
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            report.killed_at.append(time.monotonic())
             proc.wait(timeout=60)
             _reap_group(proc.pid)
             report.killed_pids.append(proc.pid)
