@@ -95,7 +95,8 @@ def export_run(run_dir: str | Path, output: str | Path, fmt: ExportFormat = "par
     """Write the dataset; returns the number of rows. Reading needs no lock."""
     store = RunStore.open_readonly(run_dir)
     try:
-        records = preference_records(store, standard)
+        with store.snapshot():  # prompts, responses and preferences of one committed state, while a run may write
+            records = preference_records(store, standard)
     finally:
         store.close()
     output = Path(output)

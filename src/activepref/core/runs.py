@@ -134,26 +134,32 @@ def annotation_status(store: RunStore) -> dict[str, Any] | None:
 def status(run_dir: str | Path) -> RunStatus:
     store = RunStore.open_readonly(run_dir)
     try:
-        config = stored_config(store)
-        records = store.iterations()
-        done = [r for r in records if r.status == STATUS_TRAINED]
-        unfinished = next((r.status for r in records if r.status != STATUS_TRAINED), None)
-        return RunStatus(
-            run_dir=str(run_dir),
-            method=config.method,
-            seed=config.seed,
-            iterations_done=len(done),
-            iterations_planned=len(iteration_plan(store, config)),
-            current=unfinished,
-            pairs=store.count("preferences"),
-            annotations=store.annotations(),
-            failures=store.judge_failure_count(),
-            last_metrics=(done[-1].metrics or {}) if done else {},
-            summary=run_summary(store),
-            stopped=f"stopped: {halt['reason']}" if (halt := store.stopped()) else None,
-            stopped_detail=halt["detail"] if halt else None,
-            cost=bill(store, config),
-            annotation=annotation_status(store),
-        )
+        with store.snapshot():  # one committed state, while the run may be writing
+            return _status(store, run_dir)
     finally:
         store.close()
+
+
+def _status(store: RunStore, run_dir: str | Path) -> RunStatus:
+    """The status read from an open store (inside one snapshot)."""
+    config = stored_config(store)
+    records = store.iterations()
+    done = [r for r in records if r.status == STATUS_TRAINED]
+    unfinished = next((r.status for r in records if r.status != STATUS_TRAINED), None)
+    return RunStatus(
+        run_dir=str(run_dir),
+        method=config.method,
+        seed=config.seed,
+        iterations_done=len(done),
+        iterations_planned=len(iteration_plan(store, config)),
+        current=unfinished,
+        pairs=store.count("preferences"),
+        annotations=store.annotations(),
+        failures=store.judge_failure_count(),
+        last_metrics=(done[-1].metrics or {}) if done else {},
+        summary=run_summary(store),
+        stopped=f"stopped: {halt['reason']}" if (halt := store.stopped()) else None,
+        stopped_detail=halt["detail"] if halt else None,
+        cost=bill(store, config),
+        annotation=annotation_status(store),
+    )

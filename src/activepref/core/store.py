@@ -247,6 +247,19 @@ class LockedSqliteDir:
         self.close()
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one committed state of the store (one SQLite read
+        transaction), however many queries it takes, while another process keeps writing."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
