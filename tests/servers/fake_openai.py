@@ -117,7 +117,7 @@ MAX_TOP_LOGPROBS = 20
 class Action:
     """What the server does with one chat request. Build with the class methods."""
 
-    kind: str = "reply"  # reply | error | hang | malformed | empty | truncated | expired (batch lines)
+    kind: str = "reply"  # reply | error | hang | malformed | empty | truncated | html | wrong_shape | expired (batch lines)
     status: int = 200
     message: str = ""
     retry_after: str | None = None
@@ -170,6 +170,21 @@ class Action:
     @classmethod
     def truncated(cls) -> Action:
         return cls("truncated")
+
+    @classmethod
+    def html(cls, status: int = 502) -> Action:
+        """A proxy's HTML error page instead of JSON (a gateway in front of the model server)."""
+        return cls("html", status=status)
+
+    @classmethod
+    def wrong_shape(cls) -> Action:
+        """Valid JSON of the wrong shape: a choice without its message."""
+        return cls("wrong_shape")
+
+    @classmethod
+    def out_of_range_digit(cls) -> Action:
+        """A judge answer whose only digit is outside 1-5."""
+        return cls.reply("9", [("9", -0.05), ("0", -3.0)])
 
     @classmethod
     def expired(cls) -> Action:
@@ -716,6 +731,18 @@ class FakeOpenAIServer:
                     return
                 if action.kind == "malformed":
                     self._send(200, b'{"id": "chatcmpl-broken", "object": "chat.completion", "choices": [{"index": 0, "mess')
+                    return
+                if action.kind == "html":
+                    page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+                    self.send_response(action.status)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                if action.kind == "wrong_shape":
+                    self._json(200, {"id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": 0,
+                                     "model": body.get("model", fake.model), "choices": [{"index": 0, "finish_reason": "stop"}]})
                     return
                 if action.kind == "empty":
                     self._json(200, {"id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": 0,

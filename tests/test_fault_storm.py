@@ -1,0 +1,143 @@
+"""A fault storm (issue 18, part 2): a live run against a server that answers a fifth of all
+requests (first attempts and retries alike, seeded; the kinds in turn) with a fault: 500 / 502 / 503, 429 with
+and without Retry-After, a hang past the timeout, a body cut mid-way, broken JSON, a proxy's
+HTML page, valid JSON of the wrong shape, an empty choice list, and judge answers with no digit
+or only an out-of-range one. The run must finish; every failure that outlived its retries is
+recorded with its cause; and nothing garbage is scored: each score equals what the same
+response gets from a server without faults."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers.fake_openai import Action, FakeOpenAIServer  # noqa: E402
+from test_live_server import LiveScript, write_prompts  # noqa: E402
+
+from activepref.cli import app  # noqa: E402
+
+RATE = 0.2
+SEED = 18
+FAULTS = {
+    "error500": lambda: Action.error(500),
+    "error502": lambda: Action.error(502, "Bad gateway"),
+    "error503": lambda: Action.unavailable(),
+    "429 with Retry-After": lambda: Action.rate_limited("1"),
+    "429 without Retry-After": lambda: Action.rate_limited(None),
+    "hang": lambda: Action.hang(4.0),
+    "truncated": lambda: Action.truncated(),
+    "malformed": lambda: Action.malformed(),
+    "html": lambda: Action.html(502),
+    "wrong_shape": lambda: Action.wrong_shape(),
+    "empty": lambda: Action.empty(),
+}
+JUDGE_FAULTS = {"no digit": lambda: Action.no_digit(), "out-of-range digit": lambda: Action.out_of_range_digit()}
+
+
+class Storm:
+    """Wraps the live script: a seeded fifth of requests (by body and attempt) get a fault."""
+
+    def __init__(self, inner: LiveScript | None, rate: float = RATE) -> None:
+        self.inner = inner or LiveScript()
+        self.rate = rate
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.injected: collections.Counter[str] = collections.Counter()
+        self.turns: collections.Counter[bool] = collections.Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int, body: dict) -> Action | None:
+        key = json.dumps(body, sort_keys=True)
+        with self.lock:
+            attempt = self.attempts[key]
+            self.attempts[key] += 1
+        draw = hashlib.sha256(f"{SEED}|{key}|{attempt}".encode()).digest()
+        if int.from_bytes(draw[:4], "big") / 2**32 < self.rate:
+            judge = body.get("model") == "judge-m"
+            menu = {**FAULTS, **(JUDGE_FAULTS if judge else {})}
+            with self.lock:  # the kinds in turn (judge and generation each their own turn), so every kind occurs
+                name = sorted(menu)[self.turns[judge] % len(menu)]
+                self.turns[judge] += 1
+                self.injected[name] += 1
+            return menu[name]()
+        return self.inner(n, body)
+
+
+def config(root: Path, srv: FakeOpenAIServer, prompts: Path, name: str) -> Path:
+    path = root / f"{name}.yaml"
+    common = "max_retries: 1, timeout_s: 1.5, max_concurrency: 8"
+    path.write_text(
+        f"prompts: {prompts}\nmethod: dts\nbatch_size: 6\niterations: 4\nseed: 5\n"
+        "generation:\n  samples_per_model: 2\n  max_tokens: 32\n  models:\n"
+        f"    - {{name: gen-a, backend: openai, base_url: '{srv.base_url}', model: gen-a, {common}}}\n"
+        f"    - {{name: gen-b, backend: openai, base_url: '{srv.base_url}', model: gen-b, {common}}}\n"
+        "embedding: {backend: sentence_transformers, model: builtin}\n"
+        f"judge: {{kind: likert, max_retries: 1, model: {{backend: openai, base_url: '{srv.base_url}', model: judge-m, {common}}}}}\n"
+        f"cache_path: '{root / (name + '-cache.sqlite')}'\n"
+        "enn: {heads: 4, hidden: 16, steps: 30}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def scores(run_dir: Path) -> dict[str, float]:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return dict(conn.execute("SELECT r.response_id, s.value FROM scores s JOIN responses r ON r.idx = s.response_idx").fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: describe thing {i} briefly." for i in range(30)])
+    runner = CliRunner()
+    with FakeOpenAIServer(LiveScript()) as calm:
+        result = runner.invoke(app, ["run", "-c", str(config(tmp_path, calm, prompts, "calm")), "--out", str(tmp_path / "calm")])
+        assert result.exit_code == 0, result.output[-3000:]
+    storm = Storm(LiveScript())
+    with FakeOpenAIServer(storm) as srv:
+        result = runner.invoke(app, ["run", "-c", str(config(tmp_path, srv, prompts, "storm")), "--out", str(tmp_path / "storm")])
+        assert result.exit_code == 0, result.output[-3000:]
+        requests = len(srv.chat_requests)
+    injected = sum(storm.injected.values())
+    print(f"{requests} requests, {injected} faults injected: {dict(storm.injected)}")
+    assert set(storm.injected) == set(FAULTS) | set(JUDGE_FAULTS), storm.injected  # every kind happened
+    assert 0.12 < injected / requests < 0.28
+
+    # nothing garbage scored: every score is a Likert value and equals the calm run's for the same response
+    calm_scores, storm_scores = scores(tmp_path / "calm"), scores(tmp_path / "storm")
+    assert storm_scores and all(1.0 <= v <= 5.0 for v in storm_scores.values())
+    shared = set(calm_scores) & set(storm_scores)
+    assert len(shared) >= len(storm_scores) // 2
+    assert all(abs(calm_scores[r] - storm_scores[r]) < 1e-9 for r in shared)
+
+    # what outlived its retries is recorded with its cause
+    conn = sqlite3.connect(tmp_path / "storm" / "run.sqlite")
+    try:
+        failures = [e for (e,) in conn.execute("SELECT error FROM judge_failures")]
+        failures += [e for (e,) in conn.execute("SELECT error FROM generation_failures")]
+        st = json.loads(runner.invoke(app, ["status", str(tmp_path / "storm"), "--json"]).stdout)
+    finally:
+        conn.close()
+    assert failures, "with one retry some faults must outlive it: the recording path went untested"
+    causes = ("HTTP ", "malformed", "timed out", "timeout", "digit", "connection")
+    assert all(any(c in e for c in causes) for e in failures), failures
+    assert st["iterations_done"] == 4 and st["failures"] == len(conn_failures(tmp_path / "storm"))
+    print(f"{len(failures)} failure(s) recorded after retries:")
+    for e in failures:
+        print("   ", e[:160])
+
+
+def conn_failures(run_dir: Path) -> list[str]:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return [e for (e,) in conn.execute("SELECT error FROM judge_failures")]
+    finally:
+        conn.close()
