@@ -10,6 +10,7 @@ inside ENN training, selection, judging, ...
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -246,3 +247,28 @@ def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode} instead of SIGKILL"
+
+
+IN_FLIGHT_S = 3.0  # an answer not yet committed when the kill landed arrived at most this long before it
+
+
+def repeated_answers(requests: list, killed_at: list[float], in_flight: int = 2 * 8 + 16) -> int:
+    """Count the answered requests that reached the server again, and check each repeat: the
+    answer before it arrived shortly before a kill (it was in flight, not yet in the cache),
+    and no kill explains more repeats than the run has calls in flight (``in_flight``)."""
+    last_answer: dict[str, float] = {}
+    per_kill: dict[int, int] = {}
+    repeats = 0
+    for req in sorted(requests, key=lambda r: r.received_at):
+        key = json.dumps(req.body, sort_keys=True)
+        answered = req.action == "reply"
+        if key in last_answer:
+            before = last_answer[key]
+            kills = [k for k, t in enumerate(killed_at) if before <= t <= before + IN_FLIGHT_S]
+            assert kills, f"an answered request was sent again with no kill in flight (answered at {before:.2f}, kills {killed_at})"
+            per_kill[kills[0]] = per_kill.get(kills[0], 0) + 1
+            repeats += 1
+        if answered:
+            last_answer[key] = req.received_at
+    assert all(n <= in_flight for n in per_kill.values()), per_kill
+    return repeats

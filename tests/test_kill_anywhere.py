@@ -34,6 +34,7 @@ from kill_harness import (  # noqa: E402
     kill_and_restart,
     kill_seed,
     remove_tree,
+    repeated_answers,
     retry_with_shorter_delays,
     run_position,
     seeded_delays,
@@ -192,29 +193,6 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6) -> No
 
 
 LIVE_KILLS = 20
-IN_FLIGHT_S = 3.0  # an answer not yet committed when the kill landed arrived at most this long before it
-
-
-def repeated_answers(requests: list, killed_at: list[float]) -> int:
-    """Count the answered requests that reached the server again, and check each repeat: the
-    answer before it arrived shortly before a kill (it was in flight, not yet in the cache),
-    and no kill explains more repeats than the run has calls in flight (2 models x 8 + judge 16)."""
-    last_answer: dict[str, float] = {}
-    per_kill: dict[int, int] = {}
-    repeats = 0
-    for req in sorted(requests, key=lambda r: r.received_at):
-        key = json.dumps(req.body, sort_keys=True)
-        answered = req.action == "reply"
-        if key in last_answer:
-            before = last_answer[key]
-            kills = [k for k, t in enumerate(killed_at) if before <= t <= before + IN_FLIGHT_S]
-            assert kills, f"an answered request was sent again with no kill in flight (answered at {before:.2f}, kills {killed_at})"
-            per_kill[kills[0]] = per_kill.get(kills[0], 0) + 1
-            repeats += 1
-        if answered:
-            last_answer[key] = req.received_at
-    assert all(n <= 2 * 8 + 16 for n in per_kill.values()), per_kill
-    return repeats
 
 
 def _bench_args(pool: Path, out: Path, settings: Path) -> list[str | Path]:

@@ -304,3 +304,56 @@ def test_more_rounds_or_seeds_extend_the_runs_already_done(env, tmp_path) -> Non
     changed = apl_config(env["root"], env["policy"], env["prompts"], env["srv"].base_url, max_tokens=9)
     result = invoke("apl", "--config", write_yaml(tmp_path / "changed.yaml", changed), "--out", out, "--acquisitions", "certainty")
     assert result.exit_code == 2 and "different config" in result.output
+
+
+APL_KILLS = 6
+
+
+def test_random_kills_then_reruns_give_the_uninterrupted_results(env, tmp_path) -> None:
+    """`apl` SIGKILLed (with its process group) at seeded random moments and rerun after each:
+    the same results.csv as an uninterrupted run, and an answered judge call reaches the server
+    again only if a kill cut it off in flight."""
+    import time
+
+    from kill_harness import kill_and_restart, kill_seed, repeated_answers, retry_with_shorter_delays, seeded_delays
+
+    acq = "hybrid"
+    cfg = yaml.safe_load(env["cfg"].read_text())
+    cfg.update(acquisitions=[acq], cache_path=str(tmp_path / "base-cache.sqlite"))
+    base = tmp_path / "base"
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, "apl", "--config", str(write_yaml(tmp_path / "base.yaml", cfg)), "--out", str(base)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    total = time.monotonic() - started
+    print(f"apl: {total:.1f} s uninterrupted")
+    want = read_csv(base / "results.csv")
+
+    cfg["cache_path"] = str(tmp_path / "cache.sqlite")  # a fresh cache: every call is paid
+    path = write_yaml(tmp_path / "killed.yaml", cfg)
+    out = tmp_path / "out"
+    command = ["apl", "--config", path, "--out", out]
+    seed = kill_seed(21)
+    first_request = [len(env["srv"].chat_requests)]  # where the last attempt's requests begin
+
+    def attempt(scale: float):
+        # apl's start-up (imports, the policy, the reference model) is most of a small run:
+        # kills between a fifth and four fifths of the uninterrupted time
+        delays = seeded_delays(seed, APL_KILLS, 0.2 * total * scale, total * scale, share=0.6)
+        return kill_and_restart(command, command, delays, lambda: "running" if out.exists() else "no run yet", seed)
+
+    def reset() -> None:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        for leftover in tmp_path.glob("cache.sqlite*"):  # the database and its WAL files
+            leftover.unlink()
+        first_request[0] = len(env["srv"].chat_requests)  # a new attempt from nothing pays every call again
+
+    report = retry_with_shorter_delays(attempt, 2, reset)
+    print(report)
+    assert report.restarts >= 2, f"apl finished before it could be killed twice ({report})"
+    assert read_csv(out / "results.csv") == want
+    killed = [r for r in env["srv"].chat_requests[first_request[0]:] if r.n >= 0]
+    repeats = repeated_answers(killed, report.killed_at, in_flight=16)
+    print(f"{report.restarts} kills, {len(killed)} judge requests, {repeats} answered request(s) sent again (in flight at a kill)")
