@@ -181,3 +181,49 @@ def test_a_read_only_run_directory_reads_exactly_and_refuses_writes_clearly(refe
     assert activepref("status", read_only_copy, "--json").returncode == 0
     assert export_bytes(read_only_copy, tmp_path / "ds.jsonl") == reference[0]
     one_clear_line(activepref("resume", read_only_copy), "cannot write", "read-only")
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_a_request_cache_locked_by_another_process_is_one_line_and_the_run_resumes(pool, tmp_path):
+    """Another process holds the request cache's write lock past the 30 s busy wait: the run
+    stops with one line naming the lock, and resumed after the lock is gone it ends with the
+    dataset of a run that never met the lock. (`-m slow`: it waits out the 30 s.)"""
+    import math
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from servers.fake_openai import Action, FakeOpenAIServer
+
+    def judge_script(n: int, body: dict) -> Action:
+        return Action.reply("A", top_logprobs=[("A", math.log(0.7)), ("B", math.log(0.3))])
+
+    def config(srv, cache: Path, name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            f"pool: {pool}\nmethod: dts\nbatch_size: 8\niterations: 3\nseed: 1\ncache_path: '{cache}'\n"
+            f"judge: {{kind: pairwise, model: {{backend: openai, model: judge-m, base_url: '{srv.base_url}', max_retries: 0}}}}\n",
+            encoding="utf-8")
+        return path
+
+    with FakeOpenAIServer(judge_script) as srv:
+        assert activepref("run", "-c", config(srv, tmp_path / "calm.sqlite", "calm"), "--out", tmp_path / "calm").returncode == 0
+        cache = tmp_path / "locked.sqlite"
+        assert activepref("run", "-c", config(srv, cache, "locked"), "--out", tmp_path / "first", "--iterations", "1").returncode == 0
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(cache), "90"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            line = one_clear_line(activepref("run", "-c", tmp_path / "locked.yaml", "--out", tmp_path / "run"), "locked")
+            assert "another process" in line
+        finally:
+            holder.kill()
+            holder.wait()
+        assert activepref("resume", tmp_path / "run").returncode == 0
+    assert export_bytes(tmp_path / "run", tmp_path / "a.jsonl") == export_bytes(tmp_path / "calm", tmp_path / "b.jsonl")
