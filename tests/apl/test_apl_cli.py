@@ -89,9 +89,9 @@ def test_no_request_is_sent_twice_and_the_key_stays_secret(env) -> None:
     assert len(reqs) == len(set(reqs))  # every paid call once (the cache answers repeats)
     judged = env["script"].judged
     assert judged and len(judged) == len(reqs)  # the policy is local: every HTTP call is a judge call
-    for path in env["out"].rglob("*"):
-        if path.is_file() and path.suffix in {".csv", ".md", ".json", ".sqlite", ".yaml"}:
-            assert b"sk-apl-secret-123" not in path.read_bytes()
+    for path in [*env["out"].rglob("*"), *env["root"].rglob("*cache*")]:  # every file: reports, stores, plots, weights
+        if path.is_file():
+            assert b"sk-apl-secret-123" not in path.read_bytes(), path
     assert "sk-apl-secret-123" not in env["output"]
 
 
