@@ -150,10 +150,13 @@ def test_random_kills_of_a_live_run_resume_byte_identical(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_two_hundred_random_kills_of_a_live_run(tmp_path: Path) -> None:
     """The same with 200 kills (`-m slow`); its figures are in the README's Reliability section."""
-    _live_run_under_kills(tmp_path, 200, iterations=12)
+    # Each life must outlast the models' loading and still finish a step now and then, and the
+    # run must outlast 200 such lives: a long run, and a share of its work per life sized so
+    # that the lives' expected progress adds up to about three runs.
+    _live_run_under_kills(tmp_path, 200, iterations=50, share=3.0 / 200)
 
 
-def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6) -> None:
+def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6, share: float | None = None) -> None:
     from servers.fake_openai import FakeOpenAIServer
     from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
 
@@ -178,7 +181,7 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6) -> No
         seed = kill_seed(13)
         print(f"kill seed {seed} (ACTIVEPREF_KILL_SEED replays it)")
         report = _kill_resume_compare(
-            config, tmp_path, seed, share=min(0.25, 1.9 / kills), live=True, audit=False, kills=kills,
+            config, tmp_path, seed, share=share or min(0.25, 1.9 / kills), live=True, audit=False, kills=kills,
             killed_config=lambda text, root: text.replace(str(tmp_path / "cache.sqlite"), str(root / "killed-cache.sqlite")),
             after_base=lambda: base_requests.append(len(srv.requests)),
             first_call_after=lambda t0: next((r.received_at - t0 for r in srv.requests if r.n >= 0 and r.received_at >= t0), None),
