@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from activepref.annotate.agreement import cohens_kappa, krippendorff_alpha, majority_verdict
+from activepref.core.transactions import immediate_transaction
 from activepref.errors import ConfigError, RunStateError
 
 SCHEMA = """
@@ -166,16 +167,8 @@ class AnnotationQueue:
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
         # Writers of one process queue on a lock instead of on SQLite's busy handler, whose
         # sleeps (up to 100 ms each) would make the tail latency of concurrent submits.
-        with _WRITERS:
-            cur = self.conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with _WRITERS, immediate_transaction(self.conn) as cur:
+            yield cur
 
     # -- the app's secret ----------------------------------------------------------------
     def secret(self) -> bytes:

@@ -31,6 +31,7 @@ import numpy as np
 
 from activepref.annotate.queue import SCHEMA as ANNOTATION_SCHEMA
 from activepref.core.features import FileIdentity, NpyLayout, verify_identity, write_feature_stats
+from activepref.core.transactions import immediate_transaction
 from activepref.errors import RunLockedError, RunStateError
 from activepref.pools.reader import Pool
 from activepref.pools.records import Prompt, Response
@@ -261,15 +262,8 @@ class LockedSqliteDir:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate_transaction(self.conn) as cur:
             yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
 
 
 class RunStore(LockedSqliteDir):
