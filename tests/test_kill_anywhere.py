@@ -69,7 +69,7 @@ def _uninterrupted(config: Path, root: Path) -> tuple[bytes, float, float, dict]
 def _kill_resume_compare(
     config_text: str, root: Path, seed: int, *, share: float = 0.45, live: bool = False, audit: bool = True,
     killed_config: Callable[[str, Path], str] | None = None, after_base: Callable[[], None] | None = None,
-    kills: int = KILLS, first_call_after: Callable[[float], float | None] | None = None,
+    kills: int = KILLS, first_call_after: Callable[[float], float | None] | None = None, finish_timeout: float = 300,
 ) -> KillReport:
     """An uninterrupted run in root/base, then the same config killed KILLS times at seeded
     moments and resumed in root/killed; export, final ENN and status must match. The killed
@@ -107,7 +107,8 @@ def _kill_resume_compare(
     def attempt(scale: float) -> KillReport:
         seen.clear()
         delays = seeded_delays(seed, kills, startup, work * scale, share=share)
-        return kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, position, seed, reset=remove_tree(out))
+        return kill_and_restart(["run", "-c", cfg, "--out", out], ["resume", out], delays, position, seed, reset=remove_tree(out),
+                                timeout=finish_timeout)
 
     def reset() -> None:
         shutil.rmtree(out, ignore_errors=True)
@@ -181,7 +182,7 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6, share
         seed = kill_seed(13)
         print(f"kill seed {seed} (ACTIVEPREF_KILL_SEED replays it)")
         report = _kill_resume_compare(
-            config, tmp_path, seed, share=share or min(0.25, 1.9 / kills), live=True, audit=False, kills=kills,
+            config, tmp_path, seed, share=share or min(0.25, 1.9 / kills), live=True, audit=False, kills=kills, finish_timeout=60.0 * iterations,
             killed_config=lambda text, root: text.replace(str(tmp_path / "cache.sqlite"), str(root / "killed-cache.sqlite")),
             after_base=lambda: base_requests.append(len(srv.requests)),
             first_call_after=lambda t0: next((r.received_at - t0 for r in srv.requests if r.n >= 0 and r.received_at >= t0), None),
