@@ -163,7 +163,7 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 6, share
 
     srv = FakeOpenAIServer(LiveScript()).start()
     try:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: explain idea number {i} in two sentences." for i in range(8 * iterations + 16)])
+        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: explain idea number {i} in two sentences." for i in range(8 * iterations)])
         models = "".join(
             f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}, max_concurrency: 8}}\n" for m in GEN_MODELS
         )
