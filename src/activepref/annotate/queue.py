@@ -144,6 +144,11 @@ class AnnotationQueue:
         self.conn = conn
         self._secret: bytes | None = None
 
+    @staticmethod
+    def present(conn: sqlite3.Connection) -> bool:
+        """Whether the store has the annotation tables (an older store read without upgrading has not)."""
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'annotation_tasks'").fetchone() is not None
+
     @classmethod
     def open(cls, run_dir: str | Path) -> AnnotationQueue:
         """The queue of an existing run, for a process that does not own the run (the app)."""

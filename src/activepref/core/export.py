@@ -74,12 +74,16 @@ def model_judge_kind(store: RunStore) -> str:
     if text is None:
         return "unknown"
     judge = config_from_json(text).judge
-    return str(judge.options.get("judge", "pairwise")) if judge.kind == "routed" else judge.kind
+    if judge.kind == "routed":
+        from activepref.judges.human import RoutedOptions
+
+        return RoutedOptions.model_validate(judge.options).judge  # its default, not a second copy of it
+    return judge.kind
 
 
 def human_outcomes(store: RunStore) -> dict[frozenset[int], TaskOutcome]:
     """Decided annotation tasks by unordered pair (none in a store older than the tables)."""
-    if store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'annotation_tasks'").fetchone() is None:
+    if not AnnotationQueue.present(store.conn):
         return {}
     return {k: o for k, o in AnnotationQueue(store.conn).human_pairs().items() if o.state == "complete"}
 

@@ -535,36 +535,37 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     return ctx
 
 
-def checkpoint_problem(ctx: RunContext, it: int) -> str | None:
-    """Why the ENN checkpoint after iteration ``it`` cannot be loaded (None: it loads; it = -1
-    is the fresh initialisation, always available)."""
+def load_checkpoint(ctx: RunContext, it: int) -> EnsembleRewardModel | str:
+    """The ENN as iteration ``it`` left it (it = -1: the fresh initialisation), or why its
+    checkpoint cannot be loaded."""
+    model = fresh_model(ctx)
     if it < 0:
-        return None
-    path = ctx.store.checkpoint_path(it)
+        return model
     try:
-        fresh_model(ctx).load(path)
+        model.load(ctx.store.checkpoint_path(it))
     except Exception as exc:  # missing, truncated, wrong shapes, not safetensors: any of them makes it unusable
         return f"{type(exc).__name__}: {exc}"
-    return None
+    return model
 
 
-def recover_checkpoint(ctx: RunContext, last_trained: int) -> int:
-    """The last trained iteration whose checkpoint loads. An unreadable last checkpoint (a
-    disk that filled, a truncated copy) is rebuilt: that iteration is trained again from the
-    checkpoint before it, with the same seed and buffer, so the weights come out the same."""
-    problem = checkpoint_problem(ctx, last_trained)
-    if problem is None:
-        return last_trained
+def recover_checkpoint(ctx: RunContext, last_trained: int) -> tuple[int, EnsembleRewardModel]:
+    """The last trained iteration whose checkpoint loads, and the ENN loaded from it. An
+    unreadable last checkpoint (a disk that filled, a truncated copy) is rebuilt: that
+    iteration is trained again from the checkpoint before it, with the same seed and buffer,
+    so the weights come out the same."""
+    loaded = load_checkpoint(ctx, last_trained)
+    if not isinstance(loaded, str):
+        return last_trained, loaded
     path = ctx.store.checkpoint_path(last_trained)
-    before = checkpoint_problem(ctx, last_trained - 1)
-    if before is not None:
+    before = load_checkpoint(ctx, last_trained - 1)
+    if isinstance(before, str):
         raise RunStateError(
-            f"{path}: the ENN checkpoint cannot be read ({problem}), nor the one before it ({before}); restore the "
+            f"{path}: the ENN checkpoint cannot be read ({loaded}), nor the one before it ({before}); restore the "
             f"checkpoints from a backup, or start the run again in a new directory"
         )
-    log.warning("%s cannot be read (%s): iteration %d is trained again from the checkpoint before it", path, problem, last_trained + 1)
+    log.warning("%s cannot be read (%s): iteration %d is trained again from the checkpoint before it", path, loaded, last_trained + 1)
     ctx.store.reopen_training(last_trained)
-    return last_trained - 1
+    return last_trained - 1, before
 
 
 def execute(store: RunStore, config: RunConfig, progress: Progress | None = None, live: LiveParts | None = None) -> list[dict[str, Any]]:
@@ -578,17 +579,15 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
     buffer = ReplayBuffer()
     buffer.extend(store.replay_pairs())
     last_trained = max((rec.iteration for rec in store.iterations() if rec.status == STATUS_TRAINED), default=-1)
-    if last_trained >= 0:
-        last_trained = recover_checkpoint(ctx, last_trained)
     model: EnsembleRewardModel | None = None
+    if last_trained >= 0:  # loaded (and checked) once here, then trained on in memory
+        last_trained, model = recover_checkpoint(ctx, last_trained)
 
     def current_model() -> EnsembleRewardModel:
         # Built lazily: a live run knows its feature dimension only after the first embedding.
         nonlocal model
         if model is None:
             model = fresh_model(ctx)
-            if last_trained >= 0:
-                model.load(store.checkpoint_path(last_trained))
         return model
 
     def pair_uncertainty(pairs: list[tuple[int, int]]) -> np.ndarray:

@@ -122,7 +122,7 @@ class RunStatus:
 def annotation_status(store: RunStore) -> dict[str, Any] | None:
     """The human side of a run (None when it has no annotation tasks and no annotators, or
     is an older store read without upgrading)."""
-    if store.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'annotation_tasks'").fetchone() is None:
+    if not AnnotationQueue.present(store.conn):
         return None
     queue = AnnotationQueue(store.conn)
     summary = queue.summary()

@@ -331,35 +331,37 @@ class RunStore(LockedSqliteDir):
         if not cls.exists(run_dir):
             raise RunStateError(f"{run_dir} is not an activepref run directory (no run.sqlite)")
         path = run_dir / "run.sqlite"
-        store = cls(run_dir, sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True), None)
+        uri = f"{path.resolve().as_uri()}?mode=ro"
         try:
-            created = store.meta("created")
+            store, created = cls._read_only(run_dir, uri)
         except sqlite3.OperationalError as exc:
-            store.close()
             # A read-only directory: SQLite cannot make the shared-memory file WAL readers need.
             # Without a write-ahead log holding commits the database file alone is the whole
             # run, and an immutable read is exact; with one, it would silently miss commits.
-            wal = run_dir / "run.sqlite-wal"
             if "unable to open" not in str(exc):
                 raise  # disk I/O error, locked, ...: the CLI names the fault
+            wal = run_dir / "run.sqlite-wal"
             if wal.exists() and wal.stat().st_size > 0:
                 raise RunStateError(
                     f"{path}: cannot be read here ({exc}); if its directory is read-only, copy the run directory "
                     f"somewhere writable and read that copy"
                 ) from None
-            store = cls(run_dir, sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True), None)
-            try:
-                created = store.meta("created")
-            except sqlite3.DatabaseError as again:
-                store.close()
-                raise _damaged(run_dir, again) from None
-        except sqlite3.DatabaseError as exc:
-            store.close()
-            raise _damaged(run_dir, exc) from None
+            store, created = cls._read_only(run_dir, uri + "&immutable=1")
         if created != "1":
             store.close()
             raise RunStateError(f"{run_dir}: the run was interrupted while it was being created; delete the directory and start again")
         return store
+
+    @classmethod
+    def _read_only(cls, run_dir: Path, uri: str) -> tuple[RunStore, str | None]:
+        """A store on ``uri`` and its 'created' mark; a file SQLite cannot read is closed and
+        reported as damaged (an OperationalError, a fault of the machine, passes through)."""
+        store = cls(run_dir, sqlite3.connect(uri, uri=True), None)
+        try:
+            return store, store.meta("created")
+        except sqlite3.DatabaseError as exc:
+            store.close()
+            raise _damaged(run_dir, exc) from None
 
     @classmethod
     def create(cls, run_dir: str | Path, config_json: str, pool: Pool, eval_prompts: np.ndarray, train_order: np.ndarray) -> RunStore:
