@@ -99,10 +99,21 @@ def run_position(run_dir: Path, live: bool = False) -> str:
     return f"{it + 1 if status == 'trained' else it}:{step}"
 
 
+@dataclass(frozen=True)
+class Kill:
+    """When to SIGKILL one life of the command: ``after_s`` seconds after the process started
+    or, with ``after_first_call``, after it first reached the test server (its start-up, which
+    a loaded machine can stretch several-fold, is then behind it whatever the load)."""
+
+    after_s: float
+    after_first_call: bool = False
+
+
 @dataclass
 class KillReport:
     seed: int
-    delays: list[float] = field(default_factory=list)
+    started_at: float = 0.0  # time.monotonic() when the first life started
+    delays: list[float] = field(default_factory=list)  # seconds from each killed life's start to its kill
     landed: list[str] = field(default_factory=list)  # position after each kill
     killed_pids: list[int] = field(default_factory=list)
     killed_at: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
@@ -119,33 +130,45 @@ class KillReport:
 def kill_and_restart(
     start: Sequence[str | Path],
     restart: Sequence[str | Path],
-    delays: Sequence[float],
+    delays: Sequence[float | Kill],
     position: Callable[[], str],
     seed: int,
     env: dict[str, str] | None = None,
     reset: Callable[[], None] | None = None,
     timeout: float = 300,
+    first_call: Callable[[float], bool] | None = None,
+    first_call_timeout: float = 120.0,
 ) -> KillReport:
-    """Run ``start``; SIGKILL its process group after each delay in turn, running ``restart``
-    after every kill; then let ``restart`` finish. If a kill left a run being created,
-    ``reset`` (default: nothing) is called and ``start`` runs again.
+    """Run ``start``; SIGKILL its process group after each delay in turn (seconds from the
+    process start, or a :class:`Kill`), running ``restart`` after every kill; then let
+    ``restart`` finish. If a kill left a run being created, ``reset`` (default: nothing) is
+    called and ``start`` runs again. ``first_call(t)``: whether the server has had a request
+    since ``time.monotonic()`` was t (needed by ``Kill(after_first_call=True)``; a life that
+    makes none within ``first_call_timeout`` is killed then).
 
     Returns what happened; raises AssertionError if the final command fails.
     """
-    report = KillReport(seed)
+    report = KillReport(seed, started_at=time.monotonic())
     full_env = {**os.environ, **(env or {})}
     command = start
     for delay in delays:
+        kill = delay if isinstance(delay, Kill) else Kill(float(delay))
         proc = subprocess.Popen([*CLI, *map(str, command)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=full_env, start_new_session=True)
+        born = armed = time.monotonic()
+        if kill.after_first_call:
+            assert first_call is not None, "Kill(after_first_call=True) needs first_call"
+            while proc.poll() is None and not first_call(born) and time.monotonic() - born < first_call_timeout:
+                time.sleep(0.01)
+            armed = time.monotonic()
         try:
-            proc.wait(timeout=delay)
+            proc.wait(timeout=max(0.0, armed + kill.after_s - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             report.killed_at.append(time.monotonic())
             proc.wait(timeout=60)
             _reap_group(proc.pid)
             report.killed_pids.append(proc.pid)
-            report.delays.append(delay)
+            report.delays.append(report.killed_at[-1] - born)
             report.landed.append(position())
             report.restarts += 1
             command = start if report.landed[-1] in ("no run yet", "creating") else restart
@@ -194,6 +217,20 @@ def seeded_delays(seed: int, n: int, startup_s: float, work_s: float, share: flo
     run's work, so successive kills walk through the whole run."""
     rng = np.random.default_rng(seed)
     return [float(startup_s + rng.uniform(0.05, 1.0) * share * work_s) for _ in range(n)]
+
+
+def seeded_kills(seed: int, n: int, startup_s: float, work_s: float, share: float, startup_share: float = 0.15) -> list[Kill]:
+    """n kills of a run that calls a server: about ``startup_share`` of them during start-up
+    (from the process start), the rest a uniform part of ``share`` of the run's work after the
+    life's first call, so that every such life gets past its start-up and adds to the run."""
+    rng = np.random.default_rng(seed)
+    kills = []
+    for _ in range(n):
+        if rng.uniform() < startup_share:
+            kills.append(Kill(float(rng.uniform(0.2, 1.0) * startup_s)))
+        else:
+            kills.append(Kill(float(rng.uniform(0.05, 1.0) * share * work_s), after_first_call=True))
+    return kills
 
 
 def assert_same_final_model(run_dir: Path, base_dir: Path) -> None:

@@ -234,7 +234,8 @@ CASES = [
     # -- YAML configs
     config_case("batch_size a word", TINY + "batch_size: ten\n", "batch_size"),
     config_case("batch_size negative", TINY + "batch_size: -1\n", "batch_size"),
-    config_case("enn lr zero", TINY + "enn: {lr: 0}\n", "enn.lr"),
+    config_case("enn lr zero", TINY.replace("steps: 2}", "steps: 2, lr: 0}"), "enn.lr"),
+    config_case("a key given twice", TINY + "enn: {lr: 0.1}\n", "line 4", "duplicate key 'enn'"),
     config_case("unknown field", TINY + "batchsize: 3\n", "batchsize"),
     config_case("unknown method", TINY + "method: best_method\n", "method"),
     config_case("routed without share or count", TINY + "judge: {kind: routed, options: {judge: replay}}\n", "share"),

@@ -728,9 +728,8 @@ def bench(
     Random's final accuracy, Table-21-style chosen/rejected scores), curves.png and
     table21.png. Interrupted? Run the same command again: finished runs are skipped.
     """
-    import yaml
-
     from activepref.bench import run_bench
+    from activepref.config import load_yaml
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     overrides: dict[str, Any] = {}
@@ -738,9 +737,9 @@ def bench(
     engine_section: Any = None
     if config is not None:
         try:
-            loaded = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            _fail(ActivePrefError(f"{config}: {exc}"))
+            loaded = load_yaml(config) or {}
+        except ActivePrefError as exc:
+            _fail(exc)
         if not isinstance(loaded, dict):
             _fail(ActivePrefError(f"{config}: expected a mapping of fields"))
         method_options = loaded.pop("method_options", None) or {}

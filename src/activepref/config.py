@@ -41,7 +41,10 @@ SIMULATE_DEMO_PRESET: dict[str, object] = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every config section: unknown fields are refused, and so are NaN and infinite numbers
+    (``.inf`` would pass a ``ge=0`` bound and train or budget nonsense)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ENNConfig(_Strict):
@@ -406,16 +409,51 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last one silently, so ``enn: {lr: ...}`` followed later by ``enn: {steps: ...}``
+    would drop the learning rate without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """The YAML document of a config file, with duplicate keys refused. Errors (ConfigError)
+    name the file, and for bad YAML the line and column."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = "; ".join(p for p in (exc.problem, exc.context) if p)
+        raise ConfigError(f"{path}: invalid YAML at {where}{what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+
+
 def read_yaml_config(path: Path, path_keys: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """The top-level mapping of a YAML config file (empty file = {}); the string values of
     ``path_keys`` that are relative paths (and not in ``keep``) become relative to the file's
     folder. Errors name the file."""
-    if not path.exists():
-        raise ConfigError(f"{path}: config file does not exist")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    loaded = load_yaml(path)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -215,6 +215,26 @@ def test_concurrency_bound_is_respected():
         assert 2 <= srv.max_in_flight <= 4
 
 
+def test_answers_wait_for_a_slow_caller_so_a_kill_loses_at_most_max_concurrency():
+    """Backpressure: a request is sent only when fewer than max_concurrency requests are on the
+    wire or answered but not yet handed to the caller's on_result (which stores each answer in
+    the request cache). Without it a fast server runs ahead of a slow caller (an fsync per
+    answer on a loaded disk), and a kill loses every answer queued in between: paid again."""
+    with FakeOpenAIServer() as srv:
+        consumed = 0
+        ahead: list[int] = []
+
+        def on_result(i, r):
+            nonlocal consumed
+            ahead.append(len(srv.chat_requests) - consumed)  # sent but not yet through on_result (this one included)
+            time.sleep(0.02)
+            consumed += 1
+
+        backend(srv, max_concurrency=3).complete([req(f"q{i}") for i in range(40)], on_result)
+        assert consumed == 40 and len(srv.chat_requests) == 40
+        assert max(ahead) <= 3, ahead
+
+
 def test_every_request_gets_exactly_one_callback():
     def script(n: int, body: dict) -> Action | None:
         text = body["messages"][0]["content"]

@@ -4,7 +4,9 @@
 Policy, all ours (the client's own retries are disabled, ``max_retries=0``):
 
 - at most ``max_concurrency`` requests in flight (one ``asyncio.Semaphore``, held per attempt,
-  released while a request waits to retry);
+  released while a request waits to retry), and at most ``max_concurrency`` of one ``complete``
+  call's requests sent but not yet passed to ``on_result`` (a slow caller holds the next request
+  back, so answers never pile up where a kill would lose them);
 - every attempt has a hard deadline of ``timeout_s`` seconds (``asyncio.wait_for``, so a server
   that accepts the request and then never finishes, or drips bytes, is caught too);
 - up to ``max_retries`` retries with exponential backoff and jitter (``tenacity``) on HTTP 408,
@@ -353,7 +355,11 @@ class OpenAICompatBackend:
             return
         runtime = self._get_runtime()
         results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        future = runtime.submit(self._drive_shared(runtime, requests, lambda i, r: results.put((i, r))))
+        # Backpressure: a request takes a credit before it is sent and gives it back once
+        # on_result has returned, so at most max_concurrency answers are ever on the wire or
+        # waiting for the caller (who stores each in the request cache): a kill loses no more.
+        credits = asyncio.Semaphore(self.max_concurrency)
+        future = runtime.submit(self._drive_shared(runtime, requests, lambda i, r: results.put((i, r)), credits))
         future.add_done_callback(lambda _f: results.put(_DONE))
         pending = len(requests)
         try:
@@ -363,6 +369,7 @@ class OpenAICompatBackend:
                     break
                 pending -= 1
                 on_result(*item)
+                runtime.loop.call_soon_threadsafe(credits.release)
         except BaseException:
             future.cancel()  # cancels the in-flight requests on the loop thread
             raise
@@ -415,9 +422,12 @@ class OpenAICompatBackend:
             timeout=self.timeout_s + 5.0,  # our asyncio deadline binds; this is only a backstop
         )
 
-    async def _drive_shared(self, runtime: _Runtime, requests: list[ChatRequest], emit: OnResult) -> None:
+    async def _drive_shared(
+        self, runtime: _Runtime, requests: list[ChatRequest], emit: OnResult, credits: asyncio.Semaphore | None = None
+    ) -> None:
         """On the runtime's loop: one client and one semaphore shared by every ``complete``
-        call of this backend (so concurrent callers together stay within max_concurrency)."""
+        call of this backend (so concurrent callers together stay within max_concurrency);
+        ``credits``: taken before each request is sent (the caller gives them back)."""
         key = self._api_key()
         if runtime.client is None or runtime.client.api_key != key:  # first call, or the key changed
             if runtime.client is not None:
@@ -425,12 +435,15 @@ class OpenAICompatBackend:
             runtime.client = self._make_client(key)
         if runtime.semaphore is None:
             runtime.semaphore = asyncio.Semaphore(self.max_concurrency)
-        await self._drive(runtime.client, runtime.semaphore, key, requests, emit)
+        await self._drive(runtime.client, runtime.semaphore, key, requests, emit, credits)
 
     async def _drive(
-        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, key: str, requests: list[ChatRequest], emit: OnResult
+        self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, key: str, requests: list[ChatRequest], emit: OnResult,
+        credits: asyncio.Semaphore | None = None,
     ) -> None:
         async def one(i: int, request: ChatRequest) -> None:
+            if credits is not None:
+                await credits.acquire()
             try:
                 result: ChatResult | BackendError = await self._run_one(client, sem, i, request, key)
             except asyncio.CancelledError:

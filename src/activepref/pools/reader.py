@@ -454,6 +454,9 @@ def read_prompts(path: str | Path) -> list[Prompt]:
         extra = row.model_extra or {}
         pid = row.prompt_id or (str(extra["question_id"]) if "question_id" in extra else content_id(text, json.dumps(list(messages))))
         if pid in seen:
+            if row.prompt_id is None and "question_id" not in extra:
+                raise PoolFormatError(str(path), location, "prompt", f"the same prompt as {seen[pid]}, and neither row has a "
+                                      "prompt_id to tell them apart (give each a distinct prompt_id, or drop one)")
             raise PoolFormatError(str(path), location, "prompt_id", f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = location
         out.append(Prompt(pid, text, messages, _prompt_meta(row.instructions, path, location)))
