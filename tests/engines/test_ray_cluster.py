@@ -76,6 +76,33 @@ def test_options_are_checked_before_anything_starts() -> None:
         make_engine(EngineConfig(kind="ray", options={"embedder": {"replicas": 2}}))
 
 
+def test_a_replica_waits_for_its_driver_so_a_driver_kill_loses_a_bounded_number_of_answers() -> None:
+    """The actor's side of a replica, consumed slowly (a driver storing each answer): the
+    replica stops sending once max_concurrency answers wait in its queue, so a killed driver
+    leaves at most a few times max_concurrency answers unstored, however fast the server. A
+    driver that goes away (the generator is closed) cancels what the replica has not sent."""
+    from activepref.engines.ray_cluster import ChatActor
+
+    with FakeOpenAIServer() as srv:
+        model = ModelConfig(name="m", backend="openai", model="m", base_url=srv.base_url, max_concurrency=3)
+        actor = ChatActor(model.model_dump_json())
+        requests = [ChatRequest.from_messages([{"role": "user", "content": f"q{i}"}], SamplingParams()) for i in range(60)]
+        stream = actor.complete(requests)
+        consumed, ahead = 0, []
+        for batch in stream:
+            consumed += len(batch)
+            time.sleep(0.2)  # storing the batch, slowly: the server is far quicker
+            ahead.append(len(srv.chat_requests) - consumed)  # sent but not stored: what a kill now would lose
+            if consumed >= 30:
+                break
+        assert max(ahead) <= 3 * 3 + 1, ahead
+        stream.close()  # the driver is gone
+        time.sleep(0.5)
+        sent = len(srv.chat_requests)
+        time.sleep(0.5)
+        assert len(srv.chat_requests) == sent <= consumed + 3 * 3 + 1, (sent, consumed)
+
+
 def test_replicas_answer_every_request_once_with_the_local_endpoint(cluster) -> None:
     model = ModelConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="AP_TEST_KEY")
     with FakeOpenAIServer(latency_s=0.05, slots=8) as srv:

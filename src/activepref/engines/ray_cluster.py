@@ -133,41 +133,73 @@ class ChatActor:
     def complete(self, requests: list[ChatRequest]) -> Iterator[list[tuple[int, ChatResult | BackendError]]]:
         """Yield the answers as they finish (a Ray streaming generator): each item is every
         (position, answer) that arrived since the last item, so a burst of answers costs one
-        Ray object, and a lone answer is sent the moment it exists."""
-        answers: queue.Queue[tuple[int, ChatResult | BackendError] | None] = queue.Queue()
+        Ray object, and a lone answer is sent the moment it exists.
+
+        Backpressure end to end: the driver calls this with Ray's generator backpressure (one
+        unread item), and answers wait in a queue of ``max_concurrency`` places whose full
+        state blocks the backend's ``on_result`` (and so, through its credits, its next
+        request). A driver killed mid-call thus leaves a few times ``max_concurrency``
+        answers unstored at most, never the rest of the call; when the driver goes away (the
+        generator is closed) the requests not yet sent are cancelled."""
+        bound = max(1, int(getattr(self.backend, "max_concurrency", 0) or 64))
+        answers: queue.Queue[tuple[int, ChatResult | BackendError] | None] = queue.Queue(maxsize=bound)
+        gone = threading.Event()
+
+        def put(item: tuple[int, ChatResult | BackendError] | None) -> None:
+            while not gone.is_set():
+                try:
+                    answers.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+            raise _DriverGone  # on_result raising cancels the backend's remaining requests
 
         def work() -> None:
             try:
-                self.backend.complete(requests, lambda i, r: answers.put((i, r)))
+                self.backend.complete(requests, lambda i, r: put((i, r)))
+            except _DriverGone:
+                return
             except BaseException as exc:  # a backend must not raise; if it does, fail what is left
-                answers.put((-1, BackendError(f"backend raised {type(exc).__name__}: {exc}")))
-            finally:
-                answers.put(None)
+                try:
+                    put((-1, BackendError(f"backend raised {type(exc).__name__}: {exc}")))
+                except _DriverGone:
+                    return
+            try:
+                put(None)
+            except _DriverGone:
+                pass
 
         threading.Thread(target=work, name="activepref-chat-actor", daemon=True).start()
         delivered: set[int] = set()
         finished = False
-        while not finished:
-            items = [answers.get()]
-            while True:
-                try:
-                    items.append(answers.get_nowait())
-                except queue.Empty:
-                    break
-            batch: list[tuple[int, ChatResult | BackendError]] = []
-            for item in items:
-                if item is None:
-                    finished = True
-                    continue
-                i, result = item
-                if i < 0:
-                    batch += [(j, result) for j in range(len(requests)) if j not in delivered]
-                    delivered.update(range(len(requests)))
-                elif i not in delivered:
-                    delivered.add(i)
-                    batch.append((i, result))
-            if batch:
-                yield batch
+        try:
+            while not finished:
+                items = [answers.get()]
+                while True:
+                    try:
+                        items.append(answers.get_nowait())
+                    except queue.Empty:
+                        break
+                batch: list[tuple[int, ChatResult | BackendError]] = []
+                for item in items:
+                    if item is None:
+                        finished = True
+                        continue
+                    i, result = item
+                    if i < 0:
+                        batch += [(j, result) for j in range(len(requests)) if j not in delivered]
+                        delivered.update(range(len(requests)))
+                    elif i not in delivered:
+                        delivered.add(i)
+                        batch.append((i, result))
+                if batch:
+                    yield batch
+        finally:
+            gone.set()
+
+
+class _DriverGone(Exception):
+    """The driver stopped reading a replica's answers (closed generator, cancelled task)."""
 
 
 class EmbedActor:
@@ -243,7 +275,9 @@ class RayChatBackend:
                 break
             done: set[int] = set()
             try:
-                for ref in actor.complete.remote([requests[i] for i in todo]):
+                # one unread item at most: the replica waits for this driver (see ChatActor.complete)
+                stream = actor.complete.options(_generator_backpressure_num_objects=1).remote([requests[i] for i in todo])
+                for ref in stream:
                     for j, result in ray.get(ref):
                         done.add(j)
                         deliver(todo[j], result)
