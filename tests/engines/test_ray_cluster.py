@@ -243,7 +243,11 @@ def test_sigkill_of_the_driver_at_a_random_moment_then_resume(live, cluster) -> 
     cfg = _ray_config(write_config(root, "kill", srv, live["prompts"], cache))
     out = root / "run-kill"
     total = len(PLAIN_PROMPTS) * len(GEN_MODELS) * SAMPLES + 4 * 2 * len(PLAIN_PROMPTS)  # generation + 4 aspects x 2 per prompt
-    kill_after = random.Random(int(time.time())).randrange(3, total - 3)
+    from kill_harness import kill_seed
+
+    seed = kill_seed(int(time.time()))
+    print(f"kill seed {seed} (ACTIVEPREF_KILL_SEED replays it)")
+    kill_after = random.Random(seed).randrange(3, total - 3)
     start = len(srv.requests)
     env = {**os.environ, "RAY_ADDRESS": cluster, "ACTIVEPREF_CACHE": str(root / "unused.sqlite")}
     with open(root / "kill.log", "wb") as log:
@@ -273,6 +277,56 @@ def test_sigkill_of_the_driver_at_a_random_moment_then_resume(live, cluster) -> 
     assert export_jsonl(out, root / "kill.jsonl") == live["local_export"]
     lost_in_flight = (before_resume - start) - cached_at_kill
     assert 0 <= lost_in_flight <= 2 * 8 * 2  # answered but never committed: at most what was in flight
+
+
+RAY_KILLS = 8
+
+
+@pytest.mark.slow
+def test_many_kills_of_a_ray_driver_resume_to_the_same_dataset(live, cluster) -> None:
+    """The `--engine ray` driver SIGKILLed RAY_KILLS times, each after a seeded random number
+    of requests of its own life (so every life adds to the run, whatever the load), and
+    resumed after each: the uninterrupted dataset, and only answers that were in flight at a
+    kill are ever asked again."""
+    from kill_harness import kill_seed
+
+    seed = kill_seed(31)
+    print(f"kill seed {seed} (ACTIVEPREF_KILL_SEED replays it)")
+    rng = random.Random(seed)
+    root, srv = live["root"], live["srv"]
+    cache = root / "cache-many.sqlite"
+    cfg = _ray_config(write_config(root, "many", srv, live["prompts"], cache))
+    out = root / "run-many"
+    start = len(srv.requests)
+    env = {**os.environ, "RAY_ADDRESS": cluster, "ACTIVEPREF_CACHE": str(root / "unused.sqlite")}
+    landed: list[int] = []
+    for _ in range(RAY_KILLS):
+        command = ["resume", str(out)] if (out / "run.sqlite").exists() else ["run", "--config", str(cfg), "--out", str(out)]
+        after = rng.randrange(1, 12)
+        life = len(srv.requests)
+        proc = subprocess.Popen([*CLI, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 240
+            while len(srv.requests) - life < after and proc.poll() is None:
+                assert time.monotonic() < deadline, "a life made too few requests"
+                time.sleep(0.005)
+            if proc.poll() is not None:
+                break  # the run finished first
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            landed.append(after)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        time.sleep(1.0)  # the dead driver's orphaned in-flight requests reach the server
+    print(f"{len(landed)} kills, each after this many requests of its life: {landed}")
+    assert len(landed) >= RAY_KILLS // 2, landed
+    assert_ok(invoke("resume", out))
+    assert export_jsonl(out, root / "many.jsonl") == live["local_export"]
+    sent, stored = len(srv.requests) - start, _cache_rows(cache)
+    print(f"{sent} requests for {stored} stored answers: {sent - stored} asked again after a kill cut them off")
+    assert 0 <= sent - stored <= len(landed) * 2 * 8 * 2  # per kill, at most what was in flight
 
 
 def test_bench_runs_as_ray_tasks_with_the_same_results(tmp_path, cluster) -> None:
