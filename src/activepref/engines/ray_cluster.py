@@ -114,6 +114,14 @@ def ensure_ray(options: RayOptions) -> Any:
 
 
 # ------------------------------------------------------------------ actors (module level: Ray pickles them by reference)
+# A replica's answers not yet read by its driver: at most UNREAD_ITEMS yielded items (each at
+# most about max_concurrency answers) plus its queue. Backpressure one item deep made the
+# replica wait out a Ray round trip per item (ray_1 fell from 71 to 32 requests/s in
+# benchmarks/engine_throughput.py); four deep measured as no backpressure at all, side by side
+# on one loaded machine (ray_1 69-71 vs 71, ray_2 125-128 vs 129 requests/s).
+UNREAD_ITEMS = 4
+
+
 class ChatActor:
     """One replica of one model: the model's ordinary backend in a Ray worker."""
 
@@ -135,11 +143,11 @@ class ChatActor:
         (position, answer) that arrived since the last item, so a burst of answers costs one
         Ray object, and a lone answer is sent the moment it exists.
 
-        Backpressure end to end: the driver calls this with Ray's generator backpressure (one
-        unread item), and answers wait in a queue of ``max_concurrency`` places whose full
+        Backpressure end to end: the driver calls this with Ray's generator backpressure
+        (``UNREAD_ITEMS`` unread items), and answers wait in a queue of ``max_concurrency`` places whose full
         state blocks the backend's ``on_result`` (and so, through its credits, its next
-        request). A driver killed mid-call thus leaves a few times ``max_concurrency``
-        answers unstored at most, never the rest of the call; when the driver goes away (the
+        request). A driver killed mid-call thus leaves about (UNREAD_ITEMS + 2) x
+        ``max_concurrency`` answers unstored at most, never the rest of the call; when the driver goes away (the
         generator is closed) the requests not yet sent are cancelled."""
         bound = max(1, int(getattr(self.backend, "max_concurrency", 0) or 64))
         answers: queue.Queue[tuple[int, ChatResult | BackendError] | None] = queue.Queue(maxsize=bound)
@@ -275,8 +283,8 @@ class RayChatBackend:
                 break
             done: set[int] = set()
             try:
-                # one unread item at most: the replica waits for this driver (see ChatActor.complete)
-                stream = actor.complete.options(_generator_backpressure_num_objects=1).remote([requests[i] for i in todo])
+                # a few unread items at most: the replica waits for this driver (see ChatActor.complete)
+                stream = actor.complete.options(_generator_backpressure_num_objects=UNREAD_ITEMS).remote([requests[i] for i in todo])
                 for ref in stream:
                     for j, result in ray.get(ref):
                         done.add(j)
