@@ -273,6 +273,7 @@ def test_an_unknown_field_in_any_section_is_named(tmp_path_factory, section, key
     ("batch_size: 2\nseed: 1\nbatch_size: 4\n", "duplicate key 'batch_size' (first given on line 1)"),
     ("enn: {lr: 0.1}\niterations: 1\nenn: {steps: 3}\n", "duplicate key 'enn'"),
     ("enn:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr'"),
+    ("enn: {lr: 0.1, steps: 2, lr: 0.2}\n", "duplicate key 'lr' (first given on line 1)"),  # both on one line
     ("batch_size: 2\n\tseed: 1\n", "line 2"),
     ("batch_size: [2\n", "line 2"),
 ])

@@ -419,13 +419,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: the base class says so
                 break
-            if first != key_node.start_mark.line:
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first given on line {first + 1})", key_node.start_mark
                 )
+            seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
 
