@@ -128,7 +128,7 @@ def test_a_disk_that_fills_mid_run_stops_cleanly_and_the_resume_ends_with_the_sa
 
 def test_an_export_to_a_full_disk_leaves_no_partial_file(tmp_path):
     run_dir = tmp_path / "run"  # the built-in pool's real responses: an export of about 100 KB
-    assert activepref("run", "--pool", "builtin", "--out", run_dir, "--batch-size", "16", "--method", "random").returncode == 0
+    assert activepref("run", "--pool", "builtin", "--out", run_dir, "--batch-size", "64", "--iterations", "1", "--method", "random").returncode == 0
     activepref("status", run_dir)  # SQLite's shared-memory file (32 KB) exists before the limit applies
     out = tmp_path / "ds.jsonl"
     line = one_clear_line(activepref("export", run_dir, "-o", out, limit_bytes=40_000), "no space to write")
