@@ -156,6 +156,9 @@ def test_random_kills_of_a_batch_design_resume_byte_identical(pool: Path, tmp_pa
 def test_random_kills_of_a_live_run_resume_byte_identical(tmp_path: Path) -> None:
     """A live run against the local OpenAI-compatible test server (generation and judge),
     SIGKILLed at LIVE_KILLS (20) seeded moments."""
+    # 16 iterations, about twice what 20 kills get through at 0.3 s after each life's first
+    # call: a run that finished before its 20th kill is started again from nothing (the test
+    # took 389 s instead of 218 s in a CI run where 8 iterations were not enough).
     _live_run_under_kills(tmp_path, LIVE_KILLS)
 
 
@@ -169,7 +172,7 @@ def test_two_hundred_random_kills_of_a_live_run(tmp_path: Path) -> None:
     _live_run_under_kills(tmp_path, 200, iterations=150, share=0.5 / 200)
 
 
-def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 8, share: float | None = None) -> None:
+def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 16, share: float | None = None) -> None:
     from servers.fake_openai import FakeOpenAIServer
     from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
 
@@ -194,7 +197,7 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 8, share
         seed = kill_seed(13)
         print(f"kill seed {seed} (ACTIVEPREF_KILL_SEED replays it)")
         report = _kill_resume_compare(
-            config, tmp_path, seed, share=share or min(0.25, 1.2 / kills), live=True, audit=False, kills=kills, finish_timeout=60.0 * iterations,
+            config, tmp_path, seed, share=share or min(0.25, 0.6 / kills), live=True, audit=False, kills=kills, finish_timeout=60.0 * iterations,
             min_restarts=kills,
             killed_config=lambda text, root: text.replace(str(tmp_path / "cache.sqlite"), str(root / "killed-cache.sqlite")),
             after_base=lambda: base_requests.append(len(srv.requests)),
