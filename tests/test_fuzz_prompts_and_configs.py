@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -27,17 +28,12 @@ from typer.testing import CliRunner
 from activepref.cli import app
 from activepref.config import RunConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_malformed_inputs import jsonl, rows  # noqa: E402
+
 runner = CliRunner()
 TINY = {"enn": {"heads": 2, "hidden": 8, "steps": 2}, "batch_size": 2, "iterations": 1}
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def _pool_rows() -> list[dict[str, Any]]:
-    return [
-        {"prompt_id": f"p{p}", "prompt": f"question {p}?", "response_id": f"p{p}-r{r}", "model": f"m{r}",
-         "response": f"answer {r}", "score": float(r), "features": [0.1 * (p + r + k) for k in range(3)]}
-        for p in range(3) for r in range(2)
-    ]
 
 
 def _invoke_run(args: list[str], out: Path) -> str:
@@ -213,7 +209,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[leaf] = value
 
 
-def _base_config(folder: Path, pool: Path) -> dict[str, Any]:
+def _base_config(pool: Path) -> dict[str, Any]:
     return {
         **json.loads(json.dumps(TINY)), "pool": str(pool), "method": "drts", "seed": 1, "eval_fraction": 0.2,
         "judge": {"kind": "likert", "max_retries": 1,
@@ -224,7 +220,7 @@ def _base_config(folder: Path, pool: Path) -> dict[str, Any]:
 
 def _write_pool(folder: Path) -> Path:
     pool = folder / "pool.jsonl"
-    pool.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in _pool_rows()))
+    pool.write_bytes(jsonl(rows()))  # the valid pool of the fixed malformed-input cases
     return pool
 
 
@@ -232,7 +228,7 @@ def test_the_fuzz_base_config_is_valid(tmp_path):
     from activepref.config import load_config
 
     path = tmp_path / "ok.yaml"
-    path.write_text(yaml.safe_dump(_base_config(tmp_path, _write_pool(tmp_path))), encoding="utf-8")
+    path.write_text(yaml.safe_dump(_base_config(_write_pool(tmp_path))), encoding="utf-8")
     load_config(path)
 
 
@@ -241,7 +237,7 @@ def test_the_fuzz_base_config_is_valid(tmp_path):
 def test_a_random_config_field_set_wrong_is_named(tmp_path_factory, leaf, data):
     dotted, annotation, metadata = leaf
     folder = tmp_path_factory.mktemp("config")
-    config = _base_config(folder, _write_pool(folder))
+    config = _base_config(_write_pool(folder))
     value = data.draw(st.sampled_from(bad_values(annotation, metadata)), label="value")
     _set(config, dotted, value)
     path = folder / "bad.yaml"
@@ -261,7 +257,7 @@ def test_an_unknown_field_in_any_section_is_named(tmp_path_factory, section, key
     if section + key in known:
         return
     folder = tmp_path_factory.mktemp("config")
-    config = _base_config(folder, _write_pool(folder))
+    config = _base_config(_write_pool(folder))
     _set(config, section + key, 1)
     path = folder / "bad.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

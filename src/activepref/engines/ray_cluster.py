@@ -164,17 +164,14 @@ class ChatActor:
 
         def work() -> None:
             try:
-                self.backend.complete(requests, lambda i, r: put((i, r)))
-            except _DriverGone:
-                return
-            except BaseException as exc:  # a backend must not raise; if it does, fail what is left
                 try:
-                    put((-1, BackendError(f"backend raised {type(exc).__name__}: {exc}")))
+                    self.backend.complete(requests, lambda i, r: put((i, r)))
                 except _DriverGone:
-                    return
-            try:
+                    raise
+                except BaseException as exc:  # a backend must not raise; if it does, fail what is left
+                    put((-1, BackendError(f"backend raised {type(exc).__name__}: {exc}")))
                 put(None)
-            except _DriverGone:
+            except _DriverGone:  # nobody reads the answers any more: nothing to report
                 pass
 
         threading.Thread(target=work, name="activepref-chat-actor", daemon=True).start()
