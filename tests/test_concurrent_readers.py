@@ -60,6 +60,7 @@ def test_status_and_export_while_a_run_writes_read_one_committed_state(pool, tmp
             lines = out.read_text().splitlines()
             exports.append(lines)
             assert len(lines) == sum(1 for _ in lines)
+            time.sleep(0.2)  # a few snapshots per iteration; reading back to back starved the run of CPU (100 s instead of 20)
         assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     finally:
         if proc.poll() is None:
@@ -105,7 +106,7 @@ def test_a_live_run_and_a_bench_share_one_request_cache(pool, tmp_path):
             f"prompts: {prompts}\nmethod: dts\nbatch_size: 6\niterations: 3\nseed: 2\n"
             "generation:\n  samples_per_model: 2\n  max_tokens: 32\n  models:\n"
             f"    - {{name: gen-a, backend: openai, base_url: '{srv.base_url}', model: gen-a, max_concurrency: 8}}\n"
-            "embedding: {backend: sentence_transformers, model: builtin}\n"
+            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 8}}\n"  # vectors in the cache too
             + judge + "enn: {heads: 4, hidden: 16, steps: 50}\n", encoding="utf-8")
         bench = tmp_path / "bench.yaml"
         bench.write_text(judge + "enn: {heads: 4, hidden: 16, steps: 50}\n", encoding="utf-8")
@@ -123,13 +124,14 @@ def test_a_live_run_and_a_bench_share_one_request_cache(pool, tmp_path):
         conn = sqlite3.connect(cache)
         try:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("SELECT COUNT(*) FROM embedding_cache").fetchone()[0] == 3 * 6 * 2  # every response's vector (3 iterations of 6 prompts, 2 samples)
         finally:
             conn.close()
-        before = len(srv.chat_requests)
+        before = len(srv.requests)
         again = [start("run", "-c", live, "--out", tmp_path / "run2"),
                  start("bench", "--pool", "builtin", "--methods", "random,dts", "--seeds", "1", "--budget", "24", "--batch-size",
                        "8", "--workers", "2", "-c", bench, "--out", tmp_path / "bench2")]
         for p in again:
             assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-3000:] if p.stderr else ""
-        assert len(srv.chat_requests) == before  # every answer of both came from the shared cache
+        assert len(srv.requests) == before  # every answer and vector of both came from the shared cache
     assert json.loads(subprocess.run([*CLI, "status", tmp_path / "run", "--json"], capture_output=True, text=True).stdout)["pairs"] > 0

@@ -64,7 +64,7 @@ def test_no_canary_in_anything_a_run_a_bench_or_the_annotation_app_writes(tmp_pa
             f"    - {{name: gen-a, backend: openai, base_url: '{srv.base_url}', model: gen-a, max_retries: 1, timeout_s: 3}}\n"
             f"    - {{name: gen-b, backend: openai, base_url: '{srv.base_url}', model: gen-b, api_key_env: JUDGE_AND_GEN_B_KEY,"
             " max_retries: 1, timeout_s: 3}\n"
-            "embedding: {backend: sentence_transformers, model: builtin}\n"
+            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, api_key_env: JUDGE_AND_GEN_B_KEY}}\n"
             f"judge: {{kind: likert, audit_log: '{tmp_path / 'audit.jsonl'}', model: {{backend: openai, base_url: '{srv.base_url}',"
             " model: judge-m, api_key_env: JUDGE_AND_GEN_B_KEY, max_retries: 1, timeout_s: 3}}\n"
             f"cache_path: '{tmp_path / 'cache.sqlite'}'\n"
@@ -81,6 +81,7 @@ def test_no_canary_in_anything_a_run_a_bench_or_the_annotation_app_writes(tmp_pa
         sent = {r.headers.get("authorization") for r in srv.chat_requests}
         echoed = [r for r in srv.chat_requests if r.action in ("error401", "error500")]
     assert sent == {f"Bearer {DEFAULT_KEY}", f"Bearer {NAMED_KEY}"}  # both keys were really in use
+    assert {r.headers.get("authorization") for r in srv.embedding_requests} == {f"Bearer {NAMED_KEY}"}  # the embedder's too
     assert echoed, "the server never echoed a key back: the test would prove nothing"
 
     # a bench and a human-judge run with the annotation app, under the same environment

@@ -145,6 +145,13 @@ class EmbeddingConfig(_Strict):
     max_length: int = Field(1024, ge=8, description="tokens kept (the end of the conversation is kept)")
     dtype: str = Field("float32", description="torch dtype")
     device: str = Field("cpu", description="torch device")
+    # the openai kind (an OpenAI-compatible /v1/embeddings server); batch_size is then texts per request
+    base_url: str | None = Field(None, description="openai kind: server URL (default $OPENAI_BASE_URL, else OpenAI's)")
+    api_key_env: str | None = Field(None, description="openai kind: environment variable holding the API key (default OPENAI_API_KEY)")
+    max_concurrency: int = Field(4, ge=1, description="openai kind: requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="openai kind: seconds per attempt")
+    max_retries: int = Field(4, ge=0, description="openai kind: retries of a failed request (429, 5xx, timeouts, malformed answers)")
+    dimensions: int | None = Field(None, ge=1, description="openai kind: the API's `dimensions` (shortened text-embedding-3 vectors)")
 
     @field_validator("backend")
     @classmethod

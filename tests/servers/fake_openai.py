@@ -12,6 +12,12 @@ serving from a background thread. Endpoints:
   chunk with ``stream_options.include_usage``); ``logprobs``/``top_logprobs`` (``top_logprobs``
   without ``logprobs: true``, or above 20, is a 400 as on OpenAI); ``usage`` with
   ``prompt_tokens_details.cached_tokens``.
+- ``POST /v1/embeddings``: ``input`` a string or a list of strings, optional ``dimensions``
+  (default ``embedding_dim``, 32); each vector is a deterministic function of its text
+  (:func:`embedding_vector`: sha256-derived, unit norm); ``usage.prompt_tokens`` counts
+  whitespace words. Rules apply when their substring is in any input text (kinds ``error``,
+  ``hang``, ``malformed``, ``html``, ``wrong_shape``, ``empty``, ``truncated``); recorded with
+  ``n = -1`` (``srv.embedding_requests``).
 - ``GET /v1/models``.
 - The Files and Batch API: ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}`` and
   ``/v1/files/{id}/content``; ``POST /v1/batches``, ``GET /v1/batches/{id}``, ``GET /v1/batches``
@@ -221,6 +227,20 @@ class Recorded:
 Script = Mapping[int, Action] | Callable[[int, dict], "Action | None"]
 
 
+def embedding_vector(text: str, dim: int) -> list[float]:
+    """The fake server's embedding of ``text``: ``dim`` values from sha256(text, block), scaled
+    to unit norm."""
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dim:
+        digest = hashlib.sha256(f"{block}|{text}".encode()).digest()
+        raw.extend((b - 127.5) / 127.5 for b in digest)
+        block += 1
+    raw = raw[:dim]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [x / norm for x in raw]
+
+
 def _tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text) or ([text] if text else [])
 
@@ -271,6 +291,7 @@ class FakeOpenAIServer:
         require_api_key: str | None = None,
         record: bool = True,
         batch_delay_s: float = 0.0,
+        embedding_dim: int = 32,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -291,6 +312,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self.requests: list[Recorded] = []
         self.batch_delay_s = batch_delay_s
+        self.embedding_dim = embedding_dim
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_submissions: list[str] = []
@@ -338,6 +360,11 @@ class FakeOpenAIServer:
     def chat_requests(self) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.n >= 0]
+
+    @property
+    def embedding_requests(self) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path.rstrip("/") == "/v1/embeddings"]
 
     @property
     def in_flight(self) -> int:
@@ -445,6 +472,21 @@ class FakeOpenAIServer:
             chunks.append(dict(base, object="chat.completion.chunk", choices=[], usage=usage))
         return full, chunks
 
+
+    def _embedding_action(self, texts: list[str]) -> Action:
+        with self._lock:
+            for rule in self.rules:
+                if any(rule.contains in t for t in texts) and (rule.times is None or rule.used < rule.times):
+                    rule.used += 1
+                    return rule.action
+        return Action.reply()
+
+    def _embeddings(self, body: dict, texts: list[str]) -> dict:
+        dim = int(body.get("dimensions") or self.embedding_dim)
+        tokens = sum(_words(t) for t in texts)
+        return {"object": "list", "model": body.get("model", self.model),
+                "data": [{"object": "embedding", "index": i, "embedding": embedding_vector(t, dim)} for i, t in enumerate(texts)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     # ----------------------------------------------------------------- files and batches
     def _new_id(self, prefix: str) -> str:
@@ -672,6 +714,9 @@ class FakeOpenAIServer:
                             b.update(status="cancelled", cancelled_at=int(time.time()))
                     self._json(200, fake._public(fake.batches[parts[3]]))
                     return
+                if path == "/v1/embeddings":
+                    self._embed(body)
+                    return
                 if path != "/v1/chat/completions":
                     self._record(-1, body)
                     self._json(404, _error_body(404, f"no route POST {self.path}"))
@@ -716,6 +761,30 @@ class FakeOpenAIServer:
                 finally:
                     if fake._slots is not None:
                         fake._slots.release()
+
+            def _embed(self, body: Any) -> None:
+                if fake.latency_s > 0:
+                    fake._stop.wait(fake.latency_s)
+                texts = body.get("input") if isinstance(body, dict) else None
+                texts = [texts] if isinstance(texts, str) else texts
+                if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                    self._record(-1, body, "invalid")
+                    self._json(400, _error_body(400, "'input' must be a string or a non-empty list of strings"))
+                    return
+                action = fake._embedding_action(texts)
+                self._record(-1, body, action.kind if action.kind != "error" else f"error{action.status}")
+                if action.kind == "hang":
+                    if fake._stop.wait(action.seconds):
+                        return
+                    action = Action.reply()
+                if action.kind in ("error", "html", "malformed"):
+                    self._act(-1, body, action)
+                elif action.kind == "wrong_shape":
+                    self._json(200, {"object": "list", "data": [{"object": "embedding", "index": 0}]})
+                elif action.kind == "empty":
+                    self._json(200, {"object": "list", "data": []})
+                else:
+                    self._send(200, json.dumps(fake._embeddings(body, texts)).encode(), cut=action.kind == "truncated")
 
             def _act(self, n: int, body: dict, action: Action) -> None:
                 if action.kind == "hang":

@@ -275,6 +275,8 @@ class OpenAICompatBackend:
     """See the module docstring. ``backoff_s``/``backoff_max_s``: first and largest backoff
     wait (seconds, before jitter); ``retry_after_cap_s``: the most a ``Retry-After`` can ask."""
 
+    path = "/chat/completions"  # the endpoint, relative to base_url
+
     def __init__(
         self,
         model: str,
@@ -477,7 +479,6 @@ class OpenAICompatBackend:
         self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, i: int, request: ChatRequest, key: str
     ) -> ChatResult | BackendError:
         kwargs = self._request_kwargs(request)
-        want_logprobs = request.params.top_logprobs > 0
         attempts = 0
 
         async def attempt() -> ChatResult | _Failure:
@@ -486,7 +487,7 @@ class OpenAICompatBackend:
             try:
                 async with sem:
                     response = await self._call(client, kwargs, key)
-                return self._to_result(response, want_logprobs)
+                return self._parse(response, request)
             except _Failure as failure:
                 failure.__traceback__ = failure.__context__ = None  # return it bare (see _outcome_failure)
                 return failure
@@ -518,7 +519,7 @@ class OpenAICompatBackend:
             # CPU and cost throughput at 8+ requests in flight. The body is plain JSON built by
             # _request_kwargs; cast_to=object returns the decoded JSON as it is (a str if the
             # server's content type is not JSON, which _to_result rejects as malformed).
-            call = client.post("/chat/completions", body=kwargs, cast_to=object)
+            call = client.post(self.path, body=kwargs, cast_to=object)
             return await asyncio.wait_for(call, self.timeout_s)
         except asyncio.TimeoutError:
             raise _Failure(f"timed out after {self.timeout_s:g} s", retryable=True) from None
@@ -543,6 +544,12 @@ class OpenAICompatBackend:
             cause = exc.__cause__
             detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
             raise _Failure(f"connection error: {_shorten(scrub(detail, key), 120)}", retryable=True) from None
+
+    def _parse(self, data: Any, request: Any) -> Any:
+        """The decoded JSON answer to ``request`` -> its result; raises a retryable
+        :class:`_Failure` when the answer is malformed. A subclass serving another endpoint
+        overrides this, ``path`` and ``_request_kwargs``."""
+        return self._to_result(data, request.params.top_logprobs > 0)
 
     def _to_result(self, data: Any, want_logprobs: bool) -> ChatResult:
         result = parse_completion(data, want_logprobs)

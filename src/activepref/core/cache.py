@@ -1,6 +1,10 @@
 """The request cache: every model call keyed by a hash of (endpoint/model, messages,
 sampling parameters, seed), stored in SQLite and committed the moment its answer arrives.
 
+Vectors of a paid embedder (``/v1/embeddings``) are kept in the same file, keyed by a hash of
+(embedder, conversation): :class:`CachedEmbedder` wraps the embedder as :class:`CachedBackend`
+wraps a chat backend.
+
 One cache file can serve many runs (default ``~/.cache/activepref/requests.sqlite``, or
 ``$ACTIVEPREF_CACHE``, or the config's ``cache_path``), so ``resume`` and re-running the
 same config both make zero repeated calls. Failed calls are not cached: they are retried.
@@ -12,6 +16,8 @@ take one ``ChatBackend`` and never talk to the cache themselves.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sqlite3
 import threading
@@ -19,6 +25,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from activepref.backends.base import BackendError, ChatBackend, ChatRequest, ChatResult, OnResult
 from activepref.errors import RunStateError
@@ -27,7 +36,10 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_cache (
     key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, stage TEXT NOT NULL, result TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS embedding_cache (
+    key TEXT PRIMARY KEY, embedder TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL, created REAL NOT NULL);
 """
+EMBEDDING_STAGE = "embedding"
 
 
 def default_cache_path() -> Path:
@@ -118,6 +130,32 @@ class RequestCache:
                 (key, endpoint, stage, result.to_json(), result.prompt_tokens, result.completion_tokens, time.time()),
             )
 
+    def get_vectors(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors among ``keys`` (float32 [dim] each)."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):  # SQLite's bound on host parameters
+                part = unique[start:start + 500]
+                rows = self._conn.execute(
+                    f"SELECT key, dim, vector FROM embedding_cache WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
+                for key, dim, blob in rows:
+                    found[key] = np.frombuffer(blob, dtype="<f4", count=int(dim)).astype(np.float32)
+        return found
+
+    def put_vectors(self, embedder: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store ``vectors`` (key -> float32 [dim]) in one transaction."""
+        now = time.time()
+        rows = [(k, embedder, int(v.shape[0]), np.ascontiguousarray(v, dtype="<f4").tobytes(), now) for k, v in vectors.items()]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR IGNORE INTO embedding_cache VALUES (?,?,?,?,?)", rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
     def complete(self, backend: ChatBackend, requests: Sequence[ChatRequest], stage: str, on_result: OnResult) -> None:
         """Answer from the cache where possible; send the rest (deduplicated) to the backend,
         storing each answer before it is passed on."""
@@ -182,3 +220,50 @@ class CachedBackend:
 
     def complete(self, requests: Sequence[ChatRequest], on_result: OnResult) -> None:
         self.cache.complete(self.inner, requests, self.stage, on_result)
+
+
+def conversation_key(embedder: str, conversation: Sequence[dict[str, str]]) -> str:
+    """Cache key of one conversation's vector under ``embedder`` (its ``name``)."""
+    text = json.dumps([embedder, [[m.get("role"), m.get("content")] for m in conversation]], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class CachedEmbedder:
+    """An embedder that answers from ``cache`` and sends only the missing conversations
+    (deduplicated) to ``inner``, a wave at a time (``wave`` conversations: the inner
+    embedder's whole concurrency), storing each wave before the next is sent: a kill loses at
+    most one wave's calls. For embedders that call a paid service (``paid`` in the registry);
+    ``name`` and ``dim`` are the inner embedder's."""
+
+    def __init__(self, inner: Any, cache: RequestCache, wave: int | None = None) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+        self.wave = wave or max(1, int(getattr(inner, "batch_size", 32)) * int(getattr(inner, "max_concurrency", 1)))
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    def embed(self, conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
+        stats = self.cache.stats.stage(EMBEDDING_STAGE)
+        keys = [conversation_key(self.name, c) for c in conversations]
+        found = self.cache.get_vectors(keys)
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        stats.cache_hits += len(keys) - sum(1 for k in keys if k not in found)
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        for start in range(0, len(missing), self.wave):
+            wave = missing[start:start + self.wave]
+            vectors = np.asarray(self.inner.embed([conversations[first[k]] for k in wave]), dtype=np.float32)
+            got = dict(zip(wave, vectors, strict=True))
+            self.cache.put_vectors(self.name, got)
+            found.update(got)
+            stats.calls += -(-len(wave) // max(1, int(getattr(self.inner, "batch_size", len(wave)))))  # requests
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()

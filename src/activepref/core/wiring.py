@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from activepref.acquisition import Method, get_method, make_selector
 from activepref.annotate.queue import AnnotationQueue
-from activepref.core.cache import RequestCache
+from activepref.core.cache import CachedEmbedder, RequestCache
 from activepref.core.model_level import ModelLevelParts, split_methods
 from activepref.engines import Engine, make_engine
 from activepref.judges import AuditedJudge, ComparingJudge, Judge, JudgeResources, make_judge
+from activepref.live.embedders import EMBEDDERS
 from activepref.model.enn import ENNShape, EnsembleRewardModel
 
 if TYPE_CHECKING:
@@ -71,9 +72,12 @@ def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = 
     if config.live and live is None:
         assert config.generation is not None and config.embedding is not None
         cache = RequestCache(config.cache_path)
+        embedder = engine.embedder(config.embedding)
+        if EMBEDDERS.get(config.embedding.backend).paid:  # every vector it pays for is kept
+            embedder = CachedEmbedder(embedder, cache)
         live = LiveParts(
             backends={m.label(): engine.chat_backend(m) for m in config.generation.models},
-            embedder=engine.embedder(config.embedding),
+            embedder=embedder,
             cache=cache,
         )
     resources = JudgeResources(

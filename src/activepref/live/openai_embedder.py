@@ -1,0 +1,179 @@
+"""Embedder kind ``openai``: features from an OpenAI-compatible ``/v1/embeddings`` server.
+
+vLLM (an embedding or pooling model: ``vllm serve MODEL --task embed``), Text Embeddings
+Inference, llama.cpp's ``llama-server --embeddings``, Ollama and hosted APIs (OpenAI's
+``text-embedding-3-*``) all answer it, so the frozen backbone can live on a GPU server while the
+loop runs elsewhere. The text sent for a conversation is the one the ``sentence_transformers``
+kind encodes: ``"prompt\\n\\nresponse"`` (:func:`~activepref.live.embedders.conversation_text`);
+the vectors are used as the server returns them (OpenAI's and most sentence-embedding servers'
+are unit-norm already; a pooling server's raw hidden states are not normalised here either).
+
+Requests go through :class:`~activepref.backends.openai_compat.OpenAICompatBackend`'s
+machinery: ``batch_size`` texts per request, at most ``max_concurrency`` in flight, a hard
+``timeout_s`` per attempt, ``max_retries`` retries with backoff on 408/429/5xx, timeouts, cut
+or malformed bodies (a wrong count of vectors, vectors of mixed lengths, a non-number, NaN or
+inf), ``Retry-After`` honoured; the key comes from ``api_key_env`` (default ``OPENAI_API_KEY``)
+and never reaches a log, an error or the request cache. A request that still fails raises
+:class:`~activepref.backends.base.BackendError`: the step stops, everything committed before it
+is kept, and ``activepref resume`` asks again.
+
+The kind is registered ``paid``: the run wraps it in
+:class:`~activepref.core.cache.CachedEmbedder`, so every vector is stored in the request cache
+as it arrives and a resume, a re-run or a killed run's next life never pays for it twice.
+
+``dimensions`` (optional) is sent as the API's ``dimensions`` field (shortened embeddings of
+``text-embedding-3-*``; servers that do not support it answer 400). ``dim`` is known from it, or
+else from the first answer; asked for before any answer, it embeds one probe text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from activepref.backends.base import BackendError
+from activepref.backends.openai_compat import OpenAICompatBackend, _Failure
+from activepref.live.embedders import Conversation, conversation_text
+
+PROBE_TEXT = "dimension probe"
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """The texts of one ``/embeddings`` call."""
+
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EmbeddingAnswer:
+    """``vectors``: float32 [len(texts), dim], in the order of the request's texts."""
+
+    vectors: np.ndarray
+    prompt_tokens: int
+
+
+def parse_embeddings(data: Any, expected: int) -> EmbeddingAnswer:
+    """The decoded JSON body of an embeddings answer -> its vectors in input order; raises a
+    retryable ``_Failure`` unless it holds exactly ``expected`` finite vectors of one length
+    (``data[i].index`` orders them when present, else the list order does)."""
+    if not isinstance(data, dict):
+        raise _Failure(f"malformed response: a JSON object was expected, got {type(data).__name__}", retryable=True)
+    items = data.get("data")
+    if not isinstance(items, list) or not items:
+        raise _Failure("malformed response: no data", retryable=True)
+    if len(items) != expected:
+        raise _Failure(f"malformed response: {len(items)} embeddings for {expected} inputs", retryable=True)
+    rows: list[list[float] | None] = [None] * expected
+    for pos, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("embedding"), list):
+            raise _Failure("malformed response: an item without an 'embedding' list", retryable=True)
+        index = item.get("index", pos)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < expected or rows[index] is not None:
+            raise _Failure(f"malformed response: bad or repeated index {index!r}", retryable=True)
+        rows[index] = item["embedding"]
+    lengths = {len(r) for r in rows if r is not None}
+    if len(lengths) != 1 or 0 in lengths:
+        raise _Failure(f"malformed response: embeddings of lengths {sorted(lengths)}", retryable=True)
+    try:
+        vectors = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _Failure("malformed response: an embedding holds a non-number", retryable=True) from None
+    if vectors.ndim != 2 or not np.isfinite(vectors).all():
+        raise _Failure("malformed response: an embedding holds a non-number, NaN or inf", retryable=True)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = usage.get("prompt_tokens")
+    return EmbeddingAnswer(vectors.astype(np.float32), int(tokens) if isinstance(tokens, int) and tokens >= 0 else 0)
+
+
+class EmbeddingsClient(OpenAICompatBackend):
+    """The chat backend's HTTP policy (concurrency, deadlines, retries, key handling) on the
+    ``/embeddings`` endpoint: ``complete([EmbeddingRequest], on_result)`` reports an
+    :class:`EmbeddingAnswer` or a ``BackendError`` per request."""
+
+    path = "/embeddings"
+
+    def __init__(self, model: str, base_url: str | None = None, *, dimensions: int | None = None, **options: Any) -> None:
+        super().__init__(model, base_url, **options)
+        self.dimensions = dimensions
+
+    def _request_kwargs(self, request: EmbeddingRequest) -> dict[str, Any]:  # type: ignore[override]
+        body: dict[str, Any] = {"model": self.model, "input": list(request.texts), "encoding_format": "float"}
+        if self.dimensions is not None:
+            body["dimensions"] = self.dimensions
+        return body
+
+    def _parse(self, data: Any, request: EmbeddingRequest) -> EmbeddingAnswer:
+        return parse_embeddings(data, len(request.texts))
+
+
+class OpenAIEmbedder:
+    """See the module docstring."""
+
+    paid = True
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        batch_size: int = 32,
+        max_concurrency: int = 4,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        dimensions: int | None = None,
+        **_local_only: Any,  # device, max_length, ...: options of the local kinds, meaningless here
+    ) -> None:
+        self.client = EmbeddingsClient(model, base_url, dimensions=dimensions, api_key_env=api_key_env,
+                                       max_concurrency=max_concurrency, timeout_s=timeout_s, max_retries=max_retries)
+        self.batch_size = max(1, int(batch_size))
+        self.max_concurrency = max_concurrency
+        self.name = f"openai|{self.client.endpoint}" + (f"|{dimensions}d" if dimensions else "")
+        self._dim = dimensions
+        self.prompt_tokens = 0  # what the server reported for this embedder's calls so far
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder({self.client!r}, batch_size={self.batch_size})"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.embed_texts([PROBE_TEXT])
+        assert self._dim is not None
+        return self._dim
+
+    def close(self) -> None:
+        self.client.close()
+
+    def embed(self, conversations: Sequence[Conversation]) -> np.ndarray:
+        return self.embed_texts([conversation_text(c) for c in conversations])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts), dim]; raises ``BackendError`` if a request fails for good."""
+        if not texts:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        chunks = [EmbeddingRequest(tuple(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
+        answers: list[EmbeddingAnswer | None] = [None] * len(chunks)
+        failure: list[BackendError] = []
+
+        def arrived(i: int, result: EmbeddingAnswer | BackendError) -> None:
+            if isinstance(result, BackendError):
+                failure.append(result)
+            else:
+                answers[i] = result
+
+        self.client.complete(chunks, arrived)  # type: ignore[arg-type]
+        if failure:
+            raise BackendError(f"embedding failed: {failure[0]}")
+        dims = {a.vectors.shape[1] for a in answers if a is not None}
+        if len(dims) != 1 or (self._dim is not None and dims != {self._dim}):
+            raise BackendError(f"{self.client.endpoint}: embeddings of {sorted(dims)} dimensions, "
+                               f"{'expected ' + str(self._dim) if self._dim else 'expected one length'}")
+        self._dim = dims.pop()
+        self.prompt_tokens += sum(a.prompt_tokens for a in answers if a is not None)
+        return np.concatenate([a.vectors for a in answers if a is not None], axis=0)
+

@@ -1,0 +1,204 @@
+"""The ``openai`` embedder kind against the local OpenAI-compatible test server: vectors in
+input order, batching, retries of every fault kind, a clear error when retries run out, no
+key anywhere, and the request cache that makes a resume or a re-run pay nothing twice."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from activepref.backends.base import BackendError
+from activepref.backends.openai_compat import _Failure
+from activepref.core.cache import CachedEmbedder, RequestCache, conversation_key
+from activepref.live.embedders import EMBEDDERS, conversation_text, make_embedder
+from activepref.live.openai_embedder import OpenAIEmbedder, parse_embeddings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers.fake_openai import Action, FakeOpenAIServer, Rule, embedding_vector  # noqa: E402
+
+
+def conv(i: int, reply: str | None = "an answer") -> list[dict[str, str]]:
+    c = [{"role": "user", "content": f"prompt {i}: say something about {i}"}]
+    return c + ([{"role": "assistant", "content": f"{reply} {i}"}] if reply is not None else [])
+
+
+def expected(conversations, dim: int = 32) -> np.ndarray:
+    return np.asarray([embedding_vector(conversation_text(c), dim) for c in conversations], dtype=np.float32)
+
+
+def embedder(srv: FakeOpenAIServer, **options) -> OpenAIEmbedder:
+    options = {"base_url": srv.base_url, "max_retries": 2, "timeout_s": 5.0, **options}
+    return OpenAIEmbedder("embed-m", **options)
+
+
+def test_vectors_come_back_in_input_order_a_batch_per_request():
+    convs = [conv(i) for i in range(11)] + [conv(99, reply=None)]
+    with FakeOpenAIServer() as srv:
+        emb = embedder(srv, batch_size=5, max_concurrency=3)
+        got = emb.embed(convs)
+        bodies = [r.body for r in srv.embedding_requests]
+    np.testing.assert_allclose(got, expected(convs), rtol=0, atol=1e-6)
+    assert got.dtype == np.float32 and emb.dim == 32
+    assert sorted(len(b["input"]) for b in bodies) == [2, 5, 5]  # concurrent: any arrival order
+    assert sorted(t for b in bodies for t in b["input"]) == sorted(conversation_text(c) for c in convs)
+    assert all(b["model"] == "embed-m" and b["encoding_format"] == "float" and "dimensions" not in b for b in bodies)
+    assert emb.prompt_tokens > 0
+    assert emb.embed([]).shape == (0, 32)
+
+
+def test_dimensions_is_sent_and_known_without_a_call_else_one_probe():
+    with FakeOpenAIServer() as srv:
+        short = embedder(srv, dimensions=8)
+        assert short.dim == 8 and not srv.embedding_requests
+        assert short.embed([conv(1)]).shape == (1, 8)
+        assert srv.embedding_requests[-1].body["dimensions"] == 8
+        probed = embedder(srv)
+        assert probed.dim == 32 and len(srv.embedding_requests) == 2
+        assert short.name != probed.name  # a shortened vector is another feature: another cache key
+
+
+@pytest.mark.parametrize("action", [
+    Action.error(500), Action.error(502), Action.rate_limited("0"), Action.unavailable(), Action.hang(30),
+    Action.malformed(), Action.html(), Action.wrong_shape(), Action.empty(), Action.truncated(),
+], ids=lambda a: f"{a.kind}{a.status}")
+def test_every_fault_kind_is_retried_and_the_answer_is_right(action):
+    convs = [conv(i) for i in range(4)]
+    with FakeOpenAIServer(rules=[Rule("prompt 2", action, times=1)]) as srv:
+        emb = embedder(srv, batch_size=2, timeout_s=1.0)
+        got = emb.embed(convs)
+        actions = [r.action for r in srv.embedding_requests]
+    np.testing.assert_allclose(got, expected(convs), atol=1e-6)
+    assert len(actions) == 3 and actions.count("reply") == 2
+
+
+def test_a_request_that_keeps_failing_is_one_clear_error_without_the_key(monkeypatch):
+    key = "sk-canary-EMBED-1234567890abcdef"
+    monkeypatch.setenv("EMBED_KEY", key)
+    with FakeOpenAIServer(rules=[Rule("prompt 1", Action.echo_auth(500))]) as srv:
+        emb = embedder(srv, api_key_env="EMBED_KEY", max_retries=1)
+        with pytest.raises(BackendError) as info:
+            emb.embed([conv(0), conv(1)])
+        sent = {r.headers.get("authorization") for r in srv.embedding_requests}
+    message = str(info.value)
+    assert sent == {f"Bearer {key}"}
+    assert "embedding failed" in message and "HTTP 500" in message and "2 attempts" in message
+    assert key not in message and key[-12:] not in message and "\n" not in message
+    assert key not in repr(emb)
+
+
+def test_a_bad_request_is_not_retried():
+    with FakeOpenAIServer(rules=[Rule("prompt", Action.bad_request("dimensions is not supported"))]) as srv:
+        with pytest.raises(BackendError, match="HTTP 400: dimensions is not supported"):
+            embedder(srv, dimensions=8).embed([conv(0)])
+        assert len(srv.embedding_requests) == 1
+
+
+def test_parse_embeddings_orders_by_index_and_refuses_what_is_not_n_finite_vectors():
+    ok = parse_embeddings({"data": [{"index": 1, "embedding": [3, 4]}, {"index": 0, "embedding": [1, 2]}],
+                           "usage": {"prompt_tokens": 7}}, 2)
+    np.testing.assert_array_equal(ok.vectors, [[1, 2], [3, 4]])
+    assert ok.vectors.dtype == np.float32 and ok.prompt_tokens == 7
+    unindexed = parse_embeddings({"data": [{"embedding": [1.0]}, {"embedding": [2.0]}]}, 2)
+    np.testing.assert_array_equal(unindexed.vectors, [[1.0], [2.0]])
+    bad = {
+        "not an object": [1, 2],
+        "no data": {"object": "list"},
+        "empty data": {"data": []},
+        "one too few": {"data": [{"index": 0, "embedding": [1.0]}]},
+        "repeated index": {"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}]},
+        "index out of range": {"data": [{"index": 0, "embedding": [1.0]}, {"index": 2, "embedding": [2.0]}]},
+        "bool index": {"data": [{"index": False, "embedding": [1.0]}, {"index": True, "embedding": [2.0]}]},
+        "mixed lengths": {"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [2.0, 3.0]}]},
+        "empty vectors": {"data": [{"index": 0, "embedding": []}, {"index": 1, "embedding": []}]},
+        "a string": {"data": [{"index": 0, "embedding": ["a"]}, {"index": 1, "embedding": [2.0]}]},
+        "a nested list": {"data": [{"index": 0, "embedding": [[1.0]]}, {"index": 1, "embedding": [[2.0]]}]},
+        "NaN": {"data": [{"index": 0, "embedding": [math.nan]}, {"index": 1, "embedding": [2.0]}]},
+        "inf": {"data": [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [-math.inf]}]},
+        "no embedding": {"data": [{"index": 0}, {"index": 1, "embedding": [2.0]}]},
+    }
+    for case, data in bad.items():
+        with pytest.raises(_Failure) as info:
+            parse_embeddings(data, 2)
+        assert info.value.retryable and info.value.reason.startswith("malformed response"), case
+
+
+def test_the_request_cache_answers_a_second_time_and_a_second_process(tmp_path):
+    convs = [conv(i) for i in range(10)]
+    with FakeOpenAIServer() as srv:
+        cache = RequestCache(tmp_path / "cache.sqlite")
+        emb = CachedEmbedder(embedder(srv, batch_size=3, max_concurrency=2), cache)
+        assert emb.wave == 6
+        first = emb.embed(convs + convs[:2])  # a repeat within one call is asked once
+        assert len(srv.embedding_requests) == 4  # 10 distinct: a wave of 6 (2 requests), one of 4 (2)
+        np.testing.assert_array_equal(first, np.concatenate([expected(convs), expected(convs[:2])]))
+        np.testing.assert_array_equal(emb.embed(list(reversed(convs))), expected(list(reversed(convs))))
+        assert len(srv.embedding_requests) == 4
+        stats = cache.stats.stage("embedding")
+        assert stats.calls == 4 and stats.cache_hits == 10  # the second call's (a repeat within a call is no hit)
+        cache.close()
+        again = CachedEmbedder(embedder(srv, batch_size=3), RequestCache(tmp_path / "cache.sqlite"))
+        np.testing.assert_array_equal(again.embed(convs[3:]), expected(convs[3:]))
+        assert len(srv.embedding_requests) == 4
+        other = CachedEmbedder(embedder(srv, dimensions=8), RequestCache(tmp_path / "cache.sqlite"))
+        assert other.embed(convs[:1]).shape == (1, 8) and len(srv.embedding_requests) == 5  # another embedder: its own keys
+
+
+def test_a_failed_wave_keeps_the_waves_before_it(tmp_path):
+    """What a kill mid-embedding relies on: each wave is stored before the next is sent."""
+    convs = [conv(i) for i in range(6)]
+    with FakeOpenAIServer(rules=[Rule("prompt 4", Action.error(503), times=1)]) as srv:
+        cache = RequestCache(tmp_path / "cache.sqlite")
+        emb = CachedEmbedder(embedder(srv, batch_size=2, max_concurrency=1, max_retries=0), cache)
+        with pytest.raises(BackendError):
+            emb.embed(convs)
+        assert len(cache.get_vectors([conversation_key(emb.name, c) for c in convs])) == 4
+        sent = len(srv.embedding_requests)
+        np.testing.assert_array_equal(emb.embed(convs), expected(convs))
+        assert [r.body["input"] for r in srv.embedding_requests[sent:]] == [[conversation_text(c) for c in convs[4:]]]
+
+
+def test_registered_as_paid_and_builtin_is_not_a_path():
+    entry = EMBEDDERS.get("openai")
+    assert entry.paid and not EMBEDDERS.get("sentence_transformers").paid
+    emb = make_embedder("openai", "builtin", base_url="http://127.0.0.1:9/v1")
+    assert emb.client.model == "builtin"
+
+
+def test_a_live_run_embeds_through_the_server_and_a_rerun_asks_nothing(tmp_path):
+    from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
+    from typer.testing import CliRunner
+
+    from activepref.cli import app
+
+    runner = CliRunner()
+    with FakeOpenAIServer(LiveScript()) as srv:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
+        models = "".join(f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}}}\n" for m in GEN_MODELS)
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
+            f"generation:\n  samples_per_model: 2\n  max_tokens: 24\n  models:\n{models}"
+            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 4, dimensions: 16}}\n"
+            f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
+            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n")
+        result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 0, result.output
+        embedded = srv.embedding_requests
+        texts = [t for r in embedded for t in r.body["input"]]
+        assert len(texts) == len(set(texts)) == 6 * len(GEN_MODELS) * 2  # every response once, nothing twice
+        assert all(r.body["dimensions"] == 16 and len(r.body["input"]) <= 4 for r in embedded)
+        before = len(srv.requests)
+        result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "again")])
+        assert result.exit_code == 0, result.output
+        assert len(srv.requests) == before  # generation, embedding and judge all answered by the cache
+        exports = []
+        for run in ("run", "again"):
+            dest = tmp_path / f"{run}.jsonl"
+            assert runner.invoke(app, ["export", str(tmp_path / run), "--format", "jsonl", "-o", str(dest)]).exit_code == 0
+            exports.append(dest.read_bytes())
+        assert exports[0] == exports[1] and json.loads(exports[0].splitlines()[0])["chosen"]
