@@ -1015,6 +1015,10 @@ def make_pool(
     )
 
 
+# Commands that read a run or a config and compute nothing with torch: they start without it.
+READ_ONLY_COMMANDS = frozenset({"status", "export", "check", "methods", "plugins", None})
+
+
 def main() -> None:  # pragma: no cover
     import os
 
@@ -1030,9 +1034,13 @@ def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("activepref.backends.openai_batch").setLevel(logging.INFO)  # a line per batch poll: progress
     logging.getLogger("activepref.judges.human").setLevel(logging.INFO)  # a line as human labels come in: progress
-    from activepref.model.numerics import flush_denormals_in_every_thread
+    import sys
 
-    flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if command not in READ_ONLY_COMMANDS:  # these never train: spare them torch's import (~1.3 s)
+        from activepref.model.numerics import flush_denormals_in_every_thread
+
+        flush_denormals_in_every_thread()  # before any torch work: worker threads inherit the mode
     try:
         app()
     except Exception as exc:  # a fault of the machine (disk full, read-only, damaged file) is one line, not a traceback

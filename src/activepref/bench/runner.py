@@ -326,7 +326,7 @@ def evaluate_run(run_dir: Path, method: str, seed: int) -> list[dict[str, Any]]:
 
     from activepref.core.candidates import load_features
     from activepref.core.costs import Usage, usage_by_iteration
-    from activepref.core.loop import iteration_plan
+    from activepref.core.plan import iteration_plan
     from activepref.core.runs import stored_config
     from activepref.core.store import STATUS_TRAINED, RunStore
     from activepref.model.enn import ENNShape, EnsembleRewardModel

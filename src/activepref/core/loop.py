@@ -32,6 +32,7 @@ from activepref.core.determinism import Stage, crash_point, stage_rng
 from activepref.core.estimate import batch_usage, pool_units, unit_costs
 from activepref.core.metrics import heldout_metrics
 from activepref.core.model_level import chosen_mask, model_select_step
+from activepref.core.plan import iteration_plan
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (
     STATUS_ANNOTATED,
@@ -76,13 +77,6 @@ class RunContext:
     # [n] the ensemble's uncertainty about each (first, second) pair's preference, for a judge
     # that routes by it (set by ``execute``: it reads the current model)
     pair_uncertainty: Callable[[list[tuple[int, int]]], np.ndarray] | None = None
-
-
-def iteration_plan(store: RunStore, config: RunConfig) -> list[list[int]]:
-    order = store.train_prompt_order()
-    b = config.batch_size
-    batches = [order[i : i + b] for i in range(0, len(order), b)]
-    return batches[: config.iterations] if config.iterations else batches
 
 
 def fresh_model(ctx: RunContext) -> EnsembleRewardModel:

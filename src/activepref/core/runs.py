@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,13 +12,16 @@ from activepref.annotate.queue import AnnotationQueue
 from activepref.config import BudgetConfig, RunConfig, config_from_json
 from activepref.core.costs import bill
 from activepref.core.determinism import Stage, stage_rng
-from activepref.core.loop import LiveParts, Progress, execute, iteration_plan
+from activepref.core.plan import iteration_plan
 from activepref.core.store import STATUS_TRAINED, RunStore
 from activepref.core.summary import run_summary
 from activepref.errors import RunStateError
 from activepref.judges.human import without_waiting
 from activepref.pools.reader import Pool, read_prompts
 from activepref.pools.sources import load_pool
+
+if TYPE_CHECKING:
+    from activepref.core.loop import LiveParts, Progress
 
 
 def split_prompts(n_prompts: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +60,8 @@ def run(
     """Create the run directory and run every iteration."""
     store = create_run(config, out)
     try:
+        from activepref.core.loop import execute  # (torch: not for status and export)
+
         return execute(store, session_config(config, wait_for_labels), progress, live)
     finally:
         store.close()
@@ -95,6 +100,8 @@ def resume(
         planned = len(iteration_plan(store, config))
         if sum(r.status == STATUS_TRAINED for r in store.iterations()) == planned:
             return None
+        from activepref.core.loop import execute  # (torch: not for status and export)
+
         return execute(store, session_config(config, wait_for_labels), progress, live)
     finally:
         store.close()
@@ -163,3 +170,4 @@ def _status(store: RunStore, run_dir: str | Path) -> RunStatus:
         cost=bill(store, config),
         annotation=annotation_status(store),
     )
+
