@@ -214,8 +214,11 @@ class EmbedActor:
 
         self.embedder = embedder_from_config(EmbeddingConfig.model_validate_json(config_json))
 
-    def describe(self) -> tuple[str, int]:
-        return self.embedder.name, self.embedder.dim
+    def describe(self) -> str:
+        return self.embedder.name
+
+    def dim(self) -> int:  # asked only when needed: a server-side embedder may have to call to know it
+        return int(self.embedder.dim)
 
     def embed(self, conversations: list[Any]) -> np.ndarray:
         return self.embedder.embed(conversations)
@@ -322,7 +325,14 @@ class RayEmbedder:
     def __init__(self, ray: Any, actor: Any) -> None:
         self._ray = ray
         self._actor = actor
-        self.name, self.dim = ray.get(actor.describe.remote())
+        self.name = ray.get(actor.describe.remote())  # raises here if the embedder did not start
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(self._ray.get(self._actor.dim.remote()))
+        return self._dim
 
     def embed(self, conversations: Sequence[Any]) -> np.ndarray:
         return self._ray.get(self._actor.embed.remote(list(conversations)))
