@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from activepref.backends.base import BackendError
 from activepref.backends.openai_compat import _Failure
 from activepref.core.cache import CachedEmbedder, RequestCache, conversation_key
 from activepref.live.embedders import EMBEDDERS, conversation_text, make_embedder
-from activepref.live.openai_embedder import OpenAIEmbedder, parse_embeddings
+from activepref.live.openai_embedder import OpenAIEmbedder, parse_embeddings, split_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers.fake_openai import Action, FakeOpenAIServer, Rule, embedding_vector  # noqa: E402
@@ -139,7 +141,14 @@ def test_the_request_cache_answers_a_second_time_and_a_second_process(tmp_path):
         np.testing.assert_array_equal(emb.embed(list(reversed(convs))), expected(list(reversed(convs))))
         assert len(srv.embedding_requests) == 4
         stats = cache.stats.stage("embedding")
-        assert stats.calls == 4 and stats.cache_hits == 10  # the second call's (a repeat within a call is no hit)
+        assert stats.calls == 10 and stats.cache_hits == 10  # vectors: the second call's are hits (a repeat within a call is neither)
+        sent_tokens = sum(len(t.split()) for r in srv.embedding_requests for t in r.body["input"])  # the fake server's usage
+        assert stats.prompt_tokens == sent_tokens
+        four = sum(cache.vector_tokens([conversation_key(emb.name, c) for c in convs[:4]]).values())
+        assert four > 0
+        assert emb.usage(convs[:4] + convs[:1]) == {"calls": 4, "prompt_tokens": four, "cache_hits": 0, "hit_prompt_tokens": 0}
+        # reported once: a later step sees them as the cache's
+        assert emb.usage(convs[:4]) == {"calls": 0, "prompt_tokens": 0, "cache_hits": 4, "hit_prompt_tokens": four}
         cache.close()
         again = CachedEmbedder(embedder(srv, batch_size=3), RequestCache(tmp_path / "cache.sqlite"))
         np.testing.assert_array_equal(again.embed(convs[3:]), expected(convs[3:]))
@@ -160,6 +169,23 @@ def test_a_failed_wave_keeps_the_waves_before_it(tmp_path):
         sent = len(srv.embedding_requests)
         np.testing.assert_array_equal(emb.embed(convs), expected(convs))
         assert [r.body["input"] for r in srv.embedding_requests[sent:]] == [[conversation_text(c) for c in convs[4:]]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(total=st.integers(0, 10_000), lengths=st.lists(st.integers(0, 5_000), min_size=1, max_size=40))
+def test_split_tokens_adds_up_and_is_proportional_within_one(total, lengths):
+    shares = split_tokens(total, lengths)
+    weights = [max(1, n) for n in lengths]
+    assert sum(shares) == total and all(s >= 0 for s in shares)
+    for share, w in zip(shares, weights, strict=True):
+        assert abs(share - total * w / sum(weights)) < 1.0 + 1e-9
+
+
+def test_split_tokens_by_hand():
+    assert split_tokens(10, [1, 1]) == [5, 5]
+    assert split_tokens(7, [1, 1]) == [4, 3]  # the remainder to the first of equal ones
+    assert split_tokens(10, [3, 1]) == [8, 2]  # 7.5 and 2.5: floors 7 and 2, the tie to the first
+    assert split_tokens(0, [5, 9]) == [0, 0] and split_tokens(3, [0, 0, 0]) == [1, 1, 1]
 
 
 def test_registered_as_paid_and_builtin_is_not_a_path():
@@ -185,20 +211,64 @@ def test_a_live_run_embeds_through_the_server_and_a_rerun_asks_nothing(tmp_path)
             f"generation:\n  samples_per_model: 2\n  max_tokens: 24\n  models:\n{models}"
             f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 4, dimensions: 16}}\n"
             f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
-            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n")
+            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n"
+            "prices: {embed-m: {input_per_mtok: 20000.0}}\n")
         result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
         assert result.exit_code == 0, result.output
         embedded = srv.embedding_requests
         texts = [t for r in embedded for t in r.body["input"]]
         assert len(texts) == len(set(texts)) == 6 * len(GEN_MODELS) * 2  # every response once, nothing twice
         assert all(r.body["dimensions"] == 16 and len(r.body["input"]) <= 4 for r in embedded)
+        words = sum(len(t.split()) for t in texts)  # the fake server's usage: whitespace words
+        bills = []
+        for run in ("run",):
+            st_json = json.loads(runner.invoke(app, ["status", str(tmp_path / run), "--json"]).stdout)
+            bills.append(st_json["cost"])
+            assert st_json["summary"]["stages"]["embedding"]["calls"] == len(texts)
+        assert bills[0]["embedding_calls"] == len(texts) and bills[0]["embedding_input_tokens"] == words
+        assert bills[0]["usd_embedding"] == pytest.approx(words * 20000.0 / 1e6) and "embed-m" not in bills[0]["unpriced"]
+        estimate = json.loads(runner.invoke(app, ["estimate", "-c", str(cfg)]).stdout.strip().splitlines()[-1])
+        assert estimate["embedding_calls"] == len(texts)  # the estimate's vectors are the run's
         before = len(srv.requests)
         result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "again")])
         assert result.exit_code == 0, result.output
         assert len(srv.requests) == before  # generation, embedding and judge all answered by the cache
+        again = json.loads(runner.invoke(app, ["status", str(tmp_path / "again"), "--json"]).stdout)
+        assert again["summary"]["stages"]["embedding"]["cache_hits"] == len(texts)
+        assert again["summary"]["stages"]["embedding"]["calls"] == 0
+        assert again["cost"]["usd_embedding"] == pytest.approx(bills[0]["usd_embedding"])  # the same bill, from the cache
         exports = []
         for run in ("run", "again"):
             dest = tmp_path / f"{run}.jsonl"
             assert runner.invoke(app, ["export", str(tmp_path / run), "--format", "jsonl", "-o", str(dest)]).exit_code == 0
             exports.append(dest.read_bytes())
         assert exports[0] == exports[1] and json.loads(exports[0].splitlines()[0])["chosen"]
+
+
+def test_estimate_prices_the_embedding_of_every_response(tmp_path):
+    """`estimate` counts a vector per response and its input tokens (prompt and response), priced
+    by the embedding model; the same config with a local embedder has no embedding cost."""
+    from test_live_server import write_prompts
+    from typer.testing import CliRunner
+
+    from activepref.cli import app
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
+    base = (f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
+            "generation:\n  samples_per_model: 2\n  max_tokens: 24\n  models:\n"
+            "    - {name: g, backend: openai, base_url: 'http://127.0.0.1:9/v1', model: g}\n"
+            "judge: {kind: likert, model: {backend: openai, base_url: 'http://127.0.0.1:9/v1', model: j}}\n"
+            "prices: {embed-m: {input_per_mtok: 1000000.0}}\n")
+    outputs = {}
+    for kind, line in (("openai", "embedding: {backend: openai, base_url: 'http://127.0.0.1:9/v1', model: embed-m}\n"),
+                       ("local", "embedding: {backend: sentence_transformers, model: builtin}\n")):
+        cfg = tmp_path / f"{kind}.yaml"
+        cfg.write_text(base + line)
+        result = CliRunner().invoke(app, ["estimate", "-c", str(cfg)])
+        assert result.exit_code == 0, result.output
+        outputs[kind] = json.loads(result.stdout.strip().splitlines()[-1])
+    remote, local = outputs["openai"], outputs["local"]
+    assert remote["embedding_calls"] == remote["generation_calls"] == 6 * 2 and local["embedding_calls"] == 0
+    assert remote["usd_embedding"] > 24 * 12  # a dollar a token: at least the 24-token responses' worth
+    assert remote["usd"] == pytest.approx(remote["usd_generation"] + remote["usd_judge"] + remote["usd_embedding"])
+    assert local["usd_embedding"] == 0 and remote["input_tokens"] > local["input_tokens"]

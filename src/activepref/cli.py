@@ -821,6 +821,8 @@ def estimate(
         ("input tokens", per.input_tokens, t.input_tokens),
         ("output tokens", per.output_tokens, t.output_tokens),
     ]
+    if t.embedding_calls:  # a paid embedder: a vector per response
+        rows.insert(3, ("embedding vectors", per.embedding_calls, t.embedding_calls))
     for label, a, b in rows:
         table.add_row(label, f"{a:,}", f"{b:,}")
     table.add_row(f"USD (judge {est.judge_mode})", f"{per.usd:.4f}", f"{t.usd:.4f}")

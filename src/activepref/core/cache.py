@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS request_cache (
     key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, stage TEXT NOT NULL, result TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS embedding_cache (
-    key TEXT PRIMARY KEY, embedder TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL, created REAL NOT NULL);
+    key TEXT PRIMARY KEY, embedder TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+    prompt_tokens INTEGER NOT NULL, created REAL NOT NULL);
 """
 EMBEDDING_STAGE = "embedding"
 
@@ -143,14 +144,26 @@ class RequestCache:
                     found[key] = np.frombuffer(blob, dtype="<f4", count=int(dim)).astype(np.float32)
         return found
 
-    def put_vectors(self, embedder: str, vectors: dict[str, np.ndarray]) -> None:
-        """Store ``vectors`` (key -> float32 [dim]) in one transaction."""
+    def vector_tokens(self, keys: Sequence[str]) -> dict[str, int]:
+        """The input tokens stored with each of ``keys`` that has a vector."""
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            for start in range(0, len(unique), 500):
+                part = unique[start:start + 500]
+                found.update(self._conn.execute(
+                    f"SELECT key, prompt_tokens FROM embedding_cache WHERE key IN ({','.join('?' * len(part))})", part).fetchall())
+        return found
+
+    def put_vectors(self, embedder: str, vectors: dict[str, np.ndarray], tokens: dict[str, int] | None = None) -> None:
+        """Store ``vectors`` (key -> float32 [dim]) and the input tokens each cost, in one transaction."""
         now = time.time()
-        rows = [(k, embedder, int(v.shape[0]), np.ascontiguousarray(v, dtype="<f4").tobytes(), now) for k, v in vectors.items()]
+        rows = [(k, embedder, int(v.shape[0]), np.ascontiguousarray(v, dtype="<f4").tobytes(), int((tokens or {}).get(k, 0)), now)
+                for k, v in vectors.items()]
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT OR IGNORE INTO embedding_cache VALUES (?,?,?,?,?)", rows)
+                self._conn.executemany("INSERT OR IGNORE INTO embedding_cache VALUES (?,?,?,?,?,?)", rows)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -231,37 +244,66 @@ def conversation_key(embedder: str, conversation: Sequence[dict[str, str]]) -> s
 class CachedEmbedder:
     """An embedder that answers from ``cache`` and sends only the missing conversations
     (deduplicated) to ``inner``, a wave at a time (``wave`` conversations: the inner
-    embedder's whole concurrency), storing each wave before the next is sent: a kill loses at
+    embedder's whole concurrency), storing each wave (vectors and the input tokens each cost,
+    from ``inner.embed_with_tokens`` where it has one) before the next is sent: a kill loses at
     most one wave's calls. For embedders that call a paid service (``paid`` in the registry);
-    ``name`` and ``dim`` are the inner embedder's."""
+    ``name`` and ``dim`` are the inner embedder's. :meth:`usage` says what a step's vectors
+    cost, for the bill."""
 
     def __init__(self, inner: Any, cache: RequestCache, wave: int | None = None) -> None:
         self.inner = inner
         self.cache = cache
         self.name = inner.name
         self.wave = wave or max(1, int(getattr(inner, "batch_size", 32)) * int(getattr(inner, "max_concurrency", 1)))
+        self._paid: set[str] = set()  # keys this process paid for and no step has reported yet
+        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
         return int(self.inner.dim)
+
+    def _fetch(self, conversations: list[Sequence[dict[str, str]]]) -> tuple[np.ndarray, list[int]]:
+        with_tokens = getattr(self.inner, "embed_with_tokens", None)
+        if with_tokens is not None:
+            vectors, tokens = with_tokens(conversations)
+            return np.asarray(vectors, dtype=np.float32), [int(t) for t in tokens]
+        return np.asarray(self.inner.embed(conversations), dtype=np.float32), [0] * len(conversations)
 
     def embed(self, conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
         stats = self.cache.stats.stage(EMBEDDING_STAGE)
         keys = [conversation_key(self.name, c) for c in conversations]
         found = self.cache.get_vectors(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in found]
-        stats.cache_hits += len(keys) - sum(1 for k in keys if k not in found)
+        stats.cache_hits += sum(1 for k in keys if k in found)
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
         for start in range(0, len(missing), self.wave):
             wave = missing[start:start + self.wave]
-            vectors = np.asarray(self.inner.embed([conversations[first[k]] for k in wave]), dtype=np.float32)
+            vectors, tokens = self._fetch([conversations[first[k]] for k in wave])
             got = dict(zip(wave, vectors, strict=True))
-            self.cache.put_vectors(self.name, got)
+            self.cache.put_vectors(self.name, got, dict(zip(wave, tokens, strict=True)))
+            with self._lock:
+                self._paid.update(wave)
             found.update(got)
-            stats.calls += -(-len(wave) // max(1, int(getattr(self.inner, "batch_size", len(wave)))))  # requests
+            stats.calls += len(wave)
+            stats.prompt_tokens += sum(tokens)
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    def usage(self, conversations: Sequence[Sequence[dict[str, str]]]) -> dict[str, int]:
+        """What the vectors of ``conversations`` (all embedded already) cost, as call-stats
+        counters: ``calls``/``prompt_tokens`` for those this process paid for since the last
+        report (a prefetch included), ``cache_hits``/``hit_prompt_tokens`` for those another
+        run or an earlier life of this one paid for. Each vector counts once (a repeat is no call)."""
+        keys = list(dict.fromkeys(conversation_key(self.name, c) for c in conversations))
+        tokens = self.cache.vector_tokens(keys)
+        with self._lock:
+            paid = [k for k in keys if k in self._paid]
+            self._paid.difference_update(paid)
+        paid_set = set(paid)
+        hits = [k for k in keys if k not in paid_set]
+        return {"calls": len(paid), "prompt_tokens": sum(tokens.get(k, 0) for k in paid),
+                "cache_hits": len(hits), "hit_prompt_tokens": sum(tokens.get(k, 0) for k in hits)}
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)

@@ -10,6 +10,9 @@ What the cache actually saved is in the stage counters (``cache_hits``).
   each response's meta: live calls, or a pool's ``prompt_tokens``/``completion_tokens``
   columns, what generating the pool cost), priced per generation model; with a model-level
   method only the chosen models' responses count;
+- embedding (a paid embedder, the ``openai`` kind): the vectors each iteration's responses
+  needed and the input tokens they cost (each text's share of its request's reported usage),
+  priced by the embedding model's id;
 - judge: a model judge's calls and tokens from the run's call statistics; a judge without a
   model (replay, verifier, a human) counts one call per response scored or pair compared.
   In ``mode: batch`` or ``mode: file`` the judge's price takes its ``batch_discount``.
@@ -23,6 +26,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
+
+from activepref.core.cache import EMBEDDING_STAGE
 
 if TYPE_CHECKING:
     from activepref.config import PriceConfig, RunConfig
@@ -43,14 +48,17 @@ class Usage:
     judge_output_tokens: int = 0
     usd_generation: float = 0.0
     usd_judge: float = 0.0
+    embedding_calls: int = 0  # vectors from a paid embedder (one text each), cache hits included
+    embedding_input_tokens: int = 0
+    usd_embedding: float = 0.0
 
     @property
     def usd(self) -> float:
-        return self.usd_generation + self.usd_judge
+        return self.usd_generation + self.usd_judge + self.usd_embedding
 
     @property
     def input_tokens(self) -> int:
-        return self.generation_input_tokens + self.judge_input_tokens
+        return self.generation_input_tokens + self.judge_input_tokens + self.embedding_input_tokens
 
     @property
     def output_tokens(self) -> int:
@@ -93,6 +101,18 @@ def generation_price(config: RunConfig, label: str) -> PriceConfig | None:
     return price_of(config, label, model.model if model else None)
 
 
+def paid_embedding(config: RunConfig) -> bool:
+    """Whether the run's embedder calls a paid service (the ``openai`` kind, or a plugin's)."""
+    from activepref.live.embedders import EMBEDDERS
+
+    return config.embedding is not None and EMBEDDERS.get(config.embedding.backend).paid
+
+
+def embedding_price(config: RunConfig) -> PriceConfig | None:
+    """The price of a paid embedder's model (by its model id); input tokens and per-vector calls."""
+    return price_of(config, config.embedding.model) if paid_embedding(config) and config.embedding else None
+
+
 def unpriced(config: RunConfig) -> list[str]:
     """Models of the run that the price table does not list."""
     out = []
@@ -100,6 +120,8 @@ def unpriced(config: RunConfig) -> list[str]:
         out += [m.label() for m in config.generation.models if generation_price(config, m.label()) is None]
     if config.judge.model is not None and judge_price(config) is None:
         out.append(config.judge.model.label())
+    if paid_embedding(config) and embedding_price(config) is None and config.embedding:
+        out.append(config.embedding.model)
     return out
 
 
@@ -125,6 +147,8 @@ def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
     items = store.judged_items_by_iteration() if not judge_stats else {}
     batch = config.judge.mode != "online"
     jprice = judge_price(config)
+    embed_stats = store.call_stats_by_iteration(EMBEDDING_STAGE)
+    eprice = embedding_price(config)
     out: dict[int, Usage] = {}
     for rec in iterations:
         it = rec.iteration
@@ -141,7 +165,11 @@ def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
             j_out = s["completion_tokens"] + s["hit_completion_tokens"]
         else:
             j_calls, j_in, j_out = items.get(it, 0), 0, 0
-        out[it] = Usage(g_calls, g_in, g_out, j_calls, j_in, j_out, g_usd, token_cost(jprice, j_calls, j_in, j_out, batch))
+        e = embed_stats.get(it) or {}
+        e_calls = e.get("calls", 0) + e.get("cache_hits", 0)
+        e_in = e.get("prompt_tokens", 0) + e.get("hit_prompt_tokens", 0)
+        out[it] = Usage(g_calls, g_in, g_out, j_calls, j_in, j_out, g_usd, token_cost(jprice, j_calls, j_in, j_out, batch),
+                        e_calls, e_in, token_cost(eprice, e_calls, e_in, 0))
     return out
 
 

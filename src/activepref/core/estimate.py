@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from activepref.core.costs import Usage, generation_price, judge_price, token_cost, unpriced
+from activepref.core.costs import (
+    Usage,
+    embedding_price,
+    generation_price,
+    judge_price,
+    paid_embedding,
+    token_cost,
+    unpriced,
+)
 
 if TYPE_CHECKING:
     from activepref.backends.base import ChatRequest
@@ -68,6 +76,7 @@ class Estimate:
             "usd_judge": round(t.usd_judge, 6), "generated_tokens": t.generated_tokens, "iterations": self.iterations,
             "prompts_per_iteration": self.prompts_per_iteration, "candidates_per_prompt": self.candidates_per_prompt,
             "judge_items_per_iteration": self.judge_items_per_iteration, "judge_mode": self.judge_mode,
+            "embedding_calls": t.embedding_calls, "usd_embedding": round(t.usd_embedding, 6),
         }
 
 
@@ -185,7 +194,13 @@ def batch_usage(config: RunConfig, units: UnitCosts, prompt_texts: Sequence[str]
     j_in = int(round(calls_per_prompt * (prompt_tokens + b * units.judge_overhead_tokens))) if units.judge_output_tokens else 0
     j_out = int(round(j_calls * units.judge_output_tokens))
     j_usd = token_cost(judge_price(config), j_calls, j_in, j_out, config.judge.mode != "online")
-    return Usage(g_calls, g_in, g_out, j_calls, j_in, j_out, g_usd, j_usd)
+    e_calls = e_in = 0
+    e_usd = 0.0
+    if paid_embedding(config) and config.live:  # a vector per response: its prompt and its text, no system prompt
+        e_calls = g_calls
+        e_in = int(round(sum(u.calls_per_prompt * (prompt_tokens + b * u.output_tokens) for u in units.generation)))
+        e_usd = token_cost(embedding_price(config), e_calls, e_in, 0)
+    return Usage(g_calls, g_in, g_out, j_calls, j_in, j_out, g_usd, j_usd, e_calls, e_in, e_usd)
 
 
 def _priced(config: RunConfig, model: str, calls: float, tin: float, tout: float) -> float:

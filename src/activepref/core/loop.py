@@ -25,7 +25,7 @@ from activepref.acquisition.comparisons import ComparisonSet, candidate_pairs, l
 from activepref.backends.base import BackendError, ChatResult, SamplingParams
 from activepref.config import RunConfig
 from activepref.core.budget import BudgetExhausted, check
-from activepref.core.cache import CachedBackend
+from activepref.core.cache import EMBEDDING_STAGE, CachedBackend
 from activepref.core.candidates import CandidateSettings, RunData
 from activepref.core.costs import Usage, usage_by_iteration
 from activepref.core.determinism import Stage, crash_point, stage_rng
@@ -284,8 +284,10 @@ def embed_step(ctx: RunContext, it: int) -> None:
         vectors = prefetched.vectors
     else:
         vectors = live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
+    usage = getattr(live.embedder, "usage", None)  # a paid embedder: what these vectors cost, for the bill
+    stats = {EMBEDDING_STAGE: usage(conversations)} if usage is not None and todo else None
     crash_point("embed.before_commit", it)
-    ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)})
+    ctx.store.commit_embedding(it, {r: vectors[n] for n, r in enumerate(todo)}, stats)
 
 
 def _call_stats(ctx: RunContext) -> Any:

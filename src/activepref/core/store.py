@@ -727,7 +727,8 @@ class RunStore(LockedSqliteDir):
             )
             self._insert_stats(cur, it, stats)
 
-    def commit_embedding(self, it: int, vectors: dict[int, np.ndarray]) -> None:
+    def commit_embedding(self, it: int, vectors: dict[int, np.ndarray], stats: dict[str, Any] | None = None) -> None:
+        """Features of the iteration's new responses, and (``stats``) what computing them cost."""
         with self.transaction() as cur:
             cur.executemany(
                 "INSERT INTO features VALUES (?,?)",
@@ -736,6 +737,7 @@ class RunStore(LockedSqliteDir):
             cur.execute("UPDATE iterations SET status = ? WHERE iteration = ? AND status = ?", (STATUS_EMBEDDED, it, STATUS_GENERATED))
             if cur.rowcount != 1:
                 raise RunStateError(f"iteration {it} was not in state '{STATUS_GENERATED}'")
+            self._insert_stats(cur, it, stats)
 
     @staticmethod
     def _insert_stats(cur: sqlite3.Cursor, it: int, stats: dict[str, Any] | None) -> None:

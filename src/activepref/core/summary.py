@@ -85,7 +85,9 @@ def format_summary(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def format_cost(cost: dict[str, Any]) -> list[tuple[str, str]]:
     """Rows (label, value) of a run's bill (activepref.core.costs.bill)."""
     judge_mode = cost.get("judge_mode", "online")
-    rows = [("cost", f"${cost['usd']:.4f} (generation ${cost['usd_generation']:.4f}, judge ${cost['usd_judge']:.4f}, {judge_mode})")]
+    embedding = f", embedding ${cost['usd_embedding']:.4f}" if cost.get("embedding_calls") else ""
+    rows = [("cost", f"${cost['usd']:.4f} (generation ${cost['usd_generation']:.4f}, judge ${cost['usd_judge']:.4f}, "
+                     f"{judge_mode}{embedding})")]
     if judge_mode != "online" and cost.get("usd_judge_if_online") is not None:
         rows.append(("judge online would cost", f"${cost['usd_judge_if_online']:.4f}"))
     elif cost.get("usd_judge_if_batch"):
@@ -96,7 +98,8 @@ def format_cost(cost: dict[str, Any]) -> list[tuple[str, str]]:
             f"${cost['usd_per_pair']:.5f}, {cost['judge_calls_per_pair']:.2f} judge calls, "
             f"{cost['generated_tokens_per_pair']:.1f} generated tokens",
         ))
-    rows.append(("calls behind the dataset", f"generation {cost['generation_calls']}, judge {cost['judge_calls']}; "
+    vectors = f", embedding {cost['embedding_calls']} vectors" if cost.get("embedding_calls") else ""
+    rows.append(("calls behind the dataset", f"generation {cost['generation_calls']}, judge {cost['judge_calls']}{vectors}; "
                  f"tokens in {cost['input_tokens']}, out {cost['output_tokens']}"))
     if cost.get("unpriced"):
         rows.append(("not in the price table", ", ".join(cost["unpriced"])))

@@ -223,6 +223,12 @@ class EmbedActor:
     def embed(self, conversations: list[Any]) -> np.ndarray:
         return self.embedder.embed(conversations)
 
+    def embed_with_tokens(self, conversations: list[Any]) -> tuple[np.ndarray, list[int]]:
+        with_tokens = getattr(self.embedder, "embed_with_tokens", None)
+        if with_tokens is not None:
+            return with_tokens(conversations)
+        return self.embedder.embed(conversations), [0] * len(conversations)
+
 
 def _default_cpus(resources: ActorResources, backend: str) -> float:
     if resources.num_cpus is not None:
@@ -336,6 +342,9 @@ class RayEmbedder:
 
     def embed(self, conversations: Sequence[Any]) -> np.ndarray:
         return self._ray.get(self._actor.embed.remote(list(conversations)))
+
+    def embed_with_tokens(self, conversations: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
+        return self._ray.get(self._actor.embed_with_tokens.remote(list(conversations)))
 
 
 class RayEngine:

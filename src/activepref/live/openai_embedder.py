@@ -152,8 +152,19 @@ class OpenAIEmbedder:
     def embed(self, conversations: Sequence[Conversation]) -> np.ndarray:
         return self.embed_texts([conversation_text(c) for c in conversations])
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 [len(texts), dim]; raises ``BackendError`` if a request fails for good."""
+    def embed_with_tokens(self, conversations: Sequence[Conversation]) -> tuple[np.ndarray, list[int]]:
+        """The vectors and the input tokens each text cost (see :meth:`embed_texts`)."""
+        tokens: list[int] = []
+        vectors = self.embed_texts([conversation_text(c) for c in conversations], tokens)
+        return vectors, tokens
+
+    def embed_texts(self, texts: Sequence[str], tokens: list[int] | None = None) -> np.ndarray:
+        """float32 [len(texts), dim]; raises ``BackendError`` if a request fails for good.
+        ``tokens`` (optional) receives each text's share of its request's ``usage.prompt_tokens``
+        (the API reports one total per request: it is split in proportion to the texts'
+        lengths, and the shares add up to the total)."""
+        if tokens is not None:
+            tokens.clear()
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
         chunks = [EmbeddingRequest(tuple(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
@@ -175,5 +186,21 @@ class OpenAIEmbedder:
                                f"{'expected ' + str(self._dim) if self._dim else 'expected one length'}")
         self._dim = dims.pop()
         self.prompt_tokens += sum(a.prompt_tokens for a in answers if a is not None)
+        if tokens is not None:
+            for chunk, answer in zip(chunks, answers, strict=True):
+                tokens.extend(split_tokens(answer.prompt_tokens if answer else 0, [len(t) for t in chunk.texts]))
         return np.concatenate([a.vectors for a in answers if a is not None], axis=0)
+
+
+def split_tokens(total: int, lengths: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``lengths`` (each at least 1 long), whole numbers that
+    add up to ``total``: floors, then one more to the largest remainders (ties: first)."""
+    weights = [max(1, n) for n in lengths]
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    out = [int(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
 
