@@ -2,9 +2,10 @@
 requests (first attempts and retries alike, seeded; the kinds in turn) with a fault: 500 / 502 / 503, 429 with
 and without Retry-After, a hang past the timeout, a body cut mid-way, broken JSON, a proxy's
 HTML page, valid JSON of the wrong shape, an empty choice list, and judge answers with no digit
-or only an out-of-range one. The run must finish; every failure that outlived its retries is
+or only an out-of-range one; embedding requests (the ``openai`` embedder on the same server) get
+the same storm. The run must finish; every failure that outlived its retries is
 recorded with its cause; and nothing garbage is scored: each score equals what the same
-response gets from a server without faults."""
+response gets from a server without faults, and each stored feature vector is the one it gets there."""
 
 from __future__ import annotations
 
@@ -50,16 +51,31 @@ class Storm:
         self.rate = rate
         self.attempts: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
-        self.turns: collections.Counter[bool] = collections.Counter()
+        self.turns: collections.Counter[bool | str] = collections.Counter()
+        self.embedding_injected: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
 
-    def __call__(self, n: int, body: dict) -> Action | None:
+    def _hit(self, body: dict) -> bool:
+        """Whether this attempt at ``body`` gets a fault (seeded by body and attempt number)."""
         key = json.dumps(body, sort_keys=True)
         with self.lock:
             attempt = self.attempts[key]
             self.attempts[key] += 1
         draw = hashlib.sha256(f"{SEED}|{key}|{attempt}".encode()).digest()
-        if int.from_bytes(draw[:4], "big") / 2**32 < self.rate:
+        return int.from_bytes(draw[:4], "big") / 2**32 < self.rate
+
+    def embedding(self, body: dict) -> Action | None:
+        """The same storm on /v1/embeddings (the chat faults that have a meaning there)."""
+        if not self._hit(body):
+            return None
+        with self.lock:
+            name = sorted(FAULTS)[self.turns["embedding"] % len(FAULTS)]
+            self.turns["embedding"] += 1
+            self.embedding_injected[name] += 1
+        return FAULTS[name]()
+
+    def __call__(self, n: int, body: dict) -> Action | None:
+        if self._hit(body):
             judge = body.get("model") == "judge-m"
             menu = {**FAULTS, **(JUDGE_FAULTS if judge else {})}
             with self.lock:  # the kinds in turn (judge and generation each their own turn), so every kind occurs
@@ -78,7 +94,10 @@ def config(root: Path, srv: FakeOpenAIServer, prompts: Path, name: str) -> Path:
         "generation:\n  samples_per_model: 2\n  max_tokens: 32\n  models:\n"
         f"    - {{name: gen-a, backend: openai, base_url: '{srv.base_url}', model: gen-a, {common}}}\n"
         f"    - {{name: gen-b, backend: openai, base_url: '{srv.base_url}', model: gen-b, {common}}}\n"
-        "embedding: {backend: sentence_transformers, model: builtin}\n"
+        # the embedder gets two retries: a request that failed three times would stop the run (a vector is
+        # not a per-response failure to record; `resume` asks again), which this seed never draws
+        f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 8, max_retries: 2, "
+        "timeout_s: 1.5, max_concurrency: 4}\n"
         f"judge: {{kind: likert, max_retries: 1, model: {{backend: openai, base_url: '{srv.base_url}', model: judge-m, {common}}}}}\n"
         f"cache_path: '{root / (name + '-cache.sqlite')}'\n"
         "enn: {heads: 4, hidden: 16, steps: 30}\n",
@@ -102,14 +121,24 @@ def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
         result = runner.invoke(app, ["run", "-c", str(config(tmp_path, calm, prompts, "calm")), "--out", str(tmp_path / "calm")])
         assert result.exit_code == 0, result.output[-3000:]
     storm = Storm(LiveScript())
-    with FakeOpenAIServer(storm) as srv:
+    with FakeOpenAIServer(storm, embedding_script=storm.embedding) as srv:
         result = runner.invoke(app, ["run", "-c", str(config(tmp_path, srv, prompts, "storm")), "--out", str(tmp_path / "storm")])
         assert result.exit_code == 0, result.output[-3000:]
         requests = len(srv.chat_requests)
+        embedding_requests = len(srv.embedding_requests)
     injected = sum(storm.injected.values())
-    print(f"{requests} requests, {injected} faults injected: {dict(storm.injected)}")
+    print(f"{requests} chat requests, {injected} faults injected: {dict(storm.injected)}; {embedding_requests} embedding "
+          f"requests, {sum(storm.embedding_injected.values())} faults: {dict(storm.embedding_injected)}")
     assert set(storm.injected) == set(FAULTS) | set(JUDGE_FAULTS), storm.injected  # every kind happened
     assert 0.12 < injected / requests < 0.28
+    assert len(storm.embedding_injected) >= 3, storm.embedding_injected
+
+    # nothing garbage embedded: every stored vector is the calm run's for the same response
+    calm_features, storm_features = features(tmp_path / "calm"), features(tmp_path / "storm")
+    assert storm_features and set(storm_features) <= set(calm_features) | set(storm_features)
+    shared_features = set(calm_features) & set(storm_features)
+    assert len(shared_features) >= len(storm_features) // 2
+    assert all(calm_features[r] == storm_features[r] for r in shared_features)
 
     # nothing garbage scored: every score is a Likert value and equals the calm run's for the same response
     calm_scores, storm_scores = scores(tmp_path / "calm"), scores(tmp_path / "storm")
@@ -133,6 +162,14 @@ def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
     print(f"{len(failures)} failure(s) recorded after retries:")
     for e in failures:
         print("   ", e[:160])
+
+
+def features(run_dir: Path) -> dict[str, bytes]:
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    try:
+        return dict(conn.execute("SELECT r.response_id, f.vector FROM features f JOIN responses r ON r.idx = f.response_idx").fetchall())
+    finally:
+        conn.close()
 
 
 def conn_failures(run_dir: Path) -> list[str]:

@@ -15,7 +15,8 @@ serving from a background thread. Endpoints:
 - ``POST /v1/embeddings``: ``input`` a string or a list of strings, optional ``dimensions``
   (default ``embedding_dim``, 32); each vector is a deterministic function of its text
   (:func:`embedding_vector`: sha256-derived, unit norm); ``usage.prompt_tokens`` counts
-  whitespace words. Rules apply when their substring is in any input text (kinds ``error``,
+  whitespace words. ``embedding_script(body)`` (an Action or None), then rules whose substring
+  is in any input text, choose a fault (kinds ``error``,
   ``hang``, ``malformed``, ``html``, ``wrong_shape``, ``empty``, ``truncated``); recorded with
   ``n = -1`` (``srv.embedding_requests``).
 - ``GET /v1/models``.
@@ -292,6 +293,7 @@ class FakeOpenAIServer:
         record: bool = True,
         batch_delay_s: float = 0.0,
         embedding_dim: int = 32,
+        embedding_script: Callable[[dict], Action | None] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -313,6 +315,7 @@ class FakeOpenAIServer:
         self.requests: list[Recorded] = []
         self.batch_delay_s = batch_delay_s
         self.embedding_dim = embedding_dim
+        self.embedding_script = embedding_script
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.batch_submissions: list[str] = []
@@ -473,7 +476,11 @@ class FakeOpenAIServer:
         return full, chunks
 
 
-    def _embedding_action(self, texts: list[str]) -> Action:
+    def _embedding_action(self, body: dict, texts: list[str]) -> Action:
+        if self.embedding_script is not None:
+            act = self.embedding_script(body)
+            if act is not None:
+                return act
         with self._lock:
             for rule in self.rules:
                 if any(rule.contains in t for t in texts) and (rule.times is None or rule.used < rule.times):
@@ -771,7 +778,7 @@ class FakeOpenAIServer:
                     self._record(-1, body, "invalid")
                     self._json(400, _error_body(400, "'input' must be a string or a non-empty list of strings"))
                     return
-                action = fake._embedding_action(texts)
+                action = fake._embedding_action(body, texts)
                 self._record(-1, body, action.kind if action.kind != "error" else f"error{action.status}")
                 if action.kind == "hang":
                     if fake._stop.wait(action.seconds):
