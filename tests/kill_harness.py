@@ -289,24 +289,33 @@ def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
 IN_FLIGHT_S = 3.0  # an answer not yet committed when the kill landed arrived at most this long before it
 
 
-def repeated_answers(requests: list, killed_at: list[float], in_flight: int = 2 * 8 + 16) -> int:
+def repeated_answers(requests: list, killed_at: list[float], in_flight: int = 2 * 8 + 16, texts_in_flight: int = 16 * 4) -> int:
     """Count the answered requests that reached the server again, and check each repeat: the
     answer before it arrived shortly before a kill (it was in flight, not yet in the cache),
-    and no kill explains more repeats than the run has calls in flight (``in_flight``)."""
+    and no kill explains more repeats than the run has calls in flight (``in_flight``). An
+    embeddings request counts per text (a resumed life batches what is left differently): no
+    kill may explain more re-embedded texts than a wave holds (``texts_in_flight``)."""
     last_answer: dict[str, float] = {}
-    per_kill: dict[int, int] = {}
+    per_kill: dict[tuple[bool, int], int] = {}
     repeats = 0
     for req in sorted(requests, key=lambda r: r.received_at):
-        key = json.dumps(req.body, sort_keys=True)
+        embedding = req.path.rstrip("/") == "/v1/embeddings" and isinstance(req.body, dict)
+        if embedding:
+            texts = req.body.get("input")
+            texts = [texts] if isinstance(texts, str) else list(texts or [])
+            keys = [json.dumps([req.body.get("model"), req.body.get("dimensions"), t]) for t in texts]
+        else:
+            keys = [json.dumps(req.body, sort_keys=True)]
         answered = req.action == "reply"
-        if key in last_answer:
-            before = last_answer[key]
-            # (a request already on the wire when the kill landed reaches the server just after it)
-            kills = [k for k, t in enumerate(killed_at) if before - 0.5 <= t <= before + IN_FLIGHT_S]
-            assert kills, f"an answered request was sent again with no kill in flight (answered at {before:.2f}, kills {killed_at})"
-            per_kill[kills[0]] = per_kill.get(kills[0], 0) + 1
-            repeats += 1
-        if answered:
-            last_answer[key] = req.received_at
-    assert all(n <= in_flight for n in per_kill.values()), per_kill
+        for key in keys:
+            if key in last_answer:
+                before = last_answer[key]
+                # (a request already on the wire when the kill landed reaches the server just after it)
+                kills = [k for k, t in enumerate(killed_at) if before - 0.5 <= t <= before + IN_FLIGHT_S]
+                assert kills, f"an answered request was sent again with no kill in flight (answered at {before:.2f}, kills {killed_at})"
+                per_kill[(embedding, kills[0])] = per_kill.get((embedding, kills[0]), 0) + 1
+                repeats += 1
+            if answered:
+                last_answer[key] = req.received_at
+    assert all(n <= (texts_in_flight if embedding else in_flight) for (embedding, _), n in per_kill.items()), per_kill
     return repeats

@@ -41,6 +41,8 @@ FAULTS = {
     "empty": lambda: Action.empty(),
 }
 JUDGE_FAULTS = {"no digit": lambda: Action.no_digit(), "out-of-range digit": lambda: Action.out_of_range_digit()}
+EMBEDDING_FAULTS = {"short vectors": lambda: Action.short_vectors()}
+EMBEDDING_RATE = 0.2  # a run makes few embedding requests: a higher rate, so that several kinds occur
 
 
 class Storm:
@@ -55,24 +57,29 @@ class Storm:
         self.embedding_injected: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
 
-    def _hit(self, body: dict) -> bool:
-        """Whether this attempt at ``body`` gets a fault (seeded by body and attempt number)."""
+    def _hit(self, body: dict, rate: float | None = None, attempts: int | None = None) -> bool:
+        """Whether this attempt at ``body`` gets a fault (seeded by body and attempt number;
+        with ``attempts``, only the first ``attempts`` attempts can)."""
         key = json.dumps(body, sort_keys=True)
         with self.lock:
             attempt = self.attempts[key]
             self.attempts[key] += 1
+        if attempts is not None and attempt >= attempts:
+            return False
         draw = hashlib.sha256(f"{SEED}|{key}|{attempt}".encode()).digest()
-        return int.from_bytes(draw[:4], "big") / 2**32 < self.rate
+        return int.from_bytes(draw[:4], "big") / 2**32 < (self.rate if rate is None else rate)
 
     def embedding(self, body: dict) -> Action | None:
-        """The same storm on /v1/embeddings (the chat faults that have a meaning there)."""
-        if not self._hit(body):
+        """The same storm on /v1/embeddings (the chat faults that have a meaning there, and a
+        plausible answer with vectors of the wrong length)."""
+        if not self._hit(body, EMBEDDING_RATE, attempts=2):
             return None
-        with self.lock:
-            name = sorted(FAULTS)[self.turns["embedding"] % len(FAULTS)]
+        menu = {**EMBEDDING_FAULTS, **FAULTS}
+        with self.lock:  # the wrong-length answer first: it is the one only this endpoint has
+            name = [*EMBEDDING_FAULTS, *sorted(FAULTS)][self.turns["embedding"] % len(menu)]
             self.turns["embedding"] += 1
             self.embedding_injected[name] += 1
-        return FAULTS[name]()
+        return menu[name]()
 
     def __call__(self, n: int, body: dict) -> Action | None:
         if self._hit(body):
@@ -94,10 +101,10 @@ def config(root: Path, srv: FakeOpenAIServer, prompts: Path, name: str) -> Path:
         "generation:\n  samples_per_model: 2\n  max_tokens: 32\n  models:\n"
         f"    - {{name: gen-a, backend: openai, base_url: '{srv.base_url}', model: gen-a, {common}}}\n"
         f"    - {{name: gen-b, backend: openai, base_url: '{srv.base_url}', model: gen-b, {common}}}\n"
-        # the embedder gets two retries: a request that failed three times would stop the run (a vector is
-        # not a per-response failure to record; `resume` asks again), which this seed never draws
-        f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 8, max_retries: 2, "
-        "timeout_s: 1.5, max_concurrency: 4}\n"
+        # a vector is not a per-response failure to record: an embedding request that outlives its retries
+        # stops the run (`resume` asks again), so the storm hits only the first two attempts of each
+        f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 4, max_retries: 3, "
+        "timeout_s: 1.5, max_concurrency: 4, dimensions: 32}\n"
         f"judge: {{kind: likert, max_retries: 1, model: {{backend: openai, base_url: '{srv.base_url}', model: judge-m, {common}}}}}\n"
         f"cache_path: '{root / (name + '-cache.sqlite')}'\n"
         "enn: {heads: 4, hidden: 16, steps: 30}\n",
@@ -131,11 +138,11 @@ def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
           f"requests, {sum(storm.embedding_injected.values())} faults: {dict(storm.embedding_injected)}")
     assert set(storm.injected) == set(FAULTS) | set(JUDGE_FAULTS), storm.injected  # every kind happened
     assert 0.12 < injected / requests < 0.28
-    assert len(storm.embedding_injected) >= 3, storm.embedding_injected
+    assert len(storm.embedding_injected) >= 3 and "short vectors" in storm.embedding_injected, storm.embedding_injected
 
     # nothing garbage embedded: every stored vector is the calm run's for the same response
     calm_features, storm_features = features(tmp_path / "calm"), features(tmp_path / "storm")
-    assert storm_features and set(storm_features) <= set(calm_features) | set(storm_features)
+    assert storm_features and all(len(v) == 32 * 4 for v in storm_features.values())
     shared_features = set(calm_features) & set(storm_features)
     assert len(shared_features) >= len(storm_features) // 2
     assert all(calm_features[r] == storm_features[r] for r in shared_features)

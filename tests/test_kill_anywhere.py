@@ -211,7 +211,7 @@ def _live_run_under_kills(tmp_path: Path, kills: int, iterations: int = 10, shar
         killed = [r for r in srv.requests[base_requests[0]:] if (r.n >= 0 or r.path.startswith("/v1/embeddings"))
                   and r.received_at >= report.started_at - 0.5]
         repeats = repeated_answers(killed, report.killed_at)
-        print(f"{report.restarts} kills survived ({report}); {len(killed)} requests, {repeats} answered request(s) sent "
+        print(f"{report.restarts} kills survived ({report}); {len(killed)} requests, {repeats} answered request(s) (embeddings: per text) sent "
               f"again, each cut off in flight by a kill")
     finally:
         srv.stop()

@@ -157,18 +157,54 @@ def test_the_request_cache_answers_a_second_time_and_a_second_process(tmp_path):
         assert other.embed(convs[:1]).shape == (1, 8) and len(srv.embedding_requests) == 5  # another embedder: its own keys
 
 
-def test_a_failed_wave_keeps_the_waves_before_it(tmp_path):
-    """What a kill mid-embedding relies on: each wave is stored before the next is sent."""
-    convs = [conv(i) for i in range(6)]
-    with FakeOpenAIServer(rules=[Rule("prompt 4", Action.error(503), times=1)]) as srv:
+def test_a_failed_request_keeps_every_answer_that_came_back(tmp_path):
+    """What a kill or a dead request mid-embedding relies on: each answer is stored as it
+    arrives, the other requests of its wave included, and only what failed is asked again."""
+    convs = [conv(i) for i in range(8)]
+    with FakeOpenAIServer(rules=[Rule("prompt 5", Action.error(503), times=1)]) as srv:
         cache = RequestCache(tmp_path / "cache.sqlite")
-        emb = CachedEmbedder(embedder(srv, batch_size=2, max_concurrency=1, max_retries=0), cache)
-        with pytest.raises(BackendError):
-            emb.embed(convs)
-        assert len(cache.get_vectors([conversation_key(emb.name, c) for c in convs])) == 4
+        emb = CachedEmbedder(embedder(srv, batch_size=2, max_concurrency=2, max_retries=0), cache)
+        assert emb.wave == 4
+        with pytest.raises(BackendError, match="HTTP 503"):
+            emb.embed(convs)  # wave 1 (prompts 0-3) answered; in wave 2, [4, 5] fails and [6, 7] answers
+        stored = cache.get_vectors([conversation_key(emb.name, c) for c in convs])
+        assert len(stored) == 6 and conversation_key(emb.name, convs[5]) not in stored
         sent = len(srv.embedding_requests)
         np.testing.assert_array_equal(emb.embed(convs), expected(convs))
-        assert [r.body["input"] for r in srv.embedding_requests[sent:]] == [[conversation_text(c) for c in convs[4:]]]
+        assert [r.body["input"] for r in srv.embedding_requests[sent:]] == [[conversation_text(c) for c in convs[4:6]]]
+        assert emb.usage(convs)["calls"] == 8  # every vector this process paid for, once
+
+
+def test_vectors_of_another_length_are_refused_never_mixed(tmp_path):
+    convs = [conv(i) for i in range(4)]
+    with FakeOpenAIServer() as srv:
+        cache = RequestCache(tmp_path / "cache.sqlite")
+        emb = CachedEmbedder(embedder(srv, batch_size=2, max_retries=1), cache)
+        emb.embed(convs[:2])
+        srv.embedding_dim = 16  # another model behind the same URL
+        with pytest.raises(BackendError, match="16-dimensional vectors, 32 expected"):  # retried, then refused
+            emb.embed(convs[2:])
+        assert len(cache.get_vectors([conversation_key(emb.name, c) for c in convs])) == 2  # nothing of it stored
+        fresh = CachedEmbedder(embedder(srv, batch_size=2), cache)  # a new life: it learns 16 from the server
+        with pytest.raises(BackendError, match=r"holds vectors of \[16, 32\] dimensions"):
+            fresh.embed(convs)
+
+
+def test_nothing_is_asked_for_no_conversation_and_max_chars_keeps_the_end(tmp_path):
+    with FakeOpenAIServer() as srv:
+        emb = CachedEmbedder(embedder(srv), RequestCache(tmp_path / "cache.sqlite"))
+        assert emb.embed([]).shape[0] == 0 and not srv.embedding_requests  # no probe for the width
+        short = embedder(srv, max_chars=12)
+        long = conv(7, reply="a rather long answer that goes on")
+        np.testing.assert_allclose(short.embed([long]), [embedding_vector(conversation_text(long)[-12:], 32)], atol=1e-6)
+        assert srv.embedding_requests[-1].body["input"] == [conversation_text(long)[-12:]]
+        assert short.name != embedder(srv).name  # cut texts are other features: other cache keys
+
+
+def test_an_input_the_model_refuses_says_how_to_cut_it():
+    with FakeOpenAIServer(rules=[Rule("prompt", Action.bad_request("input is too long: 9000 tokens > 8192"))]) as srv:
+        with pytest.raises(BackendError, match="too long.*set embedding.max_chars"):
+            embedder(srv).embed([conv(0)])
 
 
 @settings(max_examples=200, deadline=None)
@@ -272,3 +308,40 @@ def test_estimate_prices_the_embedding_of_every_response(tmp_path):
     assert remote["usd_embedding"] > 24 * 12  # a dollar a token: at least the 24-token responses' worth
     assert remote["usd"] == pytest.approx(remote["usd_generation"] + remote["usd_judge"] + remote["usd_embedding"])
     assert local["usd_embedding"] == 0 and remote["input_tokens"] > local["input_tokens"]
+
+
+def test_a_resume_whose_server_changed_model_is_refused_then_resumes_when_it_is_back(tmp_path):
+    """The features of one run come from one model: a life whose server now answers with vectors
+    of another length stops with one line (and stores no such feature); once the model is back,
+    `resume` finishes the run."""
+    import os
+    import subprocess
+
+    from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
+
+    cli = [sys.executable, "-m", "activepref"]
+    with FakeOpenAIServer(LiveScript()) as srv:
+        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
+        models = "".join(f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}}}\n" for m in GEN_MODELS)
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(
+            f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
+            f"generation:\n  samples_per_model: 1\n  max_tokens: 24\n  models:\n{models}"
+            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, max_retries: 1}}\n"
+            f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
+            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n")
+        run = tmp_path / "run"
+        killed = subprocess.run([*cli, "run", "-c", str(cfg), "--out", str(run)], capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "ACTIVEPREF_CRASH_AT": "generate.before_commit@1"})
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        srv.embedding_dim = 16
+        refused = subprocess.run([*cli, "resume", str(run)], capture_output=True, text=True, timeout=300)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "16-dimensional vectors, 32 expected" in errors[0], refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr
+        srv.embedding_dim = 32
+        done = subprocess.run([*cli, "resume", str(run)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        status = json.loads(subprocess.run([*cli, "status", str(run), "--json"], capture_output=True, text=True).stdout)
+        assert status["iterations_done"] == 2

@@ -152,6 +152,7 @@ class EmbeddingConfig(_Strict):
     timeout_s: float = Field(60.0, gt=0, description="openai kind: seconds per attempt")
     max_retries: int = Field(4, ge=0, description="openai kind: retries of a failed request (429, 5xx, timeouts, malformed answers)")
     dimensions: int | None = Field(None, ge=1, description="openai kind: the API's `dimensions` (shortened text-embedding-3 vectors)")
+    max_chars: int | None = Field(None, ge=1, description="openai kind: send only the last N characters of each text (a model with a short context)")
 
     @field_validator("backend")
     @classmethod

@@ -222,7 +222,8 @@ def test_an_openai_embedder_under_ray_embeds_on_the_server_into_the_shared_cache
     """The embed actor calls the server (no probe for the dimension), the vectors land in the
     driver's request cache under the same keys as the local engine's: a local run of the same
     config afterwards asks nothing and writes the same dataset."""
-    root, srv = live["root"], live["srv"]
+    root = live["root"]
+    srv = FakeOpenAIServer(LiveScript()).start()  # its own server: the shared one's request counts stay the other tests'
 
     def embed_on_server(cfg: Path) -> Path:
         text = cfg.read_text().replace("embedding: {backend: sentence_transformers, model: builtin}",
@@ -230,18 +231,20 @@ def test_an_openai_embedder_under_ray_embeds_on_the_server_into_the_shared_cache
         cfg.write_text(text)
         return cfg
 
-    cache = root / "cache-embed.sqlite"
-    cfg = embed_on_server(_ray_config(write_config(root, "ray-embed", srv, live["prompts"], cache)))
-    start = len(srv.embedding_requests)
-    assert_ok(invoke("run", "--config", cfg, "--out", root / "run-ray-embed"))
-    sent = srv.embedding_requests[start:]
-    texts = [t for r in sent for t in r.body["input"]]
-    assert len(texts) == len(set(texts)) == len(PLAIN_PROMPTS) * len(GEN_MODELS) * SAMPLES  # every response once, no probe
-    local = embed_on_server(write_config(root, "local-embed", srv, live["prompts"], cache))
-    before = len(srv.requests)
-    assert_ok(invoke("run", "--config", local, "--out", root / "run-local-embed"))
-    assert len(srv.requests) == before
-    assert export_jsonl(root / "run-local-embed", root / "local-embed.jsonl") == export_jsonl(root / "run-ray-embed", root / "ray-embed.jsonl")
+    try:
+        cache = root / "cache-embed.sqlite"
+        cfg = embed_on_server(_ray_config(write_config(root, "ray-embed", srv, live["prompts"], cache)))
+        assert_ok(invoke("run", "--config", cfg, "--out", root / "run-ray-embed"))
+        texts = [t for r in srv.embedding_requests for t in r.body["input"]]
+        assert len(texts) == len(set(texts)) == len(PLAIN_PROMPTS) * len(GEN_MODELS) * SAMPLES  # every response once, no probe
+        local = embed_on_server(write_config(root, "local-embed", srv, live["prompts"], cache))
+        before = len(srv.requests)
+        assert_ok(invoke("run", "--config", local, "--out", root / "run-local-embed"))
+        assert len(srv.requests) == before
+        assert (export_jsonl(root / "run-local-embed", root / "local-embed.jsonl")
+                == export_jsonl(root / "run-ray-embed", root / "ray-embed.jsonl"))
+    finally:
+        srv.stop()
 
 
 def test_resume_with_another_engine_continues_the_same_run(live, cluster) -> None:

@@ -17,7 +17,8 @@ serving from a background thread. Endpoints:
   (:func:`embedding_vector`: sha256-derived, unit norm); ``usage.prompt_tokens`` counts
   whitespace words. ``embedding_script(body)`` (an Action or None), then rules whose substring
   is in any input text, choose a fault (kinds ``error``,
-  ``hang``, ``malformed``, ``html``, ``wrong_shape``, ``empty``, ``truncated``); recorded with
+  ``hang``, ``malformed``, ``html``, ``wrong_shape``, ``empty``, ``truncated``, and
+  ``short_vectors``: valid vectors of half the length); recorded with
   ``n = -1`` (``srv.embedding_requests``).
 - ``GET /v1/models``.
 - The Files and Batch API: ``POST /v1/files`` (multipart upload), ``GET /v1/files/{id}`` and
@@ -192,6 +193,11 @@ class Action:
     def out_of_range_digit(cls) -> Action:
         """A judge answer whose only digit is outside 1-5."""
         return cls.reply("9", [("9", -0.05), ("0", -3.0)])
+
+    @classmethod
+    def short_vectors(cls) -> Action:
+        """Embeddings only: a well-formed answer whose vectors have half the asked length."""
+        return cls("short_vectors")
 
     @classmethod
     def expired(cls) -> Action:
@@ -488,8 +494,9 @@ class FakeOpenAIServer:
                     return rule.action
         return Action.reply()
 
-    def _embeddings(self, body: dict, texts: list[str]) -> dict:
+    def _embeddings(self, body: dict, texts: list[str], short: bool = False) -> dict:
         dim = int(body.get("dimensions") or self.embedding_dim)
+        dim = max(1, dim // 2) if short else dim
         tokens = sum(_words(t) for t in texts)
         return {"object": "list", "model": body.get("model", self.model),
                 "data": [{"object": "embedding", "index": i, "embedding": embedding_vector(t, dim)} for i, t in enumerate(texts)],
@@ -791,7 +798,8 @@ class FakeOpenAIServer:
                 elif action.kind == "empty":
                     self._json(200, {"object": "list", "data": []})
                 else:
-                    self._send(200, json.dumps(fake._embeddings(body, texts)).encode(), cut=action.kind == "truncated")
+                    answer = fake._embeddings(body, texts, short=action.kind == "short_vectors")
+                    self._send(200, json.dumps(answer).encode(), cut=action.kind == "truncated")
 
             def _act(self, n: int, body: dict, action: Action) -> None:
                 if action.kind == "hang":

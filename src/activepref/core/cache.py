@@ -244,11 +244,11 @@ def conversation_key(embedder: str, conversation: Sequence[dict[str, str]]) -> s
 class CachedEmbedder:
     """An embedder that answers from ``cache`` and sends only the missing conversations
     (deduplicated) to ``inner``, a wave at a time (``wave`` conversations: the inner
-    embedder's whole concurrency), storing each wave (vectors and the input tokens each cost,
-    from ``inner.embed_with_tokens`` where it has one) before the next is sent: a kill loses at
-    most one wave's calls. For embedders that call a paid service (``paid`` in the registry);
-    ``name`` and ``dim`` are the inner embedder's. :meth:`usage` says what a step's vectors
-    cost, for the bill."""
+    embedder's whole concurrency). Each answer is stored (vector and the input tokens it cost)
+    as it arrives when ``inner`` streams (``embed_streaming``), else each wave before the next
+    is sent: a kill, or a request that fails for good, loses no answer that came back. For
+    embedders that call a paid service (``paid`` in the registry); ``name`` and ``dim`` are the
+    inner embedder's. :meth:`usage` says what a step's vectors cost, for the bill."""
 
     def __init__(self, inner: Any, cache: RequestCache, wave: int | None = None) -> None:
         self.inner = inner
@@ -262,32 +262,53 @@ class CachedEmbedder:
     def dim(self) -> int:
         return int(self.inner.dim)
 
-    def _fetch(self, conversations: list[Sequence[dict[str, str]]]) -> tuple[np.ndarray, list[int]]:
+    def expect_dim(self, width: int) -> None:
+        """Tell the inner embedder the run's feature length, so that it refuses (and never stores)
+        vectors of another length; a no-op for one that cannot check."""
+        expect = getattr(self.inner, "expect_dim", None)
+        if expect is not None:
+            expect(width)
+
+    def _fetch(self, conversations: list[Sequence[dict[str, str]]], store: Any) -> None:
+        """Embed ``conversations``, calling ``store(rows, vectors, tokens)`` per answer (or once)."""
+        stream = getattr(self.inner, "embed_streaming", None)
+        if stream is not None:
+            stream(conversations, store)
+            return
         with_tokens = getattr(self.inner, "embed_with_tokens", None)
         if with_tokens is not None:
             vectors, tokens = with_tokens(conversations)
-            return np.asarray(vectors, dtype=np.float32), [int(t) for t in tokens]
-        return np.asarray(self.inner.embed(conversations), dtype=np.float32), [0] * len(conversations)
+        else:
+            vectors, tokens = self.inner.embed(conversations), [0] * len(conversations)
+        store(list(range(len(conversations))), np.asarray(vectors, dtype=np.float32), [int(t) for t in tokens])
 
     def embed(self, conversations: Sequence[Sequence[dict[str, str]]]) -> np.ndarray:
         stats = self.cache.stats.stage(EMBEDDING_STAGE)
         keys = [conversation_key(self.name, c) for c in conversations]
+        if not keys:
+            return np.zeros((0, getattr(self.inner, "known_dim", None) or 0), dtype=np.float32)
         found = self.cache.get_vectors(keys)
         missing = [k for k in dict.fromkeys(keys) if k not in found]
         stats.cache_hits += sum(1 for k in keys if k in found)
         first = {k: i for i, k in reversed(list(enumerate(keys)))}
         for start in range(0, len(missing), self.wave):
             wave = missing[start:start + self.wave]
-            vectors, tokens = self._fetch([conversations[first[k]] for k in wave])
-            got = dict(zip(wave, vectors, strict=True))
-            self.cache.put_vectors(self.name, got, dict(zip(wave, tokens, strict=True)))
-            with self._lock:
-                self._paid.update(wave)
-            found.update(got)
-            stats.calls += len(wave)
-            stats.prompt_tokens += sum(tokens)
-        if not keys:
-            return np.zeros((0, self.dim), dtype=np.float32)
+
+            def store(rows: list[int], vectors: np.ndarray, tokens: list[int], wave: list[str] = wave) -> None:
+                got = {wave[r]: np.asarray(v, dtype=np.float32) for r, v in zip(rows, vectors, strict=True)}
+                self.cache.put_vectors(self.name, got, {wave[r]: int(t) for r, t in zip(rows, tokens, strict=True)})
+                with self._lock:
+                    self._paid.update(got)
+                found.update(got)
+                stats.calls += len(got)
+                stats.prompt_tokens += sum(int(t) for t in tokens)
+
+            self._fetch([conversations[first[k]] for k in wave], store)
+        widths = {int(found[k].shape[0]) for k in keys}
+        if len(widths) != 1:
+            raise BackendError(f"{self.name}: the request cache holds vectors of {sorted(widths)} dimensions for this embedder "
+                               "(a different model behind the same server?); serve the model the cache was filled from, "
+                               "or use another cache_path")
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
 
     def usage(self, conversations: Sequence[Sequence[dict[str, str]]]) -> dict[str, int]:

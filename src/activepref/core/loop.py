@@ -250,6 +250,17 @@ def generate_step(ctx: RunContext, it: int, prompt_idxs: list[int]) -> None:
     ctx.store.commit_generation(it, prompt_idxs, new, failures, stats)
 
 
+def expect_run_dim(ctx: RunContext) -> int | None:
+    """The run's feature length so far, told to the embedder (a paid one then refuses vectors of
+    another length before they reach the request cache). Main thread only (it reads the store):
+    ``execute`` calls it once before any prefetch starts, ``embed_step`` before each embedding."""
+    have = ctx.store.feature_dim()
+    expect = getattr(ctx.parts.live.embedder, "expect_dim", None) if ctx.parts.live else None
+    if have is not None and expect is not None:
+        expect(have)
+    return have
+
+
 def prefetch_iteration(ctx: RunContext, it: int, prompt_idxs: list[int]) -> Prefetched:
     """Iteration ``it``'s generation (into the request cache) and embedding (kept in memory),
     run in the background while the ensemble trains on ``it - 1``; commits nothing."""
@@ -277,6 +288,7 @@ def embed_step(ctx: RunContext, it: int) -> None:
     ctx.parts.progress.on_stage(it, f"embed ({len(todo)} responses)")
     conversations = [_conversation(ctx, int(data.response_prompt[r]), data.responses[r].text) for r in todo]
     prefetched, ctx.prefetched = ctx.prefetched, None
+    have = expect_run_dim(ctx)
     if (
         prefetched is not None and prefetched.iteration == it and prefetched.vectors is not None
         and prefetched.digest == conversations_digest(conversations)
@@ -284,6 +296,10 @@ def embed_step(ctx: RunContext, it: int) -> None:
         vectors = prefetched.vectors
     else:
         vectors = live.embedder.embed(conversations) if todo else np.empty((0, 0), dtype=np.float32)
+    if todo and have is not None and vectors.shape[1] != have:
+        raise RunStateError(f"embedding: the embedder now gives {vectors.shape[1]}-dimensional vectors, the run's features "
+                            f"are {have}-dimensional (another model behind the same name or server?); embed with the "
+                            "run's model again to resume it, or start a new run")
     usage = getattr(live.embedder, "usage", None)  # a paid embedder: what these vectors cost, for the bill
     stats = {EMBEDDING_STAGE: usage(conversations)} if usage is not None and todo else None
     crash_point("embed.before_commit", it)
@@ -592,6 +608,8 @@ def execute(store: RunStore, config: RunConfig, progress: Progress | None = None
         return preference_uncertainty(rewards[:, 0::2], rewards[:, 1::2])  # [n]
 
     ctx.pair_uncertainty = pair_uncertainty
+    if config.live:
+        expect_run_dim(ctx)  # before a prefetch can embed: vectors of another length never reach the cache
     history: list[dict[str, Any]] = []
     if store.stopped() is not None:
         store.set_stopped(None)

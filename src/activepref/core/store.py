@@ -511,6 +511,11 @@ class RunStore(LockedSqliteDir):
         raw = self.meta("features_file")
         return None if raw is None else FileIdentity.from_json(json.loads(raw))
 
+    def feature_dim(self) -> int | None:
+        """The length of the live features stored so far (None before the first)."""
+        row = self.conn.execute("SELECT length(vector) FROM features LIMIT 1").fetchone()
+        return None if row is None else int(row[0]) // 4
+
     def feature_source(self) -> NpyLayout | np.ndarray:
         """Where the run's [n_responses, d] features are read from, row by row: the referenced
         pool file (checked against the identity recorded at creation, once per store), the

@@ -74,7 +74,7 @@ def build_parts(store: RunStore, config: RunConfig, progress: Progress | None = 
         cache = RequestCache(config.cache_path)
         embedder = engine.embedder(config.embedding)
         if EMBEDDERS.get(config.embedding.backend).paid:  # every vector it pays for is kept
-            embedder = CachedEmbedder(embedder, cache)
+            embedder = CachedEmbedder(embedder, cache, wave=config.embedding.batch_size * config.embedding.max_concurrency)
         live = LiveParts(
             backends={m.label(): engine.chat_backend(m) for m in config.generation.models},
             embedder=embedder,

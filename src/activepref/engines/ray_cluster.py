@@ -377,7 +377,9 @@ class RayEngine:
         ray = ensure_ray(self.options)
         opts = self._actor_options(self.options.embedder, config.backend)
         opts["max_concurrency"] = 1
-        opts["max_task_retries"] = 2  # embedding is free and deterministic: a retried call is harmless
+        # a retried call is harmless for a local embedder; a paid one (openai) re-asks at most the
+        # wave in flight when its actor died (the driver has stored every wave before it)
+        opts["max_task_retries"] = 2
         actor = ray.remote(EmbedActor).options(**opts).remote(config.model_dump_json())
         try:
             return RayEmbedder(ray, actor)

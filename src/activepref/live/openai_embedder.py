@@ -21,6 +21,10 @@ The kind is registered ``paid``: the run wraps it in
 :class:`~activepref.core.cache.CachedEmbedder`, so every vector is stored in the request cache
 as it arrives and a resume, a re-run or a killed run's next life never pays for it twice.
 
+Nothing truncates a long text by default (the server decides: OpenAI refuses inputs above 8,192
+tokens, a 512-token BERT behind vLLM or TEI may refuse or cut them); ``max_chars`` keeps only
+each text's last ``max_chars`` characters (the end, where the response is).
+
 ``dimensions`` (optional) is sent as the API's ``dimensions`` field (shortened embeddings of
 ``text-embedding-3-*``; servers that do not support it answer 400). ``dim`` is known from it, or
 else from the first answer; asked for before any answer, it embeds one probe text.
@@ -28,7 +32,7 @@ else from the first answer; asked for before any answer, it embeds one probe tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ from activepref.backends.openai_compat import OpenAICompatBackend, _Failure
 from activepref.live.embedders import Conversation, conversation_text
 
 PROBE_TEXT = "dimension probe"
+OnChunk = Callable[[list[int], np.ndarray, list[int]], None]  # (rows, vectors [len(rows), dim], input tokens per row)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class EmbeddingsClient(OpenAICompatBackend):
     def __init__(self, model: str, base_url: str | None = None, *, dimensions: int | None = None, **options: Any) -> None:
         super().__init__(model, base_url, **options)
         self.dimensions = dimensions
+        self.expected_dim = dimensions  # set by the embedder from its first answer when not asked for
 
     def _request_kwargs(self, request: EmbeddingRequest) -> dict[str, Any]:  # type: ignore[override]
         body: dict[str, Any] = {"model": self.model, "input": list(request.texts), "encoding_format": "float"}
@@ -107,7 +113,12 @@ class EmbeddingsClient(OpenAICompatBackend):
         return body
 
     def _parse(self, data: Any, request: EmbeddingRequest) -> EmbeddingAnswer:
-        return parse_embeddings(data, len(request.texts))
+        answer = parse_embeddings(data, len(request.texts))
+        width, expected = answer.vectors.shape[1], self.expected_dim
+        if expected is not None and width != expected:  # well-formed, but not the vectors asked for: retried
+            raise _Failure(f"malformed response: {width}-dimensional vectors, {expected} expected (another model "
+                           "behind the same server?)", retryable=True)
+        return answer
 
 
 class OpenAIEmbedder:
@@ -126,18 +137,32 @@ class OpenAIEmbedder:
         timeout_s: float = 60.0,
         max_retries: int = 4,
         dimensions: int | None = None,
+        max_chars: int | None = None,
         **_local_only: Any,  # device, max_length, ...: options of the local kinds, meaningless here
     ) -> None:
         self.client = EmbeddingsClient(model, base_url, dimensions=dimensions, api_key_env=api_key_env,
                                        max_concurrency=max_concurrency, timeout_s=timeout_s, max_retries=max_retries)
         self.batch_size = max(1, int(batch_size))
         self.max_concurrency = max_concurrency
-        self.name = f"openai|{self.client.endpoint}" + (f"|{dimensions}d" if dimensions else "")
+        self.max_chars = max_chars
+        self.name = (f"openai|{self.client.endpoint}" + (f"|{dimensions}d" if dimensions else "")
+                     + (f"|last{max_chars}c" if max_chars else ""))
         self._dim = dimensions
         self.prompt_tokens = 0  # what the server reported for this embedder's calls so far
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder({self.client!r}, batch_size={self.batch_size})"
+
+    @property
+    def known_dim(self) -> int | None:
+        """The vector length if known without a call (``dimensions``, or an earlier answer)."""
+        return self._dim
+
+    def expect_dim(self, width: int) -> None:
+        """Vectors must be ``width`` long (the run's features already are): an answer of another
+        length is then malformed, retried and never stored."""
+        if self._dim is None:
+            self._dim = self.client.expected_dim = int(width)
 
     @property
     def dim(self) -> int:
@@ -149,14 +174,27 @@ class OpenAIEmbedder:
     def close(self) -> None:
         self.client.close()
 
+    def text(self, conversation: Conversation) -> str:
+        """What is sent for ``conversation``: its text, cut to its last ``max_chars`` characters."""
+        text = conversation_text(conversation)
+        return text[-self.max_chars:] if self.max_chars and len(text) > self.max_chars else text
+
     def embed(self, conversations: Sequence[Conversation]) -> np.ndarray:
-        return self.embed_texts([conversation_text(c) for c in conversations])
+        return self.embed_texts([self.text(c) for c in conversations])
 
     def embed_with_tokens(self, conversations: Sequence[Conversation]) -> tuple[np.ndarray, list[int]]:
-        """The vectors and the input tokens each text cost (see :meth:`embed_texts`)."""
+        """The vectors and the input tokens each text cost (see :meth:`embed_streaming`)."""
         tokens: list[int] = []
-        vectors = self.embed_texts([conversation_text(c) for c in conversations], tokens)
+        vectors = self.embed_texts([self.text(c) for c in conversations], tokens)
         return vectors, tokens
+
+    def embed_streaming(self, conversations: Sequence[Conversation], on_chunk: OnChunk) -> None:
+        """Embed ``conversations``; each request's answer goes to ``on_chunk(rows, vectors,
+        tokens)`` in the calling thread as it arrives (``rows``: positions in
+        ``conversations``), so a caller can store it before anything else can go wrong. If a
+        request fails for good, ``BackendError`` is raised once every other answer has been
+        passed on."""
+        self._stream([self.text(c) for c in conversations], on_chunk)
 
     def embed_texts(self, texts: Sequence[str], tokens: list[int] | None = None) -> np.ndarray:
         """float32 [len(texts), dim]; raises ``BackendError`` if a request fails for good.
@@ -167,29 +205,48 @@ class OpenAIEmbedder:
             tokens.clear()
         if not texts:
             return np.zeros((0, self._dim or 0), dtype=np.float32)
+        rows_out: list[np.ndarray | None] = [None] * len(texts)
+        shares = [0] * len(texts)
+
+        def keep(rows: list[int], vectors: np.ndarray, chunk_tokens: list[int]) -> None:
+            for r, v, t in zip(rows, vectors, chunk_tokens, strict=True):
+                rows_out[r], shares[r] = v, t
+
+        self._stream(list(texts), keep)
+        if tokens is not None:
+            tokens.extend(shares)
+        return np.stack([v for v in rows_out if v is not None]).astype(np.float32, copy=False)
+
+    def _stream(self, texts: list[str], on_chunk: OnChunk) -> None:
+        if not texts:
+            return
         chunks = [EmbeddingRequest(tuple(texts[i:i + self.batch_size])) for i in range(0, len(texts), self.batch_size)]
-        answers: list[EmbeddingAnswer | None] = [None] * len(chunks)
-        failure: list[BackendError] = []
+        failures: list[BackendError] = []
 
         def arrived(i: int, result: EmbeddingAnswer | BackendError) -> None:
             if isinstance(result, BackendError):
-                failure.append(result)
-            else:
-                answers[i] = result
+                failures.append(result)
+                return
+            width = int(result.vectors.shape[1])
+            if self._dim is None:
+                self._dim = self.client.expected_dim = width
+            elif width != self._dim:  # (two first answers raced past the client's check)  # a plausible answer of the wrong length: never stored
+                failures.append(BackendError(f"{self.client.endpoint}: {width}-dimensional vectors where {self._dim} were "
+                                             "expected (a different model behind the same server?)"))
+                return
+            self.prompt_tokens += result.prompt_tokens
+            texts_i = chunks[i].texts
+            start = i * self.batch_size
+            on_chunk(list(range(start, start + len(texts_i))), result.vectors,
+                     split_tokens(result.prompt_tokens, [len(t) for t in texts_i]))
 
         self.client.complete(chunks, arrived)  # type: ignore[arg-type]
-        if failure:
-            raise BackendError(f"embedding failed: {failure[0]}")
-        dims = {a.vectors.shape[1] for a in answers if a is not None}
-        if len(dims) != 1 or (self._dim is not None and dims != {self._dim}):
-            raise BackendError(f"{self.client.endpoint}: embeddings of {sorted(dims)} dimensions, "
-                               f"{'expected ' + str(self._dim) if self._dim else 'expected one length'}")
-        self._dim = dims.pop()
-        self.prompt_tokens += sum(a.prompt_tokens for a in answers if a is not None)
-        if tokens is not None:
-            for chunk, answer in zip(chunks, answers, strict=True):
-                tokens.extend(split_tokens(answer.prompt_tokens if answer else 0, [len(t) for t in chunk.texts]))
-        return np.concatenate([a.vectors for a in answers if a is not None], axis=0)
+        if failures:
+            first = failures[0]
+            hint = ""
+            if getattr(first, "status", None) in (400, 413, 422):
+                hint = "; if an input is longer than the model takes, set embedding.max_chars (its end is kept)"
+            raise BackendError(f"embedding failed: {first}{hint}")
 
 
 def split_tokens(total: int, lengths: Sequence[int]) -> list[int]:
