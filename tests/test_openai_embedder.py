@@ -345,3 +345,17 @@ def test_a_resume_whose_server_changed_model_is_refused_then_resumes_when_it_is_
         assert done.returncode == 0, done.stderr[-2000:]
         status = json.loads(subprocess.run([*cli, "status", str(run), "--json"], capture_output=True, text=True).stdout)
         assert status["iterations_done"] == 2
+
+
+def test_a_cache_id_keeps_the_vectors_valid_when_the_server_moves(tmp_path):
+    convs = [conv(i) for i in range(3)]
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    with FakeOpenAIServer() as first:
+        CachedEmbedder(embedder(first, cache_id="minilm-v1"), cache).embed(convs)
+        CachedEmbedder(embedder(first), cache).embed(convs[:1])  # without one: keyed by the URL
+    with FakeOpenAIServer() as moved:  # another port
+        np.testing.assert_array_equal(CachedEmbedder(embedder(moved, cache_id="minilm-v1"), cache).embed(convs), expected(convs))
+        assert not moved.embedding_requests
+        CachedEmbedder(embedder(moved), cache).embed(convs[:1])
+        assert len(moved.embedding_requests) == 1  # keyed by the old URL: asked again
+

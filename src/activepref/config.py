@@ -153,6 +153,7 @@ class EmbeddingConfig(_Strict):
     max_retries: int = Field(4, ge=0, description="openai kind: retries of a failed request (429, 5xx, timeouts, malformed answers)")
     dimensions: int | None = Field(None, ge=1, description="openai kind: the API's `dimensions` (shortened text-embedding-3 vectors)")
     max_chars: int | None = Field(None, ge=1, description="openai kind: send only the last N characters of each text (a model with a short context)")
+    cache_id: str | None = Field(None, description="openai kind: the name its vectors are cached under instead of base URL and model (they stay valid when the server moves)")
 
     @field_validator("backend")
     @classmethod

