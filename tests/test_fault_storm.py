@@ -113,12 +113,18 @@ def config(root: Path, srv: FakeOpenAIServer, prompts: Path, name: str) -> Path:
     return path
 
 
-def scores(run_dir: Path) -> dict[str, float]:
+def by_response(run_dir: Path, table: str, column: str) -> dict[str, object]:
+    """response_id -> ``column`` of ``table`` (keyed by ``response_idx``) in a run's store."""
     conn = sqlite3.connect(run_dir / "run.sqlite")
     try:
-        return dict(conn.execute("SELECT r.response_id, s.value FROM scores s JOIN responses r ON r.idx = s.response_idx").fetchall())
+        sql = f"SELECT r.response_id, t.{column} FROM {table} t JOIN responses r ON r.idx = t.response_idx"
+        return dict(conn.execute(sql).fetchall())
     finally:
         conn.close()
+
+
+def scores(run_dir: Path) -> dict[str, float]:
+    return by_response(run_dir, "scores", "value")  # type: ignore[return-value]
 
 
 def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
@@ -172,11 +178,7 @@ def test_a_fault_storm_is_survived_recorded_and_never_scored(tmp_path):
 
 
 def features(run_dir: Path) -> dict[str, bytes]:
-    conn = sqlite3.connect(run_dir / "run.sqlite")
-    try:
-        return dict(conn.execute("SELECT r.response_id, f.vector FROM features f JOIN responses r ON r.idx = f.response_idx").fetchall())
-    finally:
-        conn.close()
+    return by_response(run_dir, "features", "vector")  # type: ignore[return-value]
 
 
 def conn_failures(run_dir: Path) -> list[str]:

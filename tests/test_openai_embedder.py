@@ -231,24 +231,33 @@ def test_registered_as_paid_and_builtin_is_not_a_path():
     assert emb.client.model == "builtin"
 
 
+def live_config(root: Path, srv: FakeOpenAIServer, *, samples: int, embedding: str, extra: str = "") -> Path:
+    """A 2-iteration live run of 6 prompts on ``srv`` (generation, ``openai`` embedding with the
+    ``embedding`` options, judge); returns its config file."""
+    from test_live_server import GEN_MODELS, JUDGE_MODEL, write_prompts
+
+    prompts = write_prompts(root / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
+    models = "".join(f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}}}\n" for m in GEN_MODELS)
+    cfg = root / "run.yaml"
+    cfg.write_text(
+        f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
+        f"generation:\n  samples_per_model: {samples}\n  max_tokens: 24\n  models:\n{models}"
+        f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, {embedding}}}\n"
+        f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
+        f"cache_path: '{root / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n" + extra)
+    return cfg
+
+
 def test_a_live_run_embeds_through_the_server_and_a_rerun_asks_nothing(tmp_path):
-    from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
+    from test_live_server import GEN_MODELS, LiveScript
     from typer.testing import CliRunner
 
     from activepref.cli import app
 
     runner = CliRunner()
     with FakeOpenAIServer(LiveScript()) as srv:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
-        models = "".join(f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}}}\n" for m in GEN_MODELS)
-        cfg = tmp_path / "run.yaml"
-        cfg.write_text(
-            f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
-            f"generation:\n  samples_per_model: 2\n  max_tokens: 24\n  models:\n{models}"
-            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, batch_size: 4, dimensions: 16}}\n"
-            f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
-            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n"
-            "prices: {embed-m: {input_per_mtok: 20000.0}}\n")
+        cfg = live_config(tmp_path, srv, samples=2, embedding="batch_size: 4, dimensions: 16",
+                          extra="prices: {embed-m: {input_per_mtok: 20000.0}}\n")
         result = runner.invoke(app, ["run", "-c", str(cfg), "--out", str(tmp_path / "run")])
         assert result.exit_code == 0, result.output
         embedded = srv.embedding_requests
@@ -317,19 +326,11 @@ def test_a_resume_whose_server_changed_model_is_refused_then_resumes_when_it_is_
     import os
     import subprocess
 
-    from test_live_server import GEN_MODELS, JUDGE_MODEL, LiveScript, write_prompts
+    from test_live_server import LiveScript
 
     cli = [sys.executable, "-m", "activepref"]
     with FakeOpenAIServer(LiveScript()) as srv:
-        prompts = write_prompts(tmp_path / "prompts.jsonl", [f"Question {i}: why is {i} interesting?" for i in range(6)])
-        models = "".join(f"    - {{name: {m}, backend: openai, base_url: '{srv.base_url}', model: {m}}}\n" for m in GEN_MODELS)
-        cfg = tmp_path / "run.yaml"
-        cfg.write_text(
-            f"prompts: {prompts}\nmethod: drts\nbatch_size: 3\niterations: 2\nseed: 2\n"
-            f"generation:\n  samples_per_model: 1\n  max_tokens: 24\n  models:\n{models}"
-            f"embedding: {{backend: openai, base_url: '{srv.base_url}', model: embed-m, max_retries: 1}}\n"
-            f"judge: {{kind: likert, model: {{backend: openai, base_url: '{srv.base_url}', model: {JUDGE_MODEL}}}}}\n"
-            f"cache_path: '{tmp_path / 'cache.sqlite'}'\nenn: {{heads: 4, hidden: 8, steps: 10}}\n")
+        cfg = live_config(tmp_path, srv, samples=1, embedding="max_retries: 1")
         run = tmp_path / "run"
         killed = subprocess.run([*cli, "run", "-c", str(cfg), "--out", str(run)], capture_output=True, text=True, timeout=300,
                                 env={**os.environ, "ACTIVEPREF_CRASH_AT": "generate.before_commit@1"})

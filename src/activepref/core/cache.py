@@ -131,29 +131,25 @@ class RequestCache:
                 (key, endpoint, stage, result.to_json(), result.prompt_tokens, result.completion_tokens, time.time()),
             )
 
-    def get_vectors(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """The stored vectors among ``keys`` (float32 [dim] each)."""
-        found: dict[str, np.ndarray] = {}
+    def _embedding_rows(self, columns: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """``SELECT key, <columns>`` of the embedding rows among ``keys`` (each asked once)."""
         unique = list(dict.fromkeys(keys))
+        rows: list[tuple[Any, ...]] = []
         with self._lock:
             for start in range(0, len(unique), 500):  # SQLite's bound on host parameters
                 part = unique[start:start + 500]
-                rows = self._conn.execute(
-                    f"SELECT key, dim, vector FROM embedding_cache WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
-                for key, dim, blob in rows:
-                    found[key] = np.frombuffer(blob, dtype="<f4", count=int(dim)).astype(np.float32)
-        return found
+                rows += self._conn.execute(
+                    f"SELECT key, {columns} FROM embedding_cache WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
+        return rows
+
+    def get_vectors(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors among ``keys`` (float32 [dim] each)."""
+        return {key: np.frombuffer(blob, dtype="<f4", count=int(dim)).astype(np.float32)
+                for key, dim, blob in self._embedding_rows("dim, vector", keys)}
 
     def vector_tokens(self, keys: Sequence[str]) -> dict[str, int]:
         """The input tokens stored with each of ``keys`` that has a vector."""
-        found: dict[str, int] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            for start in range(0, len(unique), 500):
-                part = unique[start:start + 500]
-                found.update(self._conn.execute(
-                    f"SELECT key, prompt_tokens FROM embedding_cache WHERE key IN ({','.join('?' * len(part))})", part).fetchall())
-        return found
+        return {key: int(tokens) for key, tokens in self._embedding_rows("prompt_tokens", keys)}
 
     def put_vectors(self, embedder: str, vectors: dict[str, np.ndarray], tokens: dict[str, int] | None = None) -> None:
         """Store ``vectors`` (key -> float32 [dim]) and the input tokens each cost, in one transaction."""

@@ -170,4 +170,3 @@ def _status(store: RunStore, run_dir: str | Path) -> RunStatus:
         cost=bill(store, config),
         annotation=annotation_status(store),
     )
-
