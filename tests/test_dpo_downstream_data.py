@@ -1,0 +1,139 @@
+"""The data side of benchmarks/dpo_downstream.py, without any DPO: model-level selection on a pool
+with token counts, the generated tokens each budget fraction cost (checked against the pool and
+the run's model choices by hand), the backfill of job records written before token counts
+existed, and the held-out split surviving a pool that gained columns."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import dpo_downstream as D  # noqa: E402
+
+TEXTS = ["the day was warm and calm and we walked by the sea", "The day was warm, calm, and bright.",
+         "* point one\n* point two\nThat is all.", '"A SHORT QUOTED ANSWER"']
+
+
+def toy_pool(path: Path, tokens: bool) -> Path:
+    """60 prompts x 4 models (m0..m3), verifiable instructions; with ``tokens``, the model-level
+    columns: prompt_features and completion_tokens = 10 * (model number + 1) + prompt number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from activepref.ifeval.instructions import draw_instructions, phrase_instruction
+    from activepref.ifeval.scoring import verify
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(60):
+        instructions = draw_instructions(rng, int(rng.integers(1, 3)))
+        prompt = f"Describe day {p}.\n\n" + " ".join(phrase_instruction(i) for i in instructions)
+        prompt_vec = rng.normal(size=8).astype(np.float32).tolist()
+        for j, text in enumerate(TEXTS):
+            oracle = verify(instructions, text).oracle
+            row = {"prompt_id": f"p{p}", "prompt": prompt, "instructions": json.dumps(instructions), "response_id": f"p{p}-{j}",
+                   "model": f"m{j}", "response": text, "score": oracle + float(rng.normal(scale=0.3)), "oracle": oracle,
+                   "features": rng.normal(size=16).astype(np.float32).tolist()}
+            if tokens:
+                row.update(prompt_features=prompt_vec, completion_tokens=10 * (j + 1) + p)
+            rows.append(row)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def args(**over: object) -> argparse.Namespace:
+    base = dict(judge="verifier", noise_sd=0.0, delta_pair=None, batch_size=8, budget=24, model_k=2, model_epsilon=0.0,
+                model_response_method="drts")
+    return argparse.Namespace(**{**base, **over})
+
+
+def expected_tokens(run_dir: Path, fraction: float) -> int:
+    """Completion tokens of what generated for the first ceil(fraction x iterations) iterations'
+    prompts, from the pool's rule and the run's stored model choices."""
+    import math
+
+    from activepref.core.store import STATUS_TRAINED, RunStore
+
+    with RunStore.open_readonly(run_dir) as store:
+        done = [r for r in store.iterations() if r.status == STATUS_TRAINED]
+        upto = max(1, math.ceil(fraction * len(done)))
+        prompts = [p for p, _, _ in store.prompts()]
+        chosen = store.model_choices()
+    total = 0
+    for rec in done[:upto]:
+        for idx in rec.prompt_idxs:
+            number = int(prompts[idx].id[1:])
+            models = chosen.get(idx, {f"m{j}" for j in range(4)})
+            total += sum(10 * (int(m[1:]) + 1) + number for m in models)
+    return total
+
+
+@pytest.mark.parametrize("method", ["model_dts", "random"])
+def test_generated_tokens_per_fraction_match_the_pool_and_the_model_choices(tmp_path: Path, method: str) -> None:
+    split = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=True), 10, tmp_path / "out")
+    run_dir = D.run_selection(method, 0, split, args(), tmp_path / "out")
+    sizes = []
+    for fraction in (1.0, 0.5, 1 / 6):
+        data = D.dataset_at(run_dir, fraction)
+        assert data.generated_tokens == expected_tokens(run_dir, fraction)
+        sizes.append(data.generated_tokens)
+    assert sizes[0] > sizes[1] > sizes[2] > 0
+    from activepref.core.store import RunStore
+
+    with RunStore.open_readonly(run_dir) as store:
+        choices = store.model_choices()
+    if method == "model_dts":  # two of four models per consumed prompt: half of the candidates, or fewer tokens
+        assert choices and all(len(models) == 2 for models in choices.values())
+    else:
+        assert not choices
+
+
+def test_a_pool_without_token_counts_reports_none(tmp_path: Path) -> None:
+    split = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=False), 10, tmp_path / "out")
+    assert D.dataset_at(D.run_selection("random", 0, split, args(), tmp_path / "out"), 1.0).generated_tokens is None
+
+
+def test_old_job_records_get_their_tokens_from_a_rebuilt_run(tmp_path: Path) -> None:
+    """A job trained before the pool had token counts: the pool gains the columns, the split is
+    rebuilt with the same held-out prompts, the run is rebuilt and must reproduce the job's pairs."""
+    out = tmp_path / "out"
+    plain = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=False), 10, out)
+    data = D.dataset_at(D.run_selection("dts", 1, plain, args(), out), 1.0)
+    record = {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "prompt_loose": 0.25}
+    path = out / "jobs" / "dts-seed1-f1.000.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    held = (out / "heldout.jsonl").read_text()
+
+    richer = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=True), 10, out)
+    assert (out / "heldout.jsonl").read_text() == held
+    assert "completion_tokens" in __import__("pyarrow.parquet").parquet.read_schema(richer.train_pool).names
+    result = D.with_tokens(path, record, "dts", 1, 1.0, richer, args(), out)
+    assert result["generated_tokens"] == expected_tokens(out / "runs" / "dts-seed1", 1.0) > 0
+    assert json.loads(path.read_text()) == result  # kept, so the next invocation does not rebuild
+
+    wrong = {**record, "pairs": record["pairs"] + 1}
+    path.write_text(json.dumps(wrong))
+    with pytest.raises(SystemExit, match="not the"):
+        D.with_tokens(path, wrong, "dts", 1, 1.0, richer, args(), out)
+    assert json.loads(path.read_text()) == wrong  # a refused record is left as it was
+
+
+def test_a_pool_with_other_held_out_prompts_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=False), 10, out)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "pool.parquet")
+    pq.write_table(table.slice(0, 4 * 50).append_column("completion_tokens", __import__("pyarrow").array([1] * 200)),
+                   tmp_path / "pool.parquet")
+    with pytest.raises(SystemExit, match="held-out prompts"):
+        D.split_pool(tmp_path / "pool.parquet", 10, out)
