@@ -167,3 +167,37 @@ def test_summary_counts_and_agreement(queue):
     assert summary.agreement["alpha"] == pytest.approx(krippendorff_alpha([list(v) for v in zip(alice, bob)]))
     outcomes = queue.outcomes(pairs)
     assert [outcomes[p].verdict for p in pairs] == ["first", "tie", "second", "second", "tie", "first"]
+
+
+def test_a_cross_prompt_pair_shows_each_response_under_its_own_prompt(run_dir, queue):
+    """Batch designs may compare responses to different prompts: the page must not show one
+    prompt for both (responses 0-3 answer prompt 0 and 4-7 prompt 1 in this pool)."""
+    from activepref.annotate.app import AnnotationApp
+
+    queue.add_annotator("alice")
+    queue.add_tasks(0, [(0, 1), (2, 5)], 1, 3)
+    prompts = {i: queue.conn.execute("SELECT text FROM prompts WHERE idx = ?", (i,)).fetchone()[0] for i in (0, 1)}
+    texts = {i: queue.conn.execute("SELECT text FROM responses WHERE idx = ?", (i,)).fetchone()[0] for i in (2, 5)}
+    same = queue.view(1, "alice")
+    assert not same.cross_prompt and same.conversation == [{"role": "user", "content": prompts[0]}]
+    cross = queue.view(2, "alice")
+    assert cross.cross_prompt
+    by_side = {cross.shown_a: cross.conversation, cross.shown_b: cross.conversation_b}
+    assert by_side == {texts[2]: [{"role": "user", "content": prompts[0]}], texts[5]: [{"role": "user", "content": prompts[1]}]}
+    # the other annotator order swaps the conversations with the responses
+    for name in ("b0", "b1", "b2", "b3", "b4", "b5"):
+        queue.add_annotator(name)
+        view = queue.view(2, name)
+        assert {view.shown_a: view.conversation, view.shown_b: view.conversation_b} == by_side
+
+    app = AnnotationApp(run_dir)
+    try:
+        page = app.templates.get_template("task.html").render(run_name="run", task=cross, csrf_token="x", progress={}, annotator="alice")
+        one = app.templates.get_template("task.html").render(run_name="run", task=same, csrf_token="x", progress={}, annotator="alice")
+    finally:
+        app.close()
+    assert 'aria-label="conversation A"' in page and 'aria-label="conversation B"' in page and "different conversations" in page
+    a_part, b_part = page.split('id="response-b"')
+    assert prompts[0 if cross.shown_a == texts[2] else 1] in a_part.split('id="response-a"')[1]
+    assert prompts[1 if cross.shown_a == texts[2] else 0] in b_part
+    assert 'aria-label="conversation"' in one and "conversation A" not in one and "different conversations" not in one

@@ -92,8 +92,13 @@ class TaskOutcome:
 
 @dataclass(frozen=True)
 class TaskView:
-    """What the app shows of a task: the prompt's conversation and the two responses in the
-    annotator's order (``swapped``: the stored second response is shown as A)."""
+    """What the app shows of a task: the conversation and the two responses in the annotator's
+    order (``swapped``: the stored second response is shown as A).
+
+    Most pairs answer one prompt: ``conversation`` is it and ``conversation_b`` is None. A
+    cross-prompt pair (a batch design may compare responses to different prompts) has a
+    conversation per side: ``conversation`` is the one A answers, ``conversation_b`` the one B
+    answers, so each response is judged against its own prompt."""
 
     task_id: int
     iteration: int
@@ -101,6 +106,11 @@ class TaskView:
     shown_a: str
     shown_b: str
     swapped: bool
+    conversation_b: list[dict[str, str]] | None = None
+
+    @property
+    def cross_prompt(self) -> bool:
+        return self.conversation_b is not None
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,11 @@ class QueueSummary:
     skips: int = 0
     annotators: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {labels, skips}
     agreement: dict[str, Any] = field(default_factory=dict)  # kappa (two annotators), alpha, items
+
+
+def _conversation(text: str, messages: str | None) -> list[dict[str, str]]:
+    """A stored prompt as the messages shown (a bare prompt is one user turn)."""
+    return [dict(m) for m in json.loads(messages)] if messages else [{"role": "user", "content": text}]
 
 
 def token_digest(token: str) -> str:
@@ -329,17 +344,22 @@ class AnnotationQueue:
 
     def view(self, task_id: int, annotator: str) -> TaskView | None:
         row = self.conn.execute(
-            "SELECT t.iteration, p.text, p.messages, f.text, s.text FROM annotation_tasks t "
+            "SELECT t.iteration, f.text, s.text, f.prompt_idx, s.prompt_idx, p.text, p.messages, q.text, q.messages "
+            "FROM annotation_tasks t "
             "JOIN responses f ON f.idx = t.first_idx JOIN responses s ON s.idx = t.second_idx "
-            "JOIN prompts p ON p.idx = f.prompt_idx WHERE t.task_id = ?",
+            "JOIN prompts p ON p.idx = f.prompt_idx JOIN prompts q ON q.idx = s.prompt_idx WHERE t.task_id = ?",
             (task_id,),
         ).fetchone()
         if row is None:
             return None
-        iteration, text, messages, first, second = row
-        conversation = [dict(m) for m in json.loads(messages)] if messages else [{"role": "user", "content": text}]
+        iteration, first, second, first_prompt, second_prompt = row[:5]
+        of_first, of_second = _conversation(row[5], row[6]), _conversation(row[7], row[8])
         swapped = self.swapped(annotator, task_id)
-        return TaskView(task_id, iteration, conversation, second if swapped else first, first if swapped else second, swapped)
+        shown_a, shown_b = (second, first) if swapped else (first, second)
+        if first_prompt == second_prompt:
+            return TaskView(task_id, iteration, of_first, shown_a, shown_b, swapped)
+        conv_a, conv_b = (of_second, of_first) if swapped else (of_first, of_second)
+        return TaskView(task_id, iteration, conv_a, shown_a, shown_b, swapped, conversation_b=conv_b)
 
     def submit(self, task_id: int, annotator: str, shown_choice: str, note: str = "") -> SubmitResult:
         """Record ``annotator``'s choice as shown to them (a, b, tie or skip); one transaction.
