@@ -201,3 +201,48 @@ def test_a_cross_prompt_pair_shows_each_response_under_its_own_prompt(run_dir, q
     assert prompts[0 if cross.shown_a == texts[2] else 1] in a_part.split('id="response-a"')[1]
     assert prompts[1 if cross.shown_a == texts[2] else 0] in b_part
     assert 'aria-label="conversation"' in one and "conversation A" not in one and "different conversations" not in one
+
+
+def _outcomes_reference(queue, pairs):
+    """The obvious version: two queries per pair."""
+    from activepref.annotate.queue import TaskOutcome
+
+    out = {}
+    for a, b in pairs:
+        row = queue.conn.execute("SELECT task_id, state, labels_needed FROM annotation_tasks WHERE first_idx = ? AND second_idx = ?",
+                                 (a, b)).fetchone()
+        if row is None:
+            continue
+        labels = queue.conn.execute("SELECT annotator, choice FROM annotation_labels WHERE task_id = ? ORDER BY created, annotator",
+                                    (row[0],)).fetchall()
+        votes = [(w, c) for w, c in labels if c != "skip"]
+        out[(a, b)] = TaskOutcome(row[0], a, b, row[1], [c for _, c in votes], [w for w, _ in votes],
+                                  sum(c == "skip" for _, c in labels), row[2])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_outcomes_match_the_per_pair_reference_in_a_few_queries(queue, seed):
+    rng = np.random.default_rng(seed)
+    names = [f"a{k}" for k in range(4)]
+    for name in names:
+        queue.add_annotator(name)
+    unordered = sorted({(int(min(a, b)), int(max(a, b))) for a, b in rng.integers(0, 32, size=(900, 2)) if a != b})
+    pairs = [(b, a) if rng.random() < 0.5 else (a, b) for a, b in unordered]  # one task per pair, in either order
+    queue.add_tasks(0, pairs, 2, 2)
+    for _ in range(600):
+        task_id = int(rng.integers(1, len(pairs) + 1))
+        queue.submit(task_id, names[int(rng.integers(len(names)))], str(rng.choice(["a", "b", "tie", "skip"])))
+    asked = [pairs[i] for i in rng.permutation(len(pairs))] + [(40, 41), (0, 0)]  # two pairs without a task
+    statements = []
+    queue.conn.set_trace_callback(statements.append)
+    try:
+        fast = queue.outcomes(asked)
+        everything = queue.human_pairs()
+    finally:
+        queue.conn.set_trace_callback(None)
+    assert len(statements) <= -(-len(asked) // 400) + 1  # one per chunk of pairs, one for every task
+    reference = _outcomes_reference(queue, asked)
+    assert fast == reference and len(fast) == len(pairs)
+    assert any(o.votes for o in fast.values()) and any(o.skips for o in fast.values()) and any(not o.votes for o in fast.values())
+    assert everything == {frozenset(p): o for p, o in reference.items()}

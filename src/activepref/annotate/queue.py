@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import secrets
@@ -68,6 +69,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 DEFAULT_LEASE_S = 300.0  # how long a served pair stays reserved for the annotator it was shown to
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for SQLite's write lock (the loop's commits are short)
 NOTE_MAX_CHARS = 4000
+OUTCOME_CHUNK = 400  # pairs per outcomes() query (two bound values each, well under SQLite's limit)
 _WRITERS = threading.Lock()  # one writer at a time per process (see AnnotationQueue._transaction)
 
 
@@ -285,29 +287,41 @@ class AnnotationQueue:
             self._insert_tasks(cur, iteration, [p for p, (h, _) in routes.items() if h], labels_needed, max_skips)
 
     def outcomes(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], TaskOutcome]:
-        """The state and votes of each pair's task (pairs without a task are left out)."""
-        out: dict[tuple[int, int], TaskOutcome] = {}
-        for a, b in pairs:
-            row = self.conn.execute(
-                "SELECT task_id, state, labels_needed FROM annotation_tasks WHERE first_idx = ? AND second_idx = ?", (int(a), int(b))
-            ).fetchone()
-            if row is None:
-                continue
-            task_id, state, needed = row
-            labels = self.conn.execute(
-                "SELECT annotator, choice FROM annotation_labels WHERE task_id = ? ORDER BY created, annotator", (task_id,)
-            ).fetchall()
-            votes = [(who, c) for who, c in labels if c != "skip"]
-            out[(a, b)] = TaskOutcome(
-                task_id, int(a), int(b), state, [c for _, c in votes], [w for w, _ in votes], sum(c == "skip" for _, c in labels),
-                needed,
-            )
-        return out
+        """The state and votes of each pair's task (pairs without a task are left out): one
+        query per OUTCOME_CHUNK pairs (tasks joined with their labels), not two per pair."""
+        wanted = {(int(a), int(b)): (a, b) for a, b in pairs}
+        keys = list(wanted)
+        found: dict[tuple[int, int], TaskOutcome] = {}
+        for start in range(0, len(keys), OUTCOME_CHUNK):
+            chunk = keys[start : start + OUTCOME_CHUNK]
+            found.update(self._outcomes(
+                f"WHERE (t.first_idx, t.second_idx) IN (VALUES {', '.join('(?, ?)' for _ in chunk)})", [v for k in chunk for v in k]
+            ))
+        return {wanted[k]: o for k, o in found.items()}
 
     def human_pairs(self) -> dict[frozenset[int], TaskOutcome]:
-        """Every task's outcome keyed by its unordered pair (the export's `judged_by`)."""
-        pairs = [(a, b) for a, b in self.conn.execute("SELECT first_idx, second_idx FROM annotation_tasks")]
-        return {frozenset(p): o for p, o in self.outcomes(pairs).items()}
+        """Every task's outcome keyed by its unordered pair (the export's `judged_by`), in one query."""
+        return {frozenset((o.first_idx, o.second_idx)): o for o in self._outcomes("", []).values()}
+
+    def _outcomes(self, where: str, args: Sequence[int]) -> dict[tuple[int, int], TaskOutcome]:
+        """(first, second) -> outcome of the tasks ``where`` selects (``t``: annotation_tasks)."""
+        rows = self.conn.execute(
+            "SELECT t.task_id, t.first_idx, t.second_idx, t.state, t.labels_needed, l.annotator, l.choice "
+            f"FROM annotation_tasks t LEFT JOIN annotation_labels l ON l.task_id = t.task_id {where} "
+            "ORDER BY t.task_id, l.created, l.annotator",
+            list(args),
+        ).fetchall()
+        out: dict[tuple[int, int], TaskOutcome] = {}
+        for task_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+            labels = list(group)
+            _, first, second, state, needed = labels[0][:5]
+            labels = [(who, c) for *_, who, c in labels if who is not None]  # LEFT JOIN: a task without labels has one empty row
+            votes = [(who, c) for who, c in labels if c != "skip"]
+            out[(int(first), int(second))] = TaskOutcome(
+                int(task_id), int(first), int(second), state, [c for _, c in votes], [w for w, _ in votes],
+                sum(c == "skip" for _, c in labels), needed,
+            )
+        return out
 
     # -- the app's side ------------------------------------------------------------------
     def next_task(self, annotator: str, lease_s: float = DEFAULT_LEASE_S) -> int | None:
