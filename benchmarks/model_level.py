@@ -10,7 +10,9 @@ iteration next to the generated tokens per exported pair:
     results.csv   k, method, model_level, response_method, seed, pairs, generated_tokens,
                   generated_tokens_per_pair, judge_calls, accuracy, rm_accuracy, rm_accuracy_hard,
                   label_accuracy
-    summary.md    means with 95% t-intervals over seeds, token ratios against the baseline
+    summary.md    means with 95% t-intervals over seeds, token ratios against the baseline, and each
+                  model-level method's rm_accuracy paired against model_random (same k and seed):
+                  does its reward model over (prompt, model) beat choosing k models at random?
     tokens_vs_quality.png
 
 and ends with one JSON line (per k and method: tokens ratio, metric deltas with intervals).
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=4096)
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--ladder-spread", type=float, default=1.0,
+                    help="the pool's model effect, +spread (best model) to -spread (worst); larger: model choice matters more")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 6])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=None, help="pairs per run (default: 90%% of the prompts)")
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if not pool.exists():
         subprocess.run([sys.executable, "-m", "activepref", "make-pool", "--regime", "auf", "-o", str(pool), "--prompts",
-                        str(args.prompts), "--dim", str(args.dim), "--noise", str(args.noise), "--prompt-features"], check=True)
+                        str(args.prompts), "--dim", str(args.dim), "--noise", str(args.noise), "--ladder-spread", str(args.ladder_spread),
+                        "--prompt-features"], check=True)
     budget = args.budget or int(0.9 * args.prompts)
     rows: list[dict[str, object]] = []
     baseline_done = False
@@ -143,6 +148,7 @@ def _summarise(rows: list[dict[str, object]], response: str) -> list[dict[str, o
     for r in rows:
         groups.setdefault((int(r["k"]), str(r["method"])), []).append(r)
     out = []
+    chance = {(int(r["k"]), int(r["seed"])): r for r in rows if r["method"] == "model_random"}
     for (k, method), rs in sorted(groups.items()):
         tokens = float(np.mean([float(r["generated_tokens_per_pair"]) for r in rs]))
         entry: dict[str, object] = {"k": k, "method": method if k else f"{response} (all models)",
@@ -153,6 +159,12 @@ def _summarise(rows: list[dict[str, object]], response: str) -> list[dict[str, o
             dmean, dhalf = t_interval(deltas)
             entry[m] = [round(mean, 4), round(half, 4)]
             entry[f"delta_{m}"] = [round(dmean, 4), round(dhalf, 4)]
+            if k and method != "model_random" and any((k, int(r["seed"])) in chance for r in rs):
+                # does the model-level reward model beat choosing k models at random? (paired by seed)
+                vs = [float(r[m]) - float(chance[(k, int(r["seed"]))][m]) for r in rs
+                      if (k, int(r["seed"])) in chance and r[m] not in ("", None)]
+                vmean, vhalf = t_interval(vs)
+                entry[f"vs_random_{m}"] = [round(vmean, 4), round(vhalf, 4)]
         out.append(entry)
     return out
 
@@ -161,14 +173,16 @@ def _write_summary(out: Path, summary: list[dict[str, object]], args: argparse.N
     lines = [
         "# Model-level acquisition vs generating from all 30 models", "",
         f"- pool: {pool.name} (seed 001's regime: {args.prompts} prompts x 30 models, d {args.dim}, judge noise {args.noise}, "
+        f"ladder spread {args.ladder_spread}, "
         "prompt-only features, token counts per response)",
         f"- budget {budget} pairs, batch {args.batch_size}, seeds {args.seeds}; response-level method {args.response_method}; "
         f"model-level methods choose k models per prompt (epsilon {args.epsilon}), then {args.response_method} picks the pair",
         f"- wall time {wall / 60:.1f} min ({args.workers} workers)", "",
         "Per method: the bench's last dataset checkpoint. ± is the 95% t-interval over seeds; Δ is the paired difference "
         f"to {args.response_method} on all models (same seed, same held-out split).", "",
-        "| k | method | generated tokens per pair | fewer tokens | held-out accuracy | rm_accuracy | Δ rm_accuracy | label_accuracy | Δ label_accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| k | method | generated tokens per pair | fewer tokens | held-out accuracy | rm_accuracy | Δ rm_accuracy | label_accuracy "
+        "| Δ label_accuracy | rm_accuracy vs model_random |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     def pm(e: dict[str, object], key: str) -> str:
         mean, half = e[key]  # type: ignore[misc]
@@ -177,7 +191,8 @@ def _write_summary(out: Path, summary: list[dict[str, object]], args: argparse.N
     for e in summary:
         lines.append(
             f"| {e['k'] or 'all'} | {e['method']} | {e['generated_tokens_per_pair']:.0f} | {e['token_ratio']:.1f}x | {pm(e, 'accuracy')} | "
-            f"{pm(e, 'rm_accuracy')} | {pm(e, 'delta_rm_accuracy')} | {pm(e, 'label_accuracy')} | {pm(e, 'delta_label_accuracy')} |"
+            f"{pm(e, 'rm_accuracy')} | {pm(e, 'delta_rm_accuracy')} | {pm(e, 'label_accuracy')} | {pm(e, 'delta_label_accuracy')} | "
+            f"{pm(e, 'vs_random_rm_accuracy') if 'vs_random_rm_accuracy' in e else ''} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
