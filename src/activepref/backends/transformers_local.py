@@ -4,7 +4,9 @@ folder) run with batched, left-padded ``generate`` on CPU or GPU.
 Loading. :func:`load_model` loads model + tokenizer once per process and caches them under
 ``(model, gguf_file, dtype, device, model_class)``, so a judge, a generator and an embedder on
 the same model share one copy of the weights. ``gguf_file`` is passed to ``from_pretrained``
-(needs ``gguf`` and ``accelerate``; transformers de-quantises the weights to ``dtype``).
+(needs ``gguf`` and ``accelerate``; transformers de-quantises the weights to ``dtype``); a local
+GGUF is converted once and kept as a plain copy on disk, so later processes load in well under a
+second (:mod:`activepref.backends.converted_models`; ``ACTIVEPREF_MODEL_CACHE=off`` turns it off).
 ``dtype`` ``"float32"`` (the default, and the only sensible choice on CPU), ``"bfloat16"``,
 ``"float16"`` or ``"auto"`` (the checkpoint's own); ``device`` ``"cpu"``, ``"cuda"``,
 ``"cuda:N"``, ``"mps"`` or ``"auto"`` (cuda when available, else cpu).
@@ -64,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 
 from activepref.backends import register_backend
 from activepref.backends.base import BackendError, ChatRequest, ChatResult, OnResult, SamplingParams
+from activepref.backends.converted_models import load_gguf
 from activepref.extras import MissingExtraError, require
 
 if TYPE_CHECKING:
@@ -131,19 +134,25 @@ def load_model(
         if entry is not None:
             return entry
         transformers = require("transformers")
-        kwargs: dict[str, Any] = {}
-        if gguf_file:
-            for module in ("gguf", "accelerate"):
-                if importlib.util.find_spec(module) is None:
-                    raise MissingExtraError(f"loading a GGUF file needs {module}: pip install 'activepref[local]'")
-            kwargs["gguf_file"] = gguf_file
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model, **kwargs)
         auto = {
             "causal_lm": transformers.AutoModelForCausalLM,
             "seq_cls": transformers.AutoModelForSequenceClassification,
             "base": transformers.AutoModel,
         }[model_class]
-        net = auto.from_pretrained(model, dtype=torch_dtype(dtype), **kwargs)
+        if gguf_file:
+            for module in ("gguf", "accelerate"):
+                if importlib.util.find_spec(module) is None:
+                    raise MissingExtraError(f"loading a GGUF file needs {module}: pip install 'activepref[local]'")
+
+            def convert() -> tuple[Any, Any]:
+                return (auto.from_pretrained(model, dtype=torch_dtype(dtype), gguf_file=gguf_file),
+                        transformers.AutoTokenizer.from_pretrained(model, gguf_file=gguf_file))
+
+            # a converted copy on disk: the GGUF's dequantisation runs once per file, not per process
+            net, tokenizer = load_gguf(str(model), gguf_file, str(dtype), torch_dtype(dtype), model_class, auto, convert)
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+            net = auto.from_pretrained(model, dtype=torch_dtype(dtype))
         net.to(device)
         net.eval()
         entry = LoadedModel(net, tokenizer, key)

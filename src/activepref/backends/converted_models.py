@@ -1,0 +1,145 @@
+"""Converted copies of local GGUF models, so that only the first load pays for the conversion.
+
+transformers reads a GGUF file by dequantising every tensor and rebuilding the tokenizer from
+the file's vocabulary: about 26 s for SmolLM2-135M on two cores, at every process start (a run,
+each ``resume``, every test that loads it). The first load therefore saves what it built (float
+weights as safetensors, the config without its GGUF quantisation mark, the generation config and
+the tokenizer files) in a folder under ``$ACTIVEPREF_MODEL_CACHE`` (default
+``~/.cache/activepref/models/converted``, beside the assembled Qwen GGUF); every load, the first
+included, then reads that folder, which takes well under a second. The weights, tokens, chat
+template and logits are bit-identical to the GGUF load (``tests/test_converted_models.py``).
+
+A folder's name carries a digest of the GGUF's absolute path, size and modification time, the
+dtype, the model class and the transformers version, so a changed file or library converts
+again. It is written under a temporary name and renamed when complete, so a killed conversion
+leaves nothing half-written (its temporary folder is removed by the next conversion of that file
+once an hour old); a folder that fails to load is removed and rebuilt. Where no copy
+can be written (a read-only or full disk) the GGUF load is used as before.
+``ACTIVEPREF_MODEL_CACHE=off`` turns copies off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV = "ACTIVEPREF_MODEL_CACHE"
+OFF = ("off", "0", "false", "no")
+DONE = "activepref-converted.json"  # written last, so a folder without it is not a finished copy
+ABANDONED_S = 3600.0
+
+
+def cache_root() -> Path | None:
+    """Where converted copies live, or None when turned off."""
+    env = os.environ.get(ENV)
+    if env is not None and env.strip().lower() in OFF:
+        return None
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "activepref" / "models" / "converted"
+
+
+def copy_dir(model: str, gguf_file: str, dtype: str, model_class: str) -> Path | None:
+    """The folder of this GGUF's converted copy, or None (copies off, or not a local file)."""
+    root = cache_root()
+    source = Path(model) / gguf_file
+    if root is None or not source.is_file():
+        return None
+    import transformers
+
+    stat = source.stat()
+    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, dtype, model_class, transformers.__version__])
+    return root / f"{source.stem}-{model_class}-{dtype}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def load_copy(folder: Path, auto: Any, dtype: Any) -> tuple[Any, Any] | None:
+    """(model, tokenizer) from a finished copy; None when there is none or it is damaged (then removed)."""
+    if not (folder / DONE).is_file():
+        return None
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        net = auto.from_pretrained(str(folder), dtype=dtype)
+    except Exception as exc:  # a truncated or tampered copy: convert again
+        log.warning("converted model copy %s does not load (%s: %s); converting the GGUF again", folder, type(exc).__name__, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return net, tokenizer
+
+
+def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
+    """Save a GGUF-loaded model and its tokenizer as a finished copy; False (and a warning)
+    when the disk refuses. Another process that finished first wins; this one's copy is dropped."""
+    import copy
+
+    from safetensors.torch import save_model
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    except OSError as exc:
+        log.warning("cannot keep a converted copy of %s under %s (%s); each load converts it again", source, folder.parent, exc)
+        return False
+    try:
+        config = copy.deepcopy(net.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config  # the weights saved here are plain floats
+        config.save_pretrained(str(tmp))
+        if getattr(net, "generation_config", None) is not None:
+            net.generation_config.save_pretrained(str(tmp))
+        save_model(net, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / DONE).write_text(json.dumps({"source": source}), encoding="utf-8")
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / DONE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent load finished the same copy first
+        return True
+    except (OSError, RuntimeError) as exc:  # a full disk shows as either
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("cannot keep a converted copy of %s (%s); each load converts it again", source, exc)
+        return False
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Remove this copy's temporary folders that a killed process left (untouched for an hour:
+    a conversion in progress elsewhere writes to its folder every few seconds)."""
+    for tmp in folder.parent.glob(folder.name + ".*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > ABANDONED_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def load_gguf(model: str, gguf_file: str, dtype_name: str, dtype: Any, model_class: str, auto: Any,
+              convert: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """(model, tokenizer) of a GGUF: from its converted copy, made first with ``convert()`` (the
+    plain GGUF load) when missing. Without a copy (off, remote, unwritable) ``convert()``'s result."""
+    folder = copy_dir(model, gguf_file, dtype_name, model_class)
+    if folder is None:
+        return convert()
+    found = load_copy(folder, auto, dtype)
+    if found is not None:
+        return found
+    net, tokenizer = convert()
+    if write_copy(folder, net, tokenizer, str(Path(model) / gguf_file)):
+        found = load_copy(folder, auto, dtype)  # the same object kind on every load, the first included
+        if found is not None:
+            return found
+    return net, tokenizer
