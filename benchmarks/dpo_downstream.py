@@ -297,7 +297,9 @@ def job(path: Path, compute: Any) -> dict[str, Any]:
     return result
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float, stages: dict[str, float]) -> dict[str, Any]:
+def write_summary(
+    out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float, stages: dict[str, float], missing: list[str] | None = None,
+) -> dict[str, Any]:
     from activepref.bench.metrics import mean_ci as interval  # (mean, 95% t-interval half-width)
 
     by: dict[tuple[str, float], list[dict[str, Any]]] = {}
@@ -310,9 +312,9 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         f"{args.heldout} held-out prompts; SmolLM2-135M-Instruct + LoRA DPO. Base model: "
         f"prompt-loose {rows[0]['base_prompt_loose']:.3f}, instruction-loose {rows[0]['base_inst_loose']:.3f}.",
         "",
-        "| method | budget | pairs | judge calls | generated tokens / pair | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) | label acc. "
-        "| paired Δ vs random (prompt-loose) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | budget | seeds | pairs | judge calls | generated tokens / pair | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) "
+        "| label acc. | paired Δ vs random (prompt-loose) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     headline: dict[str, Any] = {}
     for (method, fraction), group in sorted(by.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
@@ -324,7 +326,7 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         label = [g["label_accuracy"] for g in group if g["label_accuracy"] is not None]
         per_pair = [g["generated_tokens_per_pair"] for g in group if g.get("generated_tokens_per_pair") is not None]
         lines.append(
-            f"| {method} | {fraction:.3g} | {np.mean([g['pairs'] for g in group]):.0f} | {np.mean([g['judge_calls'] for g in group]):.0f} "
+            f"| {method} | {fraction:.3g} | {len(group)} | {np.mean([g['pairs'] for g in group]):.0f} | {np.mean([g['judge_calls'] for g in group]):.0f} "
             f"| {f'{np.mean(per_pair):.0f}' if per_pair else 'n/a'} "
             f"| {dp[0]:+.3f} ± {dp[1]:.3f} | {di[0]:+.3f} ± {di[1]:.3f} | {np.mean(label) if label else float('nan'):.3f} "
             f"| {'' if method == 'random' else f'{pd[0]:+.3f} ± {pd[1]:.3f}'} |"
@@ -343,6 +345,8 @@ def write_summary(out: Path, rows: list[dict[str, Any]], args: argparse.Namespac
         f"| held-out evaluation | {len(rows)} | {stages['heldout_eval_s'] / 60:.1f} | {stages['heldout_eval_s'] / max(1, len(rows)):.0f} |",
         "", f"Wall time of this invocation {wall / 60:.1f} min.",
     ]
+    if missing:
+        lines += ["", f"Not yet run (a report of a grid in progress, `--report-only`): {', '.join(missing)}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return headline
 
@@ -413,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="model-level methods: the response-level method that picks the pair among what the chosen models generated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: write results.csv, summary.md and the plot from the jobs finished so far (a grid in progress)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.quick:  # the quick settings, except where given on the command line
@@ -430,13 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     out = Path(args.out)
     split = split_pool(Path(args.pool), args.heldout, out)
-    policies = Policies(args)
+    if args.report_only and not (out / "jobs" / "base.json").exists():
+        raise SystemExit(f"{out}: no base model evaluation yet; run without --report-only first")
+    policies = None if args.report_only else Policies(args)
     base = job(out / "jobs" / "base.json", lambda: timed(lambda: score_answers(split.heldout, policies.answer(policies.base, split.heldout)), "eval_s"))
     log.info("base model: %s", base)
-    rows = []
+    rows, missing = [], []
     for seed in range(args.seeds):
         for method in args.methods:
             run_dir = out / "runs" / f"{method}-seed{seed}"
+            if args.report_only and not all((out / "jobs" / f"{method}-seed{seed}-f{f:.3f}.json").exists() for f in args.fractions):
+                missing += [f"{method}-seed{seed}-f{f:.3f}" for f in args.fractions if not (out / "jobs" / f"{method}-seed{seed}-f{f:.3f}.json").exists()]
+                if not any((out / "jobs" / f"{method}-seed{seed}-f{f:.3f}.json").exists() for f in args.fractions):
+                    continue
             selection = job(out / "jobs" / f"select-{method}-seed{seed}.json", lambda method=method, seed=seed: timed_selection(method, seed, split, args, out))
             log.info("%s seed %d: selection done (%.0f s)", method, seed, selection["select_s"])
             for fraction in args.fractions:
@@ -451,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                     return {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy,
                             "generated_tokens": data.generated_tokens, **scores, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
 
+                if args.report_only and not (out / "jobs" / f"{name}.json").exists():
+                    continue
                 result = with_tokens(out / "jobs" / f"{name}.json", job(out / "jobs" / f"{name}.json", compute), method, seed, fraction,
                                      split, args, out)
                 row = {"method": method, "seed": seed, "budget_fraction": round(fraction, 4), **result, "judge": args.judge,
@@ -462,13 +476,17 @@ def main(argv: list[str] | None = None) -> int:
                 row["generated_tokens_per_pair"] = tokens / row["pairs"] if tokens is not None and row["pairs"] else None
                 rows.append(row)
                 log.info("%s: %s", name, {k: row[k] for k in ("pairs", "judge_calls", "prompt_loose", "delta_prompt_loose", "label_accuracy")})
+    if not rows:
+        raise SystemExit(f"{out}: no finished job among the requested methods, seeds and fractions")
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     wall = time.time() - started
     stages = stage_times(base, rows)
-    headline = write_summary(out, rows, args, wall, stages)
+    if missing:
+        log.info("not yet run (left out of the report): %s", ", ".join(missing))
+    headline = write_summary(out, rows, args, wall, stages, missing)
     plot(out, rows)
     print(json.dumps({"judge": args.judge, "budget": args.budget, "seeds": args.seeds, "base_prompt_loose": base["prompt_loose"],
                       "delta_prompt_loose_full_budget": headline, "stage_s": stages, "wall_s": round(wall, 1)}))

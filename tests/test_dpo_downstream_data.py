@@ -137,3 +137,37 @@ def test_a_pool_with_other_held_out_prompts_is_refused(tmp_path: Path) -> None:
                    tmp_path / "pool.parquet")
     with pytest.raises(SystemExit, match="held-out prompts"):
         D.split_pool(tmp_path / "pool.parquet", 10, out)
+
+
+def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Path, monkeypatch) -> None:
+    import csv
+
+    out = tmp_path / "out"
+    pool = toy_pool(tmp_path / "pool.parquet", tokens=True)
+    common = ["--pool", str(pool), "--heldout", "10", "--budget", "24", "--batch-size", "8", "--fractions", "1.0", "--out", str(out)]
+    with pytest.raises(SystemExit, match="no base model"):
+        D.main([*common, "--report-only", "--methods", "random"])
+    split = D.split_pool(pool, 10, out)
+    (out / "jobs").mkdir()
+    (out / "jobs" / "base.json").write_text(json.dumps({"prompt_strict": 0.1, "prompt_loose": 0.2, "inst_strict": 0.3, "inst_loose": 0.4,
+                                                       "eval_s": 1.0}))
+    for method, seed, loose in (("random", 0, 0.3), ("dts", 0, 0.25), ("random", 1, 0.1)):  # dts seed 1: not run yet
+        data = D.dataset_at(D.run_selection(method, seed, split, args(), out), 1.0)
+        (out / "jobs" / f"select-{method}-seed{seed}.json").write_text(json.dumps({"run_dir": "x", "select_s": 1.0}))
+        (out / "jobs" / f"{method}-seed{seed}-f1.000.json").write_text(json.dumps({
+            "pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy, "prompt_strict": loose,
+            "prompt_loose": loose, "inst_strict": loose, "inst_loose": loose, "train_s": 1.0, "eval_s": 1.0}))
+
+    def no_training(*_a, **_k):
+        raise AssertionError("--report-only must not load or train a policy")
+
+    monkeypatch.setattr(D, "Policies", no_training)
+    assert D.main([*common, "--report-only", "--methods", "random", "dts", "--seeds", "2"]) == 0
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("dts", "0"), ("random", "0"), ("random", "1")]
+    assert all(float(r["generated_tokens_per_pair"]) > 0 for r in rows)  # backfilled from the rebuilt runs
+    assert {r["method"]: float(r["delta_prompt_loose"]) for r in rows if r["seed"] == "0"} == pytest.approx({"random": 0.1, "dts": 0.05})
+    summary = (out / "summary.md").read_text()
+    assert "Not yet run" in summary and "dts-seed1-f1.000" in summary
+    assert "| random | 1 | 2 |" in summary and "| dts | 1 | 1 |" in summary  # the seeds each mean is over
