@@ -66,31 +66,32 @@ class Split:
 
 def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
     """Hold out ``heldout`` prompts (a seeded draw, the same for every method and seed) and
-    write the rest as the runs' pool."""
+    write the rest as the runs' pool. An ``--out`` keeps its held-out prompts: a pool that would
+    hold out others is refused before anything is written; a pool that changed otherwise (e.g.
+    gained columns with ``build_ifeval_pool.py --augment``) gets its training pool rewritten."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     out.mkdir(parents=True, exist_ok=True)
-    train_path, heldout_path = out / "train_pool.parquet", out / "heldout.jsonl"
+    train_path, heldout_path, stamp_path = out / "train_pool.parquet", out / "heldout.jsonl", out / "split.json"
     table = pq.read_table(pool)
-    if train_path.exists() and heldout_path.exists() and pq.read_schema(train_path).names == table.column_names:
-        return Split(train_path, [json.loads(line) for line in heldout_path.read_text().splitlines()])
-    # (re)built: a source pool that gained columns (e.g. --augment) gives the same split, since
-    # the held-out draw depends only on the prompt ids and the seed
     ids = sorted(set(table.column("prompt_id").to_pylist()))
     picked = set(np.asarray(ids)[np.random.default_rng(seed).choice(len(ids), size=heldout, replace=False)].tolist())
     mask = pc.is_in(table.column("prompt_id"), value_set=pa.array(sorted(picked)))
-    held_rows = table.filter(mask).select(["prompt_id", "prompt", "instructions"]).to_pylist()
     seen: dict[str, dict[str, Any]] = {}
-    for row in held_rows:
+    for row in table.filter(mask).select(["prompt_id", "prompt", "instructions"]).to_pylist():
         seen.setdefault(row["prompt_id"], {**row, "instructions": json.loads(row["instructions"])})
-    pq.write_table(table.filter(pc.invert(mask)), out / "train_pool.tmp.parquet")
-    (out / "train_pool.tmp.parquet").replace(train_path)
     text = "".join(json.dumps(seen[i]) + "\n" for i in sorted(seen))
     if heldout_path.exists() and heldout_path.read_text() != text:
         raise SystemExit(f"{heldout_path}: the held-out prompts of this pool differ from the ones already evaluated; use a new --out")
-    heldout_path.write_text(text)
+    info = Path(pool).stat()
+    stamp = json.dumps({"pool": str(Path(pool).resolve()), "bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "heldout": heldout, "seed": seed})
+    if not (train_path.exists() and stamp_path.exists() and stamp_path.read_text() == stamp):
+        pq.write_table(table.filter(pc.invert(mask)), out / "train_pool.tmp.parquet")
+        (out / "train_pool.tmp.parquet").replace(train_path)
+        heldout_path.write_text(text)
+        stamp_path.write_text(stamp)
     return Split(train_path, [seen[i] for i in sorted(seen)])
 
 
@@ -113,13 +114,14 @@ def is_model_level(method: str) -> bool:
     return get_method(method).kind == "model"
 
 
-def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path) -> Path:
-    """The active loop on the training pool within the budget (resumed if it exists)."""
+def run_selection(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path, run_dir: Path | None = None) -> Path:
+    """The active loop on the training pool within the budget (resumed if it exists), in
+    ``run_dir`` (default ``OUT/runs/METHOD-seedSEED``)."""
     from activepref.config import load_config
     from activepref.core.runs import resume, run
     from activepref.core.store import RunStore
 
-    run_dir = out / "runs" / f"{method}-seed{seed}"
+    run_dir = run_dir or out / "runs" / f"{method}-seed{seed}"
     if RunStore.exists(run_dir):
         resume(run_dir)
         return run_dir
@@ -236,15 +238,27 @@ def timed_selection(method: str, seed: int, split: Split, args: argparse.Namespa
     return timed(lambda: {"run_dir": str(run_selection(method, seed, split, args, out))}, "select_s")
 
 
+def pairs_digest(pairs: list[tuple[list[dict[str, str]], str, str]]) -> str:
+    """SHA-256 of a dataset's (conversation, chosen, rejected) triples, in order."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(pairs, sort_keys=True).encode()).hexdigest()
+
+
 def with_tokens(
     path: Path, result: dict[str, Any], method: str, seed: int, fraction: float, split: Split, args: argparse.Namespace, out: Path,
 ) -> dict[str, Any]:
     """A finished job's result with its ``generated_tokens``, added to its record if an older
-    version of this script (or a pool without token counts) left it out. The run is rebuilt
-    from the current pool when needed (selection is seconds and deterministic); its dataset
-    must have the pairs the job trained on, or the record is refused as not reproducible."""
+    version of this script (or a pool without token counts) left it out. The tokens come from
+    the run if it has token counts, else from a rebuild of it on the current pool (selection
+    is seconds and deterministic) in a folder of its own, which must give the dataset the job
+    trained on (pairs, judge calls, label accuracy, and the pairs' digest where the record has
+    one) or the record is refused and nothing changes. A matching rebuild replaces the old run,
+    except under ``--report-only`` (a training process may be using the runs)."""
     if result.get("generated_tokens") is not None:
         return result
+    import shutil
+
     import pyarrow.parquet as pq
 
     if "completion_tokens" not in pq.read_schema(split.train_pool).names:
@@ -252,19 +266,31 @@ def with_tokens(
     from activepref.core.store import RunStore
 
     run_dir = out / "runs" / f"{method}-seed{seed}"
+    known = False
     if RunStore.exists(run_dir):
         with RunStore.open_readonly(run_dir) as store:
             known = any(c >= 0 for *_, c in store.response_usage())
-        if not known:  # built from the pool before it had token counts
-            import shutil
-
-            shutil.rmtree(run_dir)
-    data = dataset_at(run_selection(method, seed, split, args, out), fraction)
-    if len(data.pairs) != result["pairs"] or data.judge_calls != result["judge_calls"]:
-        raise SystemExit(
-            f"{path}: rebuilding {method} seed {seed} gave {len(data.pairs)} pairs and {data.judge_calls} judge calls, "
-            f"not the {result['pairs']} and {result['judge_calls']} it trained on"
-        )
+    rebuilt = None if known else run_dir.with_name(run_dir.name + ".rebuilt")
+    if rebuilt is not None:
+        shutil.rmtree(rebuilt, ignore_errors=True)
+    data = dataset_at(run_dir if rebuilt is None else run_selection(method, seed, split, args, out, run_dir=rebuilt), fraction)
+    wrong = [
+        f"{what} {got!r}, not {want!r}" for what, got, want in (
+            ("pairs", len(data.pairs), result["pairs"]), ("judge calls", data.judge_calls, result["judge_calls"]),
+            ("label accuracy", data.label_accuracy, result.get("label_accuracy")),
+            ("pairs digest", pairs_digest(data.pairs), result.get("pairs_sha256", pairs_digest(data.pairs))),
+        ) if got != want
+    ]
+    if wrong:
+        if rebuilt is not None:
+            shutil.rmtree(rebuilt, ignore_errors=True)
+        raise SystemExit(f"{path}: the {'rebuilt ' if rebuilt else ''}run of {method} seed {seed} gives {'; '.join(wrong)}: not the dataset it trained on")
+    if rebuilt is not None:
+        if getattr(args, "report_only", False):
+            shutil.rmtree(rebuilt)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            rebuilt.rename(run_dir)
     result = {**result, "generated_tokens": data.generated_tokens}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
@@ -461,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                     t1 = time.time()
                     scores = score_answers(split.heldout, policies.answer(policy, split.heldout))
                     return {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy,
-                            "generated_tokens": data.generated_tokens, **scores, "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
+                            "generated_tokens": data.generated_tokens, "pairs_sha256": pairs_digest(data.pairs), **scores,
+                            "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
 
                 if args.report_only and not (out / "jobs" / f"{name}.json").exists():
                     continue

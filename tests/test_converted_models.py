@@ -140,3 +140,53 @@ def test_turned_off_remote_or_unwritable_means_the_gguf_load(converted, tmp_path
     blocked.write_text("x")
     assert not converted_models.write_copy(blocked / "copy", state.first.model, state.first.tokenizer, "test")
     assert blocked.read_text() == "x"
+
+
+def test_weights_left_quantised_are_not_copied(converted, tmp_path):
+    state, mp = converted
+    mp.setenv(converted_models.ENV, str(tmp_path / "cache"))
+    packed = torch.nn.Linear(2, 2)
+    packed.register_buffer("blocks", torch.zeros(4, dtype=torch.uint8))  # what a GGUF load that keeps Q4 blocks holds
+    result = (packed, state.first.tokenizer)
+    got = converted_models.load_gguf(str(state.folder), state.name, "float32", torch.float32, "causal_lm", None, lambda: result)
+    assert got[0] is packed and got[1] is state.first.tokenizer
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_copy_that_does_not_reproduce_the_gguf_load_is_dropped(converted, tmp_path):
+    import copy
+
+    state, mp = converted
+    net, tok = state.first.model, state.first.tokenizer
+    assert converted_models._differs(net, tok, net, tok) is None
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert converted_models._differs(net, tok, other, tok) == "weights"
+    del other
+    left = copy.deepcopy(tok)
+    left.padding_side = "left" if tok.padding_side != "left" else "right"
+    assert converted_models._differs(net, tok, net, left) == "padding_side"
+
+    # load_gguf keeps no copy that differs, and returns the GGUF load itself
+    mp.setenv(converted_models.ENV, str(tmp_path / "cache"))
+    mp.setattr(converted_models, "_differs", lambda *a: "token ids of 'x'")
+    import transformers
+
+    result = (net, tok)
+    got = converted_models.load_gguf(str(state.folder), state.name, "float32", torch.float32, "causal_lm",
+                                     transformers.AutoModelForCausalLM, lambda: result)
+    assert got[0] is net and got[1] is tok and list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_disk_that_refuses_the_weights_costs_only_the_speed_up(converted, tmp_path, monkeypatch):
+    state, _ = converted
+    import safetensors.torch
+
+    def full(*_a, **_k):
+        raise safetensors.SafetensorError("No space left on device (os error 28)")  # not an OSError
+
+    monkeypatch.setattr(safetensors.torch, "save_model", full)
+    target = tmp_path / "cache" / "copy"
+    assert not converted_models.write_copy(target, state.first.model, state.first.tokenizer, "test")
+    assert list((tmp_path / "cache").iterdir()) == []  # its temporary folder went too

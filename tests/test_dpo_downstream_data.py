@@ -103,28 +103,36 @@ def test_a_pool_without_token_counts_reports_none(tmp_path: Path) -> None:
 
 def test_old_job_records_get_their_tokens_from_a_rebuilt_run(tmp_path: Path) -> None:
     """A job trained before the pool had token counts: the pool gains the columns, the split is
-    rebuilt with the same held-out prompts, the run is rebuilt and must reproduce the job's pairs."""
+    rebuilt with the same held-out prompts, the run is rebuilt beside the old one and must
+    reproduce the job's dataset before it replaces it."""
     out = tmp_path / "out"
     plain = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=False), 10, out)
     data = D.dataset_at(D.run_selection("dts", 1, plain, args(), out), 1.0)
-    record = {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "prompt_loose": 0.25}
+    record = {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy, "prompt_loose": 0.25}
     path = out / "jobs" / "dts-seed1-f1.000.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(record))
     held = (out / "heldout.jsonl").read_text()
+    run_dir = out / "runs" / "dts-seed1"
 
     richer = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=True), 10, out)
     assert (out / "heldout.jsonl").read_text() == held
     assert "completion_tokens" in __import__("pyarrow.parquet").parquet.read_schema(richer.train_pool).names
-    result = D.with_tokens(path, record, "dts", 1, 1.0, richer, args(), out)
-    assert result["generated_tokens"] == expected_tokens(out / "runs" / "dts-seed1", 1.0) > 0
-    assert json.loads(path.read_text()) == result  # kept, so the next invocation does not rebuild
 
-    wrong = {**record, "pairs": record["pairs"] + 1}
-    path.write_text(json.dumps(wrong))
-    with pytest.raises(SystemExit, match="not the"):
-        D.with_tokens(path, wrong, "dts", 1, 1.0, richer, args(), out)
-    assert json.loads(path.read_text()) == wrong  # a refused record is left as it was
+    # a record the rebuild does not reproduce is refused, and the old run stays as it was
+    for wrong in ({**record, "pairs": record["pairs"] + 1}, {**record, "pairs_sha256": "0" * 64}):
+        path.write_text(json.dumps(wrong))
+        before = (run_dir / "run.sqlite").stat().st_mtime_ns
+        with pytest.raises(SystemExit, match="not the dataset it trained on"):
+            D.with_tokens(path, wrong, "dts", 1, 1.0, richer, args(), out)
+        assert json.loads(path.read_text()) == wrong and (run_dir / "run.sqlite").stat().st_mtime_ns == before
+        assert not (out / "runs" / "dts-seed1.rebuilt").exists()
+
+    good = {**record, "pairs_sha256": D.pairs_digest(data.pairs)}
+    path.write_text(json.dumps(good))
+    result = D.with_tokens(path, good, "dts", 1, 1.0, richer, args(), out)
+    assert result["generated_tokens"] == expected_tokens(run_dir, 1.0) > 0  # the rebuilt run replaced the old one
+    assert json.loads(path.read_text()) == result  # kept, so the next invocation does not rebuild
+    assert D.with_tokens(path, {**good, "generated_tokens": None}, "dts", 1, 1.0, richer, args(), out) == result  # from the run now
 
 
 def test_a_pool_with_other_held_out_prompts_is_refused(tmp_path: Path) -> None:
@@ -135,8 +143,10 @@ def test_a_pool_with_other_held_out_prompts_is_refused(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "pool.parquet")
     pq.write_table(table.slice(0, 4 * 50).append_column("completion_tokens", __import__("pyarrow").array([1] * 200)),
                    tmp_path / "pool.parquet")
+    before = {f: (out / f).read_bytes() for f in ("train_pool.parquet", "heldout.jsonl", "split.json")}
     with pytest.raises(SystemExit, match="held-out prompts"):
         D.split_pool(tmp_path / "pool.parquet", 10, out)
+    assert {f: (out / f).read_bytes() for f in before} == before  # refused before anything was written
 
 
 def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Path, monkeypatch) -> None:

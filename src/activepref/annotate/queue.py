@@ -294,20 +294,24 @@ class AnnotationQueue:
         found: dict[tuple[int, int], TaskOutcome] = {}
         for start in range(0, len(keys), OUTCOME_CHUNK):
             chunk = keys[start : start + OUTCOME_CHUNK]
+            # a join on the wanted pairs, so the (first_idx, second_idx) index finds each task
+            # (a row-value IN scanned the whole table once per chunk)
             found.update(self._outcomes(
-                f"WHERE (t.first_idx, t.second_idx) IN (VALUES {', '.join('(?, ?)' for _ in chunk)})", [v for k in chunk for v in k]
+                f"WITH w(a, b) AS (VALUES {', '.join('(?, ?)' for _ in chunk)}) ",
+                "JOIN w ON t.first_idx = w.a AND t.second_idx = w.b", [v for k in chunk for v in k],
             ))
         return {wanted[k]: o for k, o in found.items()}
 
     def human_pairs(self) -> dict[frozenset[int], TaskOutcome]:
         """Every task's outcome keyed by its unordered pair (the export's `judged_by`), in one query."""
-        return {frozenset((o.first_idx, o.second_idx)): o for o in self._outcomes("", []).values()}
+        return {frozenset((o.first_idx, o.second_idx)): o for o in self._outcomes("", "", []).values()}
 
-    def _outcomes(self, where: str, args: Sequence[int]) -> dict[tuple[int, int], TaskOutcome]:
-        """(first, second) -> outcome of the tasks ``where`` selects (``t``: annotation_tasks)."""
+    def _outcomes(self, with_: str, join: str, args: Sequence[int]) -> dict[tuple[int, int], TaskOutcome]:
+        """(first, second) -> outcome of the tasks that ``join`` keeps (``t``: annotation_tasks;
+        ``with_``: a WITH clause it may use)."""
         rows = self.conn.execute(
-            "SELECT t.task_id, t.first_idx, t.second_idx, t.state, t.labels_needed, l.annotator, l.choice "
-            f"FROM annotation_tasks t LEFT JOIN annotation_labels l ON l.task_id = t.task_id {where} "
+            f"{with_}SELECT t.task_id, t.first_idx, t.second_idx, t.state, t.labels_needed, l.annotator, l.choice "
+            f"FROM annotation_tasks t {join} LEFT JOIN annotation_labels l ON l.task_id = t.task_id "
             "ORDER BY t.task_id, l.created, l.annotator",
             list(args),
         ).fetchall()

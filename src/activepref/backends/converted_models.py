@@ -59,7 +59,7 @@ def copy_dir(model: str, gguf_file: str, dtype: str, model_class: str) -> Path |
     import transformers
 
     stat = source.stat()
-    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, dtype, model_class, transformers.__version__])
+    key = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino, dtype, model_class, transformers.__version__])
     return root / f"{source.stem}-{model_class}-{dtype}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -103,6 +103,7 @@ def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
         save_model(net, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
         (tmp / DONE).write_text(json.dumps({"source": source}), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache shared between users must be readable
         try:
             os.rename(tmp, folder)
         except OSError:
@@ -110,7 +111,7 @@ def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent load finished the same copy first
         return True
-    except (OSError, RuntimeError) as exc:  # a full disk shows as either
+    except Exception as exc:  # a full disk: OSError, or safetensors' own SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
         log.warning("cannot keep a converted copy of %s (%s); each load converts it again", source, exc)
         return False
@@ -130,7 +131,8 @@ def _remove_abandoned(folder: Path) -> None:
 def load_gguf(model: str, gguf_file: str, dtype_name: str, dtype: Any, model_class: str, auto: Any,
               convert: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
     """(model, tokenizer) of a GGUF: from its converted copy, made first with ``convert()`` (the
-    plain GGUF load) when missing. Without a copy (off, remote, unwritable) ``convert()``'s result."""
+    plain GGUF load) when missing. Without a copy (off, remote, unwritable, weights that stayed
+    quantised, or a copy that does not reproduce the GGUF load) ``convert()``'s result."""
     folder = copy_dir(model, gguf_file, dtype_name, model_class)
     if folder is None:
         return convert()
@@ -138,8 +140,36 @@ def load_gguf(model: str, gguf_file: str, dtype_name: str, dtype: Any, model_cla
     if found is not None:
         return found
     net, tokenizer = convert()
+    if not all(t.dtype.is_floating_point for t in net.state_dict().values()):
+        return net, tokenizer  # weights kept packed (a quantised matmul kernel): nothing plain to copy
     if write_copy(folder, net, tokenizer, str(Path(model) / gguf_file)):
         found = load_copy(folder, auto, dtype)  # the same object kind on every load, the first included
         if found is not None:
-            return found
+            problem = _differs(net, tokenizer, *found)
+            if problem is None:
+                return found
+            log.warning("the converted copy of %s differs from the GGUF load (%s); loading the GGUF each time", gguf_file, problem)
+            shutil.rmtree(folder, ignore_errors=True)
     return net, tokenizer
+
+
+PROBES = ("Hello world, how are you?", "  two  spaces\n\ttab, café — 日本語 🙂 <|im_end|>", "def f(x):\n    return x ** 2\n")
+
+
+def _differs(net: Any, tokenizer: Any, copy_net: Any, copy_tokenizer: Any) -> str | None:
+    """Why the copy would not behave as the GGUF load, or None: checked once, when a copy is
+    written (weights bit for bit, token ids of a few probes, the chat template, special tokens)."""
+    import torch
+
+    ours, theirs = net.state_dict(), copy_net.state_dict()
+    if ours.keys() != theirs.keys() or not all(torch.equal(ours[k], theirs[k]) for k in ours):
+        return "weights"
+    for text in PROBES:
+        if tokenizer(text)["input_ids"] != copy_tokenizer(text)["input_ids"]:
+            return f"token ids of {text!r}"
+    if getattr(tokenizer, "chat_template", None) != getattr(copy_tokenizer, "chat_template", None):
+        return "chat template"
+    for attr in ("eos_token", "bos_token", "pad_token", "padding_side"):
+        if getattr(tokenizer, attr, None) != getattr(copy_tokenizer, attr, None):
+            return attr
+    return None
