@@ -136,6 +136,15 @@ def test_turned_off_remote_or_unwritable_means_the_gguf_load(converted, tmp_path
     assert not old.exists() and fresh.exists()
     fresh.rmdir()
 
+    # a finished copy nobody loaded for 30 days goes when another is written; one in use stays
+    in_use = [d for d in state.cache.iterdir() if (d / converted_models.DONE).is_file()]
+    stale = state.cache / "OldModel-causal_lm-float32-0123456789abcdef"
+    stale.mkdir()
+    (stale / converted_models.DONE).write_text("{}")
+    os.utime(stale / converted_models.DONE, (0, 0))
+    converted_models._remove_unused(state.cache)
+    assert not stale.exists() and in_use and all(d.exists() for d in in_use)
+
     blocked = tmp_path / "a-file"
     blocked.write_text("x")
     assert not converted_models.write_copy(blocked / "copy", state.first.model, state.first.tokenizer, "test")

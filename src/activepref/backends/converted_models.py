@@ -13,7 +13,8 @@ A folder's name carries a digest of the GGUF's absolute path, size and modificat
 dtype, the model class and the transformers version, so a changed file or library converts
 again. It is written under a temporary name and renamed when complete, so a killed conversion
 leaves nothing half-written (its temporary folder is removed by the next conversion of that file
-once an hour old); a folder that fails to load is removed and rebuilt. Where no copy
+once an hour old); a folder that fails to load is removed and rebuilt; copies no process has
+loaded for 30 days are removed when another copy is written. Where no copy
 can be written (a read-only or full disk) the GGUF load is used as before.
 ``ACTIVEPREF_MODEL_CACHE=off`` turns copies off.
 """
@@ -37,6 +38,7 @@ ENV = "ACTIVEPREF_MODEL_CACHE"
 OFF = ("off", "0", "false", "no")
 DONE = "activepref-converted.json"  # written last, so a folder without it is not a finished copy
 ABANDONED_S = 3600.0
+UNUSED_S = 30 * 86400.0
 
 
 def cache_root() -> Path | None:
@@ -76,6 +78,10 @@ def load_copy(folder: Path, auto: Any, dtype: Any) -> tuple[Any, Any] | None:
         log.warning("converted model copy %s does not load (%s: %s); converting the GGUF again", folder, type(exc).__name__, exc)
         shutil.rmtree(folder, ignore_errors=True)
         return None
+    try:
+        os.utime(folder / DONE)  # last use: what _remove_unused goes by
+    except OSError:
+        pass  # a read-only cache still serves
     return net, tokenizer
 
 
@@ -89,6 +95,7 @@ def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(folder)
+        _remove_unused(folder.parent)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
     except OSError as exc:
         log.warning("cannot keep a converted copy of %s under %s (%s); each load converts it again", source, folder.parent, exc)
@@ -124,6 +131,17 @@ def _remove_abandoned(folder: Path) -> None:
         try:
             if time.time() - tmp.stat().st_mtime > ABANDONED_S:
                 shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _remove_unused(root: Path) -> None:
+    """Remove finished copies nobody has loaded for UNUSED_S (a GGUF that was replaced, or a
+    transformers version no longer installed, leaves its copy behind: 0.5-2 GB each)."""
+    for done in root.glob(f"*/{DONE}"):
+        try:
+            if time.time() - done.stat().st_mtime > UNUSED_S:
+                shutil.rmtree(done.parent, ignore_errors=True)
         except OSError:
             pass
 
