@@ -401,7 +401,8 @@ def plot(out: Path, rows: list[dict[str, Any]]) -> None:
         xs = [float(np.mean([c for c, _ in v])) + shift for _, v in sorted(pts.items())]
         ys = [float(np.mean([d for _, d in v])) for _, v in sorted(pts.items())]
         err = [interval([d for _, d in v])[1] if len(v) > 1 else 0.0 for _, v in sorted(pts.items())]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
+        # 20 distinct colours and a marker cycle: a dozen methods stay tellable apart
+        ax.errorbar(xs, ys, yerr=err, marker="osD^v<>"[k % 7], color=plt.cm.tab20(k % 20), capsize=3, label=method)
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xlabel("judge calls (methods offset slightly; bars: 95% t-interval over seeds)")
     ax.set_ylabel("held-out prompt-loose accuracy - base model")
