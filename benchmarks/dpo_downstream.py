@@ -238,6 +238,29 @@ def timed_selection(method: str, seed: int, split: Split, args: argparse.Namespa
     return timed(lambda: {"run_dir": str(run_selection(method, seed, split, args, out))}, "select_s")
 
 
+def ensure_run(method: str, seed: int, split: Split, args: argparse.Namespace, out: Path) -> Path:
+    """The selection run of a finished selection job. The runs are not committed (only the job
+    records are), so a fresh checkout rebuilds a missing one (seconds; selection is
+    deterministic) and checks it against every trained record of that (method, seed) that
+    carries a digest: a rebuild that would give another dataset is refused."""
+    from activepref.core.store import RunStore
+
+    run_dir = out / "runs" / f"{method}-seed{seed}"
+    if RunStore.exists(run_dir):
+        return run_dir
+    log.info("%s seed %d: its selection run is missing here; rebuilding it", method, seed)
+    run_selection(method, seed, split, args, out)
+    for fraction in sorted({1.0, *args.fractions}):
+        record = out / "jobs" / f"{method}-seed{seed}-f{fraction:.3f}.json"
+        result = json.loads(record.read_text()) if record.exists() else {}
+        if "pairs_sha256" in result and pairs_digest(dataset_at(run_dir, fraction).pairs) != result["pairs_sha256"]:
+            import shutil
+
+            shutil.rmtree(run_dir)
+            raise SystemExit(f"{record}: the rebuilt run of {method} seed {seed} is not the dataset this record trained on")
+    return run_dir
+
+
 def pairs_digest(pairs: list[tuple[list[dict[str, str]], str, str]]) -> str:
     """SHA-256 of a dataset's (conversation, chosen, rejected) triples, in order."""
     import hashlib
@@ -478,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
             selection = job(out / "jobs" / f"select-{method}-seed{seed}.json", lambda method=method, seed=seed: timed_selection(method, seed, split, args, out))
             log.info("%s seed %d: selection done (%.0f s)", method, seed, selection["select_s"])
+            if not args.report_only:
+                ensure_run(method, seed, split, args, out)
             for fraction in args.fractions:
                 name = f"{method}-seed{seed}-f{fraction:.3f}"
 

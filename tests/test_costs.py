@@ -188,3 +188,49 @@ def test_a_kill_mid_iteration_does_not_move_where_the_budget_stops(tmp_path) -> 
     assert a["stopped"] == b["stopped"] == "stopped: budget"
     assert a["iterations_done"] == b["iterations_done"] == 3 and a["cost"] == b["cost"]
     assert export_jsonl(tmp_path / "whole", tmp_path / "a.jsonl") == export_jsonl(tmp_path / "killed", tmp_path / "b.jsonl")
+
+
+def delta_pair_config(root: Path, name: str, srv, prompts: Path, strong: str, weak: str) -> Path:
+    """The live config with a third generator, gen-c, and delta_pair over two of them."""
+    cfg = priced_config(root, name, srv, prompts, root / f"{name}.sqlite")
+    lines = cfg.read_text().splitlines(keepends=True)
+    gen_b = next(i for i, line in enumerate(lines) if "name: gen-b" in line)
+    lines.insert(gen_b + 1, lines[gen_b].replace("gen-b", "gen-c"))
+    text = "".join(lines).replace("method: dts\n", f"method: delta_pair\nmethod_options: {{strong: {strong}, weak: {weak}}}\n")
+    cfg.write_text(text + "  gen-c: {input_per_mtok: 100.0, output_per_mtok: 100.0}\n")
+    return cfg
+
+
+def test_delta_pair_asks_only_its_two_models_and_pays_only_for_them(live) -> None:
+    """delta_pair only ever pairs its strong and weak models' answers: the third generator is
+    never asked, and neither the estimate nor the bill counts it."""
+    from test_live_server import BATCH, ITERATIONS, SAMPLES
+
+    root, srv, prompts = live
+    cfg = delta_pair_config(root, "dp", srv, prompts, "gen-b", "gen-a")
+    est = invoke("estimate", "-c", cfg)
+    assert_ok(est)
+    estimate = json.loads(est.stdout.strip().splitlines()[-1])
+    start = len(srv.requests)
+    assert_ok(invoke("run", "--config", cfg, "--out", root / "run-dp"))
+    gen, judge = chat(srv, start)
+    assert sorted({r.body["model"] for r in gen}) == ["gen-a", "gen-b"] and judge == []
+    assert len(gen) == BATCH * ITERATIONS * SAMPLES * 2 == estimate["generation_calls"]
+    cost = status_json(root / "run-dp")["cost"]
+    assert cost["generation_calls"] == len(gen) and cost["judge_calls"] == 0
+    usage = [(r.body["model"], srv_usage(srv, r)) for r in gen]
+    assert cost["usd_generation"] == pytest.approx(sum(
+        (1.0 if m == "gen-a" else 3.0) * u[0] / 1e6 + (2.0 if m == "gen-a" else 4.0) * u[1] / 1e6 for m, u in usage))
+    rows = export_jsonl(root / "run-dp", root / "dp.jsonl")
+    assert len(rows) == BATCH * ITERATIONS  # one pair per prompt, nothing judged
+
+
+def test_delta_pair_naming_a_model_the_run_lacks_is_refused_before_any_call(live) -> None:
+    root, srv, prompts = live
+    cfg = delta_pair_config(root, "dp-bad", srv, prompts, "gen-z", "gen-a")
+    start = len(srv.requests)
+    for args in (("estimate", "-c", cfg), ("run", "--config", cfg, "--out", root / "run-dp-bad")):
+        result = invoke(*args)
+        assert result.exit_code != 0
+        assert "'gen-z' is not a model of generation.models" in " ".join(result.output.split()), result.output
+    assert len(srv.requests) == start

@@ -181,3 +181,49 @@ def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Pa
     summary = (out / "summary.md").read_text()
     assert "Not yet run" in summary and "dts-seed1-f1.000" in summary
     assert "| random | 1 | 2 |" in summary and "| dts | 1 | 1 |" in summary  # the seeds each mean is over
+
+
+def test_a_missing_selection_run_is_rebuilt_and_checked_against_the_trained_records(tmp_path: Path) -> None:
+    """A fresh checkout has the job records but not the (ignored) runs: the run is rebuilt and
+    must give the dataset each record trained on, at every fraction; a mismatch is refused."""
+    import shutil
+
+    out = tmp_path / "out"
+    split = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=True), 10, out)
+    a = args(fractions=[1.0, 0.5])
+    run_dir = D.run_selection("dts", 0, split, a, out)
+    (out / "jobs").mkdir()
+    digests = {f: D.pairs_digest(D.dataset_at(run_dir, f).pairs) for f in (1.0, 0.5)}
+    assert digests[1.0] != digests[0.5]
+    for f, digest in digests.items():
+        (out / "jobs" / f"dts-seed0-f{f:.3f}.json").write_text(json.dumps({"pairs_sha256": digest}))
+    before = (run_dir / "run.sqlite").stat().st_mtime_ns
+    assert D.ensure_run("dts", 0, split, a, out) == run_dir and (run_dir / "run.sqlite").stat().st_mtime_ns == before  # present: untouched
+
+    shutil.rmtree(run_dir)
+    assert D.ensure_run("dts", 0, split, a, out) == run_dir
+    assert {f: D.pairs_digest(D.dataset_at(run_dir, f).pairs) for f in (1.0, 0.5)} == digests
+
+    shutil.rmtree(run_dir)
+    (out / "jobs" / "dts-seed0-f0.500.json").write_text(json.dumps({"pairs_sha256": digests[1.0]}))  # a record from another run
+    with pytest.raises(SystemExit, match="not the dataset this record trained on"):
+        D.ensure_run("dts", 0, split, a, out)
+    assert not run_dir.exists()
+
+
+def test_delta_pair_is_billed_for_its_two_models_only(tmp_path: Path) -> None:
+    """delta_pair pairs m2's answer over m0's: only those two count as generated."""
+    import math
+
+    from activepref.core.store import STATUS_TRAINED, RunStore
+
+    split = D.split_pool(toy_pool(tmp_path / "pool.parquet", tokens=True), 10, tmp_path / "out")
+    run_dir = D.run_selection("delta_pair", 0, split, args(delta_pair=("m2", "m0")), tmp_path / "out")
+    for fraction in (1.0, 0.5):
+        with RunStore.open_readonly(run_dir) as store:
+            done = [r for r in store.iterations() if r.status == STATUS_TRAINED]
+            prompts = [p for p, _, _ in store.prompts()]
+        numbers = [int(prompts[i].id[1:]) for r in done[: max(1, math.ceil(fraction * len(done)))] for i in r.prompt_idxs]
+        assert D.dataset_at(run_dir, fraction).generated_tokens == sum((30 + n) + (10 + n) for n in numbers)
+    with pytest.raises(Exception, match="'m9' is not a model of the pool"):
+        D.run_selection("delta_pair", 1, split, args(delta_pair=("m9", "m0")), tmp_path / "out")

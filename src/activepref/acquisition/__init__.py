@@ -57,6 +57,9 @@ class Method:
     inputs: frozenset[str] = frozenset()  # designs: the DESIGN_INPUTS it reads
     options_model: type[BaseModel] = field(default=BaseModel, compare=False)  # typed method_options
     needs_scores: bool = False  # its pair comes from the scores of more than two candidates (no pairwise judge)
+    # the only models whose candidates it can ever pick, from its validated options (None: any
+    # model); a live run asks only these to generate, and a run's bill counts only theirs
+    generators: Callable[[Any], tuple[str, ...]] | None = field(default=None, compare=False)
 
     def options(self) -> dict[str, Any]:
         """Keyword options and their defaults (``inspect.Parameter.empty`` where required),
@@ -99,18 +102,22 @@ def options_model(fn: ProposeFn, positional: int, name: str, check: OptionsCheck
 
 
 def register(
-    name: str, description: str, *, uses_reward_model: bool = True, needs_scores: bool = False, check: OptionsCheck | None = None
+    name: str, description: str, *, uses_reward_model: bool = True, needs_scores: bool = False, check: OptionsCheck | None = None,
+    generators: Callable[[Any], tuple[str, ...]] | None = None,
 ) -> Callable[[ProposeFn], ProposeFn]:
     """Decorator adding a proposal function to the registry under ``name``.
 
     ``needs_scores``: its pair is picked from the judge's scores of more than two candidates
     (rules ``best_vs_worst``/``best_vs_random``), so a judge that compares pairs cannot serve
-    it. ``check(options)``: a rule across options, raising ValueError (see ``options_model``)."""
+    it. ``check(options)``: a rule across options, raising ValueError (see ``options_model``).
+    ``generators(options)``: the models whose candidates it can pick, if it only ever looks at
+    a fixed few (``delta_pair``'s strong and weak): the others then never generate."""
 
     def wrap(fn: ProposeFn) -> ProposeFn:
         family = fn.__module__.rsplit(".", 1)[-1]
         REGISTRY.add(Method(
-            name, description, fn, family, uses_reward_model, options_model=options_model(fn, 2, name, check), needs_scores=needs_scores
+            name, description, fn, family, uses_reward_model, options_model=options_model(fn, 2, name, check), needs_scores=needs_scores,
+            generators=generators,
         ))
         return fn
 
@@ -155,6 +162,14 @@ def register_model_level(
         return fn
 
     return wrap
+
+
+def method_generators(name: str, options: dict[str, Any]) -> frozenset[str] | None:
+    """The only models method ``name`` with ``options`` can take candidates from (None: any)."""
+    method = get_method(name)
+    if method.generators is None:
+        return None
+    return frozenset(method.generators(method.options_model(**options)))
 
 
 def available() -> list[Method]:
@@ -256,6 +271,7 @@ __all__ = [
     "Proposal",
     "ResolvedPairs",
     "available",
+    "method_generators",
     "get_method",
     "lcb_preference_prob",
     "make_selector",

@@ -79,6 +79,7 @@ def _distinct_models(strong: str, weak: str) -> None:
     "DeltaQwen-style fixed pair: strong model's response chosen over weak model's; no annotation.",
     uses_reward_model=False,
     check=lambda options: _distinct_models(options.strong, options.weak),
+    generators=lambda options: (options.strong, options.weak),
 )
 def delta_pair(
     batch: CandidateBatch, rng: np.random.Generator, *,

@@ -127,6 +127,8 @@ def unpriced(config: RunConfig) -> list[str]:
 
 def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
     """iteration -> Usage, for every iteration that has started."""
+    from activepref.core.model_level import fixed_generators
+
     prompt_iteration: dict[int, int] = {}
     iterations = store.iterations()
     for rec in iterations:
@@ -135,9 +137,10 @@ def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
     # generation, per (iteration, model): calls, prompt tokens, completion tokens
     gen: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     chosen = store.model_choices()  # model-level runs: only the chosen models generated
+    fixed = fixed_generators(config)  # a method that only ever picks a few models (delta_pair): only they generate
     for p_idx, model, prompt_tokens, completion_tokens in store.response_usage():
         it = prompt_iteration.get(p_idx)
-        if it is None or (p_idx in chosen and model not in chosen[p_idx]):
+        if it is None or (p_idx in chosen and model not in chosen[p_idx]) or (fixed is not None and model not in fixed):
             continue
         row = gen[(it, model)]
         row[0] += 1

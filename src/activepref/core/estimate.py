@@ -36,6 +36,7 @@ from activepref.core.costs import (
     token_cost,
     unpriced,
 )
+from activepref.errors import ConfigError
 
 if TYPE_CHECKING:
     from activepref.backends.base import ChatRequest
@@ -136,11 +137,12 @@ def unit_costs(
 ) -> UnitCosts:
     """Per-prompt figures of ``config``; ``candidates`` per prompt before a model-level choice;
     ``pool_generation``: a pool's per-model usage (pool runs)."""
-    from activepref.core.model_level import split_methods
+    from activepref.core.model_level import fixed_generators, split_methods
     from activepref.judges import JUDGES
     from activepref.live.generation import SYSTEM_PROMPTS
 
     level, response_method, response_options = split_methods(config)
+    fixed = fixed_generators(config)  # delta_pair: only its two models generate
     g = config.generation
     generation: list[GenerationUnit] = []
     system = 0.0
@@ -152,10 +154,12 @@ def unit_costs(
         share = min(1.0, k / n_models)
     if g is not None and config.live:
         system = float(np.mean([TOKENS_PER_MESSAGE + approx_tokens(s) for p in g.principles for s in SYSTEM_PROMPTS[p]]))
-        generation = [GenerationUnit(m.label(), g.samples_per_model * share, m.max_tokens or g.max_tokens) for m in g.models]
-        response_len = int(max(u.output_tokens for u in generation))
+        generation = [GenerationUnit(m.label(), g.samples_per_model * share, m.max_tokens or g.max_tokens) for m in g.models
+                      if fixed is None or m.label() in fixed]
+        response_len = int(max((u.output_tokens for u in generation), default=g.max_tokens))
     elif pool_generation:
-        generation = [GenerationUnit(u.model, u.calls_per_prompt * share, u.output_tokens, u.input_tokens) for u in pool_generation]
+        generation = [GenerationUnit(u.model, u.calls_per_prompt * share, u.output_tokens, u.input_tokens) for u in pool_generation
+                      if fixed is None or u.model in fixed]
         response_len = int(np.mean([u.output_tokens for u in pool_generation]))
     entry = JUDGES.get(config.judge.kind)
     per_item, overhead, out = 1.0, 0.0, 0.0
@@ -229,6 +233,7 @@ def pool_units(tokens: np.ndarray, models: Sequence[str], n_prompts: int) -> lis
 def estimate_run(config: RunConfig) -> Estimate:
     """Expected calls, tokens and dollars of the whole run ``config`` describes (loads the
     prompts file or the pool; calls nothing)."""
+    from activepref.core.model_level import fixed_generators
     from activepref.core.runs import split_prompts
     from activepref.pools.reader import read_prompts
     from activepref.pools.sources import load_pool
@@ -241,6 +246,11 @@ def estimate_run(config: RunConfig) -> Estimate:
         texts = [p.text for p in prompts]
         candidates = config.generation.samples_per_model * len(config.generation.models)
         _, order = split_prompts(len(prompts), 0.0, config.seed)
+        labels = [m.label() for m in config.generation.models]
+        missing = sorted((fixed_generators(config) or frozenset()) - set(labels))
+        if missing:
+            raise ConfigError(f"method_options: {', '.join(map(repr, missing))} is not a model of generation.models "
+                              f"(models: {', '.join(labels)}); {config.method} would skip every prompt")
     else:
         pool = load_pool(config.pool or "builtin", config.features)
         texts = [p.text for p in pool.prompts]

@@ -31,7 +31,7 @@ from activepref.core.costs import Usage, usage_by_iteration
 from activepref.core.determinism import Stage, crash_point, stage_rng
 from activepref.core.estimate import batch_usage, pool_units, unit_costs
 from activepref.core.metrics import heldout_metrics
-from activepref.core.model_level import chosen_mask, model_select_step
+from activepref.core.model_level import check_fixed_generators, chosen_mask, fixed_generators, model_select_step
 from activepref.core.plan import iteration_plan
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (
@@ -186,7 +186,8 @@ def _generation_specs(ctx: RunContext, it: int, prompt_idxs: list[int]) -> list[
             max_tokens=g.max_tokens if m.max_tokens is None else m.max_tokens,
         )
         specs += plan_candidates(batch, [m.label()] * g.samples_per_model, params, rng, g.principles)
-    return specs
+    fixed = fixed_generators(ctx.config)  # planned for every model (same draws), asked only of those the method can pick
+    return specs if fixed is None else [s for s in specs if s.model in fixed]
 
 
 def _generate(ctx: RunContext, it: int, specs: list[Any], announce: bool = True) -> dict[int, ChatResult | BackendError]:
@@ -542,6 +543,7 @@ def build_context(store: RunStore, config: RunConfig, progress: Progress | None 
     parts = build_parts(store, config, progress, live)
     settings = CandidateSettings(config.enn.standardize, config.enn.device, config.eval_monitor_prompts, config.seed)
     ctx = RunContext(store, config, parts, RunData(store, settings))
+    check_fixed_generators(ctx)
     if config.live and getattr(parts.engine, "prefetch", False) and parts.model_level is None:
         ctx.prefetcher = Prefetcher()
     return ctx

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from activepref.acquisition import Method, get_method, make_selector
+from activepref.acquisition import Method, get_method, make_selector, method_generators
 from activepref.core.determinism import Stage, crash_point, stage_rng
 from activepref.errors import ConfigError
 from activepref.model.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
@@ -71,6 +71,27 @@ def split_methods(config: RunConfig) -> tuple[ModelLevelParts | None, str, dict[
                           "per-prompt one (e.g. dts, drts, deltaucb, random)")
     make_selector(response, response_options)  # validate its options now
     return ModelLevelParts(method, selector, response), response, response_options
+
+
+def fixed_generators(config: RunConfig) -> frozenset[str] | None:
+    """The models whose candidates the run's (response-level) method can ever pick, if it names
+    a fixed few (``delta_pair``: strong and weak); None: any model. The others need not
+    generate: a live run does not ask them, and no run's bill counts them."""
+    _, response, options = split_methods(config)
+    return method_generators(response, options)
+
+
+def check_fixed_generators(ctx: RunContext) -> None:
+    """ConfigError if the method names a model the run does not have (it would skip every prompt)."""
+    fixed = fixed_generators(ctx.config)
+    if fixed is None:
+        return
+    names = model_names(ctx)
+    missing = sorted(fixed - set(names))
+    if missing:
+        where = "generation.models" if ctx.config.live else "the pool"
+        raise ConfigError(f"method_options: {', '.join(map(repr, missing))} is not a model of {where} "
+                          f"(models: {', '.join(names)}); {ctx.config.method} would skip every prompt")
 
 
 def model_names(ctx: RunContext) -> list[str]:
