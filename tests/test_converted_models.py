@@ -199,3 +199,43 @@ def test_a_disk_that_refuses_the_weights_costs_only_the_speed_up(converted, tmp_
     target = tmp_path / "cache" / "copy"
     assert not converted_models.write_copy(target, state.first.model, state.first.tokenizer, "test")
     assert list((tmp_path / "cache").iterdir()) == []  # its temporary folder went too
+
+
+def test_a_copy_is_flushed_before_it_appears_and_checked_against_its_manifest(converted, tmp_path, monkeypatch):
+    """Every file and the folder are fsynced before the rename makes the copy visible, and a
+    copy missing a file the loader would quietly do without (generation_config.json: the
+    defaults) or holding a file cut short is refused, not trusted."""
+    import json
+
+    import transformers
+
+    state, _ = converted
+    (copy,) = state.cache.iterdir()
+    listed = json.loads((copy / converted_models.DONE).read_text())["files"]
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= set(listed)
+    assert all((copy / name).stat().st_size == size for name, size in listed.items())
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    renamed: list[int] = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renamed.append(len(synced)), real_rename(a, b))[1])
+    target = tmp_path / "cache" / "fresh"
+    assert converted_models.write_copy(target, state.first.model, state.first.tokenizer, "src")
+    (before,) = renamed
+    names = {Path(p).name for p in synced[:before]}
+    assert names >= {*listed, converted_models.DONE} and any(p.endswith(".tmp") for p in synced[:before])
+    assert synced[before:] == [str(target.parent)]
+
+    for damage in ("missing", "short"):
+        broken = tmp_path / damage
+        shutil.copytree(target, broken)
+        if damage == "missing":
+            (broken / "generation_config.json").unlink()
+        else:
+            with open(broken / "tokenizer.json", "r+b") as fh:
+                fh.truncate(10)
+        assert converted_models.load_copy(broken, transformers.AutoModelForCausalLM, torch.float32) is None
+        assert not broken.exists()
+    assert converted_models.load_copy(target, transformers.AutoModelForCausalLM, torch.float32) is not None

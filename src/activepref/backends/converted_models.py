@@ -11,11 +11,12 @@ template and logits are bit-identical to the GGUF load (``tests/test_converted_m
 
 A folder's name carries a digest of the GGUF's absolute path, size and modification time, the
 dtype, the model class and the transformers version, so a changed file or library converts
-again. It is written under a temporary name and renamed when complete, so a killed conversion
-leaves nothing half-written (its temporary folder is removed by the next conversion of that file
-once an hour old); a folder that fails to load is removed and rebuilt; copies no process has
-loaded for 30 days are removed when another copy is written. Where no copy
-can be written (a read-only or full disk) the GGUF load is used as before.
+again. It is written under a temporary name, flushed to disk with a manifest of its files'
+sizes, and renamed when complete, so a killed conversion or a power cut leaves nothing
+half-written (a temporary folder is removed by the next conversion of that file once an hour
+old); a folder whose files do not match its manifest, or that fails to load, is removed and
+rebuilt; copies no process has loaded for 30 days are removed when another copy is written.
+Where no copy can be written (a read-only or full disk) the GGUF load is used as before.
 ``ACTIVEPREF_MODEL_CACHE=off`` turns copies off.
 """
 
@@ -71,6 +72,11 @@ def load_copy(folder: Path, auto: Any, dtype: Any) -> tuple[Any, Any] | None:
         return None
     import transformers
 
+    problem = _incomplete(folder)  # an optional file (generation_config.json) missing would load with defaults
+    if problem is not None:
+        log.warning("converted model copy %s is incomplete (%s); converting the GGUF again", folder, problem)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         net = auto.from_pretrained(str(folder), dtype=dtype)
@@ -109,7 +115,11 @@ def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
             net.generation_config.save_pretrained(str(tmp))
         save_model(net, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(str(tmp))
-        (tmp / DONE).write_text(json.dumps({"source": source}), encoding="utf-8")
+        files = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / DONE).write_text(json.dumps({"source": source, "files": files}), encoding="utf-8")
+        for name in [*files, DONE]:  # on disk before the rename makes the copy visible: a power cut
+            _fsync(tmp / name)  # never leaves a finished-looking folder with empty or missing files
+        _fsync(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache shared between users must be readable
         try:
             os.rename(tmp, folder)
@@ -117,11 +127,38 @@ def write_copy(folder: Path, net: Any, tokenizer: Any, source: str) -> bool:
             if not (folder / DONE).is_file():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent load finished the same copy first
+        _fsync(folder.parent)
         return True
     except Exception as exc:  # a full disk: OSError, or safetensors' own SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
         log.warning("cannot keep a converted copy of %s (%s); each load converts it again", source, exc)
         return False
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _incomplete(folder: Path) -> str | None:
+    """Why a finished copy is not whole (a file its manifest lists is missing or of another
+    size), or None. Copies written before the manifest existed list no files."""
+    try:
+        files = json.loads((folder / DONE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"unreadable {DONE} ({exc})"
+    for name, size in files.items():
+        try:
+            have = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if have != size:
+            return f"{name} has {have} bytes, not {size}"
+    return None
 
 
 def _remove_abandoned(folder: Path) -> None:
