@@ -123,11 +123,16 @@ class _Bars:
         return LoopProgress(on_iteration=on_iteration, on_stage=on_stage)
 
     def __enter__(self) -> _Bars:
+        from activepref.backends.transformers_local import watching_loads
+
         if not self.plain:
             self.progress.__enter__()
+        self._loads = watching_loads(self.update)  # a first model load is silent for up to ~30 s otherwise
+        self._loads.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._loads.__exit__(None, None, None)
         if not self.plain:
             self.progress.__exit__(*exc)  # type: ignore[arg-type]
 

@@ -359,3 +359,45 @@ def test_vllm_backend_on_the_tiny_model(tmp_path):
     again = run(backend, sampled)
     assert [r.text for r in first] == [r.text for r in again]
     assert all(r.completion_tokens <= 6 and r.finish_reason in ("stop", "length") for r in first)
+
+
+def test_model_loads_are_announced_once_and_a_first_gguf_load_says_it_converts(tmp_path, monkeypatch, capsys):
+    """A command's progress names each model as it starts loading (a first GGUF load converts
+    for ~30 s, silent otherwise), not the ones the process already holds; the CLI's progress
+    prints it as a line when its output is not a terminal."""
+    from activepref.backends import converted_models
+    from activepref.backends.transformers_local import _announce_load, clear_model_cache, watching_loads
+    from activepref.cli import _Bars
+
+    folder = tmp_path / "tiny"
+    tm.make_causal_lm(seed=0).save_pretrained(folder)
+    tm.make_tokenizer().save_pretrained(folder)
+    seen: list[str] = []
+    clear_model_cache()
+    with watching_loads(seen.append):
+        load_model(str(folder))
+        load_model(str(folder))  # held by the process: no second word
+    load_model(str(folder), dtype="bfloat16")  # nobody watching
+    clear_model_cache()
+    assert seen == [f"loading {folder}"]
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.setenv(converted_models.ENV, str(tmp_path / "copies"))
+    with watching_loads(seen.append):
+        _announce_load(str(tmp_path / "g"), "m.gguf", "float32", "causal_lm")
+        copy = converted_models.copy_dir(str(tmp_path / "g"), "m.gguf", "float32", "causal_lm")
+        copy.mkdir(parents=True)
+        (copy / converted_models.DONE).write_text("{}")
+        _announce_load(str(tmp_path / "g"), "m.gguf", "float32", "causal_lm")  # a finished copy: no conversion
+        monkeypatch.setenv(converted_models.ENV, "off")
+        _announce_load(str(tmp_path / "g"), "m.gguf", "float32", "causal_lm")
+    assert seen[1:] == ["loading g/m.gguf (converting the GGUF: about 30 s on two cores, once: later loads read a copy)",
+                        "loading g/m.gguf", "loading g/m.gguf (converting the GGUF: about 30 s on two cores)"]
+
+    capsys.readouterr()
+    with _Bars("quickstart", plain=True):
+        _announce_load(str(folder), None, "float32", "causal_lm")
+    _announce_load(str(folder), None, "float32", "causal_lm")  # after the command's progress closed: silent
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quickstart [") and lines[0].endswith(f"] loading {folder}")

@@ -60,7 +60,8 @@ import importlib.util
 import logging
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,36 @@ class LoadedModel:
 
 _CACHE: dict[tuple, LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
+_WATCHERS: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def watching_loads(report: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, ``report(text)`` hears of every model this process loads (not those
+    it has already), before the load starts: a first GGUF load converts the file for ~30 s on
+    two cores, and without a word the command would look hung."""
+    _WATCHERS.append(report)
+    try:
+        yield
+    finally:
+        _WATCHERS.remove(report)
+
+
+def _announce_load(model: str, gguf_file: str | None, dtype: str, model_class: str) -> None:
+    if not _WATCHERS:
+        return
+    from pathlib import Path
+
+    from activepref.backends.converted_models import DONE, copy_dir
+
+    name = f"{Path(model).name}/{gguf_file}" if gguf_file else model
+    text = f"loading {name}"
+    if gguf_file:
+        folder = copy_dir(str(model), gguf_file, dtype, model_class)
+        if folder is None or not (folder / DONE).is_file():
+            text += " (converting the GGUF: about 30 s on two cores" + (", once: later loads read a copy)" if folder else ")")
+    for report in list(_WATCHERS):
+        report(text)
 
 
 def torch_dtype(name: str):
@@ -133,6 +164,7 @@ def load_model(
         entry = _CACHE.get(key)
         if entry is not None:
             return entry
+        _announce_load(str(model), gguf_file, str(dtype), model_class)
         transformers = require("transformers")
         auto = {
             "causal_lm": transformers.AutoModelForCausalLM,
