@@ -74,6 +74,32 @@ def test_a_human_run_stops_for_labels_and_resumes_on_them(tmp_path):
         assert labels[pair] == choice  # the chosen response is the one alice picked, whatever the display order
 
 
+def test_max_wait_stops_a_waiting_run_at_its_deadline_and_resume_goes_on(tmp_path, monkeypatch):
+    """A waiting run (no --no-wait) with max_wait_s stops at 'awaiting labels' once it has waited
+    that long for a step's labels; labels that arrive in time are used and resume goes on."""
+    import types
+
+    from activepref.judges import human
+
+    pauses: list[float] = []
+    monkeypatch.setattr(human, "time", types.SimpleNamespace(
+        monotonic=time.monotonic, sleep=lambda s: (pauses.append(s), time.sleep(s))[1]))
+    config = human_config(tmp_path, {"kind": "human", "options": {"max_wait_s": 0.6, "poll_interval_s": 5.0}})
+    run_dir = tmp_path / "run"
+    with pytest.raises(Exception, match=r"waited 0.6 s \(max_wait_s\): 6 of 6 pair\(s\) await"):
+        runs.run(config, run_dir)
+    assert pauses and 0 < sum(pauses) <= 0.6  # slept to the deadline, not a 5 s poll interval past it
+    st = runs.status(run_dir)
+    assert st.stopped == "stopped: awaiting labels" and st.iterations_done == 0
+    label_everything(run_dir, ["alice"])
+    with pytest.raises(Exception, match="max_wait_s"):  # iteration 0 trains on its labels, iteration 1 waits out
+        runs.resume(run_dir)
+    assert runs.status(run_dir).iterations_done == 1
+    label_everything(run_dir, ["alice"])
+    history = runs.resume(run_dir)  # every label in: no wait, no stop
+    assert len(history) == 2 and runs.status(run_dir).stopped is None
+
+
 def test_majority_of_three_and_pairs_skipped_too_often_fail(tmp_path):
     config = human_config(tmp_path, {"kind": "human", "options": {"labels_per_pair": 3, "max_skips": 1}}, iterations=1)
     run_dir = tmp_path / "run"

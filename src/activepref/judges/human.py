@@ -71,6 +71,8 @@ class HumanOptions(BaseModel):
     max_skips: int = Field(3, ge=1, description="skips after which a pair without its labels is recorded as a judge failure")
     poll_interval_s: float = Field(2.0, gt=0, description="how often a waiting run looks for new labels")
     wait: bool = Field(True, description="wait for the labels (false: stop at 'awaiting labels'; `resume` goes on)")
+    max_wait_s: float | None = Field(None, gt=0, description="wait at most this long for a judge step's labels, then stop at "
+                                     "'awaiting labels' as with wait: false (a batch job's time limit; `resume` goes on)")
 
 
 class RoutedOptions(HumanOptions):
@@ -124,6 +126,7 @@ class HumanJudge:
     def collect(self, pairs: Sequence[tuple[int, int]]) -> list[Comparison | JudgeError]:
         """Each pair's verdict once every task is decided (waiting, or AwaitingLabels)."""
         last_line, last_done = 0.0, -1
+        started = time.monotonic()
         while True:
             outcomes = self.queue.outcomes(pairs)
             missing = [p for p in pairs if p not in outcomes]
@@ -134,17 +137,22 @@ class HumanJudge:
                 return [self._result(outcomes[p]) for p in pairs]
             done = len(pairs) - len(open_)
             labels = sum(len(outcomes[p].votes) for p in pairs)
-            if not self.options.wait:
+            now = time.monotonic()
+            waited_out = self.options.max_wait_s is not None and now - started >= self.options.max_wait_s
+            if not self.options.wait or waited_out:
                 raise AwaitingLabels(
-                    f"{len(open_)} of {len(pairs)} pair(s) await human labels; collect them with `activepref annotate "
+                    (f"waited {self.options.max_wait_s:g} s (max_wait_s): " if waited_out else "")
+                    + f"{len(open_)} of {len(pairs)} pair(s) await human labels; collect them with `activepref annotate "
                     f"{self.run_dir}` (add people with --add-annotator NAME), then `activepref resume {self.run_dir}`"
                 )
-            now = time.monotonic()
             if done != last_done or now - last_line >= PROGRESS_EVERY_S:
                 log.info("awaiting labels: %d/%d pair(s) decided, %d label(s) in (`activepref annotate %s`)",
                          done, len(pairs), labels, self.run_dir)
                 last_line, last_done = now, done
-            time.sleep(self.options.poll_interval_s)
+            pause = self.options.poll_interval_s
+            if self.options.max_wait_s is not None:  # wake for the deadline, not a poll interval after it
+                pause = max(0.0, min(pause, started + self.options.max_wait_s - now))
+            time.sleep(pause)
 
     def _result(self, outcome: TaskOutcome) -> Comparison | JudgeError:
         if outcome.state == "complete":
