@@ -229,7 +229,7 @@ def test_delta_pair_naming_a_model_the_run_lacks_is_refused_before_any_call(live
     root, srv, prompts = live
     cfg = delta_pair_config(root, "dp-bad", srv, prompts, "gen-z", "gen-a")
     start = len(srv.requests)
-    for args in (("estimate", "-c", cfg), ("run", "--config", cfg, "--out", root / "run-dp-bad")):
+    for args in (("check", "-c", cfg), ("estimate", "-c", cfg), ("run", "--config", cfg, "--out", root / "run-dp-bad")):
         result = invoke(*args)
         assert result.exit_code != 0
         assert "'gen-z' is not a model of generation.models" in " ".join(result.output.split()), result.output

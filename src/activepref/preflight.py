@@ -30,6 +30,7 @@ def _must_exist(field: str, value: str | None) -> Path | None:
 def check_config(config: RunConfig) -> Preflight:
     """Read and validate every input of ``config`` (pool or prompts, features); raise
     ConfigError / PoolFormatError naming the field or the file, line and field."""
+    from activepref.core.generators import check_generators_exist, fixed_generators
     from activepref.pools.reader import read_prompts
     from activepref.pools.sources import load_pool
 
@@ -42,6 +43,7 @@ def check_config(config: RunConfig) -> Preflight:
         models = ", ".join(f"{m.label()} ({m.backend})" for m in config.generation.models)
         lines.append(f"generation: {models}; {config.generation.samples_per_model} sample(s) per model")
         lines.append(f"embedding: {config.embedding.backend} {config.embedding.model}")
+        check_generators_exist(config, [m.label() for m in config.generation.models])
     else:
         pool_name = config.pool or BUILTIN_POOL
         if pool_name != BUILTIN_POOL:
@@ -52,6 +54,8 @@ def check_config(config: RunConfig) -> Preflight:
             f"pool {pool_name}: {len(pool.prompts)} prompts, {len(pool.responses)} candidates, d {pool.features.shape[1]}"
             + ("" if pool.oracle is None else ", with an oracle")
         )
+        if fixed_generators(config) is not None:  # (a pool of millions of rows: only when a method names models)
+            check_generators_exist(config, list(dict.fromkeys(r.model for r in pool.responses)))
     judge = config.judge
     model = "" if judge.model is None else f" with {judge.model.model} ({judge.model.backend})"
     lines.append(f"judge: {judge.kind}{model}")

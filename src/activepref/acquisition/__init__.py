@@ -165,8 +165,13 @@ def register_model_level(
 
 
 def method_generators(name: str, options: dict[str, Any]) -> frozenset[str] | None:
-    """The only models method ``name`` with ``options`` can take candidates from (None: any)."""
+    """The only models method ``name`` with ``options`` can take candidates from (None: any).
+    A model-level method answers for its ``response_method`` (which picks among what the
+    chosen models generated)."""
     method = get_method(name)
+    if method.kind == "model":
+        response = str(options.get("response_method", method.options().get("response_method")))
+        return method_generators(response, dict(options.get("response_options") or {}))
     if method.generators is None:
         return None
     return frozenset(method.generators(method.options_model(**options)))

@@ -127,7 +127,7 @@ def unpriced(config: RunConfig) -> list[str]:
 
 def usage_by_iteration(store: RunStore, config: RunConfig) -> dict[int, Usage]:
     """iteration -> Usage, for every iteration that has started."""
-    from activepref.core.model_level import fixed_generators
+    from activepref.core.generators import fixed_generators
 
     prompt_iteration: dict[int, int] = {}
     iterations = store.iterations()

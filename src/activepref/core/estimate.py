@@ -36,7 +36,6 @@ from activepref.core.costs import (
     token_cost,
     unpriced,
 )
-from activepref.errors import ConfigError
 
 if TYPE_CHECKING:
     from activepref.backends.base import ChatRequest
@@ -137,7 +136,8 @@ def unit_costs(
 ) -> UnitCosts:
     """Per-prompt figures of ``config``; ``candidates`` per prompt before a model-level choice;
     ``pool_generation``: a pool's per-model usage (pool runs)."""
-    from activepref.core.model_level import fixed_generators, split_methods
+    from activepref.core.generators import fixed_generators
+    from activepref.core.model_level import split_methods
     from activepref.judges import JUDGES
     from activepref.live.generation import SYSTEM_PROMPTS
 
@@ -233,7 +233,7 @@ def pool_units(tokens: np.ndarray, models: Sequence[str], n_prompts: int) -> lis
 def estimate_run(config: RunConfig) -> Estimate:
     """Expected calls, tokens and dollars of the whole run ``config`` describes (loads the
     prompts file or the pool; calls nothing)."""
-    from activepref.core.model_level import fixed_generators
+    from activepref.core.generators import check_generators_exist
     from activepref.core.runs import split_prompts
     from activepref.pools.reader import read_prompts
     from activepref.pools.sources import load_pool
@@ -246,11 +246,7 @@ def estimate_run(config: RunConfig) -> Estimate:
         texts = [p.text for p in prompts]
         candidates = config.generation.samples_per_model * len(config.generation.models)
         _, order = split_prompts(len(prompts), 0.0, config.seed)
-        labels = [m.label() for m in config.generation.models]
-        missing = sorted((fixed_generators(config) or frozenset()) - set(labels))
-        if missing:
-            raise ConfigError(f"method_options: {', '.join(map(repr, missing))} is not a model of generation.models "
-                              f"(models: {', '.join(labels)}); {config.method} would skip every prompt")
+        check_generators_exist(config, [m.label() for m in config.generation.models])
     else:
         pool = load_pool(config.pool or "builtin", config.features)
         texts = [p.text for p in pool.prompts]

@@ -30,8 +30,9 @@ from activepref.core.candidates import CandidateSettings, RunData
 from activepref.core.costs import Usage, usage_by_iteration
 from activepref.core.determinism import Stage, crash_point, stage_rng
 from activepref.core.estimate import batch_usage, pool_units, unit_costs
+from activepref.core.generators import fixed_generators
 from activepref.core.metrics import heldout_metrics
-from activepref.core.model_level import check_fixed_generators, chosen_mask, fixed_generators, model_select_step
+from activepref.core.model_level import check_fixed_generators, chosen_mask, model_select_step
 from activepref.core.plan import iteration_plan
 from activepref.core.prefetch import Prefetched, Prefetcher, conversations_digest, merge_generation_stats
 from activepref.core.store import (

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from activepref.acquisition import Method, get_method, make_selector, method_generators
+from activepref.acquisition import Method, get_method, make_selector
 from activepref.core.determinism import Stage, crash_point, stage_rng
+from activepref.core.generators import check_generators_exist
 from activepref.errors import ConfigError
 from activepref.model.enn import ENNShape, EnsembleRewardModel, ReplayBuffer, TrainConfig
 
@@ -73,25 +74,9 @@ def split_methods(config: RunConfig) -> tuple[ModelLevelParts | None, str, dict[
     return ModelLevelParts(method, selector, response), response, response_options
 
 
-def fixed_generators(config: RunConfig) -> frozenset[str] | None:
-    """The models whose candidates the run's (response-level) method can ever pick, if it names
-    a fixed few (``delta_pair``: strong and weak); None: any model. The others need not
-    generate: a live run does not ask them, and no run's bill counts them."""
-    _, response, options = split_methods(config)
-    return method_generators(response, options)
-
-
 def check_fixed_generators(ctx: RunContext) -> None:
-    """ConfigError if the method names a model the run does not have (it would skip every prompt)."""
-    fixed = fixed_generators(ctx.config)
-    if fixed is None:
-        return
-    names = model_names(ctx)
-    missing = sorted(fixed - set(names))
-    if missing:
-        where = "generation.models" if ctx.config.live else "the pool"
-        raise ConfigError(f"method_options: {', '.join(map(repr, missing))} is not a model of {where} "
-                          f"(models: {', '.join(names)}); {ctx.config.method} would skip every prompt")
+    """``core.generators.check_generators_exist`` for a run being built."""
+    check_generators_exist(ctx.config, model_names(ctx))
 
 
 def model_names(ctx: RunContext) -> list[str]:
