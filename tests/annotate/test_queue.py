@@ -133,6 +133,52 @@ def test_claims_hand_concurrent_annotators_different_pairs(queue):
     assert queue.next_task("bob") is None
 
 
+def test_a_claim_sat_on_is_shared_once_nothing_else_is_left(queue, monkeypatch):
+    """A pair bob claimed and left (a closed tab) goes to alice once she has nothing else and
+    his claim is STEAL_AFTER_S old; whoever submits first fills it, the other gets 'closed'."""
+    import time
+
+    from activepref.annotate import queue as queue_module
+
+    for name in ("alice", "bob", "carol"):
+        queue.add_annotator(name)
+    queue.add_tasks(0, [(0, 1), (2, 3)], 1, 3)
+    clock = [time.time()]
+    monkeypatch.setattr(queue_module.time, "time", lambda: clock[0])
+    bob = queue.next_task("bob")
+    alice = queue.next_task("alice")
+    assert alice != bob
+    assert queue.submit(alice, "alice", "a").state == "complete"
+    clock[0] += queue_module.STEAL_AFTER_S - 1
+    assert queue.next_task("alice") is None  # bob may still be reading it
+    clock[0] += 2
+    assert queue.next_task("alice") == bob  # bob's claim is stale, nothing else is open
+    assert queue.next_task("carol") is None  # alice's claim on it is fresh: not shared a third time
+    assert queue.submit(bob, "alice", "b").status == "saved"
+    assert queue.submit(bob, "bob", "a").status == "closed"  # bob came back too late: nothing doubled
+    assert queue.conn.execute("SELECT annotator FROM annotation_labels WHERE task_id = ?", (bob,)).fetchall() == [("alice",)]
+    assert queue.conn.execute("SELECT COUNT(*) FROM annotation_claims").fetchone()[0] == 0
+
+
+def test_a_stale_claim_is_not_shared_while_free_pairs_remain(queue, monkeypatch):
+    import time
+
+    from activepref.annotate import queue as queue_module
+
+    for name in ("alice", "bob"):
+        queue.add_annotator(name)
+    queue.add_tasks(0, [(0, 1), (2, 3), (4, 5)], 1, 3)
+    clock = [time.time()]
+    monkeypatch.setattr(queue_module.time, "time", lambda: clock[0])
+    first = queue.next_task("bob")
+    clock[0] += queue_module.STEAL_AFTER_S + 1
+    got = queue.next_task("alice")
+    assert got != first  # a free pair first
+    assert queue.submit(got, "alice", "a").state == "complete"
+    third = queue.next_task("alice")
+    assert third not in (first, got)
+
+
 def test_skips_do_not_count_and_too_many_fail_the_pair(queue):
     for name in ("alice", "bob", "carol"):
         queue.add_annotator(name)

@@ -13,7 +13,9 @@ What the transactions guarantee:
 - a pair never gets more labels than it needs: the count is checked and the label written in
   one transaction, so two annotators racing for the last slot get ``saved`` and ``closed``;
 - a served task is *claimed* for ``lease_s`` seconds, so concurrent annotators are handed
-  different pairs while there are enough of them.
+  different pairs while there are enough of them; once none is left, a pair claimed by
+  someone who has sat on it for ``STEAL_AFTER_S`` is shown to the next annotator too (a
+  closed browser tab no longer holds up a waiting run for the whole lease).
 
 Tables: ``annotators`` (name, SHA-256 of the token: the token itself is never stored),
 ``annotation_tasks`` (one per pair; state open / complete / failed), ``annotation_labels``
@@ -67,6 +69,7 @@ CHOICES = ("first", "second", "tie", "skip")
 SHOWN_CHOICES = ("a", "b", "tie", "skip")  # what the page's buttons send: A and B as shown
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 DEFAULT_LEASE_S = 300.0  # how long a served pair stays reserved for the annotator it was shown to
+STEAL_AFTER_S = 90.0  # a claim this old may be shared with an annotator who has nothing else left
 BUSY_TIMEOUT_S = 30.0  # a writer waits this long for SQLite's write lock (the loop's commits are short)
 NOTE_MAX_CHARS = 4000
 OUTCOME_CHUNK = 400  # pairs per outcomes() query (two bound values each, well under SQLite's limit)
@@ -331,7 +334,9 @@ class AnnotationQueue:
     def next_task(self, annotator: str, lease_s: float = DEFAULT_LEASE_S) -> int | None:
         """The task to show ``annotator`` (claimed for ``lease_s``): their own unexpired claim
         if it is still open, else the oldest open task they have not labelled whose free
-        slots are not all claimed by others. None when there is nothing for them."""
+        slots are not all claimed by others, else (nothing free) an open task whose other
+        claims are all at least ``STEAL_AFTER_S`` old, the oldest claim first. None when there
+        is nothing for them."""
         now = time.time()
         with self._transaction() as cur:
             row = cur.execute(
@@ -350,6 +355,16 @@ class AnnotationQueue:
                     "     AND c.expires > :now) < t.labels_needed "
                     "ORDER BY t.task_id LIMIT 1",
                     {"me": annotator, "now": now},
+                ).fetchone()
+            if row is None:  # nothing free: a pair someone claimed but has sat on for STEAL_AFTER_S (a closed tab
+                row = cur.execute(  # holds it for the whole lease, and a waiting run with it); the first submit fills it
+                    "SELECT t.task_id FROM annotation_tasks t JOIN annotation_claims c ON c.task_id = t.task_id "
+                    "WHERE t.state = 'open' AND c.annotator != :me AND c.expires > :now "
+                    "AND NOT EXISTS (SELECT 1 FROM annotation_labels l WHERE l.task_id = t.task_id AND l.annotator = :me) "
+                    "AND (SELECT COUNT(*) FROM annotation_labels l WHERE l.task_id = t.task_id AND l.choice != 'skip') "
+                    "  < t.labels_needed "
+                    "GROUP BY t.task_id HAVING MAX(c.expires) <= :stale ORDER BY MIN(c.expires), t.task_id LIMIT 1",
+                    {"me": annotator, "now": now, "stale": now + lease_s - STEAL_AFTER_S},
                 ).fetchone()
             if row is None:
                 return None
