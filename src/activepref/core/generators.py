@@ -29,5 +29,6 @@ def check_generators_exist(config: RunConfig, names: list[str]) -> None:
     missing = sorted(fixed - set(names)) if fixed is not None else []
     if missing:
         where = "generation.models" if config.live else "the pool"
-        raise ConfigError(f"method_options: {', '.join(map(repr, missing))} is not a model of {where} "
+        verb = "is not a model" if len(missing) == 1 else "are not models"
+        raise ConfigError(f"method_options: {', '.join(map(repr, missing))} {verb} of {where} "
                           f"(models: {', '.join(names)}); {config.method} would skip every prompt")
