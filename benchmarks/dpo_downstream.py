@@ -19,7 +19,10 @@ Model-level methods (``model_*``, issue 16) run with ``--model-k`` models per pr
 consumed, per exported pair, so a model-level method compares with its response-level twin.
 
 Resumable: each run directory, each trained (method, seed, fraction) and the base model's
-answers are kept under ``--out``; rerunning the same command continues where it stopped.
+answers are kept under ``--out``; rerunning the same command continues where it stopped. The
+settings that change a job's result are kept in ``--out/settings.json``: rerunning with other
+values (a learning rate, an answer length) is refused instead of mixing two experiments; adding
+methods, seeds or fractions is fine.
 
 Writes ``results.csv`` (one row per method, seed and budget fraction), ``summary.md`` (means
 with 95% intervals over seeds, paired differences from random), ``gain_vs_calls.png``, and
@@ -54,7 +57,7 @@ QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, 
 RESULT_COLUMNS = (
     "method", "seed", "budget_fraction", "pairs", "judge_calls", "prompt_strict", "prompt_loose", "inst_strict", "inst_loose",
     "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "select_s", "train_s", "eval_s",
-    "generated_tokens", "generated_tokens_per_pair",
+    "generated_tokens", "generated_tokens_per_pair", "pairs_too_long",
 )
 
 
@@ -93,6 +96,37 @@ def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
         heldout_path.write_text(text)
         stamp_path.write_text(stamp)
     return Split(train_path, [seen[i] for i in sorted(seen)])
+
+
+# The arguments that change what a finished job holds (its dataset, its policy or its score):
+# an --out keeps the values its first invocation used. Left out: which methods, seeds and
+# fractions run (a grid grows), --threads, --quick (it only sets these), --report-only.
+RESULT_SETTINGS = (
+    "budget", "batch_size", "heldout", "judge", "noise_sd", "max_new_tokens", "eval_batch_size", "dpo_lr", "dpo_beta", "dpo_epochs",
+    "dpo_batch_size", "dpo_max_length", "lora_r", "lora_layers", "dpo_grad_accum", "delta_pair", "model_k", "model_epsilon",
+    "model_response_method",
+)
+
+
+def check_settings(out: Path, args: argparse.Namespace, write: bool = True) -> None:
+    """Refuse an invocation whose result-changing settings differ from those the jobs under
+    ``out`` were made with (``out/settings.json``), before anything runs: resuming a grid with
+    another learning rate or answer length would otherwise mix two experiments in one table
+    (job records are reused by name). The first invocation writes the file; a setting the file
+    lacks (added to this script later) is taken from this invocation and added."""
+    path = out / "settings.json"
+    given = {key: list(v) if isinstance(v := getattr(args, key, None), tuple) else v for key in RESULT_SETTINGS}
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    differ = [f"--{key.replace('_', '-')} {given[key]!r} (the jobs used {stored[key]!r})" for key in RESULT_SETTINGS
+              if key in stored and stored[key] != given[key]]
+    if differ:
+        raise SystemExit(f"{path}: this invocation's settings differ from the ones its finished jobs used: {'; '.join(differ)}. "
+                         "Give the stored values, or use a new --out")
+    if write and any(key not in stored for key in RESULT_SETTINGS):
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**given, **stored}, indent=1) + "\n")
+        tmp.replace(path)
 
 
 def model_strengths(pool: Path) -> tuple[str, str]:
@@ -199,13 +233,15 @@ class Policies:
         )
         self.args = args
 
-    def train(self, pairs: list[tuple[list[dict[str, str]], str, str]], seed: int, workdir: Path) -> Any:
+    def train(self, pairs: list[tuple[list[dict[str, str]], str, str]], seed: int, workdir: Path) -> tuple[Any, int]:
+        """(the DPO-tuned policy, how many pairs TRL dropped for a prompt of at least
+        --dpo-max-length tokens); no pair left to train on leaves the base model."""
         from activepref.apl.policy import dpo_finetune, dpo_rows
 
         if not pairs:
-            return self.base
-        trained, _ = dpo_finetune(self.base, self.base, self.tokenizer, dpo_rows(pairs), self.settings, seed=seed, workdir=workdir)
-        return trained
+            return self.base, 0  # 0 of 0 pairs trained: the caller reuses the base model's answers
+        trained, metrics = dpo_finetune(self.base, self.base, self.tokenizer, dpo_rows(pairs), self.settings, seed=seed, workdir=workdir)
+        return trained, int(metrics.get("pairs_too_long", 0))
 
     def answer(self, policy: Any, heldout: list[dict[str, Any]]) -> list[str]:
         from activepref.backends.base import BackendError, ChatRequest, ChatResult, SamplingParams
@@ -315,6 +351,40 @@ def with_tokens(
             shutil.rmtree(run_dir, ignore_errors=True)
             rebuilt.rename(run_dir)
     result = {**result, "generated_tokens": data.generated_tokens}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+_TOKENIZER: list[Any] = []
+
+
+def policy_tokenizer() -> Any:
+    """The policy's tokenizer (loaded once; --report-only loads no policy)."""
+    if not _TOKENIZER:
+        from activepref.backends.transformers_local import load_model
+        from activepref.live.local_models import smollm2_gguf
+
+        folder, name = smollm2_gguf()
+        _TOKENIZER.append(load_model(folder, name, "float32", "cpu", "causal_lm").tokenizer)
+    return _TOKENIZER[0]
+
+
+def with_too_long(
+    path: Path, result: dict[str, Any], method: str, seed: int, fraction: float, split: Split, args: argparse.Namespace, out: Path,
+) -> dict[str, Any]:
+    """A finished job's result with ``pairs_too_long`` (pairs TRL dropped because the prompt
+    alone fills --dpo-max-length), counted with the policy's tokenizer on the job's dataset and
+    added to the record if an older version of this script left it out."""
+    if "pairs_too_long" in result:
+        return result
+    from activepref.apl.policy import count_too_long, dpo_rows
+
+    data = dataset_at(ensure_run(method, seed, split, args, out), fraction)
+    if result.get("pairs_sha256") not in (None, pairs_digest(data.pairs)):
+        raise SystemExit(f"{path}: the run of this job gives another dataset than the one it trained on")
+    result = {**result, "pairs_too_long": count_too_long(policy_tokenizer(), dpo_rows(data.pairs), args.dpo_max_length)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
@@ -436,7 +506,8 @@ def plot(out: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--quick``'s settings applied where not given explicitly."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--pool", required=True, help="pool with an `instructions` column (scripts/build_ifeval_pool.py)")
     ap.add_argument("--methods", nargs="+", default=["random", "ultrafeedback", "maxmin", "delta_pair", "dts", "drts", "deltaucb",
@@ -475,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in QUICK.items():
             if getattr(args, key) == ap.get_default(key):
                 setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     import torch
@@ -485,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     out = Path(args.out)
+    check_settings(out, args, write=not args.report_only)
     split = split_pool(Path(args.pool), args.heldout, out)
     if args.report_only and not (out / "jobs" / "base.json").exists():
         raise SystemExit(f"{out}: no base model evaluation yet; run without --report-only first")
@@ -509,17 +586,22 @@ def main(argv: list[str] | None = None) -> int:
                 def compute(fraction: float = fraction, run_dir: Path = run_dir, name: str = name, seed: int = seed) -> dict[str, Any]:
                     data = dataset_at(run_dir, fraction)
                     t0 = time.time()
-                    policy = policies.train(data.pairs, seed, out / "trainer" / name)
+                    policy, too_long = policies.train(data.pairs, seed, out / "trainer" / name)
                     t1 = time.time()
-                    scores = score_answers(split.heldout, policies.answer(policy, split.heldout))
+                    if too_long == len(data.pairs):  # nothing trained: the base model's (greedy, deterministic) answers
+                        scores = {key: base[key] for key in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")}
+                    else:
+                        scores = score_answers(split.heldout, policies.answer(policy, split.heldout))
                     return {"pairs": len(data.pairs), "judge_calls": data.judge_calls, "label_accuracy": data.label_accuracy,
-                            "generated_tokens": data.generated_tokens, "pairs_sha256": pairs_digest(data.pairs), **scores,
+                            "generated_tokens": data.generated_tokens, "pairs_sha256": pairs_digest(data.pairs),
+                            "pairs_too_long": too_long, **scores,
                             "train_s": round(t1 - t0, 1), "eval_s": round(time.time() - t1, 1)}
 
                 if args.report_only and not (out / "jobs" / f"{name}.json").exists():
                     continue
                 result = with_tokens(out / "jobs" / f"{name}.json", job(out / "jobs" / f"{name}.json", compute), method, seed, fraction,
                                      split, args, out)
+                result = with_too_long(out / "jobs" / f"{name}.json", result, method, seed, fraction, split, args, out)
                 row = {"method": method, "seed": seed, "budget_fraction": round(fraction, 4), **result, "judge": args.judge,
                        "select_s": selection["select_s"],
                        "base_prompt_loose": base["prompt_loose"], "base_inst_loose": base["inst_loose"]}

@@ -154,7 +154,8 @@ def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Pa
 
     out = tmp_path / "out"
     pool = toy_pool(tmp_path / "pool.parquet", tokens=True)
-    common = ["--pool", str(pool), "--heldout", "10", "--budget", "24", "--batch-size", "8", "--fractions", "1.0", "--out", str(out)]
+    common = ["--pool", str(pool), "--heldout", "10", "--budget", "24", "--batch-size", "8", "--fractions", "1.0", "--dpo-max-length", "40",
+              "--out", str(out)]
     with pytest.raises(SystemExit, match="no base model"):
         D.main([*common, "--report-only", "--methods", "random"])
     split = D.split_pool(pool, 10, out)
@@ -177,6 +178,13 @@ def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Pa
         rows = list(csv.DictReader(fh))
     assert sorted((r["method"], r["seed"]) for r in rows) == [("dts", "0"), ("random", "0"), ("random", "1")]
     assert all(float(r["generated_tokens_per_pair"]) > 0 for r in rows)  # backfilled from the rebuilt runs
+    from activepref.apl.policy import count_too_long, dpo_rows
+
+    for r in rows:  # backfilled with the policy's tokenizer (toy prompts are 20-60 tokens: some fill 40)
+        data = D.dataset_at(out / "runs" / f"{r['method']}-seed{r['seed']}", 1.0)
+        assert int(r["pairs_too_long"]) == count_too_long(D.policy_tokenizer(), dpo_rows(data.pairs), 40)
+        assert json.loads((out / "jobs" / f"{r['method']}-seed{r['seed']}-f1.000.json").read_text())["pairs_too_long"] == int(r["pairs_too_long"])
+    assert sum(int(r["pairs_too_long"]) for r in rows) > 0
     assert {r["method"]: float(r["delta_prompt_loose"]) for r in rows if r["seed"] == "0"} == pytest.approx({"random": 0.1, "dts": 0.05})
     summary = (out / "summary.md").read_text()
     assert "Not yet run" in summary and "dts-seed1-f1.000" in summary
@@ -227,3 +235,43 @@ def test_delta_pair_is_billed_for_its_two_models_only(tmp_path: Path) -> None:
         assert D.dataset_at(run_dir, fraction).generated_tokens == sum((30 + n) + (10 + n) for n in numbers)
     with pytest.raises(Exception, match="'m9' is not a model of the pool"):
         D.run_selection("delta_pair", 1, split, args(delta_pair=("m9", "m0")), tmp_path / "out")
+
+
+def test_resuming_with_other_settings_is_refused_and_a_growing_grid_is_not(tmp_path: Path) -> None:
+    """Job records are reused by name, so an --out keeps the settings its jobs were made with:
+    another learning rate or answer length is refused before anything runs (naming each
+    setting), more methods, seeds or fractions are not, and a setting the stored file lacks is
+    added from the invocation."""
+    out = tmp_path / "out"
+    first = argparse.Namespace(**{key: None for key in D.RESULT_SETTINGS})
+    first.budget, first.dpo_lr, first.max_new_tokens, first.delta_pair = 24, 5e-4, 64, ["a", "b"]
+    D.check_settings(out, first)
+    stored = json.loads((out / "settings.json").read_text())
+    assert stored["budget"] == 24 and stored["dpo_lr"] == 5e-4 and stored["delta_pair"] == ["a", "b"]
+    D.check_settings(out, first)  # the same settings: fine
+    D.check_settings(out, argparse.Namespace(**{**vars(first), "delta_pair": ("a", "b")}))  # a tuple is the stored list
+    other = argparse.Namespace(**{**vars(first), "dpo_lr": 1e-3, "max_new_tokens": 128})
+    with pytest.raises(SystemExit, match=r"--max-new-tokens 128 \(the jobs used 64\); --dpo-lr 0\.001 \(the jobs used 0\.0005\)"):
+        D.check_settings(out, other)
+    assert json.loads((out / "settings.json").read_text()) == stored  # unchanged by the refusal
+    del stored["model_k"]  # a file from before a setting existed: the setting is added
+    (out / "settings.json").write_text(json.dumps(stored))
+    D.check_settings(out, argparse.Namespace(**{**vars(first), "model_k": 3}))
+    assert json.loads((out / "settings.json").read_text())["model_k"] == 3
+
+    # through the command line, with the defaults: a changed budget is refused before the split;
+    # the same settings with more methods, seeds and fractions get past the check
+    pool = toy_pool(tmp_path / "pool.parquet", tokens=False)
+    grid = tmp_path / "grid"
+    common = ["--pool", str(pool), "--heldout", "10", "--batch-size", "8", "--out", str(grid)]
+    with pytest.raises(SystemExit, match="no base model"):
+        D.main([*common, "--budget", "24", "--report-only", "--methods", "random"])
+    assert not (grid / "settings.json").exists()  # a report writes no settings
+    D.check_settings(grid, D.parse_args(["--pool", str(pool), "--heldout", "10", "--batch-size", "8", "--budget", "24", "--out", str(grid)]))
+    before = {f.name: f.stat().st_mtime_ns for f in grid.iterdir()}
+    with pytest.raises(SystemExit, match=r"--budget 48 \(the jobs used 24\)"):
+        D.main([*common, "--budget", "48"])
+    assert {f.name: f.stat().st_mtime_ns for f in grid.iterdir()} == before  # refused before anything was written
+    with pytest.raises(SystemExit, match="no base model"):  # the same settings: past the check, on to the report
+        D.main([*common, "--budget", "24", "--report-only", "--methods", "random", "dts", "--seeds", "2", "--fractions", "1.0"])
+

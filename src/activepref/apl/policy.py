@@ -109,6 +109,16 @@ def dpo_rows(pairs: Sequence[tuple[list[dict[str, str]], str, str]]) -> list[dic
     ]
 
 
+def count_too_long(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None) -> int:
+    """How many conversational preference rows have a prompt (chat template with the generation
+    prompt) of at least ``max_length`` tokens: the rows TRL's DPOTrainer drops."""
+    if max_length is None:
+        return 0
+    from activepref.backends.transformers_local import prompt_ids
+
+    return sum(len(prompt_ids(tokenizer, list(row["prompt"]))) >= max_length for row in rows)
+
+
 def _step_callback(on_step: Callable[[int], None]) -> Any:
     """A ``TrainerCallback`` that calls ``on_step(global_step)`` after each optimiser step."""
     transformers = require("transformers")
@@ -146,7 +156,18 @@ def dpo_finetune(
     ``on_step(global_step)`` runs after each optimiser step (crash tests kill there).
     ``reference`` must be a model no trainer has touched (theta0): the result is a fresh
     copy of it with the trained weights (see :func:`clean_copy`).
-    Returns (trained model in eval mode, metrics of the last logged step and the run)."""
+    Returns (trained model in eval mode, metrics of the last logged step and the run).
+
+    TRL drops a pair whose prompt alone fills ``settings.max_length`` (with the default
+    keep-start truncation no completion token would be left to learn from). ``pairs_too_long``
+    counts them (prompt tokens by the chat template, as TRL counts them); when every pair is
+    too long nothing is trained and ``start`` comes back unchanged (TRL itself would fail on
+    the empty dataset)."""
+    too_long = count_too_long(tokenizer, rows, settings.max_length)
+    if rows and too_long == len(rows):
+        log.warning("DPO: all %d pairs have a prompt of at least max_length=%s tokens; nothing to train on", len(rows), settings.max_length)
+        return clean_copy(reference, start), {"steps": 0, "pairs": len(rows), "pairs_too_long": too_long,
+                                               "note": "every prompt fills max_length: policy unchanged"}
     datasets = require("datasets")
     transformers = require("transformers")
     trl = require("trl")
@@ -212,7 +233,7 @@ def dpo_finetune(
     trained = clean_copy(reference, trained)
     history = trainer.state.log_history
     steps = [h for h in history if "loss" in h]
-    metrics: dict[str, Any] = {"steps": int(trainer.state.global_step), "pairs": len(rows)}
+    metrics: dict[str, Any] = {"steps": int(trainer.state.global_step), "pairs": len(rows), "pairs_too_long": too_long}
     if steps:
         last = steps[-1]
         metrics.update({k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and k != "step"})
