@@ -109,25 +109,48 @@ RESULT_SETTINGS = (
 )
 
 
+def write_json(path: Path, value: Any, indent: int | None = None) -> None:
+    """Write ``value`` as JSON atomically: a temporary file of its own in the same folder, renamed."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(value, indent=indent) + ("\n" if indent is not None else ""))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def check_settings(out: Path, args: argparse.Namespace, write: bool = True) -> None:
     """Refuse an invocation whose result-changing settings differ from those the jobs under
     ``out`` were made with (``out/settings.json``), before anything runs: resuming a grid with
     another learning rate or answer length would otherwise mix two experiments in one table
-    (job records are reused by name). The first invocation writes the file; a setting the file
-    lacks (added to this script later) is taken from this invocation and added."""
+    (job records are reused by name). Until a job has finished the file only records the latest
+    invocation (a typo corrected before anything ran is not held against the next one). A
+    setting the file lacks (added to this script after its jobs ran) is taken to have had its
+    default value, so only a rerun with the default is accepted."""
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
     path = out / "settings.json"
-    given = {key: list(v) if isinstance(v := getattr(args, key, None), tuple) else v for key in RESULT_SETTINGS}
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    differ = [f"--{key.replace('_', '-')} {given[key]!r} (the jobs used {stored[key]!r})" for key in RESULT_SETTINGS
-              if key in stored and stored[key] != given[key]]
-    if differ:
-        raise SystemExit(f"{path}: this invocation's settings differ from the ones its finished jobs used: {'; '.join(differ)}. "
-                         "Give the stored values, or use a new --out")
-    if write and any(key not in stored for key in RESULT_SETTINGS):
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**given, **stored}, indent=1) + "\n")
-        tmp.replace(path)
+    given = {key: plain(getattr(args, key, None)) for key in RESULT_SETTINGS}
+    finished = (out / "jobs").is_dir() and any((out / "jobs").glob("*.json"))
+    if finished and path.exists():
+        stored = json.loads(path.read_text())
+        defaults = build_parser()
+        used = {key: stored[key] if key in stored else plain(defaults.get_default(key)) for key in RESULT_SETTINGS}
+        differ = [f"--{key.replace('_', '-')} {given[key]!r} (the jobs used {used[key]!r}{'' if key in stored else ', the default'})"
+                  for key in RESULT_SETTINGS if used[key] != given[key]]
+        if differ:
+            raise SystemExit(f"{path}: this invocation's settings differ from the ones its finished jobs used: {'; '.join(differ)}. "
+                             "Give the stored values, or use a new --out")
+        if stored == given:
+            return
+    if write:
+        write_json(path, given, indent=1)
 
 
 def model_strengths(pool: Path) -> tuple[str, str]:
@@ -376,22 +399,21 @@ def with_tokens(
             shutil.rmtree(run_dir, ignore_errors=True)
             rebuilt.rename(run_dir)
     result = {**result, "generated_tokens": data.generated_tokens}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    write_json(path, result)
     return result
 
 
-_TOKENIZER: list[Any] = []
+_TOKENIZERS: dict[str, Any] = {}
 
 
 def policy_tokenizer(spec: str = "smollm2") -> Any:
-    """The tokenizer of ``--policy`` (loaded once; --report-only loads no policy)."""
-    if not _TOKENIZER:
+    """The tokenizer of ``--policy`` ``spec``, as training uses it (loaded once per process;
+    --report-only loads no policy otherwise)."""
+    if spec not in _TOKENIZERS:
         from activepref.backends.transformers_local import load_model
 
-        _TOKENIZER.append(load_model(*policy_source(spec), "float32", "cpu", "causal_lm").tokenizer)
-    return _TOKENIZER[0]
+        _TOKENIZERS[spec] = load_model(*policy_source(spec), "float32", "cpu", "causal_lm").tokenizer
+    return _TOKENIZERS[spec]
 
 
 def with_too_long(
@@ -399,18 +421,33 @@ def with_too_long(
 ) -> dict[str, Any]:
     """A finished job's result with ``pairs_too_long`` (pairs TRL dropped because the prompt
     alone fills --dpo-max-length), counted with the policy's tokenizer on the job's dataset and
-    added to the record if an older version of this script left it out."""
+    added to the record if an older version of this script left it out. A missing run is rebuilt
+    (and checked against the record's digest); under ``--report-only`` in a folder of its own,
+    removed afterwards, so a training process using the runs is never disturbed."""
     if "pairs_too_long" in result:
         return result
-    from activepref.apl.policy import count_too_long, dpo_rows
+    import shutil
 
-    data = dataset_at(ensure_run(method, seed, split, args, out), fraction)
+    from activepref.apl.policy import count_too_long, dpo_rows
+    from activepref.core.store import RunStore
+
+    run_dir = out / "runs" / f"{method}-seed{seed}"
+    scratch = None
+    if RunStore.exists(run_dir):
+        data = dataset_at(run_dir, fraction)
+    elif getattr(args, "report_only", False):
+        scratch = run_dir.with_name(run_dir.name + ".rebuilt-report")
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            data = dataset_at(run_selection(method, seed, split, args, out, run_dir=scratch), fraction)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        data = dataset_at(ensure_run(method, seed, split, args, out), fraction)
     if result.get("pairs_sha256") not in (None, pairs_digest(data.pairs)):
-        raise SystemExit(f"{path}: the run of this job gives another dataset than the one it trained on")
+        raise SystemExit(f"{path}: the {'rebuilt ' if scratch else ''}run of this job gives another dataset than the one it trained on")
     result = {**result, "pairs_too_long": count_too_long(policy_tokenizer(args.policy), dpo_rows(data.pairs), args.dpo_max_length)}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    write_json(path, result)
     return result
 
 
@@ -432,10 +469,7 @@ def job(path: Path, compute: Any) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(path)
+    write_json(path, result)
     return result
 
 
@@ -530,8 +564,7 @@ def plot(out: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, with ``--quick``'s settings applied where not given explicitly."""
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--pool", required=True, help="pool with an `instructions` column (scripts/build_ifeval_pool.py)")
     ap.add_argument("--methods", nargs="+", default=["random", "ultrafeedback", "maxmin", "delta_pair", "dts", "drts", "deltaucb",
@@ -569,6 +602,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: write results.csv, summary.md and the plot from the jobs finished so far (a grid in progress)")
     ap.add_argument("--out", required=True)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--quick``'s settings applied where not given explicitly."""
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.quick:  # the quick settings, except where given on the command line
         for key, value in QUICK.items():

@@ -185,6 +185,16 @@ def test_report_only_summarises_a_grid_in_progress_without_training(tmp_path: Pa
         assert int(r["pairs_too_long"]) == count_too_long(D.policy_tokenizer(), dpo_rows(data.pairs), 40)
         assert json.loads((out / "jobs" / f"{r['method']}-seed{r['seed']}-f1.000.json").read_text())["pairs_too_long"] == int(r["pairs_too_long"])
     assert sum(int(r["pairs_too_long"]) for r in rows) > 0
+    # a record without the count and without its run: --report-only rebuilds it aside, never in place
+    import shutil
+
+    record = out / "jobs" / "dts-seed0-f1.000.json"
+    want = json.loads(record.read_text())
+    record.write_text(json.dumps({k: v for k, v in want.items() if k != "pairs_too_long"}))
+    shutil.rmtree(out / "runs" / "dts-seed0")
+    assert D.main([*common, "--report-only", "--methods", "random", "dts", "--seeds", "2"]) == 0
+    assert json.loads(record.read_text()) == want
+    assert not (out / "runs" / "dts-seed0").exists() and not list((out / "runs").glob("*.rebuilt*"))
     assert {r["method"]: float(r["delta_prompt_loose"]) for r in rows if r["seed"] == "0"} == pytest.approx({"random": 0.1, "dts": 0.05})
     summary = (out / "summary.md").read_text()
     assert "Not yet run" in summary and "dts-seed1-f1.000" in summary
@@ -239,42 +249,50 @@ def test_delta_pair_is_billed_for_its_two_models_only(tmp_path: Path) -> None:
 
 def test_resuming_with_other_settings_is_refused_and_a_growing_grid_is_not(tmp_path: Path) -> None:
     """Job records are reused by name, so an --out keeps the settings its jobs were made with:
-    another learning rate or answer length is refused before anything runs (naming each
-    setting), more methods, seeds or fractions are not, and a setting the stored file lacks is
-    added from the invocation."""
+    once a job has finished, another learning rate or answer length is refused before anything
+    runs (naming each setting), and more methods, seeds or fractions are not; before that, the
+    file just follows the latest invocation. A setting the stored file lacks is taken to have had
+    its default."""
     out = tmp_path / "out"
-    first = argparse.Namespace(**{key: None for key in D.RESULT_SETTINGS})
-    first.budget, first.dpo_lr, first.max_new_tokens, first.delta_pair = 24, 5e-4, 64, ["a", "b"]
-    D.check_settings(out, first)
+    first = D.parse_args(["--pool", "p", "--out", str(out), "--budget", "24", "--dpo-lr", "5e-4", "--max-new-tokens", "64",
+                          "--delta-pair", "a", "b"])
+    typo = argparse.Namespace(**{**vars(first), "budget": 2400})
+    D.check_settings(out, typo)
+    D.check_settings(out, first)  # nothing finished yet: a corrected invocation is not refused
     stored = json.loads((out / "settings.json").read_text())
     assert stored["budget"] == 24 and stored["dpo_lr"] == 5e-4 and stored["delta_pair"] == ["a", "b"]
+    (out / "jobs").mkdir()
+    (out / "jobs" / "base.json").write_text("{}")  # a finished job: the settings are now binding
     D.check_settings(out, first)  # the same settings: fine
     D.check_settings(out, argparse.Namespace(**{**vars(first), "delta_pair": ("a", "b")}))  # a tuple is the stored list
     other = argparse.Namespace(**{**vars(first), "dpo_lr": 1e-3, "max_new_tokens": 128})
     with pytest.raises(SystemExit, match=r"--max-new-tokens 128 \(the jobs used 64\); --dpo-lr 0\.001 \(the jobs used 0\.0005\)"):
         D.check_settings(out, other)
     assert json.loads((out / "settings.json").read_text()) == stored  # unchanged by the refusal
-    del stored["model_k"]  # a file from before a setting existed: the setting is added
+    del stored["model_k"]  # a file from before a setting existed: its jobs used the default (2)
     (out / "settings.json").write_text(json.dumps(stored))
-    D.check_settings(out, argparse.Namespace(**{**vars(first), "model_k": 3}))
-    assert json.loads((out / "settings.json").read_text())["model_k"] == 3
+    with pytest.raises(SystemExit, match=r"--model-k 3 \(the jobs used 2, the default\)"):
+        D.check_settings(out, argparse.Namespace(**{**vars(first), "model_k": 3}))
+    D.check_settings(out, first)
+    assert json.loads((out / "settings.json").read_text())["model_k"] == 2  # now recorded
 
-    # through the command line, with the defaults: a changed budget is refused before the split;
-    # the same settings with more methods, seeds and fractions get past the check
+    # through the command line: a changed budget is refused before the split; the same settings
+    # with more methods, seeds and fractions get past the check
     pool = toy_pool(tmp_path / "pool.parquet", tokens=False)
     grid = tmp_path / "grid"
     common = ["--pool", str(pool), "--heldout", "10", "--batch-size", "8", "--out", str(grid)]
     with pytest.raises(SystemExit, match="no base model"):
         D.main([*common, "--budget", "24", "--report-only", "--methods", "random"])
     assert not (grid / "settings.json").exists()  # a report writes no settings
-    D.check_settings(grid, D.parse_args(["--pool", str(pool), "--heldout", "10", "--batch-size", "8", "--budget", "24", "--out", str(grid)]))
+    D.check_settings(grid, D.parse_args([*common, "--budget", "24"]))
+    (grid / "jobs").mkdir()
+    (grid / "jobs" / "select-random-seed0.json").write_text("{}")
     before = {f.name: f.stat().st_mtime_ns for f in grid.iterdir()}
     with pytest.raises(SystemExit, match=r"--budget 48 \(the jobs used 24\)"):
         D.main([*common, "--budget", "48"])
     assert {f.name: f.stat().st_mtime_ns for f in grid.iterdir()} == before  # refused before anything was written
     with pytest.raises(SystemExit, match="no base model"):  # the same settings: past the check, on to the report
         D.main([*common, "--budget", "24", "--report-only", "--methods", "random", "dts", "--seeds", "2", "--fractions", "1.0"])
-
 
 
 def test_policy_choices_resolve_to_a_model_and_its_gguf_file(tmp_path: Path) -> None:
@@ -292,6 +310,8 @@ def test_policy_choices_resolve_to_a_model_and_its_gguf_file(tmp_path: Path) -> 
     parsed = D.parse_args(["--pool", "p", "--out", str(tmp_path / "o")])
     assert (parsed.policy, parsed.device) == ("smollm2", "cpu")
     D.check_settings(tmp_path / "o", parsed)
+    (tmp_path / "o" / "jobs").mkdir()
+    (tmp_path / "o" / "jobs" / "base.json").write_text("{}")
     other = D.parse_args(["--pool", "p", "--out", str(tmp_path / "o"), "--policy", "qwen-coder", "--device", "cuda"])
     with pytest.raises(SystemExit, match=r"--policy 'qwen-coder' \(the jobs used 'smollm2'\); --device 'cuda' \(the jobs used 'cpu'\)"):
         D.check_settings(tmp_path / "o", other)

@@ -36,14 +36,31 @@ def trl_kept(base, tokenizer, rows, max_length: int, tmp_path: Path) -> int:
     return len(trainer.train_dataset)
 
 
+# A template that renders the prompt alone with an empty "thought" after the generation prompt
+# (three tokens the prompt + answer rendering does not have), as some thinking models' do: TRL then
+# counts only the tokens both renderings share as the prompt.
+THINKING_TEMPLATE = tm.CHAT_TEMPLATE.replace("<turn> assistant {% endif %}", "<turn> assistant maybe maybe maybe {% endif %}")
+
+
+@pytest.mark.parametrize("thinking", [False, True])
 @pytest.mark.parametrize("words", [[3, 40, 5, 60], [30, 31, 2], [1, 2, 3]])
-def test_count_too_long_is_what_trl_drops(tmp_path: Path, words: list[int]) -> None:
+def test_count_too_long_is_what_trl_drops(tmp_path: Path, words: list[int], thinking: bool) -> None:
     base = trainable_copy(tm.make_causal_lm(seed=0, layers=2))
     tokenizer = tm.make_tokenizer()
+    if thinking:
+        tokenizer.chat_template = THINKING_TEMPLATE
     rows = dpo_rows(pairs(words))
-    for max_length in (8, 32, 40):
-        assert len(rows) - count_too_long(tokenizer, rows, max_length) == trl_kept(base, tokenizer, rows, max_length, tmp_path)
+    lengths = [8, 32, 40]
+    if thinking:  # around each prompt's length, where counting the whole templated prompt would differ from TRL
+        from activepref.backends.transformers_local import prompt_ids
+
+        alone = sorted({len(prompt_ids(tokenizer, row["prompt"])) for row in rows})
+        lengths = sorted({n + d for n in alone for d in (-3, -1, 0, 1)})
+        assert any(n - 3 < m <= n for n in alone for m in lengths)  # cases the whole-prompt count gets wrong
+    for max_length in lengths:
+        assert len(rows) - count_too_long(tokenizer, rows, max_length) == trl_kept(base, tokenizer, rows, max_length, tmp_path), max_length
     assert count_too_long(tokenizer, rows, None) == 0
+    assert count_too_long(tokenizer, rows, 8, truncation_mode="keep_end") == 0  # TRL drops nothing then
 
 
 def test_all_prompts_too_long_leaves_the_policy_unchanged_and_some_trains_on_the_rest(tmp_path: Path) -> None:

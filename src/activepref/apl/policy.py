@@ -109,14 +109,31 @@ def dpo_rows(pairs: Sequence[tuple[list[dict[str, str]], str, str]]) -> list[dic
     ]
 
 
-def count_too_long(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None) -> int:
-    """How many conversational preference rows have a prompt (chat template with the generation
-    prompt) of at least ``max_length`` tokens: the rows TRL's DPOTrainer drops."""
-    if max_length is None:
+def count_too_long(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int | None, truncation_mode: str = "keep_start") -> int:
+    """How many conversational preference rows TRL's DPOTrainer drops: with keep-start truncation,
+    those whose prompt fills ``max_length`` tokens. The prompt is counted as TRL counts it: the
+    tokens the chat-templated prompt (with the generation prompt) shares with both the templated
+    prompt + chosen and prompt + rejected, which is shorter when a template renders a prompt
+    alone differently than followed by an answer."""
+    if max_length is None or truncation_mode != "keep_start":
         return 0
     from activepref.backends.transformers_local import prompt_ids
 
-    return sum(len(prompt_ids(tokenizer, list(row["prompt"]))) >= max_length for row in rows)
+    def shared(a: list[int], b: list[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    dropped = 0
+    for row in rows:
+        prompt = list(row["prompt"])
+        alone = prompt_ids(tokenizer, prompt)
+        length = min(shared(alone, prompt_ids(tokenizer, prompt + list(row[side]), add_generation_prompt=False)) for side in ("chosen", "rejected"))
+        dropped += length >= max_length
+    return dropped
 
 
 def _step_callback(on_step: Callable[[int], None]) -> Any:
@@ -163,7 +180,7 @@ def dpo_finetune(
     counts them (prompt tokens by the chat template, as TRL counts them); when every pair is
     too long nothing is trained and ``start`` comes back unchanged (TRL itself would fail on
     the empty dataset)."""
-    too_long = count_too_long(tokenizer, rows, settings.max_length)
+    too_long = count_too_long(tokenizer, rows, settings.max_length, str(settings.extra.get("truncation_mode", "keep_start")))
     if rows and too_long == len(rows):
         log.warning("DPO: all %d pairs have a prompt of at least max_length=%s tokens; nothing to train on", len(rows), settings.max_length)
         return clean_copy(reference, start), {"steps": 0, "pairs": len(rows), "pairs_too_long": too_long,
