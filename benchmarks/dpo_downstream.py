@@ -475,6 +475,7 @@ def job(path: Path, compute: Any) -> dict[str, Any]:
 
 def write_summary(
     out: Path, rows: list[dict[str, Any]], args: argparse.Namespace, wall: float, stages: dict[str, float], missing: list[str] | None = None,
+    paired_lines: list[str] | None = None,
 ) -> dict[str, Any]:
     from activepref.bench.metrics import mean_ci as interval  # (mean, 95% t-interval half-width)
 
@@ -524,8 +525,68 @@ def write_summary(
     ]
     if missing:
         lines += ["", f"Not yet run (a report of a grid in progress, `--report-only`): {', '.join(missing)}."]
+    if paired_lines is not None:
+        lines += paired_lines
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return headline
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """This grid's prompt-loose minus another grid's, paired by (seed, budget fraction)."""
+
+    method: str
+    by_fraction: dict[float, tuple[float, float, int]]  # fraction -> (mean, 95% half-width, n)
+    pooled: tuple[float, float, int]
+
+
+def paired_differences(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list[PairedDiff], tuple[float, float, int]]:
+    """Per method (those in both grids), the differences in held-out prompt-loose accuracy
+    paired by seed and budget fraction, per fraction and pooled over them; and over all pairs.
+    Fractions are matched to 4 decimals (results.csv's rounding)."""
+    from activepref.bench.metrics import mean_ci
+
+    theirs = {(r["method"], int(r["seed"]), round(float(r["budget_fraction"]), 4)): float(r["prompt_loose"]) for r in other}
+    diffs: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        key = (r["method"], int(r["seed"]), round(float(r["budget_fraction"]), 4))
+        if key in theirs:
+            diffs.setdefault(r["method"], {}).setdefault(key[2], []).append(float(r["prompt_loose"]) - theirs[key])
+
+    def stat(values: list[float]) -> tuple[float, float, int]:
+        mean, half = mean_ci(values)
+        return mean, half, len(values)
+
+    out = [PairedDiff(m, {f: stat(v) for f, v in sorted(by.items(), reverse=True)}, stat([x for v in by.values() for x in v]))
+           for m, by in sorted(diffs.items())]
+    return out, stat([x for by in diffs.values() for v in by.values() for x in v])
+
+
+def paired_section(out: Path, other_dir: Path, rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """The summary's lines comparing this grid with ``--paired-with`` (another judge's grid on
+    the same held-out prompts), and the JSON line's entry."""
+    results = other_dir / "results.csv"
+    if not results.exists():
+        raise SystemExit(f"--paired-with {other_dir}: no results.csv there")
+    if not (other_dir / "heldout.jsonl").exists() or (other_dir / "heldout.jsonl").read_text() != (out / "heldout.jsonl").read_text():
+        raise SystemExit(f"--paired-with {other_dir}: its held-out prompts are not this grid's; the two cannot be paired")
+    with open(results, newline="") as fh:
+        other = list(csv.DictReader(fh))
+    judge = other[0].get("judge", "?") if other else "?"
+    per_method, total = paired_differences(rows, other)
+    fractions = sorted({f for d in per_method for f in d.by_fraction}, reverse=True)
+    fmt = lambda t: "" if t[2] == 0 else f"{t[0]:+.3f} ± {t[1]:.3f} (n {t[2]})"  # noqa: E731
+    lines = [
+        "", f"Paired with `{other_dir}` ({judge} judge): this grid's prompt-loose minus that grid's, for the same method, seed "
+        "and budget fraction (same held-out prompts and base model), with 95% intervals:", "",
+        "| method | " + " | ".join(f"budget {f:.3g}" for f in fractions) + " | pooled over fractions |",
+        "|---|" + "---|" * (len(fractions) + 1),
+    ]
+    for d in per_method:
+        lines.append(f"| {d.method} | " + " | ".join(fmt(d.by_fraction.get(f, (0.0, 0.0, 0))) for f in fractions) + f" | {fmt(d.pooled)} |")
+    lines += ["", f"Over all {total[2]} paired jobs: {fmt(total)}. The fractions of one seed are prefixes of one run, not independent "
+              "samples."]
+    return lines, {"out": str(other_dir), "judge": judge, "mean": round(total[0], 4), "ci95": round(total[1], 4), "n": total[2]}
 
 
 def plot(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -601,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help=f"a short check: {QUICK}")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: write results.csv, summary.md and the plot from the jobs finished so far (a grid in progress)")
+    ap.add_argument("--paired-with", metavar="OTHER_OUT", default=None,
+                    help="another grid's --out on the same held-out prompts (e.g. the other judge's): the summary adds this grid's "
+                         "prompt-loose minus that one's, paired by method, seed and budget fraction")
     ap.add_argument("--out", required=True)
     return ap
 
@@ -688,10 +752,12 @@ def main(argv: list[str] | None = None) -> int:
     stages = stage_times(base, rows)
     if missing:
         log.info("not yet run (left out of the report): %s", ", ".join(missing))
-    headline = write_summary(out, rows, args, wall, stages, missing)
+    paired_lines, paired = paired_section(out, Path(args.paired_with), rows) if args.paired_with else (None, None)
+    headline = write_summary(out, rows, args, wall, stages, missing, paired_lines)
     plot(out, rows)
     print(json.dumps({"judge": args.judge, "budget": args.budget, "seeds": args.seeds, "base_prompt_loose": base["prompt_loose"],
-                      "delta_prompt_loose_full_budget": headline, "stage_s": stages, "wall_s": round(wall, 1)}))
+                      "delta_prompt_loose_full_budget": headline, "stage_s": stages, "wall_s": round(wall, 1),
+                      **({"paired_with": paired} if paired else {})}))
     return 0
 
 

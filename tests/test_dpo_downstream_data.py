@@ -315,3 +315,34 @@ def test_policy_choices_resolve_to_a_model_and_its_gguf_file(tmp_path: Path) -> 
     other = D.parse_args(["--pool", "p", "--out", str(tmp_path / "o"), "--policy", "qwen-coder", "--device", "cuda"])
     with pytest.raises(SystemExit, match=r"--policy 'qwen-coder' \(the jobs used 'smollm2'\); --device 'cuda' \(the jobs used 'cpu'\)"):
         D.check_settings(tmp_path / "o", other)
+
+
+def test_paired_differences_by_hand_and_a_grid_on_other_prompts_is_refused(tmp_path: Path) -> None:
+    """--paired-with: this grid minus another, paired by (method, seed, fraction); a method only
+    one grid has is left out; two grids on different held-out prompts are not compared."""
+    row = lambda m, s, f, v: {"method": m, "seed": s, "budget_fraction": f, "prompt_loose": v}  # noqa: E731
+    mine = [row("dts", 0, 1.0, 0.30), row("dts", 1, 1.0, 0.20), row("dts", 0, 0.1667, 0.25), row("delta_pair", 0, 1.0, 0.5)]
+    theirs = [{k: str(v) for k, v in r.items()} for r in  # as csv.DictReader gives them
+              (row("dts", 0, 1.0, 0.25), row("dts", 1, 1.0, 0.20), row("dts", 0, 0.16666666666666666, 0.30), row("random", 0, 1.0, 0.1))]
+    per_method, total = D.paired_differences(mine, theirs)
+    assert [d.method for d in per_method] == ["dts"]
+    (dts,) = per_method
+    assert list(dts.by_fraction) == [1.0, 0.1667]
+    assert dts.by_fraction[1.0][0] == pytest.approx(0.025) and dts.by_fraction[1.0][2] == 2
+    assert dts.by_fraction[1.0][1] == pytest.approx(12.706 * 0.05 / np.sqrt(2) / np.sqrt(2), rel=1e-3)  # t(1) x sd / sqrt(n)
+    assert dts.by_fraction[0.1667][0] == pytest.approx(-0.05) and dts.by_fraction[0.1667][2] == 1
+    assert dts.pooled[0] == pytest.approx((0.05 + 0.0 - 0.05) / 3) and dts.pooled[2] == 3 and total[2] == 3
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, text in ((a, '{"prompt_id": "p1"}\n'), (b, '{"prompt_id": "p2"}\n')):
+        d.mkdir()
+        (d / "heldout.jsonl").write_text(text)
+        (d / "results.csv").write_text("method,seed,budget_fraction,prompt_loose,judge\ndts,0,1.0,0.3,verifier\n")
+    with pytest.raises(SystemExit, match="held-out prompts are not this grid's"):
+        D.paired_section(a, b, [row("dts", 0, 1.0, 0.3)])
+    with pytest.raises(SystemExit, match="no results.csv"):
+        D.paired_section(a, tmp_path / "nowhere", [])
+    (b / "heldout.jsonl").write_text('{"prompt_id": "p1"}\n')
+    lines, entry = D.paired_section(a, b, [row("dts", 0, 1.0, 0.35)])
+    assert entry["judge"] == "verifier" and entry["n"] == 1 and entry["mean"] == pytest.approx(0.05)
+    assert any(line.startswith("| dts | +0.050") for line in lines)
