@@ -31,8 +31,14 @@ prints one JSON line last.
 
     python benchmarks/dpo_downstream.py --pool benchmarks/pools/ifeval_pool.parquet \\
         --methods random ultrafeedback maxmin delta_pair dts drts deltaucb infomax deltaquantile dopt \\
-        --seeds 3 --budget 192 --out benchmarks/results/dpo-downstream
+        --seeds 3 --out benchmarks/results/dpo-downstream
     python benchmarks/dpo_downstream.py --pool ... --quick --out /tmp/dpo-quick
+
+The defaults are the committed CPU grid's settings (``benchmarks/results/dpo-downstream-cpu/``:
+budget 64, 48 held-out prompts, 64-token answers, one epoch of LoRA in the last 8 layers at 256
+tokens, batches of 4 x 2), sized for two cores and 24 GB. DPO memory grows with
+``--dpo-batch-size`` x ``--dpo-max-length`` x the layers LoRA trains: the all-layer, batch-8,
+512-token settings this script once defaulted to were killed for memory on such a machine.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import numpy as np
 log = logging.getLogger("dpo_downstream")
 
 FRACTIONS = (1.0, 0.5, 1 / 6)
-QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, "max_new_tokens": 96, "batch_size": 16}
+QUICK = {"methods": ["random", "dts"], "seeds": 1, "heldout": 24, "budget": 48, "batch_size": 16}
 RESULT_COLUMNS = (
     "method", "seed", "budget_fraction", "pairs", "judge_calls", "prompt_strict", "prompt_loose", "inst_strict", "inst_loose",
     "base_prompt_loose", "delta_prompt_loose", "base_inst_loose", "delta_inst_loose", "label_accuracy", "judge", "select_s", "train_s", "eval_s",
@@ -277,7 +283,7 @@ class Policies:
         self.settings = DPOSettings(
             beta=args.dpo_beta, learning_rate=args.dpo_lr, epochs=args.dpo_epochs, batch_size=args.dpo_batch_size, max_length=args.dpo_max_length,
             gradient_accumulation_steps=args.dpo_grad_accum,
-            lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, last_layers=args.lora_layers),
+            lora=LoraConfig(r=args.lora_r, alpha=2 * args.lora_r, last_layers=args.lora_layers or None),
         )
         self.args = args
 
@@ -631,23 +637,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", nargs="+", default=["random", "ultrafeedback", "maxmin", "delta_pair", "dts", "drts", "deltaucb",
                                                      "infomax", "deltaquantile", "dopt"])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=int, default=192, help="preference pairs per run (the full budget)")
+    ap.add_argument("--budget", type=int, default=64, help="preference pairs per run (the full budget)")
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per iteration")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="budget fractions trained and evaluated")
-    ap.add_argument("--heldout", type=int, default=64, help="prompts held out for the policy's evaluation")
+    ap.add_argument("--heldout", type=int, default=48, help="prompts held out for the policy's evaluation")
     ap.add_argument("--judge", choices=["verifier", "likert"], default="verifier")
     ap.add_argument("--noise-sd", type=float, default=0.0, help="verifier judge: Gaussian label noise")
-    ap.add_argument("--max-new-tokens", type=int, default=128, help="length of the policy's held-out answers")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="length of the policy's held-out answers")
     ap.add_argument("--eval-batch-size", type=int, default=16)
-    ap.add_argument("--dpo-lr", type=float, default=2e-4, help="LoRA learning rate")
+    ap.add_argument("--dpo-lr", type=float, default=5e-4, help="LoRA learning rate")
     ap.add_argument("--dpo-beta", type=float, default=0.1)
-    ap.add_argument("--dpo-epochs", type=float, default=2.0)
-    ap.add_argument("--dpo-batch-size", type=int, default=8)
-    ap.add_argument("--dpo-max-length", type=int, default=512, help="prompt + completion tokens kept in DPO training")
+    ap.add_argument("--dpo-epochs", type=float, default=1.0)
+    ap.add_argument("--dpo-batch-size", type=int, default=4)
+    ap.add_argument("--dpo-max-length", type=int, default=256, help="prompt + completion tokens kept in DPO training")
     ap.add_argument("--lora-r", type=int, default=16)
-    ap.add_argument("--lora-layers", type=int, default=None,
-                    help="LoRA adapters only in the policy's last N decoder layers (cheaper backward pass); default: all")
-    ap.add_argument("--dpo-grad-accum", type=int, default=1, help="gradient accumulation steps (batch = dpo-batch-size x this)")
+    ap.add_argument("--lora-layers", type=int, default=8,
+                    help="LoRA adapters only in the policy's last N decoder layers (cheaper backward pass, far less memory); "
+                         "0: all layers")
+    ap.add_argument("--dpo-grad-accum", type=int, default=2, help="gradient accumulation steps (batch = dpo-batch-size x this)")
     ap.add_argument("--delta-pair", nargs=2, metavar=("STRONG", "WEAK"), default=None,
                     help="delta_pair's fixed (strong, weak) generators (default: highest and lowest mean stored judge score)")
     ap.add_argument("--model-k", type=int, default=2, help="model-level methods: models asked per prompt")
