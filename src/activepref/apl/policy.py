@@ -117,21 +117,15 @@ def count_too_long(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: i
     alone differently than followed by an answer."""
     if max_length is None or truncation_mode != "keep_start":
         return 0
+    from activepref.apl.scores import common_prefix_length
     from activepref.backends.transformers_local import prompt_ids
-
-    def shared(a: list[int], b: list[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
 
     dropped = 0
     for row in rows:
         prompt = list(row["prompt"])
         alone = prompt_ids(tokenizer, prompt)
-        length = min(shared(alone, prompt_ids(tokenizer, prompt + list(row[side]), add_generation_prompt=False)) for side in ("chosen", "rejected"))
+        length = min(common_prefix_length(alone, prompt_ids(tokenizer, prompt + list(row[side]), add_generation_prompt=False))
+                     for side in ("chosen", "rejected"))
         dropped += length >= max_length
     return dropped
 
